@@ -1,0 +1,301 @@
+"""The configuration: TOML in, one frozen and fully validated :class:`Config` out.
+
+Pure apart from :func:`load_config`, which reads the file and the environment (for ``${VAR}``
+secrets); the engine itself never does. Every error is a :class:`ConfigError` with one line
+``FILE: table[index].key: problem``: pydantic checks each table's types and rejects unknown keys,
+this module adds the cross-table checks (unique names, route references, directions).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import tomli
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .ack_policy import Guarantee
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+Size = Annotated[int, Field(gt=0)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+M = TypeVar("M", bound=_Table)
+
+
+class EngineConfig(_Table):
+    host: str = "0.0.0.0"
+    health_port: Port = 9091
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    packet_log: bool = True
+    reload_interval: Annotated[float, Field(ge=0)] = 5.0
+    shutdown_timeout: Seconds = 30.0
+
+
+# -- entrypoints -------------------------------------------------------------------------------
+
+
+class _EntrypointConfig(_Table):
+    name: Name
+    port: Port
+    path: str = "/"
+    allowed_origins: tuple[str, ...] = ()  # empty: any origin (and requests without one)
+    max_message_bytes: Size = MiB
+    max_sessions: Size | None = None
+
+
+class WebSocketEntrypoint(_EntrypointConfig):
+    type: Literal["websocket"]
+    frame_type: Literal["auto", "text", "binary"] = "auto"
+
+
+class SSEEntrypoint(_EntrypointConfig):
+    type: Literal["sse"]
+    heartbeat_interval: Seconds = 15.0
+
+
+class HTTPPostEntrypoint(_EntrypointConfig):
+    type: Literal["http_post"]
+    max_body: Size = MiB
+
+
+class HTTPGetEntrypoint(_EntrypointConfig):
+    type: Literal["http_get"]
+    poll_timeout: Seconds = 30.0
+    session_idle_timeout: Seconds = 120.0
+
+
+EntrypointConfig = WebSocketEntrypoint | SSEEntrypoint | HTTPPostEntrypoint | HTTPGetEntrypoint
+ENTRYPOINT_TYPES: dict[str, type[_EntrypointConfig]] = {
+    "websocket": WebSocketEntrypoint,
+    "sse": SSEEntrypoint,
+    "http_post": HTTPPostEntrypoint,
+    "http_get": HTTPGetEntrypoint,
+}
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+
+class MemoryConfig(_Table):
+    topic_in: str = "events"
+    topic_out: str = "events"
+    capacity: Size = 16  # per-subscriber buffer; a full subscriber slows the publisher
+
+
+class EndpointConfig(_Table):
+    name: Name
+    type: str
+    config: Any = None  # one of the *Config models above, chosen by ``type``
+
+
+ENDPOINT_TYPES: dict[str, type[_Table]] = {
+    "memory": MemoryConfig,
+}
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+class RouteConfig(_Table):
+    source: Name
+    target: Name
+    # Derived from what source and target are; a value given in the file must agree with it.
+    direction: Literal["upstream", "downstream", "bridge"] | None = None
+    delivery_guarantee: Guarantee = Guarantee.AUTO
+    channel_size: Size = 1
+    slow_client: Literal["block", "disconnect"] = "block"
+    slow_client_timeout: Seconds = 5.0
+    lifecycle_events: bool = False
+    key: Literal["event_id", "client_id"] = "event_id"
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}->{self.target}"
+
+
+class Config(_Table):
+    engine: EngineConfig = EngineConfig()
+    entrypoints: tuple[EntrypointConfig, ...] = ()
+    endpoints: tuple[EndpointConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    # Where the config came from, for error messages and the reload watcher; None if built in code.
+    source_path: str | None = None
+
+    def entrypoint(self, name: str) -> EntrypointConfig:
+        return next(e for e in self.entrypoints if e.name == name)
+
+    def endpoint(self, name: str) -> EndpointConfig:
+        return next(e for e in self.endpoints if e.name == name)
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute ``${VAR}`` from ``env`` (default: the process environment), validate."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    return parse_config(text, filename=str(path), env=os.environ if env is None else env)
+
+
+def parse_config(text: str, *, filename: str = "<config>", env: Mapping[str, str] = {}) -> Config:
+    try:
+        document = tomli.loads(text)
+    except tomli.TOMLDecodeError as error:
+        raise ConfigError(f"{filename}: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{filename}: nested too deeply to be a configuration") from None
+    return build_config(document, filename=filename, env=env)
+
+
+def build_config(
+    document: Mapping[str, Any], *, filename: str = "<config>", env: Mapping[str, str] = {}
+) -> Config:
+    """Validate an already-parsed document (a dict shaped like the TOML file)."""
+
+    def fail(path: Sequence[str | int], problem: str) -> ConfigError:
+        return ConfigError(f"{filename}: {format_path(path)}: {problem}")
+
+    document = _substitute_env(document, env, (), fail)
+    known = {"engine", "entrypoints", "endpoints", "routes"}
+    for key in document:
+        if key not in known:
+            raise fail([key], "unknown table")
+
+    engine = _validate(EngineConfig, document.get("engine", {}), ["engine"], fail)
+    entrypoints = [
+        _validate_typed(ENTRYPOINT_TYPES, item, ["entrypoints", i], fail)
+        for i, item in enumerate(_array(document, "entrypoints", fail))
+    ]
+    endpoints = []
+    for i, item in enumerate(_array(document, "endpoints", fail)):
+        endpoint = _validate(EndpointConfig, item, ["endpoints", i], fail)
+        model = ENDPOINT_TYPES.get(endpoint.type)
+        if model is None:
+            raise fail(["endpoints", i, "type"], _unknown_type(endpoint.type, ENDPOINT_TYPES))
+        settings = _validate(model, endpoint.config or {}, ["endpoints", i, "config"], fail)
+        endpoints.append(endpoint.model_copy(update={"config": settings}))
+    routes = [
+        _validate(RouteConfig, item, ["routes", i], fail)
+        for i, item in enumerate(_array(document, "routes", fail))
+    ]
+
+    kinds: dict[str, str] = {}
+    for table, items in (("entrypoints", entrypoints), ("endpoints", endpoints)):
+        for i, item in enumerate(items):
+            if item.name in kinds:
+                raise fail([table, i, "name"], f'duplicate name "{item.name}"')
+            kinds[item.name] = table
+    resolved_routes = []
+    for i, route in enumerate(routes):
+        for key in ("source", "target"):
+            name = getattr(route, key)
+            if name not in kinds:
+                raise fail(["routes", i, key], f'no entrypoint or endpoint named "{name}"')
+        direction = _direction(kinds[route.source], kinds[route.target])
+        if direction is None:
+            raise fail(["routes", i, "target"], "a route cannot join two entrypoints")
+        if route.direction is not None and route.direction != direction and direction != "bridge":
+            raise fail(
+                ["routes", i, "direction"],
+                f'is "{route.direction}" but {route.source} -> {route.target} is {direction}',
+            )
+        if route.source == route.target:
+            raise fail(["routes", i, "target"], "a route cannot lead back to its source")
+        resolved_routes.append(route.model_copy(update={"direction": direction}))
+    return Config(
+        engine=engine,
+        entrypoints=tuple(entrypoints),  # type: ignore[arg-type]
+        endpoints=tuple(endpoints),
+        routes=tuple(resolved_routes),
+        source_path=None if filename.startswith("<") else filename,
+    )
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """``["routes", 2, "target"]`` -> ``routes[2].target`` (0-based, dotted)."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text
+
+
+def _direction(source_kind: str, target_kind: str) -> str | None:
+    return {
+        ("entrypoints", "endpoints"): "upstream",
+        ("endpoints", "entrypoints"): "downstream",
+        ("endpoints", "endpoints"): "bridge",
+    }.get((source_kind, target_kind))
+
+
+def _array(document: Mapping[str, Any], key: str, fail: Any) -> list[Any]:
+    value = document.get(key, [])
+    if not isinstance(value, list):
+        raise fail([key], f"must be an array of tables ([[{key}]])")
+    return value
+
+
+def _unknown_type(name: object, types: Mapping[str, object]) -> str:
+    return f'unknown type "{name}" (expected one of: {", ".join(types)})'
+
+
+def _validate_typed(
+    types: Mapping[str, type[_Table]], item: Any, path: list[str | int], fail: Any
+) -> Any:
+    if not isinstance(item, Mapping):
+        raise fail(path, "must be a table")
+    if "type" not in item:
+        raise fail([*path, "type"], "missing required key")
+    model = types.get(item["type"])
+    if model is None:
+        raise fail([*path, "type"], _unknown_type(item["type"], types))
+    return _validate(model, item, path, fail)
+
+
+def _validate(model: type[M], item: Any, path: list[str | int], fail: Any) -> M:
+    if not isinstance(item, Mapping):
+        raise fail(path, "must be a table")
+    try:
+        return model.model_validate(item)
+    except ValidationError as error:
+        first = error.errors()[0]
+        problem = {
+            "extra_forbidden": "unknown key",
+            "missing": "missing required key",
+        }.get(first["type"], first["msg"][0].lower() + first["msg"][1:])
+        raise fail([*path, *first["loc"]], problem) from None
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute_env(value: Any, env: Mapping[str, str], path: tuple[str | int, ...], fail: Any) -> Any:
+    if isinstance(value, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            if match.group(1) not in env:
+                raise fail(path, f"environment variable {match.group(1)} is not set")
+            return env[match.group(1)]
+
+        return _ENV_REFERENCE.sub(lookup, value)
+    if isinstance(value, Mapping):
+        return {k: _substitute_env(v, env, (*path, k), fail) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, env, (*path, i), fail) for i, v in enumerate(value)]
+    return value

@@ -1,0 +1,22 @@
+"""Broker endpoints, one module per broker; ``memory`` is the reference every other one matches."""
+
+from __future__ import annotations
+
+from ..config import EndpointConfig
+from .base import Endpoint, EndpointState, Outbound, Subscription
+
+
+def create_endpoint(config: EndpointConfig) -> Endpoint:
+    """Build the endpoint for a validated ``[[endpoints]]`` table.
+
+    Broker modules are imported here, on first use, so that a broker's client library is needed
+    only by configurations that use that broker.
+    """
+    if config.type == "memory":
+        from .memory import MemoryEndpoint
+
+        return MemoryEndpoint(config.name, config.config)
+    raise AssertionError(f"config validation let through endpoint type {config.type!r}")
+
+
+__all__ = ["Endpoint", "EndpointState", "Outbound", "Subscription", "create_endpoint"]

@@ -1,0 +1,100 @@
+"""The interface every broker endpoint implements, and the small pieces they share.
+
+An endpoint is three things:
+
+- ``run(task_status=...)``: the task that owns the broker connection. The engine starts it with
+  ``nursery.start`` and cancels it at shutdown. It connects, reconnects with backoff after a failure,
+  and publishes its state (``connecting`` / ``up`` / ``down``) in ``state`` for ``/readyz``.
+  It reports started before the first connection succeeds: the engine does not wait for brokers.
+- ``consume(subscription)``: an async context manager that is one client's broker consumer. Entering
+  it subscribes (it returns only once anything published afterwards will be received: Kafka
+  partitions assigned, RabbitMQ ``basic_consume`` ok); iterating it yields :class:`Delivery` objects;
+  leaving it, by any path, removes the broker-side subscription. It never holds more unsettled
+  deliveries than ``subscription.credit``, so the broker's own flow control is the backpressure.
+  A broker failure raises :class:`BrokerUnavailable` out of the iteration.
+- ``publish(message, confirm=...)``: hands one event to the broker. With ``confirm`` it returns only
+  once the broker confirmed it; without, once the client library accepted it. Failure raises
+  :class:`BrokerUnavailable`.
+
+Entering ``consume`` and leaving it are the per-client subscribe and unsubscribe of the lifecycle
+(DESIGN section 8): the session manager does both exactly once per client session.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+from trio_util import AsyncValue
+
+from ..config import RouteConfig
+from ..events import Delivery, Event
+
+
+class EndpointState(enum.StrEnum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What one session's consumer is for: whose it is and how much it may hold."""
+
+    client_id: str
+    session_id: str
+    entrypoint: str
+    route: RouteConfig
+    # Last event id the client saw (SSE ``Last-Event-ID``); endpoints that can resume use it.
+    resume_after: str | None = None
+
+    @property
+    def credit(self) -> int:
+        """How many unsettled deliveries the broker may hand this consumer at once."""
+        return self.route.channel_size
+
+    def fill(self, template: str) -> str:
+        """Fill ``{client_id}`` and ``{entrypoint}`` in a topic, queue or group name."""
+        return template.replace("{client_id}", self.client_id).replace(
+            "{entrypoint}", self.entrypoint
+        )
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One event on its way to a broker, with the identity it was sent under."""
+
+    event: Event
+    route: RouteConfig
+    client_id: str
+    entrypoint: str
+
+    @property
+    def key(self) -> str:
+        """Partition/routing key: the event id, or the client id when the route says so."""
+        return self.client_id if self.route.key == "client_id" else self.event.id
+
+    def fill(self, template: str) -> str:
+        return template.replace("{client_id}", self.client_id).replace(
+            "{entrypoint}", self.entrypoint
+        )
+
+
+class Endpoint(Protocol):
+    name: str
+    state: AsyncValue[EndpointState]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    def consume(
+        self, subscription: Subscription
+    ) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]: ...
+
+    async def publish(self, message: Outbound, *, confirm: bool) -> None: ...
+
+
+EndpointStates = Mapping[str, EndpointState]

@@ -1,0 +1,124 @@
+"""The engine: one nursery holding the endpoints, the entrypoints, the health server and the watcher.
+
+::
+
+    async with open_mediation_engine(load_config("mediation.toml")) as engine:
+        print(engine.ports)          # {"ws-inbound": 8066, ..., "health": 9091}
+        print(engine.sessions)       # [SessionInfo(...), ...]
+        await engine.reload(new_config)
+
+Start order: endpoints (each reports started at once and connects in the background), the health
+server, then the entrypoints, so every port in ``engine.ports`` is bound when the block begins.
+Shutdown (leaving the block, or the CLI's SIGINT/SIGTERM): refuse new sessions, close every session
+with :class:`EngineShuttingDown` (WebSocket 1001, SSE stream ended, unconfirmed events nacked),
+wait for them up to ``shutdown_timeout``, then cancel the servers and disconnect the endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import trio
+
+from .config import Config
+from .endpoints import Endpoint, create_endpoint
+from .entrypoints import serve_entrypoint
+from .entrypoints._asgi import serve_asgi
+from .errors import ConfigError, EngineShuttingDown, RouteChanged, single_error
+from .health import health_app
+from .routing import RouteTable
+from .session import EngineContext, SessionInfo
+from .telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class MediationEngine:
+    """A running engine; get one from :func:`open_mediation_engine`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.endpoints: Mapping[str, Endpoint] = {
+            e.name: create_endpoint(e) for e in config.endpoints
+        }
+        self._context = EngineContext(
+            endpoints=self.endpoints,
+            telemetry=Telemetry(
+                packet_logging=config.engine.packet_log,
+                endpoint_states=lambda: {n: e.state.value for n, e in self.endpoints.items()},
+            ),
+            routes=RouteTable(config.routes),
+        )
+        self.ports: dict[str, int] = {}
+
+    @property
+    def sessions(self) -> list[SessionInfo]:
+        """A snapshot of the live client sessions."""
+        return [session.info() for session in self._context.sessions.values()]
+
+    async def reload(self, config: Config) -> None:
+        """Replace the routes at once; sessions whose routes changed are closed, the rest untouched.
+
+        Entrypoints and endpoints are fixed for the life of the engine: a config that changes them
+        is refused with :class:`ConfigError` and the running routes stay.
+        """
+        if config.entrypoints != self.config.entrypoints or config.endpoints != self.config.endpoints:
+            raise ConfigError(
+                f"{config.source_path or '<config>'}: entrypoints and endpoints cannot change "
+                "on reload (restart the engine); routes were not changed"
+            )
+        table = RouteTable(config.routes)
+        self._context.routes = table
+        self.config = config
+        for session in list(self._context.sessions.values()):
+            if table.for_entrypoint(session.entrypoint) != session.routes:
+                session.close(RouteChanged("route changed by a configuration reload"))
+        log.info("routes reloaded", extra={"routes": len(config.routes)})
+
+    async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        async with trio.open_nursery() as nursery:
+            for endpoint in self.endpoints.values():
+                await nursery.start(endpoint.run)
+            self.ports["health"] = await nursery.start(
+                serve_asgi, health_app(self._context), config.engine.host, config.engine.health_port
+            )
+            for entrypoint in config.entrypoints:
+                self.ports[entrypoint.name] = await nursery.start(
+                    serve_entrypoint, entrypoint, self._context, config.engine.host
+                )
+            if config.source_path is not None and config.engine.reload_interval > 0:
+                from .watcher import watch_config
+
+                nursery.start_soon(watch_config, self, config.source_path, config.engine.reload_interval)
+            task_status.started()
+
+    async def _shut_down(self) -> None:
+        context = self._context
+        context.shutting_down = True
+        for session in list(context.sessions.values()):
+            session.close(EngineShuttingDown("the engine is shutting down"))
+        with trio.move_on_after(self.config.engine.shutdown_timeout) as waiting:
+            await context.connections.wait_value(0)
+        if waiting.cancelled_caught:
+            log.warning("shutdown timeout: clients cut off", extra={"clients": context.connections.value})
+
+
+@asynccontextmanager
+async def open_mediation_engine(config: Config) -> AsyncIterator[MediationEngine]:
+    """Run the engine for the duration of the block (see the module docstring)."""
+    engine = MediationEngine(config)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine._serve)
+            try:
+                yield engine
+            finally:
+                with trio.CancelScope(shield=True):
+                    await engine._shut_down()
+                nursery.cancel_scope.cancel(reason="engine shut down")
+    except BaseExceptionGroup as group:
+        raise single_error(group) from None
+

@@ -1,0 +1,134 @@
+"""The thin layer between hypercorn and our HTTP entrypoints: serving, requests, responses.
+
+We write plain ASGI apps rather than using a framework: each HTTP entrypoint has one to four paths,
+and streaming (SSE) needs direct control of the response (no framework response timeout, the final
+chunk on shutdown).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from ..errors import ListenError, MediationError, MessageTooLarge
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def serve_asgi(
+    app: ASGIApp, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening."""
+    config = HypercornConfig()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("mediation.http")
+    config.graceful_timeout = 0  # the engine ends its sessions itself before it cancels servers
+    try:
+        await serve(app, config, task_status=_PortReporter(task_status))  # type: ignore[arg-type]
+    except OSError as error:
+        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+class _PortReporter:
+    """hypercorn reports its bound addresses (``http://127.0.0.1:8066``); we report the port."""
+
+    def __init__(self, task_status: trio.TaskStatus[int]) -> None:
+        self._task_status = task_status
+
+    def started(self, binds: list[str]) -> None:
+        self._task_status.started(int(binds[0].rsplit(":", 1)[1]))
+
+
+class Request:
+    """The parts of an ASGI HTTP scope the entrypoints use."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        self.query: dict[str, list[str]] = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        self._receive = receive
+
+    def query_value(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body; :class:`MessageTooLarge` past ``limit`` bytes (read no further)."""
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise MessageTooLarge(f"body exceeds {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise trio.BrokenResourceError("client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise MessageTooLarge(f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def wait_disconnect(self) -> None:
+        """Return when the client goes away (only meaningful once the body has been read)."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+
+def _encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+async def respond(
+    send: Send, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None
+) -> None:
+    all_headers = {"content-length": str(len(body)), **(headers or {})}
+    await send(
+        {"type": "http.response.start", "status": status, "headers": _encode_headers(all_headers.items())}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_json(
+    send: Send, status: int, document: object, headers: Mapping[str, str] | None = None
+) -> None:
+    body = json.dumps(document, separators=(",", ":")).encode()
+    await respond(send, status, body, {"content-type": "application/json", **(headers or {})})
+
+
+async def respond_error(send: Send, error: MediationError) -> None:
+    """The documented status for a domain error, with a JSON body saying why."""
+    log.info("request refused", extra={"status": error.http_status, "reason": str(error)})
+    await respond_json(send, error.http_status, {"error": str(error) or type(error).__name__})
+
+
+async def lifespan_or_http(scope: Scope, receive: Receive, send: Send) -> bool:
+    """Answer ASGI lifespan messages; True when ``scope`` is an HTTP request to handle."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return False
+    return bool(scope["type"] == "http")

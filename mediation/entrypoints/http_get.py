@@ -1,0 +1,203 @@
+"""The HTTP GET long-polling entrypoint: a session that lives between requests.
+
+``POST /subscribe`` (``X-Client-ID`` required) starts the client's session and answers ``201
+{"session_id", "client_id"}`` once its consumers are subscribed; subscribing again while the session
+lives answers the same session. ``GET /poll`` answers ``200`` with the next event's payload
+(``X-Event-ID``, metadata as ``X-Meta-*``), or ``204`` after ``poll_timeout`` with nothing.
+``POST /ack`` with ``X-Event-ID`` confirms one event (``204``; ``404`` for an id nobody waits for):
+``at_least_once`` routes keep each event unacked on the broker until then and hold at most
+``channel_size`` unconfirmed events. ``DELETE /unsubscribe`` ends the session (``200``; unconfirmed
+events are nacked for redelivery; later polls get ``404``). A session not polled for
+``session_idle_timeout`` expires; the engine ending a session (expiry, broker failure) makes later
+requests ``410``.
+
+The sessions run in this entrypoint's own nursery, beside its HTTP server, since they outlive the
+requests that touch them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from ..config import HTTPGetEntrypoint
+from ..errors import (
+    BadRequest,
+    EngineShuttingDown,
+    MediationError,
+    SessionClosed,
+    SessionNotFound,
+)
+from ..identity import client_identity
+from ..session import EngineContext, Session, open_session
+from ._asgi import (
+    Receive,
+    Request,
+    Scope,
+    Send,
+    lifespan_or_http,
+    respond,
+    respond_error,
+    respond_json,
+    serve_asgi,
+)
+
+log = logging.getLogger(__name__)
+
+# How many ended sessions are remembered to answer 410 rather than 404.
+ENDED_MEMORY = 10_000
+
+ROUTES = {
+    "/subscribe": "POST",
+    "/poll": "GET",
+    "/ack": "POST",
+    "/unsubscribe": "DELETE",
+}
+
+
+@dataclass
+class _Polled:
+    """One client's session, as the polling requests see it."""
+
+    session: Session
+    last_activity: float
+    polling: trio.Lock = field(default_factory=trio.Lock)
+    unsubscribed: trio.Event = field(default_factory=trio.Event)
+
+
+class _PollingEntrypoint:
+    def __init__(self, config: HTTPGetEntrypoint, context: EngineContext) -> None:
+        self.config = config
+        self.context = context
+        self.live: dict[str, _Polled] = {}
+        self.ended: OrderedDict[str, MediationError] = OrderedDict()
+
+    async def run_session(
+        self, client_id: str, *, task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with self.context.client_connection():
+            try:
+                async with open_session(
+                    self.context,
+                    entrypoint=self.config.name,
+                    client_id=client_id,
+                    max_sessions=self.config.max_sessions,
+                    client_confirms=True,
+                ) as session:
+                    polled = _Polled(session, trio.current_time())
+                    self.live[client_id] = polled
+                    self.ended.pop(client_id, None)
+                    task_status.started(polled)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._expire_when_idle, polled)
+                        await polled.unsubscribed.wait()
+                        nursery.cancel_scope.cancel()
+            except MediationError as error:
+                if client_id not in self.live:
+                    raise  # refused at subscribe time: the /subscribe request answers it
+                self.ended[client_id] = error
+                while len(self.ended) > ENDED_MEMORY:
+                    self.ended.popitem(last=False)
+                log.info("polling session ended", extra={"client_id": client_id, "reason": str(error)})
+            finally:
+                self.live.pop(client_id, None)
+
+    async def _expire_when_idle(self, polled: _Polled) -> None:
+        timeout = self.config.session_idle_timeout
+        while True:
+            await trio.sleep_until(polled.last_activity + timeout)
+            idle = not polled.polling.locked()
+            if idle and trio.current_time() >= polled.last_activity + timeout:
+                polled.session.close(SessionClosed(f"session not polled for {timeout:g} s"))
+                return
+
+    def find(self, client_id: str) -> _Polled:
+        polled = self.live.get(client_id)
+        if polled is not None:
+            polled.last_activity = trio.current_time()
+            return polled
+        if client_id in self.ended:
+            raise SessionClosed(f"session ended: {self.ended[client_id]}")
+        raise SessionNotFound("not subscribed")
+
+    async def handle(self, request: Request, send: Send, nursery: trio.Nursery) -> None:
+        expected = ROUTES.get(request.path)
+        if expected is None:
+            await respond_json(send, 404, {"error": "not found"})
+            return
+        if request.method != expected:
+            await respond_json(send, 405, {"error": "method not allowed"}, {"allow": expected})
+            return
+        try:
+            if "x-client-id" not in request.headers:
+                raise BadRequest("X-Client-ID header required")
+            client_id = client_identity(request.headers, None)
+            if request.path == "/subscribe":
+                polled = self.live.get(client_id) or await nursery.start(self.run_session, client_id)
+                session = polled.session
+                await respond_json(send, 201, {"session_id": session.id, "client_id": client_id})
+            elif request.path == "/poll":
+                await self.poll(self.find(client_id), send)
+            elif request.path == "/ack":
+                event_id = request.headers.get("x-event-id")
+                if not event_id:
+                    raise BadRequest("X-Event-ID header required")
+                await self.find(client_id).session.confirm(event_id)
+                await respond(send, 204)
+            else:
+                polled = self.find(client_id)
+                polled.unsubscribed.set()
+                await respond_json(send, 200, {"status": "unsubscribed", "session_id": polled.session.id})
+        except MediationError as error:
+            await respond_error(send, error)
+
+    async def poll(self, polled: _Polled, send: Send) -> None:
+        session = polled.session
+        async with polled.polling:
+            item = None
+            try:
+                with trio.move_on_after(self.config.poll_timeout):
+                    item = await session.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise self._ended_error(session) from None
+            finally:
+                polled.last_activity = trio.current_time()
+            if item is None:
+                await respond(send, 204)
+                return
+            await session.before_write(item)
+            headers = {
+                "x-event-id": item.event.id,
+                "content-type": item.event.metadata.get("content-type", "application/octet-stream"),
+            }
+            for key, value in item.event.metadata.items():
+                if key != "content-type":
+                    headers[f"x-meta-{key}"] = value
+            await respond(send, 200, item.event.payload, headers)
+            await session.written(item)
+
+    def _ended_error(self, session: Session) -> MediationError:
+        if isinstance(session.close_reason, EngineShuttingDown):
+            return session.close_reason
+        return SessionClosed(f"session ended: {session.close_reason or 'consumer stopped'}")
+
+
+async def serve(
+    config: HTTPGetEntrypoint,
+    context: EngineContext,
+    host: str,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    entrypoint = _PollingEntrypoint(config, context)
+    async with trio.open_nursery() as sessions:
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if await lifespan_or_http(scope, receive, send):
+                with context.client_connection():
+                    await entrypoint.handle(Request(scope, receive), send, sessions)
+
+        await serve_asgi(app, host, config.port, task_status=task_status)

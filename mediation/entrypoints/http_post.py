@@ -1,0 +1,65 @@
+"""The HTTP POST (webhook) entrypoint: each request body is one upstream event.
+
+``Content-Type`` and ``X-*`` headers travel as metadata. The answer is ``202
+{"status": "accepted", "id"}``: once the producers took the event, or, on ``at_least_once`` routes,
+once the broker confirmed it; ``503`` when a broker is down or refused it; ``413`` past
+``max_body`` (nothing is published); ``405`` for any other method; ``502`` with no route.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..config import HTTPPostEntrypoint
+from ..errors import MediationError, NoRoute, SessionNotFound
+from ..events import Event
+from ..identity import check_origin, client_identity
+from ..session import EngineContext, publish_upstream
+from ._asgi import Receive, Request, Scope, Send, lifespan_or_http, respond_error, respond_json, serve_asgi
+
+
+async def serve(
+    config: HTTPPostEntrypoint,
+    context: EngineContext,
+    host: str,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if await lifespan_or_http(scope, receive, send):
+            with context.client_connection():
+                await _handle(config, context, Request(scope, receive), send)
+
+    await serve_asgi(app, host, config.port, task_status=task_status)
+
+
+def event_metadata(headers: dict[str, str]) -> dict[str, str]:
+    """The request headers that travel with the event: ``Content-Type`` and ``X-*``."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if name == "content-type" or (name.startswith("x-") and name != "x-client-id")
+    }
+
+
+async def _handle(config: HTTPPostEntrypoint, context: EngineContext, request: Request, send: Send) -> None:
+    try:
+        if request.path != config.path:
+            raise SessionNotFound(f"no webhook entrypoint at {request.path}")
+        if request.method != "POST":
+            await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "POST"})
+            return
+        client_id = client_identity(request.headers, request.query_value("client_id"))
+        check_origin(config.allowed_origins, request.headers.get("origin"))
+        routes = context.routes.for_entrypoint(config.name).upstream
+        if not routes:
+            raise NoRoute(f"entrypoint {config.name} has no upstream route")
+        body = await request.body(config.max_body)
+        event = Event(body, metadata=event_metadata(request.headers), client_id=client_id)
+        await publish_upstream(
+            context, routes, event, entrypoint=config.name, client_id=client_id, session_id=None
+        )
+    except MediationError as error:
+        await respond_error(send, error)
+    else:
+        await respond_json(send, 202, {"status": "accepted", "id": event.id})

@@ -1,0 +1,132 @@
+"""The Server-Sent Events entrypoint: ``GET`` with ``Accept: text/event-stream``, broker -> client.
+
+The stream opens with ``event: session`` carrying ``{"client_id", "session_id"}``, sent once the
+session's consumers are subscribed. Each event is framed by :mod:`mediation.sse`; a ``: keepalive``
+comment every ``heartbeat_interval`` keeps proxies from cutting idle streams. A completed write is
+the confirmation ``at_least_once`` waits for (SSE has no way back from the client). ``Last-Event-ID``
+is passed to the endpoints as the resume position. The session's end is told in the stream:
+``event: error`` with the reason (broker failure, route changed, too slow), or, on shutdown, just
+the end of the response (a final chunk, not a cut connection).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import trio
+
+from ..config import SSEEntrypoint
+from ..errors import EngineShuttingDown, MediationError, SessionNotFound, outcome_of
+from ..identity import check_origin, client_identity
+from ..session import EngineContext, Session, SessionDelivery, open_session
+from ..sse import frame_comment, frame_event
+from ._asgi import Receive, Request, Scope, Send, lifespan_or_http, respond_error, respond_json, serve_asgi
+
+log = logging.getLogger(__name__)
+
+# How long the last words to a client (error event, end of stream) may take: it may be the slow one.
+GOODBYE_TIMEOUT = 1.0
+
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # tell nginx-like proxies not to buffer the stream
+]
+
+
+async def serve(
+    config: SSEEntrypoint,
+    context: EngineContext,
+    host: str,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if await lifespan_or_http(scope, receive, send):
+            with context.client_connection():
+                await _handle(config, context, Request(scope, receive), send)
+
+    await serve_asgi(app, host, config.port, task_status=task_status)
+
+
+async def _handle(config: SSEEntrypoint, context: EngineContext, request: Request, send: Send) -> None:
+    if request.path != config.path:
+        await respond_error(send, SessionNotFound(f"no SSE entrypoint at {request.path}"))
+        return
+    if request.method != "GET":
+        await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "GET"})
+        return
+    stream = _Stream(send)
+    try:
+        client_id = client_identity(request.headers, request.query_value("client_id"))
+        check_origin(config.allowed_origins, request.headers.get("origin"))
+        async with open_session(
+            context,
+            entrypoint=config.name,
+            client_id=client_id,
+            max_sessions=config.max_sessions,
+            client_confirms=False,
+            resume_after=request.headers.get("last-event-id"),
+        ) as session:
+            await stream.start()
+            await stream.write(
+                frame_event(
+                    json.dumps({"client_id": client_id, "session_id": session.id}), event="session"
+                )
+            )
+            await _stream_events(stream, session, request, config.heartbeat_interval)
+    except MediationError as error:
+        if not stream.started:
+            await respond_error(send, error)
+        elif not isinstance(error, EngineShuttingDown):
+            log.info("sse session ended", extra={"reason": str(error)})
+            with trio.move_on_after(GOODBYE_TIMEOUT):
+                await stream.write(frame_event(outcome_of(error).reason, event="error"))
+    finally:
+        if stream.started:
+            with trio.move_on_after(GOODBYE_TIMEOUT, shield=True):
+                await stream.end()
+
+
+class _Stream:
+    """The response body, written by the event writer and the heartbeat (one at a time)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._lock = trio.Lock()
+        self.started = False
+
+    async def start(self) -> None:
+        await self._send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        self.started = True
+
+    async def write(self, chunk: bytes) -> None:
+        async with self._lock:
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        async with self._lock:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _stream_events(
+    stream: _Stream, session: Session, request: Request, heartbeat_interval: float
+) -> None:
+    """Write events and heartbeats until the client goes away (or the session ends)."""
+
+    async def write(item: SessionDelivery) -> None:
+        # A payload that is not UTF-8 cannot be an SSE event; it is sent with replacement marks.
+        await stream.write(frame_event(item.event.payload.decode("utf-8", "replace"), event_id=item.event.id))
+
+    async def heartbeat() -> None:
+        while True:
+            await trio.sleep(heartbeat_interval)
+            await stream.write(frame_comment("keepalive"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heartbeat)
+        nursery.start_soon(session.run_writer, write)
+        # hypercorn does not fail writes to a client that left; its disconnect message is the signal.
+        await request.wait_disconnect()
+        nursery.cancel_scope.cancel(reason="client went away")

@@ -1,0 +1,85 @@
+"""The ``mediation.v1`` WebSocket envelope. Pure: JSON text in and out.
+
+Downstream: ``{"id", "payload", "metadata"}`` (``"encoding": "base64"`` when the payload is not
+UTF-8). From the client: ``{"ack": id}``, ``{"nack": id}``, or an upstream event
+``{"id", "payload"}`` (optionally ``"encoding": "base64"`` and ``"metadata"``), which the engine
+answers with ``{"ack": id}`` or ``{"nack": id, "error": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .errors import BadRequest
+
+SUBPROTOCOL = "mediation.v1"
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    event_id: str
+    accepted: bool
+
+
+@dataclass(frozen=True)
+class Publication:
+    event_id: str
+    payload: bytes
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def encode_event(event_id: str, payload: bytes, metadata: Mapping[str, str]) -> str:
+    document: dict[str, object] = {"id": event_id}
+    try:
+        document["payload"] = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        document["payload"] = base64.b64encode(payload).decode("ascii")
+        document["encoding"] = "base64"
+    document["metadata"] = dict(metadata)
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_reply(event_id: str, *, error: str | None = None) -> str:
+    if error is None:
+        return json.dumps({"ack": event_id})
+    return json.dumps({"nack": event_id, "error": error})
+
+
+def decode_client_message(text: str | bytes) -> Confirmation | Publication:
+    """Parse one client message; :class:`BadRequest` says what is wrong with it."""
+    try:
+        document = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("envelope is not JSON") from None
+    if not isinstance(document, dict):
+        raise BadRequest("envelope must be a JSON object")
+    for verdict, accepted in (("ack", True), ("nack", False)):
+        if verdict in document:
+            event_id = document[verdict]
+            if not isinstance(event_id, str):
+                raise BadRequest(f'"{verdict}" must be an event id string')
+            return Confirmation(event_id, accepted)
+    event_id, payload = document.get("id"), document.get("payload")
+    if not isinstance(event_id, str) or not event_id:
+        raise BadRequest('envelope needs "id" (a non-empty string)')
+    if not isinstance(payload, str):
+        raise BadRequest('envelope needs "payload" (a string)')
+    metadata = document.get("metadata", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise BadRequest('"metadata" must be an object of strings')
+    if document.get("encoding") == "base64":
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except binascii.Error:
+            raise BadRequest("payload is not valid base64") from None
+    elif "encoding" in document:
+        raise BadRequest('"encoding" must be "base64" when given')
+    else:
+        data = payload.encode("utf-8")
+    return Publication(event_id, data, metadata)

@@ -1,0 +1,147 @@
+"""The one exception hierarchy of the engine, and what each error means to a client.
+
+Every domain error carries its client-visible outcome (HTTP status, WebSocket close code, whether
+an SSE stream gets an ``event: error``), so entrypoints never decide that themselves: they call
+:func:`outcome_of` and apply the answer. Anything that is not a :class:`MediationError` reaching an
+entrypoint is a bug in the engine and is reported as ``500`` / close ``1011``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a client is told when its request or session ends with an error."""
+
+    http_status: int
+    ws_close_code: int
+    reason: str
+
+
+class MediationError(Exception):
+    """Base of every error the engine raises to its users and clients."""
+
+    http_status = 500
+    ws_close_code = 1011
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(self.http_status, self.ws_close_code, str(self) or type(self).__name__)
+
+
+class ConfigError(MediationError):
+    """The configuration is invalid; the message is one line ``FILE: table[i].key: problem``."""
+
+
+class BadRequest(MediationError):
+    """The client sent something the wire contract does not allow (bad client id, bad envelope)."""
+
+    http_status = 400
+    ws_close_code = 1008
+
+
+class OriginNotAllowed(MediationError):
+    http_status = 403
+    ws_close_code = 1008
+
+
+class NoRoute(MediationError):
+    """The entrypoint has no route for what the client asked (502, as a gateway with no upstream)."""
+
+    http_status = 502
+    ws_close_code = 1011
+
+
+class TargetNotFound(MediationError):
+    http_status = 502
+    ws_close_code = 1011
+
+
+class TooManySessions(MediationError):
+    http_status = 503
+    ws_close_code = 1013
+
+
+class MessageTooLarge(MediationError):
+    http_status = 413
+    ws_close_code = 1009
+
+
+class SessionNotFound(MediationError):
+    http_status = 404
+    ws_close_code = 1008
+
+
+class SessionClosed(MediationError):
+    """The engine ended the session (idle expiry, broker failure, route removed)."""
+
+    http_status = 410
+    ws_close_code = 1011
+
+
+class RouteChanged(SessionClosed):
+    """A hot reload removed or changed a route the session was using."""
+
+    ws_close_code = 1012  # "service restart": the client should reconnect
+
+
+class ClientTooSlow(MediationError):
+    http_status = 503
+    ws_close_code = 1013
+
+
+class BrokerUnavailable(MediationError):
+    """The endpoint's broker is down, refused a message, or failed while a session used it."""
+
+    http_status = 503
+    ws_close_code = 1011
+
+
+class EngineShuttingDown(MediationError):
+    http_status = 503
+    ws_close_code = 1001
+
+
+class ListenError(MediationError):
+    """An entrypoint or the health server could not listen on its port."""
+
+
+class UnknownEvent(MediationError):
+    """The client confirmed an event id this session is not waiting for."""
+
+    http_status = 404
+    ws_close_code = 1008
+
+
+def outcome_of(error: BaseException) -> Outcome:
+    """The client-visible outcome of any error: domain errors carry theirs, the rest are bugs."""
+    if isinstance(error, MediationError):
+        return error.outcome
+    return Outcome(500, 1011, "internal error")
+
+
+def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception to raise for what a nursery raised: never a group at a public boundary.
+
+    A domain error wins (it says what happened to the client); else the only other error (the
+    caller's own, or a cancellation); else a :class:`MediationError` naming them all.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    domain = [leaf for leaf in leaves if isinstance(leaf, MediationError)]
+    if domain:
+        return domain[0]
+    errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    if len(errors) <= 1:
+        return (errors or leaves)[0]
+    return MediationError("; ".join(repr(leaf) for leaf in leaves))

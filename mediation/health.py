@@ -1,0 +1,33 @@
+"""The health server: ``/healthz`` (alive), ``/readyz`` (every endpoint up), ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .endpoints.base import EndpointState
+from .entrypoints._asgi import ASGIApp, Receive, Request, Scope, Send, lifespan_or_http, respond
+from .entrypoints._asgi import respond_json
+from .session import EngineContext
+
+
+def health_app(context: EngineContext) -> ASGIApp:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if not await lifespan_or_http(scope, receive, send):
+            return
+        request = Request(scope, receive)
+        if request.method not in ("GET", "HEAD"):
+            await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "GET"})
+        elif request.path == "/healthz":
+            await respond_json(send, 200, {"status": "ok", "sessions": len(context.sessions)})
+        elif request.path == "/readyz":
+            states = {name: e.state.value.value for name, e in context.endpoints.items()}
+            ready = all(state == EndpointState.UP for state in states.values())
+            status = "ready" if ready else "not ready"
+            await respond_json(send, 200 if ready else 503, {"status": status, "endpoints": states})
+        elif request.path == "/metrics":
+            body = generate_latest(context.telemetry.registry)
+            await respond(send, 200, body, {"content-type": CONTENT_TYPE_LATEST})
+        else:
+            await respond_json(send, 404, {"error": "not found"})
+
+    return app

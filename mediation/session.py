@@ -1,0 +1,371 @@
+"""A client session: one client's broker consumers, its session channel, and its acks.
+
+``open_session`` is the session manager of the design. Entering it admits the client (routes,
+``max_sessions``), subscribes one consumer per downstream route (the client's broker-side
+subscription: it exists exactly while the session does) and publishes the ``connect`` presence
+event. The entrypoint then writes what :meth:`Session.next_delivery` returns to its client, and
+relays what the client sends with :meth:`Session.publish`. Leaving the block, by any path, stops the
+consumers, nacks every delivery the client did not get or did not confirm, and publishes
+``disconnect``.
+
+::
+
+    broker -> consumer task --(session channel, channel_size)--> writer -> client
+                  |  ack per ack_policy: received / channel entered / before write / confirmed
+    client -> relay -> Session.publish -> endpoint.publish (confirmed for at_least_once)
+
+Errors: a consumer that fails (broker gone) cancels the session and its ``MediationError`` is
+raised out of the ``async with``; so is the reason given to :meth:`Session.close` (engine shutdown,
+route changed, idle expiry). Entrypoints turn that error into the client's close code or status.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+
+import trio
+from trio_util import AsyncValue
+
+from .ack_policy import Step, acks_at, needs_client_confirmation, upstream_awaits_confirm
+from .config import RouteConfig
+from .endpoints.base import Endpoint, Outbound, Subscription
+from .errors import (
+    BrokerUnavailable,
+    ClientTooSlow,
+    EngineShuttingDown,
+    MediationError,
+    NoRoute,
+    TooManySessions,
+    UnknownEvent,
+    single_error,
+)
+from .events import Delivery, Event
+from .routing import EntrypointRoutes, RouteTable
+from .telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+# How long a session's last words to the broker (nacks, the disconnect presence event) may take.
+SETTLE_TIMEOUT = 5.0
+
+
+@dataclass
+class EngineContext:
+    """What sessions and entrypoints share: the endpoints, the current routes, the live sessions."""
+
+    endpoints: Mapping[str, Endpoint]
+    telemetry: Telemetry
+    routes: RouteTable
+    sessions: dict[str, Session] = field(default_factory=dict)
+    # Client connections being handled (sessions, and requests like a POST): shutdown waits for
+    # them to have told their client, which happens after their session ended.
+    connections: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
+    # Set once shutdown begins: no new sessions are admitted.
+    shutting_down: bool = False
+
+    @contextmanager
+    def client_connection(self) -> Iterator[None]:
+        """Count one client's handler for its whole duration, including its goodbye."""
+        self.connections.value += 1
+        try:
+            yield
+        finally:
+            self.connections.value -= 1
+
+    def session_count(self, entrypoint: str) -> int:
+        return sum(1 for s in self.sessions.values() if s.entrypoint == entrypoint)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A snapshot of one live session, as ``engine.sessions`` lists it."""
+
+    id: str
+    client_id: str
+    entrypoint: str
+    routes: tuple[str, ...]
+    channel_depth: int
+
+
+class SessionDelivery:
+    """A delivery inside a session, with the route it came along."""
+
+    __slots__ = ("delivery", "route")
+
+    def __init__(self, delivery: Delivery, route: RouteConfig) -> None:
+        self.delivery = delivery
+        self.route = route
+
+    @property
+    def event(self) -> Event:
+        return self.delivery.event
+
+
+class Session:
+    def __init__(
+        self,
+        context: EngineContext,
+        *,
+        entrypoint: str,
+        client_id: str,
+        routes: EntrypointRoutes,
+        client_confirms: bool,
+    ) -> None:
+        self.id = str(uuid.uuid4())
+        self.entrypoint = entrypoint
+        self.client_id = client_id
+        self.routes = routes
+        # True when the client answers each event (envelope acks, /ack); otherwise a completed
+        # write is the confirmation at_least_once waits for.
+        self.client_confirms = client_confirms
+        self._context = context
+        self._send, self._receive = trio.open_memory_channel[SessionDelivery](
+            sum(route.channel_size for route in routes.downstream) or 1
+        )
+        # The at-least-once window: events written to the client and not yet confirmed, counted
+        # against the routes' channel_size, so a client that never confirms stops its consumers.
+        window = sum(
+            r.channel_size for r in routes.downstream if needs_client_confirmation(r.delivery_guarantee)
+        )
+        self._window = trio.Semaphore(window) if window else None
+        self._in_hand: dict[SessionDelivery, None] = {}  # unsettled, in insertion order
+        self._awaiting_confirmation: dict[str, SessionDelivery] = {}
+        self._recently_written: deque[str] = deque(maxlen=64)
+        self._cancel_scope = trio.CancelScope()
+        self.close_reason: MediationError | None = None
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            id=self.id,
+            client_id=self.client_id,
+            entrypoint=self.entrypoint,
+            routes=self.routes.names,
+            channel_depth=self._receive.statistics().current_buffer_used,
+        )
+
+    def close(self, reason: MediationError) -> None:
+        """End the session from outside; ``reason`` is raised out of its ``async with``."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._cancel_scope.cancel(reason=str(reason))
+
+    # -- downstream: the writer's side ---------------------------------------------------------
+
+    async def receive(self) -> SessionDelivery:
+        """Wait for the next event for the client. Cancelling this wait loses nothing."""
+        if self._window is None:
+            return await self._receive.receive()
+        await self._window.acquire()
+        try:
+            item = await self._receive.receive()
+        except BaseException:
+            self._window.release()
+            raise
+        if not needs_client_confirmation(item.route.delivery_guarantee):
+            self._window.release()
+        return item
+
+    async def before_write(self, item: SessionDelivery) -> None:
+        if acks_at(item.route.delivery_guarantee, Step.BEFORE_WRITE):
+            await self._settle(item, accepted=True)
+
+    async def written(self, item: SessionDelivery) -> None:
+        """The event reached the client: log it and, per guarantee, ack or await confirmation."""
+        self._context.telemetry.packet(
+            event=item.event,
+            source_id=item.route.source,
+            client_id=self.client_id,
+            session_id=self.id,
+            route=item.route.name,
+            direction="downstream",
+        )
+        if not needs_client_confirmation(item.route.delivery_guarantee):
+            self._recently_written.append(item.event.id)
+        elif self.client_confirms:
+            self._awaiting_confirmation[item.event.id] = item
+        else:
+            await self._confirmed(item, accepted=True)
+
+    async def next_delivery(self) -> SessionDelivery:
+        """:meth:`receive` and :meth:`before_write`: the next event, ready to be written."""
+        item = await self.receive()
+        await self.before_write(item)
+        return item
+
+    async def run_writer(self, write: Callable[[SessionDelivery], Awaitable[None]]) -> None:
+        """The downstream writer: every event to ``write``, under the routes' slow-client policy.
+
+        Returns when the session's consumers are gone (never, unless the session ends).
+        """
+        while True:
+            try:
+                item = await self.receive()
+            except trio.EndOfChannel:
+                return
+            route = item.route
+            deadline = route.slow_client_timeout if route.slow_client == "disconnect" else math.inf
+            with trio.move_on_after(deadline) as waiting:
+                await self.before_write(item)
+                await write(item)
+            if waiting.cancelled_caught:
+                raise ClientTooSlow(f"client too slow (no progress for {deadline:g} s)")
+            await self.written(item)
+
+    async def confirm(self, event_id: str, *, accepted: bool = True) -> None:
+        """The client confirmed (or, ``accepted=False``, refused) an event it was sent."""
+        item = self._awaiting_confirmation.pop(event_id, None)
+        if item is not None:
+            await self._confirmed(item, accepted=accepted)
+        elif event_id not in self._recently_written:
+            raise UnknownEvent(f"no event {event_id!r} awaits confirmation in this session")
+
+    # -- upstream: the relay's side ------------------------------------------------------------
+
+    async def publish(self, payload: bytes, metadata: Mapping[str, str] | None = None,
+                      event_id: str | None = None) -> Event:
+        """Send one client event along every upstream route; per guarantee, wait for the broker."""
+        event = Event(payload, metadata=dict(metadata or {}), client_id=self.client_id)
+        if event_id is not None:
+            event = Event(payload, id=event_id, metadata=event.metadata, client_id=self.client_id)
+        await publish_upstream(
+            self._context, self.routes.upstream, event,
+            entrypoint=self.entrypoint, client_id=self.client_id, session_id=self.id,
+        )
+        return event
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _consume(
+        self, route: RouteConfig, resume_after: str | None, *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        endpoint = self._context.endpoints[route.source]
+        subscription = Subscription(
+            client_id=self.client_id, session_id=self.id, entrypoint=self.entrypoint,
+            route=route, resume_after=resume_after,
+        )
+        guarantee = route.delivery_guarantee
+        async with endpoint.consume(subscription) as deliveries:
+            task_status.started()
+            async for delivery in deliveries:
+                item = SessionDelivery(delivery, route)
+                self._in_hand[item] = None
+                if acks_at(guarantee, Step.RECEIVED):
+                    await self._settle(item, accepted=True)
+                await self._send.send(item)
+                if acks_at(guarantee, Step.CHANNEL_ENTERED):
+                    await self._settle(item, accepted=True)
+
+    async def _confirmed(self, item: SessionDelivery, *, accepted: bool) -> None:
+        await self._settle(item, accepted=accepted)
+        if self._window is not None:
+            self._window.release()
+
+    async def _settle(self, item: SessionDelivery, *, accepted: bool) -> None:
+        self._in_hand.pop(item, None)
+        if not item.delivery.settled:
+            self._context.telemetry.settled(item.route.name, accepted)
+            await (item.delivery.ack() if accepted else item.delivery.nack())
+
+    async def _nack_unsettled(self) -> None:
+        for item in list(self._in_hand):
+            await self._settle(item, accepted=False)
+
+    async def _announce(self, kind: str) -> None:
+        """Publish the presence event along routes with ``lifecycle_events = true``."""
+        routes = tuple(r for r in self.routes.upstream if r.lifecycle_events)
+        if not routes:
+            return
+        presence = Event(
+            payload=(
+                f'{{"type":"{kind}","client_id":"{self.client_id}",'
+                f'"session_id":"{self.id}","entrypoint":"{self.entrypoint}"}}'
+            ).encode(),
+            metadata={"content-type": "application/json", "mediation-event": kind},
+            client_id=self.client_id,
+        )
+        try:
+            await publish_upstream(
+                self._context, routes, presence,
+                entrypoint=self.entrypoint, client_id=self.client_id, session_id=self.id,
+            )
+        except BrokerUnavailable as error:
+            log.warning("presence event not published", extra={"session_id": self.id, "error": str(error)})
+
+
+async def publish_upstream(
+    context: EngineContext,
+    routes: tuple[RouteConfig, ...],
+    event: Event,
+    *,
+    entrypoint: str,
+    client_id: str,
+    session_id: str | None,
+) -> None:
+    """Hand ``event`` to the target of every route, awaiting confirms where the route asks."""
+    if not routes:
+        raise NoRoute(f"entrypoint {entrypoint} has no upstream route")
+    for route in routes:
+        endpoint = context.endpoints[route.target]
+        message = Outbound(event=event, route=route, client_id=client_id, entrypoint=entrypoint)
+        await endpoint.publish(message, confirm=upstream_awaits_confirm(route.delivery_guarantee))
+        context.telemetry.packet(
+            event=event, source_id=entrypoint, client_id=client_id, session_id=session_id,
+            route=route.name, direction="upstream",
+        )
+
+
+@asynccontextmanager
+async def open_session(
+    context: EngineContext,
+    *,
+    entrypoint: str,
+    client_id: str,
+    max_sessions: int | None,
+    client_confirms: bool,
+    resume_after: str | None = None,
+) -> AsyncIterator[Session]:
+    """Admit a client and run its session for the duration of the block (see module docstring)."""
+    if context.shutting_down:
+        raise EngineShuttingDown("the engine is shutting down")
+    routes = context.routes.for_entrypoint(entrypoint)
+    if not routes:
+        raise NoRoute(f"entrypoint {entrypoint} has no route")
+    if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
+        raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
+    session = Session(
+        context, entrypoint=entrypoint, client_id=client_id, routes=routes,
+        client_confirms=client_confirms,
+    )
+    context.sessions[session.id] = session
+    context.telemetry.sessions.labels(entrypoint).inc()
+    try:
+        with session._cancel_scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    # Subscribe on every route at once (a Kafka group join alone takes seconds).
+                    async with trio.open_nursery() as subscribing:
+                        for route in routes.downstream:
+                            subscribing.start_soon(nursery.start, session._consume, route, resume_after)
+                    await session._announce("connect")
+                    yield session
+                    nursery.cancel_scope.cancel(reason="session ended")
+            except BaseExceptionGroup as group:
+                raise single_error(group) from None
+        if session.close_reason is not None:
+            raise session.close_reason
+    finally:
+        del context.sessions[session.id]
+        context.telemetry.sessions.labels(entrypoint).dec()
+        session._send.close()
+        session._receive.close()
+        with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
+            await session._nack_unsettled()
+            await session._announce("disconnect")
+
