@@ -1,0 +1,61 @@
+"""Shared fixtures: engines on loopback with every port picked by the OS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import pytest
+
+from mediation.config import Config, build_config
+from mediation.engine import MediationEngine, open_mediation_engine
+
+
+
+def make_config(
+    *,
+    entrypoints: dict[str, str | dict[str, Any]],
+    routes: list[dict[str, Any]],
+    endpoints: dict[str, dict[str, Any]] | None = None,
+    engine: dict[str, Any] | None = None,
+) -> Config:
+    """A config on loopback with port 0 everywhere.
+
+    ``entrypoints`` maps name -> type, or name -> table (with ``type``); ``endpoints`` maps name
+    -> table (default: one memory endpoint ``mem``); routes are given as tables.
+    """
+    tables = []
+    for name, spec in entrypoints.items():
+        table = {"type": spec} if isinstance(spec, str) else dict(spec)
+        tables.append({"name": name, "port": 0, **table})
+    endpoint_tables = [
+        {"name": name, **table} for name, table in (endpoints or {"mem": {"type": "memory"}}).items()
+    ]
+    return build_config(
+        {
+            "engine": {"host": "127.0.0.1", "health_port": 0, "packet_log": False, **(engine or {})},
+            "entrypoints": tables,
+            "endpoints": endpoint_tables,
+            "routes": routes,
+        }
+    )
+
+
+EngineFactory = Callable[..., AbstractAsyncContextManager[MediationEngine]]
+
+
+@pytest.fixture
+def engine_with() -> EngineFactory:
+    """``async with engine_with(entrypoints=..., routes=...) as engine:``, see :func:`make_config`."""
+
+    @asynccontextmanager
+    async def start(**kwargs: Any) -> AsyncIterator[MediationEngine]:
+        async with open_mediation_engine(make_config(**kwargs)) as engine:
+            yield engine
+
+    return start
+
+
+def url(engine: MediationEngine, entrypoint: str, path: str = "/", scheme: str = "http") -> str:
+    return f"{scheme}://127.0.0.1:{engine.ports[entrypoint]}{path}"
