@@ -22,7 +22,6 @@ route changed, idle expiry). Entrypoints turn that error into the client's close
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -199,22 +198,10 @@ class Session:
         return item
 
     async def run_writer(self, write: Callable[[SessionDelivery], Awaitable[None]]) -> None:
-        """The downstream writer: every event to ``write``, under the routes' slow-client policy.
-
-        Returns when the session's consumers are gone (never, unless the session ends).
-        """
+        """The downstream writer: every event to ``write``, acked per guarantee. Never returns."""
         while True:
-            try:
-                item = await self.receive()
-            except trio.EndOfChannel:
-                return
-            route = item.route
-            deadline = route.slow_client_timeout if route.slow_client == "disconnect" else math.inf
-            with trio.move_on_after(deadline) as waiting:
-                await self.before_write(item)
-                await write(item)
-            if waiting.cancelled_caught:
-                raise ClientTooSlow(f"client too slow (no progress for {deadline:g} s)")
+            item = await self.next_delivery()
+            await write(item)
             await self.written(item)
 
     async def confirm(self, event_id: str, *, accepted: bool = True) -> None:
@@ -258,9 +245,24 @@ class Session:
                 self._in_hand[item] = None
                 if acks_at(guarantee, Step.RECEIVED):
                     await self._settle(item, accepted=True)
-                await self._send.send(item)
+                await self._enter_channel(item)
                 if acks_at(guarantee, Step.CHANNEL_ENTERED):
                     await self._settle(item, accepted=True)
+
+    async def _enter_channel(self, item: SessionDelivery) -> None:
+        """Put a delivery in the session channel, waiting as long as the slow-client policy allows.
+
+        The wait is where every kind of slowness shows (a write that does not complete, a client
+        that does not confirm or does not poll), so this is the one place the policy is applied.
+        """
+        route = item.route
+        if route.slow_client == "block":
+            await self._send.send(item)
+            return
+        with trio.move_on_after(route.slow_client_timeout) as waiting:
+            await self._send.send(item)
+        if waiting.cancelled_caught:
+            raise ClientTooSlow(f"client too slow: took no event for {route.slow_client_timeout:g} s")
 
     async def _confirmed(self, item: SessionDelivery, *, accepted: bool) -> None:
         await self._settle(item, accepted=accepted)

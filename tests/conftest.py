@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
+from trio_websocket import WebSocketConnection, open_websocket_url
 
 from mediation.config import Config, build_config
 from mediation.engine import MediationEngine, open_mediation_engine
@@ -59,3 +60,18 @@ def engine_with() -> EngineFactory:
 
 def url(engine: MediationEngine, entrypoint: str, path: str = "/", scheme: str = "http") -> str:
     return f"{scheme}://127.0.0.1:{engine.ports[entrypoint]}{path}"
+
+
+@asynccontextmanager
+async def open_ws(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    """trio-websocket's client, closing its socket even when the server closed first.
+
+    (Its ``aclose`` returns early once a close reason is known, leaving the TCP socket to the
+    garbage collector, which ``filterwarnings = error`` turns into a failure.)
+    """
+    async with open_websocket_url(url, **kwargs) as connection:
+        try:
+            yield connection
+        finally:
+            stream = connection._stream
+    await stream.aclose()
