@@ -78,6 +78,20 @@ class _Subscriber:
         self.not_full.unpark_all()
 
 
+class _Deliveries:
+    """One consumer's deliveries (a class, not an async generator, so nothing is left to finalise)."""
+
+    def __init__(self, endpoint: MemoryEndpoint, subscriber: _Subscriber) -> None:
+        self._endpoint = endpoint
+        self._subscriber = subscriber
+
+    def __aiter__(self) -> _Deliveries:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        return await self._endpoint._next_delivery(self._subscriber)
+
+
 class MemoryEndpoint:
     def __init__(self, name: str, config: MemoryConfig) -> None:
         self.name = name
@@ -111,7 +125,7 @@ class MemoryEndpoint:
         subscribers = self._topics.setdefault(topic, set())
         subscribers.add(subscriber)
         try:
-            yield self._deliveries(subscriber)
+            yield _Deliveries(self, subscriber)
         finally:
             subscriber.close()
             subscribers.discard(subscriber)
@@ -130,11 +144,10 @@ class MemoryEndpoint:
     def subscriber_count(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))
 
-    async def _deliveries(self, subscriber: _Subscriber) -> AsyncIterator[Delivery]:
-        while True:
-            event = await subscriber.get()
-            self.stats["delivered"] += 1
-            yield Delivery(event, self._settler(subscriber, event))
+    async def _next_delivery(self, subscriber: _Subscriber) -> Delivery:
+        event = await subscriber.get()
+        self.stats["delivered"] += 1
+        return Delivery(event, self._settler(subscriber, event))
 
     def _settler(self, subscriber: _Subscriber, event: Event) -> Settle:
         async def settle(accepted: bool) -> None:
