@@ -1,0 +1,78 @@
+"""Mosquitto 2.0 (Debian package `mosquitto`): a private MQTT 5 broker from a temp config."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+
+from ._common import LOOPBACK, Broker, BrokerStartError, ManagedProcess, port_accepts
+
+
+def _find_mosquitto() -> str:
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.path.exists(p)), None
+    )
+    if not found:
+        raise BrokerStartError("mosquitto not found: run scripts/install-system-deps")
+    return found
+
+
+class Mosquitto(Broker):
+    """A mosquitto on loopback: anonymous access, no persistence (state is lost on stop()).
+
+    Attributes: host, port, url ('mqtt://127.0.0.1:PORT'), config_path, workdir, log_path.
+    `extra_config` lines are appended to the generated config (e.g. a websockets listener).
+    """
+
+    kind = "mosquitto"
+    start_timeout = 15.0
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = LOOPBACK,
+        extra_config: str = "",
+        **kw: bool,
+    ) -> None:
+        super().__init__(port, host, **kw)
+        self.binary = _find_mosquitto()
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.config_path.write_text(
+            "per_listener_settings false\n"
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "connection_messages true\n"
+            "max_keepalive 65535\n"
+            f"{extra_config}\n"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _spawn(self) -> ManagedProcess:
+        # Running as root, mosquitto would switch to the `mosquitto` user; it needs no
+        # files besides its config, which that user can read, so that is harmless.
+        p = ManagedProcess(
+            self.kind, [self.binary, "-c", str(self.config_path)], self.log_path, cwd=self.workdir
+        )
+        p.spawn()
+        return p
+
+    def _ready(self) -> bool:
+        return port_accepts(self.host, self.port)
+
+
+@contextlib.contextmanager
+def start_mosquitto(
+    port: int | None = None, host: str = LOOPBACK, extra_config: str = ""
+) -> Iterator[Mosquitto]:
+    """Start a private mosquitto on a free (or the given) loopback port; stop it on exit."""
+    with Mosquitto(port, host, extra_config=extra_config) as broker:
+        broker.start()
+        yield broker
