@@ -24,6 +24,7 @@ from ..config import WebSocketEntrypoint
 from ..envelope import SUBPROTOCOL, Confirmation, decode_client_message, encode_event, encode_reply
 from ..errors import (
     BrokerUnavailable,
+    ListenError,
     MediationError,
     NoRoute,
     SessionNotFound,
@@ -50,14 +51,17 @@ async def serve(
         with context.client_connection():
             await _handle(config, context, request)
 
-    await serve_websocket(
-        handle,
-        host,
-        config.port,
-        ssl_context=None,
-        max_message_size=config.max_message_bytes,
-        task_status=_PortReporter(task_status),  # type: ignore[arg-type]
-    )
+    try:
+        await serve_websocket(
+            handle,
+            host,
+            config.port,
+            ssl_context=None,
+            max_message_size=config.max_message_bytes,
+            task_status=_PortReporter(task_status),  # type: ignore[arg-type]
+        )
+    except OSError as error:
+        raise ListenError(f"cannot listen on {host}:{config.port}: {error.strerror}") from None
 
 
 class _PortReporter:
