@@ -61,6 +61,11 @@ def run(config: Config) -> int:
     except MediationError as error:
         _report(error)
         return EXIT_ERROR
+    except OSError as error:
+        # The engine turns its own (a port in use: ListenError) into MediationErrors; one that
+        # got through is still the machine's answer to the operator, not a bug to trace.
+        _report(MediationError(str(error)))
+        return EXIT_ERROR
     except KeyboardInterrupt:
         # SIGINT before the signal receiver was installed (or after it was removed): nothing
         # was serving yet, so there is nothing to shut down.
