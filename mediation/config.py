@@ -221,7 +221,7 @@ def build_config(
         resolved_routes.append(route.model_copy(update={"direction": direction}))
     return Config(
         engine=engine,
-        entrypoints=tuple(entrypoints),  # type: ignore[arg-type]
+        entrypoints=tuple(entrypoints),
         endpoints=tuple(endpoints),
         routes=tuple(resolved_routes),
         source_path=None if filename.startswith("<") else filename,
@@ -285,7 +285,9 @@ def _validate(model: type[M], item: Any, path: list[str | int], fail: Any) -> M:
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _substitute_env(value: Any, env: Mapping[str, str], path: tuple[str | int, ...], fail: Any) -> Any:
+def _substitute_env(
+    value: Any, env: Mapping[str, str], path: tuple[str | int, ...], fail: Any
+) -> Any:
     if isinstance(value, str):
 
         def lookup(match: re.Match[str]) -> str:

@@ -1,4 +1,4 @@
-"""The engine: one nursery holding the endpoints, the entrypoints, the health server and the watcher.
+"""The engine: one nursery holding endpoints, entrypoints, the health server and the watcher.
 
 ::
 
@@ -64,7 +64,10 @@ class MediationEngine:
         Entrypoints and endpoints are fixed for the life of the engine: a config that changes them
         is refused with :class:`ConfigError` and the running routes stay.
         """
-        if config.entrypoints != self.config.entrypoints or config.endpoints != self.config.endpoints:
+        if (
+            config.entrypoints != self.config.entrypoints
+            or config.endpoints != self.config.endpoints
+        ):
             raise ConfigError(
                 f"{config.source_path or '<config>'}: entrypoints and endpoints cannot change "
                 "on reload (restart the engine); routes were not changed"
@@ -77,7 +80,9 @@ class MediationEngine:
                 session.close(RouteChanged("route changed by a configuration reload"))
         log.info("routes reloaded", extra={"routes": len(config.routes)})
 
-    async def _serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         config = self.config
         async with trio.open_nursery() as nursery:
             for endpoint in self.endpoints.values():
@@ -92,7 +97,9 @@ class MediationEngine:
             if config.source_path is not None and config.engine.reload_interval > 0:
                 from .watcher import watch_config
 
-                nursery.start_soon(watch_config, self, config.source_path, config.engine.reload_interval)
+                nursery.start_soon(
+                    watch_config, self, config.source_path, config.engine.reload_interval
+                )
             task_status.started()
 
     async def _shut_down(self) -> None:
@@ -103,7 +110,9 @@ class MediationEngine:
         with trio.move_on_after(self.config.engine.shutdown_timeout) as waiting:
             await context.connections.wait_value(0)
         if waiting.cancelled_caught:
-            log.warning("shutdown timeout: clients cut off", extra={"clients": context.connections.value})
+            log.warning(
+                "shutdown timeout: clients cut off", extra={"clients": context.connections.value}
+            )
 
 
 @asynccontextmanager
@@ -121,4 +130,3 @@ async def open_mediation_engine(config: Config) -> AsyncIterator[MediationEngine
                 nursery.cancel_scope.cancel(reason="engine shut down")
     except BaseExceptionGroup as group:
         raise single_error(group) from None
-

@@ -50,7 +50,7 @@ class OriginNotAllowed(MediationError):
 
 
 class NoRoute(MediationError):
-    """The entrypoint has no route for what the client asked (502, as a gateway with no upstream)."""
+    """The entrypoint has no route for what the client asked (502: a gateway with no upstream)."""
 
     http_status = 502
     ws_close_code = 1011

@@ -5,8 +5,16 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .endpoints.base import EndpointState
-from .entrypoints._asgi import ASGIApp, Receive, Request, Scope, Send, lifespan_or_http, respond
-from .entrypoints._asgi import respond_json
+from .entrypoints._asgi import (
+    ASGIApp,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    lifespan_or_http,
+    respond,
+    respond_json,
+)
 from .session import EngineContext
 
 

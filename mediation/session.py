@@ -130,7 +130,9 @@ class Session:
         # The at-least-once window: events written to the client and not yet confirmed, counted
         # against the routes' channel_size, so a client that never confirms stops its consumers.
         window = sum(
-            r.channel_size for r in routes.downstream if needs_client_confirmation(r.delivery_guarantee)
+            r.channel_size
+            for r in routes.downstream
+            if needs_client_confirmation(r.delivery_guarantee)
         )
         self._window = trio.Semaphore(window) if window else None
         self._in_hand: dict[SessionDelivery, None] = {}  # unsettled, in insertion order
@@ -214,28 +216,39 @@ class Session:
 
     # -- upstream: the relay's side ------------------------------------------------------------
 
-    async def publish(self, payload: bytes, metadata: Mapping[str, str] | None = None,
-                      event_id: str | None = None) -> Event:
+    async def publish(
+        self, payload: bytes, metadata: Mapping[str, str] | None = None, event_id: str | None = None
+    ) -> Event:
         """Send one client event along every upstream route; per guarantee, wait for the broker."""
         event = Event(payload, metadata=dict(metadata or {}), client_id=self.client_id)
         if event_id is not None:
             event = Event(payload, id=event_id, metadata=event.metadata, client_id=self.client_id)
         await publish_upstream(
-            self._context, self.routes.upstream, event,
-            entrypoint=self.entrypoint, client_id=self.client_id, session_id=self.id,
+            self._context,
+            self.routes.upstream,
+            event,
+            entrypoint=self.entrypoint,
+            client_id=self.client_id,
+            session_id=self.id,
         )
         return event
 
     # -- internals -----------------------------------------------------------------------------
 
     async def _consume(
-        self, route: RouteConfig, resume_after: str | None, *,
+        self,
+        route: RouteConfig,
+        resume_after: str | None,
+        *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         endpoint = self._context.endpoints[route.source]
         subscription = Subscription(
-            client_id=self.client_id, session_id=self.id, entrypoint=self.entrypoint,
-            route=route, resume_after=resume_after,
+            client_id=self.client_id,
+            session_id=self.id,
+            entrypoint=self.entrypoint,
+            route=route,
+            resume_after=resume_after,
         )
         guarantee = route.delivery_guarantee
         async with endpoint.consume(subscription) as deliveries:
@@ -262,7 +275,9 @@ class Session:
         with trio.move_on_after(route.slow_client_timeout) as waiting:
             await self._send.send(item)
         if waiting.cancelled_caught:
-            raise ClientTooSlow(f"client too slow: took no event for {route.slow_client_timeout:g} s")
+            raise ClientTooSlow(
+                f"client too slow: took no event for {route.slow_client_timeout:g} s"
+            )
 
     async def _confirmed(self, item: SessionDelivery, *, accepted: bool) -> None:
         await self._settle(item, accepted=accepted)
@@ -294,11 +309,17 @@ class Session:
         )
         try:
             await publish_upstream(
-                self._context, routes, presence,
-                entrypoint=self.entrypoint, client_id=self.client_id, session_id=self.id,
+                self._context,
+                routes,
+                presence,
+                entrypoint=self.entrypoint,
+                client_id=self.client_id,
+                session_id=self.id,
             )
         except BrokerUnavailable as error:
-            log.warning("presence event not published", extra={"session_id": self.id, "error": str(error)})
+            log.warning(
+                "presence event not published", extra={"session_id": self.id, "error": str(error)}
+            )
 
 
 async def publish_upstream(
@@ -318,8 +339,12 @@ async def publish_upstream(
         message = Outbound(event=event, route=route, client_id=client_id, entrypoint=entrypoint)
         await endpoint.publish(message, confirm=upstream_awaits_confirm(route.delivery_guarantee))
         context.telemetry.packet(
-            event=event, source_id=entrypoint, client_id=client_id, session_id=session_id,
-            route=route.name, direction="upstream",
+            event=event,
+            source_id=entrypoint,
+            client_id=client_id,
+            session_id=session_id,
+            route=route.name,
+            direction="upstream",
         )
 
 
@@ -342,7 +367,10 @@ async def open_session(
     if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
         raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
     session = Session(
-        context, entrypoint=entrypoint, client_id=client_id, routes=routes,
+        context,
+        entrypoint=entrypoint,
+        client_id=client_id,
+        routes=routes,
         client_confirms=client_confirms,
     )
     context.sessions[session.id] = session
@@ -354,7 +382,9 @@ async def open_session(
                     # Subscribe on every route at once (a Kafka group join alone takes seconds).
                     async with trio.open_nursery() as subscribing:
                         for route in routes.downstream:
-                            subscribing.start_soon(nursery.start, session._consume, route, resume_after)
+                            subscribing.start_soon(
+                                nursery.start, session._consume, route, resume_after
+                            )
                     await session._announce("connect")
                     yield session
                     nursery.cancel_scope.cancel(reason="session ended")
@@ -370,4 +400,3 @@ async def open_session(
         with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
             await session._nack_unsettled()
             await session._announce("disconnect")
-

@@ -80,7 +80,9 @@ class _EndpointStateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
-            "mediation_endpoint_state", "1 for the state each endpoint is in", labels=["endpoint", "state"]
+            "mediation_endpoint_state",
+            "1 for the state each endpoint is in",
+            labels=["endpoint", "state"],
         )
         for name, current in self._states().items():
             for state in EndpointState:

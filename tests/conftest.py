@@ -13,7 +13,6 @@ from mediation.config import Config, build_config
 from mediation.engine import MediationEngine, open_mediation_engine
 
 
-
 def make_config(
     *,
     entrypoints: dict[str, str | dict[str, Any]],
@@ -31,11 +30,17 @@ def make_config(
         table = {"type": spec} if isinstance(spec, str) else dict(spec)
         tables.append({"name": name, "port": 0, **table})
     endpoint_tables = [
-        {"name": name, **table} for name, table in (endpoints or {"mem": {"type": "memory"}}).items()
+        {"name": name, **table}
+        for name, table in (endpoints or {"mem": {"type": "memory"}}).items()
     ]
     return build_config(
         {
-            "engine": {"host": "127.0.0.1", "health_port": 0, "packet_log": False, **(engine or {})},
+            "engine": {
+                "host": "127.0.0.1",
+                "health_port": 0,
+                "packet_log": False,
+                **(engine or {}),
+            },
             "entrypoints": tables,
             "endpoints": endpoint_tables,
             "routes": routes,

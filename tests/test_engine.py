@@ -42,8 +42,16 @@ async def test_sessions_snapshot(engine_with: EngineFactory) -> None:
         assert engine.sessions == []
         async with open_ws(url(engine, "ws", "/?client_id=alice", scheme="ws")):
             [session] = engine.sessions
-            assert (session.client_id, session.entrypoint, session.routes, session.channel_depth) == (
-                "alice", "ws", ("ws->mem", "mem->ws"), 0,
+            assert (
+                session.client_id,
+                session.entrypoint,
+                session.routes,
+                session.channel_depth,
+            ) == (
+                "alice",
+                "ws",
+                ("ws->mem", "mem->ws"),
+                0,
             )
             async with httpx.AsyncClient() as http:
                 health = (await http.get(url(engine, "health", "/healthz"))).json()
@@ -61,13 +69,24 @@ async def test_no_thread_or_connection_outlives_the_engine(engine_with: EngineFa
     assert engine._context.connections.value == 0
 
 
-async def test_readyz_follows_the_endpoints_and_metrics_are_prometheus_text(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints=ENTRYPOINTS, routes=ROUTES) as engine, httpx.AsyncClient() as http:
+async def test_readyz_follows_the_endpoints_and_metrics_are_prometheus_text(
+    engine_with: EngineFactory,
+) -> None:
+    async with (
+        engine_with(entrypoints=ENTRYPOINTS, routes=ROUTES) as engine,
+        httpx.AsyncClient() as http,
+    ):
         ready = await http.get(url(engine, "health", "/readyz"))
-        assert (ready.status_code, ready.json()) == (200, {"status": "ready", "endpoints": {"mem": "up"}})
+        assert (ready.status_code, ready.json()) == (
+            200,
+            {"status": "ready", "endpoints": {"mem": "up"}},
+        )
         engine.endpoints["mem"].fail()
         ready = await http.get(url(engine, "health", "/readyz"))
-        assert (ready.status_code, ready.json()) == (503, {"status": "not ready", "endpoints": {"mem": "down"}})
+        assert (ready.status_code, ready.json()) == (
+            503,
+            {"status": "not ready", "endpoints": {"mem": "down"}},
+        )
         engine.endpoints["mem"].recover()
         await http.post(url(engine, "post"), content=b"counted")
         metrics = (await http.get(url(engine, "health", "/metrics"))).text
@@ -77,10 +96,15 @@ async def test_readyz_follows_the_endpoints_and_metrics_are_prometheus_text(engi
         assert "mediation_sessions" in metrics
 
 
-async def test_reload_changes_routes_and_closes_only_the_sessions_it_touched(engine_with: EngineFactory) -> None:
+async def test_reload_changes_routes_and_closes_only_the_sessions_it_touched(
+    engine_with: EngineFactory,
+) -> None:
     async with engine_with(entrypoints=ENTRYPOINTS, routes=ROUTES) as engine:
         async with open_ws(url(engine, "ws", scheme="ws")) as ws, httpx.AsyncClient() as http:
-            async with http.stream("GET", url(engine, "sse")) as sse, aclosing(sse.aiter_lines()) as lines:
+            async with (
+                http.stream("GET", url(engine, "sse")) as sse,
+                aclosing(sse.aiter_lines()) as lines,
+            ):
                 assert await anext(lines) == "event: session"
                 # The WebSocket loses its upstream route; SSE's routes stay as they were.
                 new_routes = [r for r in ROUTES if r["source"] != "ws"]
@@ -97,7 +121,9 @@ async def test_reload_changes_routes_and_closes_only_the_sessions_it_touched(eng
             assert engine.sessions[0].routes == ("mem->ws",)
 
 
-async def test_reload_refuses_to_change_entrypoints_and_keeps_the_routes(engine_with: EngineFactory) -> None:
+async def test_reload_refuses_to_change_entrypoints_and_keeps_the_routes(
+    engine_with: EngineFactory,
+) -> None:
     async with engine_with(entrypoints=ENTRYPOINTS, routes=ROUTES) as engine:
         before = engine._context.routes
         with pytest.raises(ConfigError, match="restart"):
@@ -109,7 +135,10 @@ async def test_a_port_in_use_is_one_mediation_error_not_a_group() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        config = make_config(entrypoints={"ws": {"type": "websocket", "port": taken.getsockname()[1]}}, routes=ROUTES[:1])
+        config = make_config(
+            entrypoints={"ws": {"type": "websocket", "port": taken.getsockname()[1]}},
+            routes=ROUTES[:1],
+        )
         with pytest.raises(ListenError, match="cannot listen"):
             async with open_mediation_engine(config):
                 pass

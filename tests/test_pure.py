@@ -52,7 +52,10 @@ def test_any_payload_survives_sse_framing_with_line_breaks_normalised(payload: s
 
 
 def test_sse_frames_use_only_newline_line_endings() -> None:
-    assert frame_event("a\r\nb\rc", event_id="1", event="x") == b"event: x\nid: 1\ndata: a\ndata: b\ndata: c\n\n"
+    assert (
+        frame_event("a\r\nb\rc", event_id="1", event="x")
+        == b"event: x\nid: 1\ndata: a\ndata: b\ndata: c\n\n"
+    )
     assert frame_comment("keepalive") == b": keepalive\n\n"
 
 
@@ -62,7 +65,11 @@ def test_sse_id_with_line_break_is_refused() -> None:
 
 
 def test_envelope_text_and_binary_payloads() -> None:
-    assert json.loads(encode_event("1", b"hi", {"k": "v"})) == {"id": "1", "payload": "hi", "metadata": {"k": "v"}}
+    assert json.loads(encode_event("1", b"hi", {"k": "v"})) == {
+        "id": "1",
+        "payload": "hi",
+        "metadata": {"k": "v"},
+    }
     binary = json.loads(encode_event("2", b"\xff\x00", {}))
     assert binary["encoding"] == "base64" and base64.b64decode(binary["payload"]) == b"\xff\x00"
 
@@ -70,21 +77,29 @@ def test_envelope_text_and_binary_payloads() -> None:
 def test_envelope_client_messages() -> None:
     assert decode_client_message('{"ack": "7"}') == Confirmation("7", True)
     assert decode_client_message('{"nack": "7"}') == Confirmation("7", False)
-    assert decode_client_message('{"id": "a", "payload": "x", "metadata": {"k": "v"}}') == Publication(
-        "a", b"x", {"k": "v"}
-    )
+    assert decode_client_message(
+        '{"id": "a", "payload": "x", "metadata": {"k": "v"}}'
+    ) == Publication("a", b"x", {"k": "v"})
     encoded = base64.b64encode(b"\x00\xff").decode()
-    assert decode_client_message(f'{{"id": "b", "payload": "{encoded}", "encoding": "base64"}}') == Publication(
-        "b", b"\x00\xff", {}
-    )
+    assert decode_client_message(
+        f'{{"id": "b", "payload": "{encoded}", "encoding": "base64"}}'
+    ) == Publication("b", b"\x00\xff", {})
     assert json.loads(encode_reply("a")) == {"ack": "a"}
     assert json.loads(encode_reply("a", error="down")) == {"nack": "a", "error": "down"}
 
 
 @pytest.mark.parametrize(
     "message",
-    ["not json", "[]", '{"ack": 1}', '{"payload": "x"}', '{"id": "a"}', '{"id": "a", "payload": "%%", "encoding": "base64"}',
-     '{"id": "a", "payload": "x", "metadata": {"k": 1}}', '{"id": "a", "payload": "x", "encoding": "hex"}'],
+    [
+        "not json",
+        "[]",
+        '{"ack": 1}',
+        '{"payload": "x"}',
+        '{"id": "a"}',
+        '{"id": "a", "payload": "%%", "encoding": "base64"}',
+        '{"id": "a", "payload": "x", "metadata": {"k": 1}}',
+        '{"id": "a", "payload": "x", "encoding": "hex"}',
+    ],
 )
 def test_malformed_envelopes_are_bad_requests(message: str) -> None:
     with pytest.raises(BadRequest):

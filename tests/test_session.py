@@ -25,9 +25,15 @@ from .conftest import EngineFactory
 
 
 @asynccontextmanager
-async def client_session(engine: MediationEngine, *, client_confirms: bool = True, client_id: str = "c1") -> AsyncIterator[Session]:
+async def client_session(
+    engine: MediationEngine, *, client_confirms: bool = True, client_id: str = "c1"
+) -> AsyncIterator[Session]:
     async with open_session(
-        engine._context, entrypoint="ws", client_id=client_id, max_sessions=None, client_confirms=client_confirms
+        engine._context,
+        entrypoint="ws",
+        client_id=client_id,
+        max_sessions=None,
+        client_confirms=client_confirms,
     ) as session:
         yield session
 
@@ -41,13 +47,19 @@ def memory(engine: MediationEngine) -> MemoryEndpoint:
 async def publish(engine: MediationEngine, payload: bytes) -> Event:
     event = Event(payload)
     route = engine.config.routes[0]
-    await memory(engine).publish(Outbound(event=event, route=route, client_id="p", entrypoint="t"), confirm=True)
+    await memory(engine).publish(
+        Outbound(event=event, route=route, client_id="p", entrypoint="t"), confirm=True
+    )
     return event
 
 
 def routes(guarantee: str, **downstream: Any) -> list[dict[str, Any]]:
     return [
-        {"source": "ws", "target": "mem", **({"lifecycle_events": True} if downstream.pop("presence", False) else {})},
+        {
+            "source": "ws",
+            "target": "mem",
+            **({"lifecycle_events": True} if downstream.pop("presence", False) else {}),
+        },
         {"source": "mem", "target": "ws", "delivery_guarantee": guarantee, **downstream},
     ]
 
@@ -74,40 +86,47 @@ async def test_ack_before_the_client_sees_anything(
 
 
 async def test_at_most_once_acks_just_before_the_write(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("at_most_once")) as engine:
-        async with client_session(engine) as session:
-            await publish(engine, b"1")
-            item = await session.receive()
-            assert await settled(engine) == (0, 0)
-            await session.before_write(item)
-            assert await settled(engine) == (1, 0)
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=routes("at_most_once")
+    ) as engine, client_session(engine) as session:
+        await publish(engine, b"1")
+        item = await session.receive()
+        assert await settled(engine) == (0, 0)
+        await session.before_write(item)
+        assert await settled(engine) == (1, 0)
 
 
 async def test_at_least_once_acks_after_the_client_confirmed(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("at_least_once")) as engine:
-        async with client_session(engine) as session:
-            event = await publish(engine, b"1")
-            item = await session.next_delivery()
-            await session.written(item)
-            assert await settled(engine) == (0, 0)
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=routes("at_least_once")
+    ) as engine, client_session(engine) as session:
+        event = await publish(engine, b"1")
+        item = await session.next_delivery()
+        await session.written(item)
+        assert await settled(engine) == (0, 0)
+        await session.confirm(event.id)
+        assert await settled(engine) == (1, 0)
+        with pytest.raises(UnknownEvent):
             await session.confirm(event.id)
-            assert await settled(engine) == (1, 0)
-            with pytest.raises(UnknownEvent):
-                await session.confirm(event.id)
 
 
-async def test_at_least_once_without_client_confirmation_acks_on_completed_write(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("at_least_once")) as engine:
-        async with client_session(engine, client_confirms=False) as session:
-            await publish(engine, b"1")
-            item = await session.next_delivery()
-            assert await settled(engine) == (0, 0)
-            await session.written(item)
-            assert await settled(engine) == (1, 0)
+async def test_at_least_once_without_client_confirmation_acks_on_completed_write(
+    engine_with: EngineFactory,
+) -> None:
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=routes("at_least_once")
+    ) as engine, client_session(engine, client_confirms=False) as session:
+        await publish(engine, b"1")
+        item = await session.next_delivery()
+        assert await settled(engine) == (0, 0)
+        await session.written(item)
+        assert await settled(engine) == (1, 0)
 
 
 async def test_nack_redelivers_to_the_same_session(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("at_least_once")) as engine:
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=routes("at_least_once")
+    ) as engine:
         async with client_session(engine) as session:
             event = await publish(engine, b"again")
             first = await session.next_delivery()
@@ -120,7 +139,9 @@ async def test_nack_redelivers_to_the_same_session(engine_with: EngineFactory) -
         assert await settled(engine) == (1, 1)
 
 
-@pytest.mark.parametrize(("guarantee", "nacked"), [("auto", 1), ("at_most_once", 2), ("at_least_once", 3)])
+@pytest.mark.parametrize(
+    ("guarantee", "nacked"), [("auto", 1), ("at_most_once", 2), ("at_least_once", 3)]
+)
 async def test_what_the_client_did_not_get_is_nacked_when_it_leaves(
     engine_with: EngineFactory, guarantee: str, nacked: int
 ) -> None:
@@ -144,28 +165,31 @@ async def test_a_client_that_does_not_read_stops_the_publisher(
 ) -> None:
     endpoints = {"mem": {"type": "memory", "config": {"capacity": capacity}}}
     async with engine_with(
-        entrypoints={"ws": "websocket"}, routes=routes("auto", channel_size=channel_size), endpoints=endpoints
-    ) as engine:
-        async with client_session(engine) as session, trio.open_nursery() as nursery:
-            published = 0
+        entrypoints={"ws": "websocket"},
+        routes=routes("auto", channel_size=channel_size),
+        endpoints=endpoints,
+    ) as engine, client_session(engine) as session, trio.open_nursery() as nursery:
+        published = 0
 
-            async def publisher() -> None:
-                nonlocal published
-                for n in range(1000):
-                    await publish(engine, b"%d" % n)
-                    published += 1
+        async def publisher() -> None:
+            nonlocal published
+            for n in range(1000):
+                await publish(engine, b"%d" % n)
+                published += 1
 
-            nursery.start_soon(publisher)
-            await trio.testing.wait_all_tasks_blocked()
-            # channel + the consumer's hand + the subscriber buffer, then the publisher waits.
-            assert published == channel_size + 1 + capacity
-            assert session.info().channel_depth == channel_size
-            for n in range(1000):  # reading lets everything through, in order
-                assert (await session.next_delivery()).event.payload == b"%d" % n
-            nursery.cancel_scope.cancel()
+        nursery.start_soon(publisher)
+        await trio.testing.wait_all_tasks_blocked()
+        # channel + the consumer's hand + the subscriber buffer, then the publisher waits.
+        assert published == channel_size + 1 + capacity
+        assert session.info().channel_depth == channel_size
+        for n in range(1000):  # reading lets everything through, in order
+            assert (await session.next_delivery()).event.payload == b"%d" % n
+        nursery.cancel_scope.cancel()
 
 
-async def test_subscription_exists_exactly_while_the_client_is_connected(engine_with: EngineFactory) -> None:
+async def test_subscription_exists_exactly_while_the_client_is_connected(
+    engine_with: EngineFactory,
+) -> None:
     async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("auto")) as engine:
         topic_subscribers = lambda: memory(engine).subscriber_count("events")  # noqa: E731
         assert topic_subscribers() == 0
@@ -180,21 +204,24 @@ async def test_subscription_exists_exactly_while_the_client_is_connected(engine_
 
 
 async def test_presence_events_are_published_upstream(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("auto", presence=True)) as engine:
-        async with client_session(engine, client_id="watcher") as watcher:
-            first = await watcher.next_delivery()  # the watcher's own connect
-            assert b'"type":"connect"' in first.event.payload
-            async with client_session(engine, client_id="visitor") as visitor:
-                connect = (await watcher.next_delivery()).event
-                assert connect.payload == (
-                    b'{"type":"connect","client_id":"visitor","session_id":"%s","entrypoint":"ws"}'
-                    % visitor.id.encode()
-                )
-            disconnect = (await watcher.next_delivery()).event
-            assert b'"type":"disconnect","client_id":"visitor"' in disconnect.payload
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=routes("auto", presence=True)
+    ) as engine, client_session(engine, client_id="watcher") as watcher:
+        first = await watcher.next_delivery()  # the watcher's own connect
+        assert b'"type":"connect"' in first.event.payload
+        async with client_session(engine, client_id="visitor") as visitor:
+            connect = (await watcher.next_delivery()).event
+            assert connect.payload == (
+                b'{"type":"connect","client_id":"visitor","session_id":"%s","entrypoint":"ws"}'
+                % visitor.id.encode()
+            )
+        disconnect = (await watcher.next_delivery()).event
+        assert b'"type":"disconnect","client_id":"visitor"' in disconnect.payload
 
 
-async def test_endpoint_failure_ends_the_session_with_broker_unavailable(engine_with: EngineFactory) -> None:
+async def test_endpoint_failure_ends_the_session_with_broker_unavailable(
+    engine_with: EngineFactory,
+) -> None:
     async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("auto")) as engine:
         with pytest.raises(BrokerUnavailable):
             async with client_session(engine):

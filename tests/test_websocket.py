@@ -19,7 +19,9 @@ from .conftest import EngineFactory, open_ws, url
 ECHO = [{"source": "ws", "target": "mem"}, {"source": "mem", "target": "ws"}]
 
 
-async def handshake_status(engine: MediationEngine, name: str, target: str = "/", **headers: str) -> int:
+async def handshake_status(
+    engine: MediationEngine, name: str, target: str = "/", **headers: str
+) -> int:
     """The status a WebSocket upgrade request gets (httpx, since trio-websocket's client leaks
     its socket when a handshake is refused)."""
     upgrade = {
@@ -77,24 +79,36 @@ async def test_handshake_completes_only_once_subscribed(engine_with: EngineFacto
     [
         ({}, "/?client_id=bad%20id", {}, 400),
         ({}, "/", {"X-Client-ID": "x" * 129}, 400),
-        ({"allowed_origins": ["https://good.example"]}, "/", {"Origin": "https://evil.example"}, 403),
+        (
+            {"allowed_origins": ["https://good.example"]},
+            "/",
+            {"Origin": "https://evil.example"},
+            403,
+        ),
         ({}, "/elsewhere", {}, 404),
     ],
 )
 async def test_refusals_before_the_upgrade(
-    engine_with: EngineFactory, config: dict[str, object], target: str, headers: dict[str, str], status: int
+    engine_with: EngineFactory,
+    config: dict[str, object],
+    target: str,
+    headers: dict[str, str],
+    status: int,
 ) -> None:
-    async with engine_with(entrypoints={"ws": {"type": "websocket", **config}}, routes=ECHO) as engine:
+    async with engine_with(
+        entrypoints={"ws": {"type": "websocket", **config}}, routes=ECHO
+    ) as engine:
         assert await handshake_status(engine, "ws", target, **headers) == status
         assert engine.sessions == []
 
 
 async def test_allowed_origin_is_admitted(engine_with: EngineFactory) -> None:
     entrypoint = {"type": "websocket", "allowed_origins": ["https://good.example"]}
-    async with engine_with(entrypoints={"ws": entrypoint}, routes=ECHO) as engine:
-        async with open_ws(ws_url(engine), extra_headers=[("Origin", "https://good.example")]) as ws:
-            await ws.send_message("in")
-            assert await ws.get_message() == "in"
+    async with engine_with(entrypoints={"ws": entrypoint}, routes=ECHO) as engine, open_ws(
+        ws_url(engine), extra_headers=[("Origin", "https://good.example")]
+    ) as ws:
+        await ws.send_message("in")
+        assert await ws.get_message() == "in"
 
 
 async def test_no_route_is_502_and_capacity_is_503(engine_with: EngineFactory) -> None:
@@ -110,7 +124,9 @@ async def test_no_route_is_502_and_capacity_is_503(engine_with: EngineFactory) -
 
 async def test_identity_from_header_then_query_then_generated(engine_with: EngineFactory) -> None:
     async with engine_with(entrypoints={"ws": "websocket"}, routes=ECHO) as engine:
-        async with open_ws(ws_url(engine, "/?client_id=from-query"), extra_headers=[("X-Client-ID", "from-header")]):
+        async with open_ws(
+            ws_url(engine, "/?client_id=from-query"), extra_headers=[("X-Client-ID", "from-header")]
+        ):
             assert [s.client_id for s in engine.sessions] == ["from-header"]
         async with open_ws(ws_url(engine, "/?client_id=from-query")):
             assert [s.client_id for s in engine.sessions] == ["from-query"]
@@ -159,10 +175,11 @@ async def test_shutdown_closes_with_1001(engine_with: EngineFactory) -> None:
 
 
 async def test_frame_type_binary_sends_text_payloads_as_binary(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": {"type": "websocket", "frame_type": "binary"}}, routes=ECHO) as engine:
-        async with open_ws(ws_url(engine)) as ws:
-            await ws.send_message("text")
-            assert await ws.get_message() == b"text"
+    async with engine_with(
+        entrypoints={"ws": {"type": "websocket", "frame_type": "binary"}}, routes=ECHO
+    ) as engine, open_ws(ws_url(engine)) as ws:
+        await ws.send_message("text")
+        assert await ws.get_message() == b"text"
 
 
 # -- the mediation.v1 envelope ---------------------------------------------------------------
@@ -171,12 +188,19 @@ async def test_frame_type_binary_sends_text_payloads_as_binary(engine_with: Engi
 def envelope_routes(guarantee: str, channel_size: int = 1) -> list[dict[str, object]]:
     return [
         {"source": "ws", "target": "mem", "delivery_guarantee": guarantee},
-        {"source": "mem", "target": "ws", "delivery_guarantee": guarantee, "channel_size": channel_size},
+        {
+            "source": "mem",
+            "target": "ws",
+            "delivery_guarantee": guarantee,
+            "channel_size": channel_size,
+        },
     ]
 
 
 async def test_envelope_downstream_and_client_ack(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")) as engine:
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")
+    ) as engine:
         stats = engine.endpoints["mem"].stats
         async with open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
             assert ws.subprotocol == SUBPROTOCOL
@@ -194,18 +218,21 @@ async def test_envelope_downstream_and_client_ack(engine_with: EngineFactory) ->
 
 
 async def test_envelope_nack_redelivers(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")) as engine:
-        async with open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
-            event = await publish(engine, b"try again")
-            assert json.loads(await ws.get_message())["id"] == event.id
-            await ws.send_message(json.dumps({"nack": event.id}))
-            again = json.loads(await ws.get_message())
-            assert (again["id"], again["payload"]) == (event.id, "try again")
-            await ws.send_message(json.dumps({"ack": event.id}))
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")
+    ) as engine, open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
+        event = await publish(engine, b"try again")
+        assert json.loads(await ws.get_message())["id"] == event.id
+        await ws.send_message(json.dumps({"nack": event.id}))
+        again = json.loads(await ws.get_message())
+        assert (again["id"], again["payload"]) == (event.id, "try again")
+        await ws.send_message(json.dumps({"ack": event.id}))
 
 
 async def test_unconfirmed_events_are_nacked_on_disconnect(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")) as engine:
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")
+    ) as engine:
         stats = engine.endpoints["mem"].stats
         async with open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
             await publish(engine, b"never confirmed")
@@ -217,17 +244,20 @@ async def test_unconfirmed_events_are_nacked_on_disconnect(engine_with: EngineFa
 async def test_envelope_upstream_is_acked_after_publish_and_nacked_when_broker_down(
     engine_with: EngineFactory,
 ) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")) as engine:
-        async with open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
-            await ws.send_message(json.dumps({"id": "up-1", "payload": "hello", "metadata": {"k": "v"}}))
-            replies = [json.loads(await ws.get_message()) for _ in range(2)]
-            assert {"ack": "up-1"} in replies  # the reply, and the echo of the event itself
-            echo = next(r for r in replies if "payload" in r)
-            assert (echo["id"], echo["payload"], echo["metadata"]) == ("up-1", "hello", {"k": "v"})
-            await ws.send_message(json.dumps({"ack": "up-1"}))
-            engine.endpoints["mem"]._check_up = _refuse  # type: ignore[method-assign]
-            await ws.send_message(json.dumps({"id": "up-2", "payload": "lost?"}))
-            assert json.loads(await ws.get_message()) == {"nack": "up-2", "error": "broker refused"}
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")
+    ) as engine, open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
+        await ws.send_message(
+            json.dumps({"id": "up-1", "payload": "hello", "metadata": {"k": "v"}})
+        )
+        replies = [json.loads(await ws.get_message()) for _ in range(2)]
+        assert {"ack": "up-1"} in replies  # the reply, and the echo of the event itself
+        echo = next(r for r in replies if "payload" in r)
+        assert (echo["id"], echo["payload"], echo["metadata"]) == ("up-1", "hello", {"k": "v"})
+        await ws.send_message(json.dumps({"ack": "up-1"}))
+        engine.endpoints["mem"]._check_up = _refuse  # type: ignore[method-assign]
+        await ws.send_message(json.dumps({"id": "up-2", "payload": "lost?"}))
+        assert json.loads(await ws.get_message()) == {"nack": "up-2", "error": "broker refused"}
 
 
 def _refuse() -> None:
@@ -237,12 +267,13 @@ def _refuse() -> None:
 
 
 async def test_malformed_envelope_closes_with_1008(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints={"ws": "websocket"}, routes=envelope_routes("auto")) as engine:
-        async with open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
-            await ws.send_message("{not json")
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.get_message()
-            assert closed.value.reason.code == 1008
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=envelope_routes("auto")
+    ) as engine, open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
+        await ws.send_message("{not json")
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+        assert closed.value.reason.code == 1008
 
 
 async def test_client_that_never_confirms_is_disconnected_with_1013(

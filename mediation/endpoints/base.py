@@ -3,12 +3,14 @@
 An endpoint is three things:
 
 - ``run(task_status=...)``: the task that owns the broker connection. The engine starts it with
-  ``nursery.start`` and cancels it at shutdown. It connects, reconnects with backoff after a failure,
+  ``nursery.start`` and cancels it at shutdown. It connects, reconnects with backoff after a
+  failure,
   and publishes its state (``connecting`` / ``up`` / ``down``) in ``state`` for ``/readyz``.
   It reports started before the first connection succeeds: the engine does not wait for brokers.
 - ``consume(subscription)``: an async context manager that is one client's broker consumer. Entering
   it subscribes (it returns only once anything published afterwards will be received: Kafka
-  partitions assigned, RabbitMQ ``basic_consume`` ok); iterating it yields :class:`Delivery` objects;
+  partitions assigned, RabbitMQ ``basic_consume`` ok); iterating it yields :class:`Delivery`
+  objects;
   leaving it, by any path, removes the broker-side subscription. It never holds more unsettled
   deliveries than ``subscription.credit``, so the broker's own flow control is the backpressure.
   A broker failure raises :class:`BrokerUnavailable` out of the iteration.
@@ -88,7 +90,9 @@ class Endpoint(Protocol):
     name: str
     state: AsyncValue[EndpointState]
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
 
     def consume(
         self, subscription: Subscription

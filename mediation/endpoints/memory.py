@@ -2,7 +2,8 @@
 
 Topics live in the endpoint. Every consumer subscribed to ``topic_in`` receives what is published
 to it after it subscribed (broadcast). Each subscriber has a bounded buffer of ``capacity`` events;
-a publisher waits for a full subscriber, so a stalled client with ``slow_client = "block"`` slows the
+a publisher waits for a full subscriber, so a stalled client with ``slow_client = "block"``
+slows the
 publishers of its topic (the memory endpoint is a demo and a reference, not a store).
 
 Acks and nacks mean what they mean on a broker: an acked event is done; a nacked one is put back at
@@ -79,7 +80,7 @@ class _Subscriber:
 
 
 class _Deliveries:
-    """One consumer's deliveries (a class, not an async generator, so nothing is left to finalise)."""
+    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
 
     def __init__(self, endpoint: MemoryEndpoint, subscriber: _Subscriber) -> None:
         self._endpoint = endpoint
@@ -159,7 +160,9 @@ class MemoryEndpoint:
                 subscriber.put_back(event)
             else:
                 self.stats["lost"] += 1
-                log.warning("nacked event has no subscriber to go back to", extra={"event_id": event.id})
+                log.warning(
+                    "nacked event has no subscriber to go back to", extra={"event_id": event.id}
+                )
 
         return settle
 

@@ -72,7 +72,9 @@ class _PortReporter:
         self._task_status.started(server.port)  # type: ignore[attr-defined]
 
 
-async def _handle(config: WebSocketEntrypoint, context: EngineContext, request: WebSocketRequest) -> None:
+async def _handle(
+    config: WebSocketEntrypoint, context: EngineContext, request: WebSocketRequest
+) -> None:
     connection: WebSocketConnection | None = None
     try:
         target = urlsplit(request.path)
@@ -102,14 +104,20 @@ async def _refuse_or_close(
     outcome = outcome_of(error)
     log.info(
         "websocket session ended",
-        extra={"reason": outcome.reason, "status": outcome.http_status, "code": outcome.ws_close_code},
+        extra={
+            "reason": outcome.reason,
+            "status": outcome.http_status,
+            "code": outcome.ws_close_code,
+        },
     )
     with trio.move_on_after(CLOSE_TIMEOUT):
         if connection is None:
             await request.reject(outcome.http_status, body=outcome.reason.encode())
         else:
             # A close reason must fit a control frame (125 bytes, 2 of them the code).
-            await connection.aclose(outcome.ws_close_code, outcome.reason.encode()[:120].decode(errors="ignore"))
+            await connection.aclose(
+                outcome.ws_close_code, outcome.reason.encode()[:120].decode(errors="ignore")
+            )
 
 
 async def _converse(
@@ -144,8 +152,10 @@ async def _converse(
             nursery.cancel_scope.cancel(reason="client closed the connection")
 
 
-async def _relay_upstream(connection: WebSocketConnection, session: Session, enveloped: bool) -> None:
-    """Each client message upstream (or, enveloped, a confirmation); returns when the client left."""
+async def _relay_upstream(
+    connection: WebSocketConnection, session: Session, enveloped: bool
+) -> None:
+    """Each client message upstream (or, enveloped, a confirmation) until the client leaves."""
     while True:
         try:
             message = await connection.get_message()
@@ -163,7 +173,9 @@ async def _relay_upstream(connection: WebSocketConnection, session: Session, env
             try:
                 await session.confirm(parsed.event_id, accepted=parsed.accepted)
             except UnknownEvent as error:
-                log.info("confirmation ignored", extra={"session_id": session.id, "reason": str(error)})
+                log.info(
+                    "confirmation ignored", extra={"session_id": session.id, "reason": str(error)}
+                )
             continue
         try:
             await session.publish(parsed.payload, parsed.metadata, event_id=parsed.event_id)
