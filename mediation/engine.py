@@ -7,8 +7,8 @@
         print(engine.sessions)       # [SessionInfo(...), ...]
         await engine.reload(new_config)
 
-Start order: endpoints (each reports started at once and connects in the background), the health
-server, then the entrypoints, so every port in ``engine.ports`` is bound when the block begins.
+Start order: endpoints (each reports started at once and connects in the background), the bridges
+(endpoint -> endpoint routes, :mod:`mediation.bridge`), the health server, then the entrypoints, so every port in ``engine.ports`` is bound when the block begins.
 Shutdown (leaving the block, or the CLI's SIGINT/SIGTERM): refuse new sessions, close every session
 with :class:`EngineShuttingDown` (WebSocket 1001, SSE stream ended, unconfirmed events nacked),
 wait for them up to ``shutdown_timeout``, then cancel the servers and disconnect the endpoints.
@@ -21,7 +21,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import trio
+from trio_util import AsyncValue
 
+from .bridge import run_bridges
 from .config import Config
 from .endpoints import Endpoint, create_endpoint
 from .entrypoints import serve_entrypoint
@@ -51,6 +53,7 @@ class MediationEngine:
             ),
             routes=RouteTable(config.routes),
         )
+        self._bridge_routes = AsyncValue(self._context.routes.bridges)
         self.ports: dict[str, int] = {}
 
     @property
@@ -74,6 +77,7 @@ class MediationEngine:
             )
         table = RouteTable(config.routes)
         self._context.routes = table
+        self._bridge_routes.value = table.bridges
         self.config = config
         for session in list(self._context.sessions.values()):
             if table.for_entrypoint(session.entrypoint) != session.routes:
@@ -87,6 +91,7 @@ class MediationEngine:
         async with trio.open_nursery() as nursery:
             for endpoint in self.endpoints.values():
                 await nursery.start(endpoint.run)
+            await nursery.start(run_bridges, self._context, self._bridge_routes)
             self.ports["health"] = await nursery.start(
                 serve_asgi, health_app(self._context), config.engine.host, config.engine.health_port
             )
