@@ -8,7 +8,8 @@
         await engine.reload(new_config)
 
 Start order: endpoints (each reports started at once and connects in the background), the bridges
-(endpoint -> endpoint routes, :mod:`mediation.bridge`), the health server, then the entrypoints, so every port in ``engine.ports`` is bound when the block begins.
+(endpoint -> endpoint routes, :mod:`mediation.bridge`), the health server, then the entrypoints,
+so every port in ``engine.ports`` is bound when the block begins.
 Shutdown (leaving the block, or the CLI's SIGINT/SIGTERM): refuse new sessions, close every session
 with :class:`EngineShuttingDown` (WebSocket 1001, SSE stream ended, unconfirmed events nacked),
 wait for them up to ``shutdown_timeout``, then cancel the servers and disconnect the endpoints.

@@ -80,3 +80,8 @@ async def open_ws(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]
         finally:
             stream = connection._stream
     await stream.aclose()
+
+
+async def clients_gone(engine: MediationEngine) -> None:
+    """Wait until the engine has finished with every client (sessions ended, goodbyes said)."""
+    await engine._context.connections.wait_value(0)

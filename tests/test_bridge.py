@@ -9,7 +9,7 @@ from mediation.endpoints import Outbound
 from mediation.engine import MediationEngine
 from mediation.events import Event
 
-from .conftest import EngineFactory, make_config, open_ws, url
+from .conftest import EngineFactory, clients_gone, make_config, open_ws, url
 
 ENDPOINTS = {
     "sensors": {"type": "memory", "config": {"topic_in": "readings", "topic_out": "readings"}},

@@ -14,7 +14,7 @@ from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 from mediation.events import Event
 
-from .conftest import EngineFactory, open_ws, url
+from .conftest import EngineFactory, clients_gone, open_ws, url
 
 ECHO = [{"source": "ws", "target": "mem"}, {"source": "mem", "target": "ws"}]
 
@@ -117,7 +117,7 @@ async def test_no_route_is_502_and_capacity_is_503(engine_with: EngineFactory) -
         assert await handshake_status(engine, "lonely") == 502
         async with open_ws(ws_url(engine)):
             assert await handshake_status(engine, "ws") == 503
-        await engine._context.connections.wait_value(0)
+        await clients_gone(engine)
         async with open_ws(ws_url(engine)):
             pass  # capacity is back once the first session left
 
@@ -237,7 +237,7 @@ async def test_unconfirmed_events_are_nacked_on_disconnect(engine_with: EngineFa
         async with open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
             await publish(engine, b"never confirmed")
             await ws.get_message()
-        await engine._context.connections.wait_value(0)
+        await clients_gone(engine)
         assert (stats["acked"], stats["nacked"]) == (0, 1)
 
 
@@ -290,5 +290,5 @@ async def test_client_that_never_confirms_is_disconnected_with_1013(
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.get_message()
             assert closed.value.reason.code == 1013
-        await engine._context.connections.wait_value(0)
+        await clients_gone(engine)
         assert stats["nacked"] == 3 and stats["acked"] == 0

@@ -36,8 +36,8 @@ class Mosquitto(Broker):
         extra_config: str = "",
         **kw: bool,
     ) -> None:
-        super().__init__(port, host, **kw)
         self.binary = _find_mosquitto()
+        super().__init__(port, host, **kw)
         self.config_path = self.workdir / "mosquitto.conf"
         self.config_path.write_text(
             "per_listener_settings false\n"

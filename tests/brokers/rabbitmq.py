@@ -64,9 +64,9 @@ class RabbitMQ(Broker):
     vhost = "/"
 
     def __init__(self, port: int | None = None, host: str = LOOPBACK, **kw: bool) -> None:
-        super().__init__(port, host, **kw)
         if not SERVER.exists():
             raise BrokerStartError(f"{SERVER} missing: run scripts/install-system-deps")
+        super().__init__(port, host, **kw)
         self.dist_port = free_port(host)
         self.epmd_port = free_port(host)
         self.nodename = f"mediation-{self.port}@localhost"

@@ -54,8 +54,8 @@ class Tansu(Broker):
     start_timeout = 20.0
 
     def __init__(self, port: int | None = None, host: str = LOOPBACK, **kw: bool) -> None:
-        super().__init__(port, host, **kw)
         self.binary = find_tansu()
+        super().__init__(port, host, **kw)
 
     @property
     def bootstrap_servers(self) -> str:
