@@ -48,6 +48,7 @@ async def test_a_bridge_moves_every_event_and_acks_after_the_target_took_it(
             assert [await ws.get_message() for _ in range(20)] == [
                 f"reading {n}" for n in range(20)
             ]
+        await clients_gone(engine)
         stats = engine.endpoints["sensors"].stats
         assert (stats["acked"], stats["nacked"]) == (20, 0)
         assert engine.sessions == []  # bridges are not client sessions
