@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed
 
 from mediation.endpoints import Outbound
@@ -104,9 +105,10 @@ async def test_refusals_before_the_upgrade(
 
 async def test_allowed_origin_is_admitted(engine_with: EngineFactory) -> None:
     entrypoint = {"type": "websocket", "allowed_origins": ["https://good.example"]}
-    async with engine_with(entrypoints={"ws": entrypoint}, routes=ECHO) as engine, open_ws(
-        ws_url(engine), extra_headers=[("Origin", "https://good.example")]
-    ) as ws:
+    async with (
+        engine_with(entrypoints={"ws": entrypoint}, routes=ECHO) as engine,
+        open_ws(ws_url(engine), extra_headers=[("Origin", "https://good.example")]) as ws,
+    ):
         await ws.send_message("in")
         assert await ws.get_message() == "in"
 
@@ -175,9 +177,12 @@ async def test_shutdown_closes_with_1001(engine_with: EngineFactory) -> None:
 
 
 async def test_frame_type_binary_sends_text_payloads_as_binary(engine_with: EngineFactory) -> None:
-    async with engine_with(
-        entrypoints={"ws": {"type": "websocket", "frame_type": "binary"}}, routes=ECHO
-    ) as engine, open_ws(ws_url(engine)) as ws:
+    async with (
+        engine_with(
+            entrypoints={"ws": {"type": "websocket", "frame_type": "binary"}}, routes=ECHO
+        ) as engine,
+        open_ws(ws_url(engine)) as ws,
+    ):
         await ws.send_message("text")
         assert await ws.get_message() == b"text"
 
@@ -218,9 +223,12 @@ async def test_envelope_downstream_and_client_ack(engine_with: EngineFactory) ->
 
 
 async def test_envelope_nack_redelivers(engine_with: EngineFactory) -> None:
-    async with engine_with(
-        entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")
-    ) as engine, open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
+    async with (
+        engine_with(
+            entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")
+        ) as engine,
+        open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws,
+    ):
         event = await publish(engine, b"try again")
         assert json.loads(await ws.get_message())["id"] == event.id
         await ws.send_message(json.dumps({"nack": event.id}))
@@ -244,9 +252,12 @@ async def test_unconfirmed_events_are_nacked_on_disconnect(engine_with: EngineFa
 async def test_envelope_upstream_is_acked_after_publish_and_nacked_when_broker_down(
     engine_with: EngineFactory,
 ) -> None:
-    async with engine_with(
-        entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")
-    ) as engine, open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
+    async with (
+        engine_with(
+            entrypoints={"ws": "websocket"}, routes=envelope_routes("at_least_once")
+        ) as engine,
+        open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws,
+    ):
         await ws.send_message(
             json.dumps({"id": "up-1", "payload": "hello", "metadata": {"k": "v"}})
         )
@@ -267,9 +278,10 @@ def _refuse() -> None:
 
 
 async def test_malformed_envelope_closes_with_1008(engine_with: EngineFactory) -> None:
-    async with engine_with(
-        entrypoints={"ws": "websocket"}, routes=envelope_routes("auto")
-    ) as engine, open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws:
+    async with (
+        engine_with(entrypoints={"ws": "websocket"}, routes=envelope_routes("auto")) as engine,
+        open_ws(ws_url(engine), subprotocols=[SUBPROTOCOL]) as ws,
+    ):
         await ws.send_message("{not json")
         with pytest.raises(ConnectionClosed) as closed:
             await ws.get_message()
@@ -292,3 +304,37 @@ async def test_client_that_never_confirms_is_disconnected_with_1013(
             assert closed.value.reason.code == 1013
         await clients_gone(engine)
         assert stats["nacked"] == 3 and stats["acked"] == 0
+
+
+async def test_a_client_that_stops_reading_stops_its_consumer_and_the_publisher(
+    engine_with: EngineFactory,
+) -> None:
+    """Backpressure over a real socket: TCP fills, the writer waits, the channel fills, the
+    consumer waits, the memory broker's subscriber buffer fills, the publisher waits."""
+    payload = b"x" * 65536
+    endpoints = {"mem": {"type": "memory", "config": {"capacity": 2}}}
+    routes = [
+        {"source": "ws", "target": "mem"},
+        {"source": "mem", "target": "ws", "channel_size": 2},
+    ]
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=routes, endpoints=endpoints
+    ) as engine:
+        async with open_ws(ws_url(engine)) as ws, trio.open_nursery() as nursery:
+            published = 0
+
+            async def publisher() -> None:
+                nonlocal published
+                for _ in range(300):
+                    await publish(engine, payload)
+                    published += 1
+
+            nursery.start_soon(publisher)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            stalled_at = published
+            assert stalled_at < 150  # socket buffers hold some; nothing else grows
+            [session] = engine.sessions
+            assert session.channel_depth == 2
+            for _ in range(300):
+                assert await ws.get_message() == payload.decode()
+            assert published == 300
