@@ -1,0 +1,15 @@
+"""One behavioural suite for every endpoint, the way trio checks every stream with one suite.
+
+A broker's test module subclasses :class:`EndpointConformance` and provides the ``under_test``
+fixture (an :class:`EndpointUnderTest`, with the endpoint running). The suite then checks, against
+the real broker: subscribed on enter, ordering, ack, nack and redelivery, per-client isolation,
+metadata, and broker resources released on every exit path. What differs between brokers by
+design (whether a nacked event comes back to the same consumer, or to the client's next consumer)
+is declared by the adapter and checked as declared.
+"""
+
+from __future__ import annotations
+
+from .suite import ClientResumeConformance, EndpointConformance, EndpointUnderTest
+
+__all__ = ["ClientResumeConformance", "EndpointConformance", "EndpointUnderTest"]

@@ -1,0 +1,29 @@
+"""The memory endpoint, the reference, through the conformance suite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from mediation.config import MemoryConfig
+from mediation.endpoints.memory import MemoryEndpoint
+
+from .conformance import EndpointConformance, EndpointUnderTest
+
+
+class TestMemoryConformance(EndpointConformance):
+    @pytest.fixture
+    async def under_test(self) -> AsyncIterator[EndpointUnderTest]:
+        endpoint = MemoryEndpoint("mem", MemoryConfig(topic_in="t", topic_out="t", capacity=16))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(endpoint.run)
+
+            async def subscriptions() -> int:
+                return endpoint.subscriber_count("t")
+
+            yield EndpointUnderTest(
+                endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=False
+            )
+            nursery.cancel_scope.cancel()
