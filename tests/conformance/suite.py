@@ -161,7 +161,8 @@ class EndpointConformance:
             except Boom:
                 pass
         with trio.fail_after(WAIT):
-            while await under_test.subscriptions() != 0:  # the broker learns it asynchronously
+            # The broker learns of it asynchronously and has no way to tell us: ask until it knows.
+            while await under_test.subscriptions() != 0:  # noqa: ASYNC110
                 await trio.sleep(0.05)
 
 
