@@ -95,6 +95,34 @@ class MemoryConfig(_Table):
     capacity: Size = 16  # per-subscriber buffer; a full subscriber slows the publisher
 
 
+class KafkaConfig(_Table):
+    brokers: str  # bootstrap servers, "host:port,host:port"
+    topic_in: str | None = None  # consumed for downstream routes
+    topic_out: str | None = None  # produced to by upstream routes
+    # One consumer group per client, so a reconnecting client resumes after its last commit.
+    group_id: str = "mediation-{endpoint}-{client_id}"
+    auto_offset_reset: Literal["earliest", "latest"] = "latest"
+    # Short enough that a group join (which waits half of it on some brokers) stays quick.
+    session_timeout_ms: Annotated[int, Field(ge=1000)] = 6000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100)] = 500
+    # Passed to librdkafka as is (SASL, TLS, tuning); ours win where both set a key.
+    librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class RabbitMQConfig(_Table):
+    url: str = "amqp://guest:guest@localhost:5672/"
+    # Downstream: a shared queue (competing consumers), or an exchange with a per-session
+    # exclusive queue bound with binding_key (broadcast). Names may hold {client_id}.
+    queue_in: str | None = None
+    exchange: str | None = None
+    binding_key: str = "#"
+    # Upstream: to a queue (default exchange), or to ``exchange`` with routing_key.
+    queue_out: str | None = None
+    routing_key: str = ""
+    # Declare the named queues (durable) when missing.
+    declare: bool = True
+
+
 class EndpointConfig(_Table):
     name: Name
     type: str
@@ -103,6 +131,8 @@ class EndpointConfig(_Table):
 
 ENDPOINT_TYPES: dict[str, type[_Table]] = {
     "memory": MemoryConfig,
+    "kafka": KafkaConfig,
+    "rabbitmq": RabbitMQConfig,
 }
 
 

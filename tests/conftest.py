@@ -48,6 +48,8 @@ def make_config(
     )
 
 
+pytest_plugins = ["tests.brokers.fixtures"]
+
 EngineFactory = Callable[..., AbstractAsyncContextManager[MediationEngine]]
 
 

@@ -16,6 +16,14 @@ def create_endpoint(config: EndpointConfig) -> Endpoint:
         from .memory import MemoryEndpoint
 
         return MemoryEndpoint(config.name, config.config)
+    if config.type == "kafka":
+        from .kafka import KafkaEndpoint
+
+        return KafkaEndpoint(config.name, config.config)
+    if config.type == "rabbitmq":
+        from .rabbitmq import RabbitMQEndpoint
+
+        return RabbitMQEndpoint(config.name, config.config)
     raise AssertionError(f"config validation let through endpoint type {config.type!r}")
 
 
