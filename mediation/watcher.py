@@ -68,6 +68,8 @@ async def _reload(engine: MediationEngine, path: str) -> None:
         # new hash and loads it once more: a reload with unchanged routes touches no session.
         config: Config = await trio.to_thread.run_sync(load_config, path)
         if config == engine.config:
+            # Comments or formatting only (or the first look at an untouched file).
+            log.debug("config file changed, routes unchanged", extra={"path": path})
             return
         log.info("config changed, reloading", extra={"path": path})
         await engine.reload(config)
