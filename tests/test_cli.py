@@ -226,7 +226,8 @@ async def running(config: Path) -> AsyncIterator[tuple[trio.Process, Output, dic
         with trio.CancelScope(shield=True):
             await process.wait()
             for pipe in (process.stdout, process.stderr):
-                await pipe.aclose()
+                if pipe is not None:
+                    await pipe.aclose()
 
 
 async def stderr_of(process: trio.Process) -> str:
