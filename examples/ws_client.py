@@ -1,0 +1,54 @@
+"""A minimal WebSocket client for trying the engine: prints what arrives, sends what you type.
+
+    .venv/bin/python examples/ws_client.py ws://localhost:8066/
+    .venv/bin/python examples/ws_client.py ws://localhost:8066/ --envelope   # mediation.v1, acks
+
+With ``--envelope`` every event arrives as ``{"id", "payload", "metadata"}`` and is acked back, and
+each line you type is sent as ``{"id", "payload"}`` and answered ``{"ack": id}`` by the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+
+async def main(url: str, envelope: bool) -> None:
+    subprotocols = ["mediation.v1"] if envelope else None
+    async with (
+        open_websocket_url(url, subprotocols=subprotocols) as ws,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def show() -> None:
+            try:
+                while True:
+                    message = await ws.get_message()
+                    print(f"< {message!r}", flush=True)
+                    if envelope and isinstance(message, str) and '"payload"' in message:
+                        await ws.send_message(json.dumps({"ack": json.loads(message)["id"]}))
+            except ConnectionClosed as closed:
+                print(f"closed: {closed.reason}", flush=True)
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(show)
+        stdin = trio.wrap_file(sys.stdin)
+        async for line in stdin:
+            text = line.rstrip("\n")
+            if envelope:
+                text = json.dumps({"id": str(uuid.uuid4()), "payload": text})
+            await ws.send_message(text)
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("--envelope", action="store_true", help="use the mediation.v1 subprotocol")
+    arguments = parser.parse_args()
+    trio.run(main, arguments.url, arguments.envelope)
