@@ -8,7 +8,7 @@ import pytest
 
 from mediation import Config, ConfigError, load_config, parse_config
 from mediation.ack_policy import Guarantee
-from mediation.config import MemoryConfig
+from mediation.config import ENDPOINT_TYPES, MemoryConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -216,7 +216,9 @@ def test_duplicate_names(extra: str, message: str) -> None:
         ),
         (
             '[[endpoints]]\nname = "m"\ntype = "carrier-pigeon"',
-            'gw.toml: endpoints[0].type: unknown type "carrier-pigeon" (expected one of: memory)',
+            # one of every endpoint type, "memory" first, as brokers are added
+            'gw.toml: endpoints[0].type: unknown type "carrier-pigeon" '
+            f"(expected one of: {', '.join(ENDPOINT_TYPES)})",
         ),
         (
             '[[endpoints]]\nname = "m"\ntype = "memory"\nconfig = { capacity = 0 }',
