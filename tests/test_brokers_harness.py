@@ -17,8 +17,6 @@ from tests.brokers import (
     port_accepts,
 )
 
-pytest_plugins = ["tests.brokers.fixtures"]
-
 
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
