@@ -29,8 +29,9 @@ check CONFIG=default_config: (_venv "")
     {{venv}}/bin/mediation check --config {{quote(CONFIG)}}
 
 # The test suite, with the brokers it starts itself; extra arguments go to pytest.
+[positional-arguments]
 test *ARGS: _system-deps (_venv "all,dev")
-    {{venv}}/bin/pytest -q {{ARGS}}
+    {{venv}}/bin/pytest -q "$@"
 
 # ruff, and mypy in strict mode.
 lint: (_venv "all,dev")
