@@ -181,17 +181,20 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 (byte {error.start})") from None
     return parse_config(text, filename=str(path), env=os.environ if env is None else env)
 
 
 def parse_config(text: str, *, filename: str = "<config>", env: Mapping[str, str] = {}) -> Config:
     try:
         document = tomli.loads(text)
+        return build_config(document, filename=filename, env=env)
     except tomli.TOMLDecodeError as error:
         raise ConfigError(f"{filename}: {error}") from None
     except RecursionError:
+        # A config file is input too: tomli and the checks below recurse per nesting level.
         raise ConfigError(f"{filename}: nested too deeply to be a configuration") from None
-    return build_config(document, filename=filename, env=env)
 
 
 def build_config(

@@ -144,6 +144,20 @@ async def test_a_port_in_use_is_one_mediation_error_not_a_group() -> None:
                 pass
 
 
+async def test_a_health_port_in_use_is_a_listen_error_too() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = make_config(
+            entrypoints={"ws": "websocket"},
+            routes=ROUTES[:1],
+            engine={"health_port": taken.getsockname()[1]},
+        )
+        with pytest.raises(ListenError, match="cannot listen"):
+            async with open_mediation_engine(config):
+                pass
+
+
 async def test_the_callers_own_exception_comes_out_unwrapped(engine_with: EngineFactory) -> None:
     class Mine(Exception):
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -29,18 +30,32 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 async def serve_asgi(
-    app: ASGIApp, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening."""
     config = HypercornConfig()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    # We bind the socket ourselves: hypercorn leaks its socket when the bind fails.
+    config.bind = [f"fd://{_bound_socket(host, port).detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("mediation.http")
     config.graceful_timeout = 0  # the engine ends its sessions itself before it cancels servers
+    await serve(app, config, task_status=_PortReporter(task_status))  # type: ignore[arg-type]
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        await serve(app, config, task_status=_PortReporter(task_status))  # type: ignore[arg-type]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
     except OSError as error:
+        sock.close()
         raise ListenError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
 
 
 class _PortReporter:
@@ -62,7 +77,9 @@ class Request:
         self.headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-        self.query: dict[str, list[str]] = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        self.query: dict[str, list[str]] = parse_qs(
+            scope.get("query_string", b"").decode("latin-1")
+        )
         self._receive = receive
 
     def query_value(self, name: str) -> str | None:
@@ -103,7 +120,11 @@ async def respond(
 ) -> None:
     all_headers = {"content-length": str(len(body)), **(headers or {})}
     await send(
-        {"type": "http.response.start", "status": status, "headers": _encode_headers(all_headers.items())}
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": _encode_headers(all_headers.items()),
+        }
     )
     await send({"type": "http.response.body", "body": body})
 
