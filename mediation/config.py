@@ -123,6 +123,33 @@ class RabbitMQConfig(_Table):
     declare: bool = True
 
 
+class MQTT5Config(_Table):
+    broker: str = "tcp://localhost:1883"  # tcp://host:port
+    topic_in: str | None = None  # a topic filter (+ and # allowed), may hold {client_id}
+    topic_out: str | None = None
+    qos: Literal[0, 1, 2] = 1
+    username: str | None = None
+    password: str | None = None
+    keepalive: Annotated[int, Field(ge=5)] = 30
+
+
+class JMSConfig(_Table):
+    url: str = "amqp://localhost:5672"  # AMQP 1.0: amqp://[user:password@]host:port
+    queue_in: str | None = None  # a node address, may hold {client_id}
+    queue_out: str | None = None
+
+
+class SolaceConfig(_Table):
+    host: str = "tcp://localhost:55555"
+    vpn: str = "default"
+    username: str = "default"
+    password: str = ""
+    topic_in: str | None = None  # direct messaging (none, auto, at_most_once)
+    topic_out: str | None = None
+    # at_least_once consumes from a persistent queue (subscribed to topic_in); may hold {client_id}.
+    queue_in: str = "mediation-{client_id}"
+
+
 class EndpointConfig(_Table):
     name: Name
     type: str
@@ -133,6 +160,9 @@ ENDPOINT_TYPES: dict[str, type[_Table]] = {
     "memory": MemoryConfig,
     "kafka": KafkaConfig,
     "rabbitmq": RabbitMQConfig,
+    "mqtt5": MQTT5Config,
+    "jms": JMSConfig,
+    "solace": SolaceConfig,
 }
 
 

@@ -24,6 +24,18 @@ def create_endpoint(config: EndpointConfig) -> Endpoint:
         from .rabbitmq import RabbitMQEndpoint
 
         return RabbitMQEndpoint(config.name, config.config)
+    if config.type == "mqtt5":
+        from .mqtt5 import MQTT5Endpoint
+
+        return MQTT5Endpoint(config.name, config.config)
+    if config.type == "jms":
+        from .jms import JMSEndpoint
+
+        return JMSEndpoint(config.name, config.config)
+    if config.type == "solace":
+        from .solace import SolaceEndpoint
+
+        return SolaceEndpoint(config.name, config.config)
     raise AssertionError(f"config validation let through endpoint type {config.type!r}")
 
 
