@@ -66,6 +66,8 @@ class _Polled:
     last_activity: float
     polling: trio.Lock = field(default_factory=trio.Lock)
     unsubscribed: trio.Event = field(default_factory=trio.Event)
+    # Set once the session is over: consumers stopped, unconfirmed events nacked, forgotten here.
+    ended: trio.Event = field(default_factory=trio.Event)
 
 
 class _PollingEntrypoint:
@@ -78,6 +80,7 @@ class _PollingEntrypoint:
     async def run_session(
         self, client_id: str, *, task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        polled: _Polled | None = None
         with self.context.client_connection():
             try:
                 async with open_session(
@@ -96,21 +99,27 @@ class _PollingEntrypoint:
                         await polled.unsubscribed.wait()
                         nursery.cancel_scope.cancel()
             except MediationError as error:
-                if client_id not in self.live:
+                if polled is None:
                     raise  # refused at subscribe time: the /subscribe request answers it
                 self.ended[client_id] = error
                 while len(self.ended) > ENDED_MEMORY:
                     self.ended.popitem(last=False)
                 log.info("polling session ended", extra={"client_id": client_id, "reason": str(error)})
             finally:
-                self.live.pop(client_id, None)
+                if polled is not None:
+                    if self.live.get(client_id) is polled:
+                        del self.live[client_id]
+                    polled.ended.set()
 
     async def _expire_when_idle(self, polled: _Polled) -> None:
         timeout = self.config.session_idle_timeout
         while True:
             await trio.sleep_until(polled.last_activity + timeout)
-            idle = not polled.polling.locked()
-            if idle and trio.current_time() >= polled.last_activity + timeout:
+            if polled.polling.locked():
+                # A poll is in progress (longer than the timeout, or a slow write): not idle.
+                # Its end moves last_activity; look again then (sleeping, not spinning).
+                await trio.sleep(timeout)
+            elif trio.current_time() >= polled.last_activity + timeout:
                 polled.session.close(SessionClosed(f"session not polled for {timeout:g} s"))
                 return
 
@@ -150,6 +159,9 @@ class _PollingEntrypoint:
             else:
                 polled = self.find(client_id)
                 polled.unsubscribed.set()
+                # Answer once it is over, so that a /poll after the 200 gets 404 and the
+                # unconfirmed events are back on the broker.
+                await polled.ended.wait()
                 await respond_json(send, 200, {"status": "unsubscribed", "session_id": polled.session.id})
         except MediationError as error:
             await respond_error(send, error)
