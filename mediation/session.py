@@ -21,6 +21,7 @@ route changed, idle expiry). Entrypoints turn that error into the client's close
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections import deque
@@ -44,7 +45,7 @@ from .errors import (
     UnknownEvent,
     single_error,
 )
-from .events import Delivery, Event
+from .events import Delivery, Event, new_event_id
 from .routing import EntrypointRoutes, RouteTable
 from .telemetry import Telemetry
 
@@ -220,9 +221,12 @@ class Session:
         self, payload: bytes, metadata: Mapping[str, str] | None = None, event_id: str | None = None
     ) -> Event:
         """Send one client event along every upstream route; per guarantee, wait for the broker."""
-        event = Event(payload, metadata=dict(metadata or {}), client_id=self.client_id)
-        if event_id is not None:
-            event = Event(payload, id=event_id, metadata=event.metadata, client_id=self.client_id)
+        event = Event(
+            payload,
+            id=event_id or new_event_id(),
+            metadata=dict(metadata or {}),
+            client_id=self.client_id,
+        )
         await publish_upstream(
             self._context,
             self.routes.upstream,
@@ -299,11 +303,14 @@ class Session:
         routes = tuple(r for r in self.routes.upstream if r.lifecycle_events)
         if not routes:
             return
+        document = {
+            "type": kind,
+            "client_id": self.client_id,
+            "session_id": self.id,
+            "entrypoint": self.entrypoint,
+        }
         presence = Event(
-            payload=(
-                f'{{"type":"{kind}","client_id":"{self.client_id}",'
-                f'"session_id":"{self.id}","entrypoint":"{self.entrypoint}"}}'
-            ).encode(),
+            payload=json.dumps(document, separators=(",", ":")).encode(),
             metadata={"content-type": "application/json", "mediation-event": kind},
             client_id=self.client_id,
         )
