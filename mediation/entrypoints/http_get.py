@@ -68,6 +68,8 @@ class _Polled:
     unsubscribed: trio.Event = field(default_factory=trio.Event)
     # Set once the session is over: consumers stopped, unconfirmed events nacked, forgotten here.
     ended: trio.Event = field(default_factory=trio.Event)
+    # The wait of the poll in progress, cancelled when the session ends.
+    waiting: trio.CancelScope | None = None
 
 
 class _PollingEntrypoint:
@@ -110,6 +112,10 @@ class _PollingEntrypoint:
                     if self.live.get(client_id) is polled:
                         del self.live[client_id]
                     polled.ended.set()
+                    if polled.waiting is not None:
+                        # A poll waiting for an /ack (the at_least_once window) is not woken by
+                        # the closed channel: tell it now, not after poll_timeout.
+                        polled.waiting.cancel()
 
     async def _expire_when_idle(self, polled: _Polled) -> None:
         timeout = self.config.session_idle_timeout
@@ -171,12 +177,16 @@ class _PollingEntrypoint:
         async with polled.polling:
             item = None
             try:
-                with trio.move_on_after(self.config.poll_timeout):
-                    item = await session.receive()
+                with trio.move_on_after(self.config.poll_timeout) as polled.waiting:
+                    if not polled.ended.is_set():
+                        item = await session.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise self._ended_error(session) from None
             finally:
+                polled.waiting = None
                 polled.last_activity = trio.current_time()
+            if polled.ended.is_set():
+                raise self._ended_error(session)
             if item is None:
                 await respond(send, 204)
                 return
