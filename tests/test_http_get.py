@@ -16,8 +16,10 @@ import pytest
 import trio
 import trio.testing
 
+from mediation.endpoints.base import Outbound
 from mediation.endpoints.memory import MemoryEndpoint
 from mediation.engine import MediationEngine
+from mediation.events import Event
 
 from .conftest import EngineFactory, url
 
@@ -186,11 +188,8 @@ async def test_poll_without_metadata_is_octet_stream(engine_with: EngineFactory)
         assert not [k for k in response.headers if k.startswith("x-meta-")]
 
 
-def outbound(engine: MediationEngine, payload: bytes) -> Any:
+def outbound(engine: MediationEngine, payload: bytes) -> Outbound:
     """An event published straight into the memory broker, as a broker-side producer would."""
-    from mediation.endpoints.base import Outbound
-    from mediation.events import Event
-
     route = next(r for r in engine.config.routes if r.name == "post->mem")
     return Outbound(event=Event(payload), route=route, client_id="producer", entrypoint="test")
 
@@ -490,3 +489,51 @@ async def test_unknown_path_is_404(engine_with: EngineFactory, path: str) -> Non
         async with httpx.AsyncClient() as client:
             response = await Poller(client, engine, "reader").request("GET", path)
         assert response.status_code == 404
+
+
+async def test_broker_failure_answers_a_poll_waiting_for_the_window_with_410(
+    engine_with: EngineFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The one unconfirmed event at_least_once allows is out: the next poll waits for an /ack.
+    config = entrypoints(poll_timeout=30)
+    async with engine_with(entrypoints=config, routes=guaranteed("at_least_once")) as engine:
+        async with httpx.AsyncClient(timeout=None) as client, trio.open_nursery() as nursery:
+            poller = Poller(client, engine, "reader")
+            await poller.subscribe()
+            await post(client, engine, b"unconfirmed")
+            assert (await poller.poll()).status_code == 200
+            answered: list[httpx.Response] = []
+
+            async def long_poll() -> None:
+                answered.append(await poller.poll())
+
+            nursery.start_soon(long_poll)
+            await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+            memory(engine).fail()
+        assert answered[0].status_code == 410
+        assert trio.current_time() - started < 30
+
+
+async def test_engine_shutdown_answers_a_poll_waiting_for_the_window_at_once(
+    engine_with: EngineFactory, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with httpx.AsyncClient(timeout=None) as client, trio.open_nursery() as nursery:
+        answered: list[httpx.Response] = []
+        config = entrypoints(poll_timeout=30)
+        async with engine_with(entrypoints=config, routes=guaranteed("at_least_once")) as engine:
+            poller = Poller(client, engine, "reader")
+            await poller.subscribe()
+            await post(client, engine, b"unconfirmed")
+            assert (await poller.poll()).status_code == 200
+
+            async def long_poll() -> None:
+                answered.append(await poller.poll())
+
+            nursery.start_soon(long_poll)
+            await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+        # Shutdown did not wait out the poll: the client was told, and the event nacked.
+        assert trio.current_time() - started < 30
+        assert answered[0].status_code == 503
+        assert memory(engine).stats["nacked"] == 1
