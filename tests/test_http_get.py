@@ -52,7 +52,9 @@ class Poller:
 
     async def request(self, method: str, path: str, **headers: str) -> httpx.Response:
         return await self.client.request(
-            method, url(self.engine, "poll", path), headers={"X-Client-ID": self.client_id, **headers}
+            method,
+            url(self.engine, "poll", path),
+            headers={"X-Client-ID": self.client_id, **headers},
         )
 
     async def subscribe(self) -> httpx.Response:
@@ -68,7 +70,9 @@ class Poller:
         return await self.request("DELETE", "/unsubscribe")
 
 
-async def post(client: httpx.AsyncClient, engine: MediationEngine, payload: bytes, **headers: str) -> str:
+async def post(
+    client: httpx.AsyncClient, engine: MediationEngine, payload: bytes, **headers: str
+) -> str:
     response = await client.post(url(engine, "post"), content=payload, headers=headers)
     assert response.status_code == 202, response.text
     event_id: str = response.json()["id"]
@@ -117,7 +121,9 @@ async def test_subscribe_without_client_id_is_400(engine_with: EngineFactory) ->
         assert engine.sessions == []
 
 
-@pytest.mark.parametrize("client_id", ["bad id!", "x" * 129, ""], ids=["space", "129-chars", "empty"])
+@pytest.mark.parametrize(
+    "client_id", ["bad id!", "x" * 129, ""], ids=["space", "129-chars", "empty"]
+)
 async def test_invalid_client_id_is_400(engine_with: EngineFactory, client_id: str) -> None:
     async with engine_with(entrypoints=entrypoints(), routes=ROUTES) as engine:
         async with httpx.AsyncClient() as client:
@@ -165,7 +171,10 @@ async def test_poll_answers_the_event_with_its_id_and_metadata(engine_with: Engi
             poller = Poller(client, engine, "reader")
             await poller.subscribe()
             event_id = await post(
-                client, engine, b"line one\nline two\x00\xff", **{"Content-Type": "text/plain", "X-Trace": "t-1"}
+                client,
+                engine,
+                b"line one\nline two\x00\xff",
+                **{"Content-Type": "text/plain", "X-Trace": "t-1"},
             )
             response = await poller.poll()
         assert response.status_code == 200
@@ -292,7 +301,9 @@ async def test_at_least_once_holds_the_next_event_until_the_ack(
             assert (stats["acked"], stats["nacked"]) == (2, 0)
 
 
-async def test_at_least_once_unacked_event_is_nacked_on_unsubscribe(engine_with: EngineFactory) -> None:
+async def test_at_least_once_unacked_event_is_nacked_on_unsubscribe(
+    engine_with: EngineFactory,
+) -> None:
     async with engine_with(entrypoints=entrypoints(), routes=guaranteed("at_least_once")) as engine:
         stats = memory(engine).stats
         async with httpx.AsyncClient() as client:
@@ -324,7 +335,9 @@ async def test_at_most_once_acks_before_the_response(engine_with: EngineFactory)
 
 
 async def test_auto_acks_when_the_event_enters_the_session(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints=entrypoints(), routes=guaranteed("auto", channel_size=2)) as engine:
+    async with engine_with(
+        entrypoints=entrypoints(), routes=guaranteed("auto", channel_size=2)
+    ) as engine:
         stats = memory(engine).stats
         async with httpx.AsyncClient() as client:
             poller = Poller(client, engine, "reader")
@@ -474,7 +487,9 @@ async def test_engine_shutdown_answers_a_waiting_poll(engine_with: EngineFactory
         ("POST", "/unsubscribe", "DELETE"),
     ],
 )
-async def test_wrong_method_is_405(engine_with: EngineFactory, method: str, path: str, allow: str) -> None:
+async def test_wrong_method_is_405(
+    engine_with: EngineFactory, method: str, path: str, allow: str
+) -> None:
     async with engine_with(entrypoints=entrypoints(), routes=ROUTES) as engine:
         async with httpx.AsyncClient() as client:
             response = await Poller(client, engine, "reader").request(method, path)

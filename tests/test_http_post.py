@@ -65,11 +65,15 @@ async def sse_events(
 
 
 async def subscribe(client: httpx.AsyncClient, engine: MediationEngine, client_id: str) -> None:
-    response = await client.post(url(engine, "poll", "/subscribe"), headers={"X-Client-ID": client_id})
+    response = await client.post(
+        url(engine, "poll", "/subscribe"), headers={"X-Client-ID": client_id}
+    )
     assert response.status_code == 201
 
 
-async def poll(client: httpx.AsyncClient, engine: MediationEngine, client_id: str) -> httpx.Response:
+async def poll(
+    client: httpx.AsyncClient, engine: MediationEngine, client_id: str
+) -> httpx.Response:
     return await client.get(url(engine, "poll", "/poll"), headers={"X-Client-ID": client_id})
 
 
@@ -93,8 +97,12 @@ async def test_accepted_with_id_and_delivered_to_a_subscriber(engine_with: Engin
         assert memory(engine).stats["published"] == 2
 
 
-async def test_body_of_exactly_max_body_is_accepted_one_more_is_413(engine_with: EngineFactory) -> None:
-    async with engine_with(entrypoints=entrypoints(max_body=64), routes=[UPSTREAM, TO_SSE]) as engine:
+async def test_body_of_exactly_max_body_is_accepted_one_more_is_413(
+    engine_with: EngineFactory,
+) -> None:
+    async with engine_with(
+        entrypoints=entrypoints(max_body=64), routes=[UPSTREAM, TO_SSE]
+    ) as engine:
         stats = memory(engine).stats
         async with httpx.AsyncClient() as client, sse_events(client, engine) as events:
             accepted = await client.post(url(engine, "post"), content=b"a" * 64)
@@ -132,7 +140,9 @@ async def test_max_body_holds_for_a_chunked_body(
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
-async def test_other_methods_are_405_with_allow_post(engine_with: EngineFactory, method: str) -> None:
+async def test_other_methods_are_405_with_allow_post(
+    engine_with: EngineFactory, method: str
+) -> None:
     async with engine_with(entrypoints=entrypoints(), routes=[UPSTREAM]) as engine:
         async with httpx.AsyncClient() as client:
             response = await client.request(method, url(engine, "post"))
@@ -176,7 +186,9 @@ async def test_broker_down_is_503_and_recovery_accepts_again(engine_with: Engine
     [{"X-Client-ID": "bad id!"}, {"X-Client-ID": "x" * 129}],
     ids=["space", "129-chars"],
 )
-async def test_invalid_client_id_is_400(engine_with: EngineFactory, headers: dict[str, str]) -> None:
+async def test_invalid_client_id_is_400(
+    engine_with: EngineFactory, headers: dict[str, str]
+) -> None:
     async with engine_with(entrypoints=entrypoints(), routes=[UPSTREAM]) as engine:
         async with httpx.AsyncClient() as client:
             response = await client.post(url(engine, "post"), content=b"x", headers=headers)
@@ -237,7 +249,9 @@ async def test_at_least_once_answers_202_only_once_the_broker_took_the_event(
         async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
             await subscribe(client, engine, "slow-reader")
             for n in range(3):
-                assert (await client.post(url(engine, "post"), content=b"%d" % n)).status_code == 202
+                assert (
+                    await client.post(url(engine, "post"), content=b"%d" % n)
+                ).status_code == 202
             answered: list[httpx.Response] = []
             done = trio.Event()
 

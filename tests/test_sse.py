@@ -51,7 +51,9 @@ T = TypeVar("T")
 
 
 @asynccontextmanager
-async def finishing(response: httpx.Response, items: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+async def finishing(
+    response: httpx.Response, items: AsyncIterator[T]
+) -> AsyncIterator[AsyncIterator[T]]:
     """Iterate a streamed response; on leaving, close it and run the iteration to its end.
 
     httpx 0.28 nests async generators without closing them, so a chain abandoned half-way is left
@@ -99,7 +101,11 @@ async def test_first_event_is_session_with_header_client_id(engine_with: EngineF
     async with engine_with(entrypoints=entrypoints(), routes=ROUTES) as engine:
         async with (
             httpx.AsyncClient() as client,
-            sse_stream(client, engine, **{"X-Client-ID": "alice@example.com"}) as (response, _, doc),
+            sse_stream(client, engine, **{"X-Client-ID": "alice@example.com"}) as (
+                response,
+                _,
+                doc,
+            ),
         ):
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.headers["cache-control"] == "no-cache"
@@ -276,7 +282,10 @@ async def test_event_id_is_the_id_the_webhook_returned(engine_with: EngineFactor
         (b"line one\r\nline two", "line one\nline two"),
         (b"trailing newline\n", "trailing newline\n"),
         (b"\n\nblank lines\n\n", "\n\nblank lines\n\n"),
-        (b"data: not a field\nid: nor this\n: nor a comment", "data: not a field\nid: nor this\n: nor a comment"),
+        (
+            b"data: not a field\nid: nor this\n: nor a comment",
+            "data: not a field\nid: nor this\n: nor a comment",
+        ),
         (b"", ""),
         ("caf\u00e9 \u2603".encode(), "caf\u00e9 \u2603"),
     ],
@@ -298,11 +307,15 @@ async def test_payload_survives_as_one_event(
             assert (await anext(events)).id == after
 
 
-async def test_multi_line_payload_is_framed_one_data_line_per_line(engine_with: EngineFactory) -> None:
+async def test_multi_line_payload_is_framed_one_data_line_per_line(
+    engine_with: EngineFactory,
+) -> None:
     async with engine_with(entrypoints=entrypoints(), routes=ROUTES) as engine:
         async with (
             httpx.AsyncClient() as client,
-            client.stream("GET", url(engine, "sse"), headers={"Accept": "text/event-stream"}) as response,
+            client.stream(
+                "GET", url(engine, "sse"), headers={"Accept": "text/event-stream"}
+            ) as response,
             finishing(response, response.aiter_lines()) as lines,
         ):
             assert await anext(lines) == "event: session"
@@ -336,7 +349,9 @@ async def test_heartbeat_comment_on_an_idle_stream(
         # No client timeout: the mock clock would jump to it first (nothing else is scheduled).
         async with (
             httpx.AsyncClient(timeout=None) as client,
-            client.stream("GET", url(engine, "sse"), headers={"Accept": "text/event-stream"}) as response,
+            client.stream(
+                "GET", url(engine, "sse"), headers={"Accept": "text/event-stream"}
+            ) as response,
             finishing(response, response.aiter_lines()) as lines,
         ):
             assert await anext(lines) == "event: session"
@@ -378,7 +393,9 @@ async def test_broker_failure_sends_error_event_and_ends_the_stream(
 async def test_engine_shutdown_ends_the_stream_cleanly(engine_with: EngineFactory) -> None:
     async with httpx.AsyncClient() as client:
         async with engine_with(entrypoints=entrypoints(), routes=ROUTES) as engine:
-            request = client.build_request("GET", url(engine, "sse"), headers={"Accept": "text/event-stream"})
+            request = client.build_request(
+                "GET", url(engine, "sse"), headers={"Accept": "text/event-stream"}
+            )
             response = await client.send(request, stream=True)
             lines = response.aiter_lines()
             assert await anext(lines) == "event: session"

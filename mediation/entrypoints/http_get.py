@@ -106,7 +106,9 @@ class _PollingEntrypoint:
                 self.ended[client_id] = error
                 while len(self.ended) > ENDED_MEMORY:
                     self.ended.popitem(last=False)
-                log.info("polling session ended", extra={"client_id": client_id, "reason": str(error)})
+                log.info(
+                    "polling session ended", extra={"client_id": client_id, "reason": str(error)}
+                )
             finally:
                 if polled is not None:
                     if self.live.get(client_id) is polled:
@@ -151,7 +153,9 @@ class _PollingEntrypoint:
                 raise BadRequest("X-Client-ID header required")
             client_id = client_identity(request.headers, None)
             if request.path == "/subscribe":
-                polled = self.live.get(client_id) or await nursery.start(self.run_session, client_id)
+                polled = self.live.get(client_id) or await nursery.start(
+                    self.run_session, client_id
+                )
                 session = polled.session
                 await respond_json(send, 201, {"session_id": session.id, "client_id": client_id})
             elif request.path == "/poll":
@@ -168,7 +172,9 @@ class _PollingEntrypoint:
                 # Answer once it is over, so that a /poll after the 200 gets 404 and the
                 # unconfirmed events are back on the broker.
                 await polled.ended.wait()
-                await respond_json(send, 200, {"status": "unsubscribed", "session_id": polled.session.id})
+                await respond_json(
+                    send, 200, {"status": "unsubscribed", "session_id": polled.session.id}
+                )
         except MediationError as error:
             await respond_error(send, error)
 

@@ -15,7 +15,16 @@ from ..errors import MediationError, NoRoute, SessionNotFound
 from ..events import Event
 from ..identity import check_origin, client_identity
 from ..session import EngineContext, publish_upstream
-from ._asgi import Receive, Request, Scope, Send, lifespan_or_http, respond_error, respond_json, serve_asgi
+from ._asgi import (
+    Receive,
+    Request,
+    Scope,
+    Send,
+    lifespan_or_http,
+    respond_error,
+    respond_json,
+    serve_asgi,
+)
 
 
 async def serve(
@@ -42,7 +51,9 @@ def event_metadata(headers: dict[str, str]) -> dict[str, str]:
     }
 
 
-async def _handle(config: HTTPPostEntrypoint, context: EngineContext, request: Request, send: Send) -> None:
+async def _handle(
+    config: HTTPPostEntrypoint, context: EngineContext, request: Request, send: Send
+) -> None:
     try:
         if request.path != config.path:
             raise SessionNotFound(f"no webhook entrypoint at {request.path}")

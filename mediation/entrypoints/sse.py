@@ -1,12 +1,12 @@
 """The Server-Sent Events entrypoint: ``GET`` with ``Accept: text/event-stream``, broker -> client.
 
 The stream opens with ``event: session`` carrying ``{"client_id", "session_id"}``, sent once the
-session's consumers are subscribed. Each event is framed by :mod:`mediation.sse`; a ``: keepalive``
-comment every ``heartbeat_interval`` keeps proxies from cutting idle streams. A completed write is
-the confirmation ``at_least_once`` waits for (SSE has no way back from the client). ``Last-Event-ID``
-is passed to the endpoints as the resume position. The session's end is told in the stream:
-``event: error`` with the reason (broker failure, route changed, too slow), or, on shutdown, just
-the end of the response (a final chunk, not a cut connection).
+session's consumers are subscribed. Each event is framed by :mod:`mediation.sse`; a
+``: keepalive`` comment every ``heartbeat_interval`` keeps proxies from cutting idle streams. A
+completed write is the confirmation ``at_least_once`` waits for (SSE has no way back from the
+client). ``Last-Event-ID`` is passed to the endpoints as the resume position. The session's end
+is told in the stream: ``event: error`` with the reason (broker failure, route changed, too
+slow), or, on shutdown, just the end of the response (a final chunk, not a cut connection).
 """
 
 from __future__ import annotations
@@ -21,7 +21,16 @@ from ..errors import EngineShuttingDown, MediationError, SessionNotFound, outcom
 from ..identity import check_origin, client_identity
 from ..session import EngineContext, Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
-from ._asgi import Receive, Request, Scope, Send, lifespan_or_http, respond_error, respond_json, serve_asgi
+from ._asgi import (
+    Receive,
+    Request,
+    Scope,
+    Send,
+    lifespan_or_http,
+    respond_error,
+    respond_json,
+    serve_asgi,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,9 @@ async def serve(
     await serve_asgi(app, host, config.port, task_status=task_status)
 
 
-async def _handle(config: SSEEntrypoint, context: EngineContext, request: Request, send: Send) -> None:
+async def _handle(
+    config: SSEEntrypoint, context: EngineContext, request: Request, send: Send
+) -> None:
     if request.path != config.path:
         await respond_error(send, SessionNotFound(f"no SSE entrypoint at {request.path}"))
         return
@@ -117,7 +128,9 @@ async def _stream_events(
 
     async def write(item: SessionDelivery) -> None:
         # A payload that is not UTF-8 cannot be an SSE event; it is sent with replacement marks.
-        await stream.write(frame_event(item.event.payload.decode("utf-8", "replace"), event_id=item.event.id))
+        await stream.write(
+            frame_event(item.event.payload.decode("utf-8", "replace"), event_id=item.event.id)
+        )
 
     async def heartbeat() -> None:
         while True:
@@ -127,6 +140,6 @@ async def _stream_events(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(heartbeat)
         nursery.start_soon(session.run_writer, write)
-        # hypercorn does not fail writes to a client that left; its disconnect message is the signal.
+        # hypercorn does not fail writes to a client that left; the disconnect message tells.
         await request.wait_disconnect()
         nursery.cancel_scope.cancel(reason="client went away")
