@@ -120,6 +120,19 @@ async def test_body_of_exactly_max_body_is_accepted_one_more_is_413(
             assert (await anext(events)).id == after
 
 
+@pytest.mark.parametrize(
+    ("size", "status"), [(1024 * 1024, 202), (1024 * 1024 + 1, 413), (8 * 1024 * 1024, 413)]
+)
+async def test_default_max_body_is_one_mib(
+    engine_with: EngineFactory, size: int, status: int
+) -> None:
+    async with engine_with(entrypoints=entrypoints(), routes=[UPSTREAM]) as engine:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(url(engine, "post"), content=b"m" * size)
+        assert response.status_code == status
+        assert memory(engine).stats["published"] == (1 if status == 202 else 0)
+
+
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
     for part in parts:
         yield part

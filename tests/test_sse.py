@@ -287,9 +287,19 @@ async def test_event_id_is_the_id_the_webhook_returned(engine_with: EngineFactor
             "data: not a field\nid: nor this\n: nor a comment",
         ),
         (b"", ""),
+        (b"not utf-8: \xff", "not utf-8: \ufffd"),
         ("caf\u00e9 \u2603".encode(), "caf\u00e9 \u2603"),
     ],
-    ids=["lf", "crlf", "trailing-lf", "blank-lines", "field-lookalikes", "empty", "utf8"],
+    ids=[
+        "lf",
+        "crlf",
+        "trailing-lf",
+        "blank-lines",
+        "field-lookalikes",
+        "empty",
+        "not-utf8",
+        "utf8",
+    ],
 )
 async def test_payload_survives_as_one_event(
     engine_with: EngineFactory, payload: bytes, data: str
