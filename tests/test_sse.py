@@ -355,31 +355,34 @@ async def test_last_event_id_is_accepted(engine_with: EngineFactory) -> None:
 async def test_heartbeat_comment_on_an_idle_stream(
     engine_with: EngineFactory, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async with engine_with(entrypoints=entrypoints(heartbeat_interval=15), routes=ROUTES) as engine:
-        # No client timeout: the mock clock would jump to it first (nothing else is scheduled).
-        async with (
-            httpx.AsyncClient(timeout=None) as client,
-            client.stream(
-                "GET", url(engine, "sse"), headers={"Accept": "text/event-stream"}
-            ) as response,
-            finishing(response, response.aiter_lines()) as lines,
-        ):
-            assert await anext(lines) == "event: session"
-            assert (await anext(lines)).startswith("data: {")
-            assert await anext(lines) == ""
-            opened = trio.current_time()
-            for _ in range(2):
-                assert await anext(lines) == ": keepalive"
+    # No client timeout (the mock clock would jump to it first); one bound for the whole test.
+    with trio.fail_after(60):
+        async with engine_with(
+            entrypoints=entrypoints(heartbeat_interval=15), routes=ROUTES
+        ) as engine:
+            async with (
+                httpx.AsyncClient(timeout=None) as client,
+                client.stream(
+                    "GET", url(engine, "sse"), headers={"Accept": "text/event-stream"}
+                ) as response,
+                finishing(response, response.aiter_lines()) as lines,
+            ):
+                assert await anext(lines) == "event: session"
+                assert (await anext(lines)).startswith("data: {")
                 assert await anext(lines) == ""
-                assert trio.current_time() - opened == pytest.approx(15, abs=0.5)
                 opened = trio.current_time()
-            # An event still arrives normally between heartbeats.
-            event_id = await post(client, engine, b"between heartbeats")
-            assert [await anext(lines) for _ in range(3)] == [
-                f"id: {event_id}",
-                "data: between heartbeats",
-                "",
-            ]
+                for _ in range(2):
+                    assert await anext(lines) == ": keepalive"
+                    assert await anext(lines) == ""
+                    assert trio.current_time() - opened == pytest.approx(15, abs=0.5)
+                    opened = trio.current_time()
+                # An event still arrives normally between heartbeats.
+                event_id = await post(client, engine, b"between heartbeats")
+                assert [await anext(lines) for _ in range(3)] == [
+                    f"id: {event_id}",
+                    "data: between heartbeats",
+                    "",
+                ]
 
 
 # -- how a stream ends ---------------------------------------------------------------------------
