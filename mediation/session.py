@@ -139,7 +139,10 @@ class Session:
         self._in_hand: dict[SessionDelivery, None] = {}  # unsettled, in insertion order
         self._awaiting_confirmation: dict[str, SessionDelivery] = {}
         self._recently_written: deque[str] = deque(maxlen=64)
+        self._receivers: set[trio.CancelScope] = set()  # receive() calls waiting for the window
         self._cancel_scope = trio.CancelScope()
+        # Why the session ended (or is ending): the reason given to close(), or the error it
+        # ended with (a consumer's BrokerUnavailable, ClientTooSlow).
         self.close_reason: MediationError | None = None
 
     def info(self) -> SessionInfo:
@@ -160,16 +163,29 @@ class Session:
     # -- downstream: the writer's side ---------------------------------------------------------
 
     async def receive(self) -> SessionDelivery:
-        """Wait for the next event for the client. Cancelling this wait loses nothing."""
-        if self._window is None:
-            return await self._receive.receive()
-        await self._window.acquire()
+        """Wait for the next event for the client.
+
+        Cancelling this wait loses nothing. Once the session has ended it raises
+        :class:`trio.ClosedResourceError`, also to a wait already in progress (a poller waiting
+        for the at-least-once window, say).
+        """
+        if self._window is not None:
+            with trio.CancelScope() as waiting:
+                self._receivers.add(waiting)
+                try:
+                    await self._window.acquire()
+                finally:
+                    self._receivers.discard(waiting)
+            if waiting.cancelled_caught:
+                raise trio.ClosedResourceError("the session has ended")
         try:
             item = await self._receive.receive()
         except BaseException:
-            self._window.release()
+            if self._window is not None:
+                self._window.release()
             raise
-        if not needs_client_confirmation(item.route.delivery_guarantee):
+        confirmed_later = needs_client_confirmation(item.route.delivery_guarantee)
+        if self._window is not None and not confirmed_later:
             self._window.release()
         return item
 
@@ -396,7 +412,10 @@ async def open_session(
                     yield session
                     nursery.cancel_scope.cancel(reason="session ended")
             except BaseExceptionGroup as group:
-                raise single_error(group) from None
+                error = single_error(group)
+                if isinstance(error, MediationError) and session.close_reason is None:
+                    session.close_reason = error
+                raise error from None
         if session.close_reason is not None:
             raise session.close_reason
     finally:
@@ -404,6 +423,8 @@ async def open_session(
         context.telemetry.sessions.labels(entrypoint).dec()
         session._send.close()
         session._receive.close()
+        for waiting in session._receivers:
+            waiting.cancel()
         with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
             await session._nack_unsettled()
             await session._announce("disconnect")

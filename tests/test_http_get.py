@@ -429,18 +429,22 @@ async def test_a_poll_longer_than_the_idle_timeout_does_not_expire_the_session(
             assert (await poller.poll()).status_code == 410
 
 
-async def test_broker_failure_ends_the_session_and_poll_is_410(engine_with: EngineFactory) -> None:
+async def test_broker_failure_ends_the_session_and_poll_is_503(engine_with: EngineFactory) -> None:
+    # Issue 3: a broker failure is 503 for polling clients (retry later), as for the others.
     async with engine_with(entrypoints=entrypoints(), routes=ROUTES) as engine:
         async with httpx.AsyncClient() as client:
             poller = Poller(client, engine, "reader")
             await poller.subscribe()
             memory(engine).fail()
-            assert (await poller.poll()).status_code == 410
-            assert (await poller.poll()).status_code == 410
+            assert (await poller.poll()).status_code == 503
+            assert (await poller.poll()).status_code == 503
             assert engine.sessions == []
+            memory(engine).recover()
+            await poller.subscribe()  # a new session once the broker is back
+            assert (await poller.poll()).status_code == 204
 
 
-async def test_broker_failure_answers_a_waiting_poll_with_410(engine_with: EngineFactory) -> None:
+async def test_broker_failure_answers_a_waiting_poll_with_503(engine_with: EngineFactory) -> None:
     async with engine_with(entrypoints=entrypoints(poll_timeout=30), routes=ROUTES) as engine:
         async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
             poller = Poller(client, engine, "reader")
@@ -453,7 +457,7 @@ async def test_broker_failure_answers_a_waiting_poll_with_410(engine_with: Engin
             nursery.start_soon(long_poll)
             await trio.testing.wait_all_tasks_blocked()
             memory(engine).fail()
-        assert answered[0].status_code == 410
+        assert answered[0].status_code == 503
 
 
 async def test_engine_shutdown_answers_a_waiting_poll(engine_with: EngineFactory) -> None:
@@ -526,7 +530,7 @@ async def test_broker_failure_answers_a_poll_waiting_for_the_window_with_410(
             await trio.testing.wait_all_tasks_blocked()
             started = trio.current_time()
             memory(engine).fail()
-        assert answered[0].status_code == 410
+        assert answered[0].status_code == 503
         assert trio.current_time() - started < 30
 
 
@@ -552,3 +556,19 @@ async def test_engine_shutdown_answers_a_poll_waiting_for_the_window_at_once(
         assert trio.current_time() - started < 30
         assert answered[0].status_code == 503
         assert memory(engine).stats["nacked"] == 1
+
+
+async def test_concurrent_subscribes_share_one_session(engine_with: EngineFactory) -> None:
+    async with engine_with(entrypoints=entrypoints(), routes=ROUTES) as engine:
+        async with httpx.AsyncClient() as client:
+            poller = Poller(client, engine, "twice")
+            answers: list[httpx.Response] = []
+
+            async def subscribe() -> None:
+                answers.append(await poller.subscribe())
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(subscribe)
+            assert {a.json()["session_id"] for a in answers} == {engine.sessions[0].id}
+            assert len(engine.sessions) == 1

@@ -26,6 +26,7 @@ import trio
 from ..config import HTTPGetEntrypoint
 from ..errors import (
     BadRequest,
+    BrokerUnavailable,
     EngineShuttingDown,
     MediationError,
     SessionClosed,
@@ -68,8 +69,6 @@ class _Polled:
     unsubscribed: trio.Event = field(default_factory=trio.Event)
     # Set once the session is over: consumers stopped, unconfirmed events nacked, forgotten here.
     ended: trio.Event = field(default_factory=trio.Event)
-    # The wait of the poll in progress, cancelled when the session ends.
-    waiting: trio.CancelScope | None = None
 
 
 class _PollingEntrypoint:
@@ -78,6 +77,8 @@ class _PollingEntrypoint:
         self.context = context
         self.live: dict[str, _Polled] = {}
         self.ended: OrderedDict[str, MediationError] = OrderedDict()
+        # One /subscribe at a time per client, so two at once cannot start two sessions.
+        self.subscribing: dict[str, trio.Lock] = {}
 
     async def run_session(
         self, client_id: str, *, task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED
@@ -114,10 +115,6 @@ class _PollingEntrypoint:
                     if self.live.get(client_id) is polled:
                         del self.live[client_id]
                     polled.ended.set()
-                    if polled.waiting is not None:
-                        # A poll waiting for an /ack (the at_least_once window) is not woken by
-                        # the closed channel: tell it now, not after poll_timeout.
-                        polled.waiting.cancel()
 
     async def _expire_when_idle(self, polled: _Polled) -> None:
         timeout = self.config.session_idle_timeout
@@ -137,7 +134,7 @@ class _PollingEntrypoint:
             polled.last_activity = trio.current_time()
             return polled
         if client_id in self.ended:
-            raise SessionClosed(f"session ended: {self.ended[client_id]}")
+            raise _ended_error(self.ended[client_id])
         raise SessionNotFound("not subscribed")
 
     async def handle(self, request: Request, send: Send, nursery: trio.Nursery) -> None:
@@ -153,11 +150,10 @@ class _PollingEntrypoint:
                 raise BadRequest("X-Client-ID header required")
             client_id = client_identity(request.headers, None)
             if request.path == "/subscribe":
-                polled = self.live.get(client_id) or await nursery.start(
-                    self.run_session, client_id
+                polled = await self.subscribe(client_id, nursery)
+                await respond_json(
+                    send, 201, {"session_id": polled.session.id, "client_id": client_id}
                 )
-                session = polled.session
-                await respond_json(send, 201, {"session_id": session.id, "client_id": client_id})
             elif request.path == "/poll":
                 await self.poll(self.find(client_id), send)
             elif request.path == "/ack":
@@ -178,21 +174,27 @@ class _PollingEntrypoint:
         except MediationError as error:
             await respond_error(send, error)
 
+    async def subscribe(self, client_id: str, nursery: trio.Nursery) -> _Polled:
+        """The client's live session, started if it has none."""
+        lock = self.subscribing.setdefault(client_id, trio.Lock())
+        try:
+            async with lock:
+                return self.live.get(client_id) or await nursery.start(self.run_session, client_id)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self.subscribing.pop(client_id, None)
+
     async def poll(self, polled: _Polled, send: Send) -> None:
         session = polled.session
         async with polled.polling:
             item = None
             try:
-                with trio.move_on_after(self.config.poll_timeout) as polled.waiting:
-                    if not polled.ended.is_set():
-                        item = await session.receive()
+                with trio.move_on_after(self.config.poll_timeout):
+                    item = await session.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise self._ended_error(session) from None
+                raise _ended_error(session.close_reason) from None
             finally:
-                polled.waiting = None
                 polled.last_activity = trio.current_time()
-            if polled.ended.is_set():
-                raise self._ended_error(session)
             if item is None:
                 await respond(send, 204)
                 return
@@ -207,10 +209,13 @@ class _PollingEntrypoint:
             await respond(send, 200, item.event.payload, headers)
             await session.written(item)
 
-    def _ended_error(self, session: Session) -> MediationError:
-        if isinstance(session.close_reason, EngineShuttingDown):
-            return session.close_reason
-        return SessionClosed(f"session ended: {session.close_reason or 'consumer stopped'}")
+
+def _ended_error(reason: MediationError | None) -> MediationError:
+    """What a request about an ended session gets: 503 while the broker is down or the engine
+    stops (the client may retry), 410 when the engine ended the session for good (idle expiry)."""
+    if isinstance(reason, BrokerUnavailable | EngineShuttingDown):
+        return reason
+    return SessionClosed(f"session ended: {reason or 'consumer stopped'}")
 
 
 async def serve(
