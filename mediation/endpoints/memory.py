@@ -138,9 +138,9 @@ class MemoryEndpoint:
         # ``confirm`` changes nothing here.
         self._check_up()
         topic = message.fill(self.config.topic_out)
-        self.stats["published"] += 1
         for subscriber in tuple(self._topics.get(topic, ())):
             await subscriber.put(message.event)
+        self.stats["published"] += 1
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))
