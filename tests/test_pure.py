@@ -152,3 +152,22 @@ def test_origin_check() -> None:
     check_origin(("https://a",), None)  # not a browser: nothing to check
     with pytest.raises(OriginNotAllowed):
         check_origin(("https://a",), "https://b")
+
+
+def test_client_metadata_is_allow_listed_and_sanitised() -> None:
+    from mediation.metadata import MAX_ENTRIES, client_metadata
+
+    headers = [
+        ("Content-Type", "text/plain"),
+        ("X-Trace-Id", "t-1"),
+        ("X-Client-ID", "someone-else"),  # identity, not data
+        ("Authorization", "Bearer secret"),  # not x-*: stays out
+        ("X-Evil", "a\r\nInjected: yes"),  # would split a header downstream
+        ("X-Long", "v" * 2000),
+        ("client_id", "spoofed"),
+    ]
+    assert client_metadata(headers, header_names=True) == {"content-type": "text/plain", "x-trace-id": "t-1"}
+    envelope = [("topic", "spoofed"), ("offset", "0"), ("order", "42"), ("bad name", "x")]
+    assert client_metadata(envelope, header_names=False) == {"order": "42"}
+    many = [(f"x-{n}", "v") for n in range(100)]
+    assert len(client_metadata(many, header_names=True)) == MAX_ENTRIES

@@ -14,6 +14,7 @@ from ..config import HTTPPostEntrypoint
 from ..errors import MediationError, NoRoute, SessionNotFound
 from ..events import Event
 from ..identity import check_origin, client_identity
+from ..metadata import client_metadata
 from ..session import EngineContext, publish_upstream
 from ._asgi import (
     Receive,
@@ -42,15 +43,6 @@ async def serve(
     await serve_asgi(app, host, config.port, task_status=task_status)
 
 
-def event_metadata(headers: dict[str, str]) -> dict[str, str]:
-    """The request headers that travel with the event: ``Content-Type`` and ``X-*``."""
-    return {
-        name: value
-        for name, value in headers.items()
-        if name == "content-type" or (name.startswith("x-") and name != "x-client-id")
-    }
-
-
 async def _handle(
     config: HTTPPostEntrypoint, context: EngineContext, request: Request, send: Send
 ) -> None:
@@ -66,7 +58,11 @@ async def _handle(
         if not routes:
             raise NoRoute(f"entrypoint {config.name} has no upstream route")
         body = await request.body(config.max_body)
-        event = Event(body, metadata=event_metadata(request.headers), client_id=client_id)
+        event = Event(
+            body,
+            metadata=client_metadata(request.headers.items(), header_names=True),
+            client_id=client_id,
+        )
         await publish_upstream(
             context, routes, event, entrypoint=config.name, client_id=client_id, session_id=None
         )

@@ -32,6 +32,7 @@ from ..errors import (
     outcome_of,
 )
 from ..identity import check_origin, client_identity
+from ..metadata import client_metadata
 from ..session import EngineContext, Session, SessionDelivery, open_session
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,8 @@ async def _relay_upstream(
                 )
             continue
         try:
-            await session.publish(parsed.payload, parsed.metadata, event_id=parsed.event_id)
+            metadata = client_metadata(parsed.metadata.items(), header_names=False)
+            await session.publish(parsed.payload, metadata, event_id=parsed.event_id)
         except (BrokerUnavailable, NoRoute) as error:
             reply = encode_reply(parsed.event_id, error=str(error))
         else:
