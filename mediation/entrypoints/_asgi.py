@@ -19,6 +19,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
 from ..errors import ListenError, MediationError, MessageTooLarge
+from ..session import EngineContext
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,25 @@ def _bound_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ListenError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     return sock
+
+
+async def serve_requests(
+    handle: Callable[[Request, Send], Awaitable[None]],
+    context: EngineContext,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handle(request, send)`` for every HTTP request, each counted as a client
+    connection (shutdown waits for it)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if await lifespan_or_http(scope, receive, send):
+            with context.client_connection():
+                await handle(Request(scope, receive), send)
+
+    await serve_asgi(app, host, port, task_status=task_status)
 
 
 class _PortReporter:

@@ -35,15 +35,12 @@ from ..errors import (
 from ..identity import client_identity
 from ..session import EngineContext, Session, open_session
 from ._asgi import (
-    Receive,
     Request,
-    Scope,
     Send,
-    lifespan_or_http,
     respond,
     respond_error,
     respond_json,
-    serve_asgi,
+    serve_requests,
 )
 
 log = logging.getLogger(__name__)
@@ -228,9 +225,7 @@ async def serve(
     entrypoint = _PollingEntrypoint(config, context)
     async with trio.open_nursery() as sessions:
 
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            if await lifespan_or_http(scope, receive, send):
-                with context.client_connection():
-                    await entrypoint.handle(Request(scope, receive), send, sessions)
+        async def handle(request: Request, send: Send) -> None:
+            await entrypoint.handle(request, send, sessions)
 
-        await serve_asgi(app, host, config.port, task_status=task_status)
+        await serve_requests(handle, context, host, config.port, task_status=task_status)

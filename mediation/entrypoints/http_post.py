@@ -17,14 +17,11 @@ from ..identity import check_origin, client_identity
 from ..metadata import client_metadata
 from ..session import EngineContext, publish_upstream
 from ._asgi import (
-    Receive,
     Request,
-    Scope,
     Send,
-    lifespan_or_http,
     respond_error,
     respond_json,
-    serve_asgi,
+    serve_requests,
 )
 
 
@@ -35,12 +32,10 @@ async def serve(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if await lifespan_or_http(scope, receive, send):
-            with context.client_connection():
-                await _handle(config, context, Request(scope, receive), send)
+    async def handle(request: Request, send: Send) -> None:
+        await _handle(config, context, request, send)
 
-    await serve_asgi(app, host, config.port, task_status=task_status)
+    await serve_requests(handle, context, host, config.port, task_status=task_status)
 
 
 async def _handle(

@@ -22,14 +22,11 @@ from ..identity import check_origin, client_identity
 from ..session import EngineContext, Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
 from ._asgi import (
-    Receive,
     Request,
-    Scope,
     Send,
-    lifespan_or_http,
     respond_error,
     respond_json,
-    serve_asgi,
+    serve_requests,
 )
 
 log = logging.getLogger(__name__)
@@ -51,12 +48,10 @@ async def serve(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if await lifespan_or_http(scope, receive, send):
-            with context.client_connection():
-                await _handle(config, context, Request(scope, receive), send)
+    async def handle(request: Request, send: Send) -> None:
+        await _handle(config, context, request, send)
 
-    await serve_asgi(app, host, config.port, task_status=task_status)
+    await serve_requests(handle, context, host, config.port, task_status=task_status)
 
 
 async def _handle(
