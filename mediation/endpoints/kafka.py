@@ -1,0 +1,839 @@
+"""The Kafka endpoint (confluent-kafka): one consumer per session, one shared idempotent producer.
+
+Consuming
+---------
+Every session gets its own ``Consumer`` in the group ``group_id`` (default
+``mediation-{endpoint}-{client_id}``: a client that reconnects resumes where its last session's
+commits left it). Entering :meth:`KafkaEndpoint.consume` returns once the group assigned this
+consumer its partitions and the start offset of each is fixed (committed offset; else the
+watermark ``auto_offset_reset`` names, which is then committed so that the group has a resume point
+from the first session on; else ``Last-Event-ID``), so anything published afterwards is received.
+
+- Event id ``"{topic}:{partition}:{offset}"``; a session given one as ``resume_after`` (SSE
+  ``Last-Event-ID``) starts that partition right after it. Metadata: the Kafka headers (UTF-8),
+  then ``topic``, ``partition``, ``offset``, ``key``, ``timestamp`` (ms since the epoch).
+- ``ack`` commits (``enable.auto.commit=false``): the committed offset of a partition is the lowest
+  offset this consumer handed out and still has unsettled, or the next one to hand out, so a commit
+  never passes an unconfirmed event even when a client confirms out of order. Commits are
+  asynchronous and coalesced; on ``at_most_once`` routes the ack waits for the broker's answer
+  (the writer must not write an event whose commit could be lost).
+- ``nack`` commits nothing and seeks the partition back to the event: it is delivered again in
+  this session (with the events after it), and if the session ends first, the group resumes there.
+  Whatever a session leaves unsettled is therefore what the client's next session starts with.
+- Backpressure: the consumer hands the session at most ``subscription.credit`` (the route's
+  ``channel_size``) unsettled events. librdkafka prefetches on its own; its queue is capped small
+  (``queued.min.messages`` = credit, ``queued.max.messages.kbytes`` = 64, 64 KiB fetches) so a
+  session that keeps up costs at most that, and once a session has been full for
+  ``STALL_PAUSE`` seconds its partitions are paused, which drops librdkafka's prefetch too: a
+  stalled client then holds nothing beyond its own session channel.
+- Failures: ``_ALL_BROKERS_DOWN`` or a fatal error ends the consumer with
+  :class:`BrokerUnavailable` at once (librdkafka reports it within ~1 s of losing the broker).
+  Leaving the block, by any path, closes the consumer (leaves the group) within
+  ``CLOSE_TIMEOUT``.
+
+Threads: one poller thread per consumer
+---------------------------------------
+confluent-kafka serialises every call on a ``Consumer`` (a per-consumer gate): a ``commit``,
+``seek`` or ``pause`` from another thread waits until a running ``poll`` returns. So the consumer
+is owned by one thread for its whole life (create, subscribe, poll, commit, seek, pause, close),
+and the Trio side never calls it: deliveries come to Trio through a lock-protected deque plus a
+``TrioToken.run_sync_soon`` wake-up (never blocking the thread on the session), settles go to the
+thread through a deque plus a ``threading.Event`` that wakes it when it is waiting for credit.
+The thread polls with ``POLL_INTERVAL`` while the session has credit and otherwise waits for that
+event, polling every ``STALL_PAUSE`` only to serve group callbacks and errors.
+
+The alternative, ``trio.to_thread.run_sync(consumer.poll, ...)`` per ``__anext__`` under a
+per-endpoint ``CapacityLimiter``, holds a worker (and the consumer's gate) for the whole poll, so a
+settle waits for it and an idle session needs a limiter token to notice anything.
+
+Producing
+---------
+One ``Producer`` per endpoint (``enable.idempotence=true``), owned by :meth:`KafkaEndpoint.run`,
+which polls it for delivery reports from a thread and hands them to Trio in batches through the
+Trio token. ``publish(confirm=True)`` waits for the report (a failure, or the broker going down
+meanwhile, raises :class:`BrokerUnavailable`); ``confirm=False`` returns once ``produce`` took it
+(a full queue waits for delivery reports, it does not spin). Key: ``message.key``; headers: the
+event metadata. State: ``connecting`` until the producer got cluster metadata, ``up``, ``down``
+from an ``_ALL_BROKERS_DOWN`` until metadata can be fetched again (librdkafka reconnects by
+itself; the endpoint only follows). Publishing is refused while the endpoint is not ``up``.
+
+Configuration: ``[endpoints.config.librdkafka]`` passes any librdkafka key; it overrides this
+module's tuning defaults (queue sizes, ``message.timeout.ms``, ...) and is overridden by what the
+endpoint's semantics need (``group.id``, ``enable.auto.commit``, ``enable.idempotence``, the
+``KafkaConfig`` fields, the callbacks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import outcome
+import trio
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from trio_util import AsyncValue
+
+from ..ack_policy import Guarantee
+from ..config import KafkaConfig
+from ..errors import BrokerUnavailable, TargetNotFound
+from ..events import Delivery, Event
+from .base import EndpointState, Outbound, Subscription
+
+log = logging.getLogger(__name__)
+librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
+
+# Longest single poll() of a consumer: how long a settle, a seek or the end of the session may
+# wait for the poller thread while the session has credit and the topic is idle.
+POLL_INTERVAL = 0.1
+# A session that took no event for this long gets its partitions paused (prefetch dropped); while
+# paused (or full), the poller thread still polls this often to serve group callbacks and errors.
+STALL_PAUSE = 0.5
+# Bounds on what the broker may take: closing a consumer (leave group), the committed offsets and
+# watermarks read on assignment, the producer's metadata probe, the final flush.
+CLOSE_TIMEOUT = 5.0
+ASSIGN_TIMEOUT = 10.0
+PROBE_TIMEOUT = 5.0
+FLUSH_TIMEOUT = 5.0
+# Reconnect probing after the broker went away: from RETRY_MIN, doubling up to RETRY_MAX.
+RETRY_MIN = 0.5
+RETRY_MAX = 5.0
+
+# Tuning defaults, under the user's librdkafka table.
+_CONSUMER_DEFAULTS: dict[str, Any] = {
+    "queued.max.messages.kbytes": 64,
+    "fetch.message.max.bytes": 64 * 1024,
+    "log.connection.close": False,
+}
+_PRODUCER_DEFAULTS: dict[str, Any] = {
+    "linger.ms": 5,
+    # How long a confirmed publish may wait for its delivery report (503 after that).
+    "message.timeout.ms": 15_000,
+    "log.connection.close": False,
+}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _broker_gone(error: KafkaError) -> bool:
+    return error.code() == KafkaError._ALL_BROKERS_DOWN or error.fatal()
+
+
+def _notify(token: trio.lowlevel.TrioToken, fn: Callable[[], object]) -> None:
+    """Run ``fn`` (which never raises) on the Trio thread soon; from any thread, never blocking."""
+    with contextlib.suppress(trio.RunFinishedError):  # Trio is gone: nobody waits any more
+        token.run_sync_soon(fn)
+
+
+def event_from_message(message: Message) -> Event:
+    """The event a consumed Kafka message is: its id encodes its position (see module doc)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    metadata: dict[str, str] = {}
+    headers = message.headers() or []
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
+        if not _CONTROL.search(name) and not _CONTROL.search(text):
+            metadata[name] = text
+    metadata.update(topic=str(topic), partition=str(partition), offset=str(offset))
+    key = message.key()
+    if key is not None:
+        metadata["key"] = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    kind, millis = message.timestamp()
+    timestamp = time.time()
+    if kind != TIMESTAMP_NOT_AVAILABLE:
+        metadata["timestamp"] = str(millis)
+        timestamp = millis / 1000
+    value = message.value()
+    return Event(
+        payload=value if isinstance(value, bytes) else (value or "").encode(),
+        id=f"{topic}:{partition}:{offset}",
+        metadata=metadata,
+        timestamp=timestamp,
+    )
+
+
+def resume_position(event_id: str | None, topic: str) -> tuple[int, int] | None:
+    """``(partition, offset to start at)`` for an event id of ours on ``topic``, else None."""
+    if not event_id:
+        return None
+    parts = event_id.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != topic:
+        return None
+    try:
+        partition, offset = int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
+    if partition < 0 or offset < 0:
+        return None
+    return partition, offset + 1
+
+
+# -- consuming ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    event: Event
+    partition: int
+    offset: int
+    epoch: int  # the partition's epoch when fetched: a seek or an assignment starts a new one
+
+
+class _CommitWaiter:
+    """An ack that returns only once its commit was answered (``at_most_once``)."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: BrokerUnavailable | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    item: _Item
+    accepted: bool
+    waiter: _CommitWaiter | None
+
+
+class _SessionConsumer:
+    """One session's consumer: a poller thread that owns the ``Consumer``, and its Trio side.
+
+    The two sides share ``_ready`` (fetched events for the session), ``_settles`` (acks and nacks
+    for the thread) and the flags, under ``_lock``, which is never held across a librdkafka call
+    or an await. Everything else belongs to one side: the offsets bookkeeping to the thread.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        *,
+        credit: int,
+        latest: bool,
+        sync_commits: bool,
+        resume: tuple[int, int] | None,
+        token: trio.lowlevel.TrioToken,
+    ) -> None:
+        self._config = config
+        self._topic = topic
+        self._credit = max(1, credit)
+        self._latest = latest
+        self._sync_commits = sync_commits
+        self._resume = resume
+        self._token = token
+        # Shared, under _lock.
+        self._lock = threading.Lock()
+        self._ready: deque[_Item] = deque()
+        self._settles: list[_Settle] = []
+        self._failure: BrokerUnavailable | None = None
+        self._subscribed = False
+        self._stopping = False
+        self._finished = False
+        self._wake = threading.Event()  # the thread waits on it for credit, settles or stop
+        # Trio side.
+        self._changed = trio.lowlevel.ParkingLot()
+        # Thread side: per assigned partition.
+        self._epoch: dict[int, int] = {}  # kept across assignments, so old epochs stay old
+        self._assign_epoch: dict[int, int] = {}
+        self._unsettled: dict[int, Counter[tuple[int, int]]] = {}  # (offset, epoch) -> count
+        self._position: dict[int, int] = {}  # next offset to hand out
+        self._rewound_to: dict[int, int] = {}  # where the current epoch started
+        self._committed: dict[int, int] = {}
+        self._held = 0  # events handed to the session (or ready for it) and not settled
+        self._paused = False
+        self._commit_waiters: deque[list[_CommitWaiter]] = deque()  # one entry per commit
+
+    # -- Trio side -----------------------------------------------------------------------------
+
+    async def subscribed(self) -> None:
+        while True:
+            with self._lock:
+                failure, subscribed, finished = self._failure, self._subscribed, self._finished
+            if failure is not None:
+                raise failure
+            if subscribed:
+                return
+            if finished:
+                raise BrokerUnavailable("kafka consumer ended before it was subscribed")
+            await self._changed.park()
+
+    async def next_delivery(self) -> Delivery:
+        while True:
+            with self._lock:
+                failure, finished = self._failure, self._finished
+                item = self._ready.popleft() if self._ready and failure is None else None
+            if failure is not None:
+                raise failure
+            if item is not None:
+                return Delivery(item.event, partial(self._settle, item))
+            if finished:
+                raise BrokerUnavailable("kafka consumer closed")
+            await self._changed.park()
+
+    async def _settle(self, item: _Item, accepted: bool) -> None:
+        waiter = _CommitWaiter() if accepted and self._sync_commits else None
+        with self._lock:
+            finished = self._finished
+            if not finished:
+                self._settles.append(_Settle(item, accepted, waiter))
+        if finished:
+            if waiter is not None:
+                raise BrokerUnavailable("kafka consumer closed before the ack was committed")
+            return
+        self._wake.set()
+        if waiter is not None:
+            await waiter.done.wait()
+            if waiter.error is not None:
+                raise waiter.error
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+
+    async def finished(self) -> None:
+        while True:
+            with self._lock:
+                if self._finished:
+                    return
+            await self._changed.park()
+
+    def _wake_trio(self) -> None:
+        _notify(self._token, self._changed.unpark_all)
+
+    def _resolve(self, waiters: list[_CommitWaiter], error: BrokerUnavailable | None) -> None:
+        def resolve() -> None:
+            for waiter in waiters:
+                waiter.error = error
+                waiter.done.set()
+
+        if waiters:
+            _notify(self._token, resolve)
+
+    # -- the poller thread ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        consumer: Consumer | None = None
+        try:
+            consumer = Consumer(
+                {
+                    **self._config,
+                    "error_cb": self._on_error,
+                    "on_commit": self._on_commit,
+                }
+            )
+            consumer.subscribe(
+                [self._topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            self._poll_until_stopped(consumer)
+        except Exception as error:  # a thread: everything ends up as the session's failure
+            self._fail(f"kafka consumer failed: {error}")
+        finally:
+            if consumer is not None:
+                try:
+                    consumer.close()
+                except Exception as error:
+                    log.warning("kafka consumer close failed", extra={"error": str(error)})
+            self._finish()
+
+    def _poll_until_stopped(self, consumer: Consumer) -> None:
+        full_since: float | None = None
+        while True:
+            self._wake.clear()
+            with self._lock:
+                stopping, failed = self._stopping, self._failure is not None
+            if failed:
+                return
+            self._apply_settles(consumer)
+            if stopping:
+                return
+            if self._held < self._credit:
+                full_since = None
+                if self._paused:
+                    consumer.resume(consumer.assignment())
+                    self._paused = False
+                message = consumer.poll(0.005 if self._commit_waiters else POLL_INTERVAL)
+                if message is not None:
+                    self._accept(message)
+                continue
+            now = time.monotonic()
+            full_since = now if full_since is None else full_since
+            if not self._paused and now - full_since < STALL_PAUSE:
+                self._wake.wait(STALL_PAUSE - (now - full_since))
+                continue
+            if not self._paused:
+                consumer.pause(consumer.assignment())
+                self._paused = True
+            message = consumer.poll(0)  # group callbacks and errors; paused partitions are quiet
+            if message is not None:
+                self._accept(message)
+            self._wake.wait(STALL_PAUSE)
+
+    def _accept(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                self._fail(f"kafka consumer: {error.str()}")
+            return
+        partition, offset = message.partition(), message.offset()
+        if partition is None or offset is None or partition not in self._position:
+            return  # from a partition this consumer no longer has
+        epoch = self._epoch[partition]
+        item = _Item(event_from_message(message), partition, offset, epoch)
+        self._unsettled[partition][offset, epoch] += 1
+        self._held += 1
+        self._position[partition] = offset + 1
+        with self._lock:
+            self._ready.append(item)
+        self._wake_trio()
+
+    def _apply_settles(self, consumer: Consumer) -> None:
+        with self._lock:
+            settles, self._settles = self._settles, []
+        if not settles:
+            return
+        touched: set[int] = set()
+        waiters: list[_CommitWaiter] = []
+        for settle in settles:
+            item = settle.item
+            unsettled = self._unsettled.get(item.partition)
+            key = (item.offset, item.epoch)
+            if unsettled is None or unsettled[key] <= 0:
+                # Its partition was revoked meanwhile: another member will deliver it again.
+                if settle.waiter is not None:
+                    self._resolve(
+                        [settle.waiter],
+                        BrokerUnavailable("kafka partition reassigned before the ack"),
+                    )
+                continue
+            unsettled[key] -= 1
+            if unsettled[key] == 0:
+                del unsettled[key]
+            self._held -= 1
+            touched.add(item.partition)
+            if not settle.accepted:
+                self._rewind(consumer, item)
+            if settle.waiter is not None:
+                waiters.append(settle.waiter)
+        self._commit(consumer, touched, waiters)
+
+    def _rewind(self, consumer: Consumer, item: _Item) -> None:
+        """A nack: fetch the partition again from the refused event (unless that happens anyway)."""
+        partition, offset, epoch = item.partition, item.offset, item.epoch
+        if partition not in self._position or epoch < self._assign_epoch[partition]:
+            return
+        if epoch < self._epoch[partition] and offset >= self._rewound_to[partition]:
+            return  # an earlier rewind of this partition already covers it
+        self._epoch[partition] += 1
+        self._rewound_to[partition] = offset
+        self._position[partition] = offset
+        consumer.seek(TopicPartition(self._topic, partition, offset))
+        self._drop_ready(lambda ready: ready.partition == partition)
+
+    def _drop_ready(self, drop: Callable[[_Item], bool]) -> None:
+        with self._lock:
+            dropped = [item for item in self._ready if drop(item)]
+            if dropped:
+                self._ready = deque(item for item in self._ready if not drop(item))
+        for item in dropped:
+            unsettled = self._unsettled.get(item.partition)
+            if unsettled is not None and unsettled[item.offset, item.epoch] > 0:
+                unsettled[item.offset, item.epoch] -= 1
+                if unsettled[item.offset, item.epoch] == 0:
+                    del unsettled[item.offset, item.epoch]
+                self._held -= 1
+
+    def _commit_point(self, partition: int) -> int:
+        unsettled = self._unsettled[partition]
+        position = self._position[partition]
+        return min(position, min(offset for offset, _ in unsettled)) if unsettled else position
+
+    def _commit(
+        self, consumer: Consumer, partitions: set[int], waiters: list[_CommitWaiter]
+    ) -> None:
+        offsets = []
+        for partition in sorted(partitions):
+            if partition not in self._position:
+                continue
+            point = self._commit_point(partition)
+            if point > self._committed.get(partition, -1):
+                self._committed[partition] = point
+                offsets.append(TopicPartition(self._topic, partition, point))
+        if offsets:
+            consumer.commit(offsets=offsets, asynchronous=True)
+            self._commit_waiters.append(waiters)
+        elif self._commit_waiters:
+            self._commit_waiters[-1].extend(waiters)  # made durable by the commit in flight
+        else:
+            self._resolve(waiters, None)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        waiters = self._commit_waiters.popleft() if self._commit_waiters else []
+        failed = [tp for tp in partitions if tp.error is not None]
+        if error is None and not failed:
+            self._resolve(waiters, None)
+            return
+        reason = error.str() if error is not None else str(failed[0].error)
+        log.warning("kafka commit failed", extra={"topic": self._topic, "error": reason})
+        for tp in partitions:
+            if self._committed.get(tp.partition) == tp.offset:
+                del self._committed[tp.partition]  # committed again with the next settle
+        self._resolve(waiters, BrokerUnavailable(f"kafka commit failed: {reason}"))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = consumer.committed(partitions, timeout=ASSIGN_TIMEOUT) if partitions else []
+        starts: list[TopicPartition] = []
+        to_commit: list[TopicPartition] = []
+        for tp in committed:
+            start = tp.offset
+            if start < 0:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, tp.partition), timeout=ASSIGN_TIMEOUT
+                )
+                start = high if self._latest else low
+            if self._resume is not None and self._resume[0] == tp.partition:
+                start = self._resume[1]
+                self._resume = None
+            if start != tp.offset:
+                to_commit.append(TopicPartition(self._topic, tp.partition, start))
+            starts.append(TopicPartition(self._topic, tp.partition, start))
+        consumer.assign(starts)
+        if self._paused and starts:
+            consumer.pause(starts)
+        for tp in starts:
+            partition = tp.partition
+            self._epoch[partition] = self._epoch.get(partition, 0) + 1
+            self._assign_epoch[partition] = self._epoch[partition]
+            self._unsettled[partition] = Counter()
+            self._position[partition] = tp.offset
+            self._rewound_to[partition] = tp.offset
+            self._committed[partition] = tp.offset
+        if to_commit:
+            # The group's resume point from now on, even if this session never acks anything.
+            consumer.commit(offsets=to_commit, asynchronous=True)
+            self._commit_waiters.append([])
+        log.debug(
+            "kafka partitions assigned",
+            extra={"topic": self._topic, "offsets": {tp.partition: tp.offset for tp in starts}},
+        )
+        with self._lock:
+            self._subscribed = True
+        self._wake_trio()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(consumer, {tp.partition for tp in partitions}, [])
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self._drop_ready(lambda item: item.partition in gone)
+        for partition in gone:
+            unsettled = self._unsettled.pop(partition, Counter())
+            self._held -= sum(unsettled.values())
+            for table in (self._position, self._rewound_to, self._committed):
+                table.pop(partition, None)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if _broker_gone(error):
+            self._fail(f"kafka broker unavailable: {error.str()}")
+        else:
+            log.debug("kafka consumer error", extra={"topic": self._topic, "error": error.str()})
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = BrokerUnavailable(reason)
+        self._wake_trio()
+
+    def _finish(self) -> None:
+        closed = BrokerUnavailable("kafka consumer closed before the ack was committed")
+        while self._commit_waiters:
+            self._resolve(self._commit_waiters.popleft(), closed)
+        with self._lock:
+            self._finished = True
+            left = [s.waiter for s in self._settles if s.waiter is not None]
+            self._settles.clear()
+        self._resolve(left, closed)
+        self._wake_trio()
+
+    def thread_exited(self, result: outcome.Outcome[None]) -> None:
+        if isinstance(result, outcome.Error):  # run() catches everything; this is a bug
+            log.error("kafka poller thread crashed", exc_info=result.error)
+
+
+class _Deliveries:
+    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
+
+    def __init__(self, consumer: _SessionConsumer) -> None:
+        self._consumer = consumer
+
+    def __aiter__(self) -> _Deliveries:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        return await self._consumer.next_delivery()
+
+
+# -- producing ---------------------------------------------------------------------------------
+
+
+class _Confirmation:
+    """A confirmed publish waiting for its delivery report."""
+
+    __slots__ = ("done", "error", "reports")
+
+    def __init__(self, reports: deque[_Confirmation]) -> None:
+        self.done = trio.Event()
+        self.error: str | None = None
+        self.reports = reports
+
+    def report(self, error: KafkaError | None, message: Message) -> None:
+        """librdkafka's delivery callback, in whichever thread polled or flushed the producer."""
+        self.error = None if error is None else error.str()
+        self.reports.append(self)
+
+
+class KafkaEndpoint:
+    def __init__(self, name: str, config: KafkaConfig) -> None:
+        self.name = name
+        self.config = config
+        self.state = AsyncValue(EndpointState.CONNECTING)
+        self._producer: Producer | None = None  # set while up
+        self._blocking = trio.CapacityLimiter(4)  # producer poll thread, probe, flush
+        self._reports: deque[_Confirmation] = deque()  # appended by librdkafka's callbacks
+        self._pending: set[_Confirmation] = set()
+        self._space = trio.lowlevel.ParkingLot()  # publishers waiting for room in the queue
+        self._lost = trio.Event()
+        self._lost_fatal = False
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.state.value = EndpointState.CONNECTING
+        task_status.started()
+        try:
+            while True:
+                await self._run_producer()
+                await trio.sleep(RETRY_MAX)  # a fatal producer error: start over with a new one
+        finally:
+            self.state.value = EndpointState.DOWN
+
+    def _producer_config(self, token: trio.lowlevel.TrioToken) -> dict[str, Any]:
+        return {
+            **_PRODUCER_DEFAULTS,
+            **self.config.librdkafka,
+            "bootstrap.servers": self.config.brokers,
+            "enable.idempotence": True,
+            "error_cb": partial(self._on_producer_error, token),
+            "logger": librdkafka_log,
+        }
+
+    async def _run_producer(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+        producer = Producer(self._producer_config(token))
+        stop = threading.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(
+                        trio.to_thread.run_sync,
+                        self._poll_producer,
+                        producer,
+                        stop,
+                        token,
+                        abandon_on_cancel=True,
+                        limiter=self._blocking,
+                    )
+                )
+                await self._follow_connection(producer)
+                nursery.cancel_scope.cancel(reason="producer failed")
+        finally:
+            self._producer = None
+            stop.set()
+            self._space.unpark_all()
+            with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
+                await trio.to_thread.run_sync(producer.flush, FLUSH_TIMEOUT, limiter=self._blocking)
+            self._deliver_reports()
+            self._fail_pending("kafka producer closed")
+
+    async def _follow_connection(self, producer: Producer) -> None:
+        """Probe until the cluster answers, then be ``up`` until it goes away; return if fatal."""
+        retry = RETRY_MIN
+        while True:
+            self._lost = trio.Event()
+            try:
+                await trio.to_thread.run_sync(
+                    partial(producer.list_topics, timeout=PROBE_TIMEOUT),
+                    abandon_on_cancel=True,
+                    limiter=self._blocking,
+                )
+            except KafkaException as error:
+                log.info("kafka not reachable", extra={"endpoint": self.name, "error": str(error)})
+                if self.state.value is EndpointState.UP:
+                    self.state.value = EndpointState.DOWN
+                await trio.sleep(retry)
+                retry = min(retry * 2, RETRY_MAX)
+                continue
+            retry = RETRY_MIN
+            self._producer = producer
+            self.state.value = EndpointState.UP
+            log.info("kafka connected", extra={"endpoint": self.name})
+            await self._lost.wait()
+            self._producer = None
+            self.state.value = EndpointState.DOWN
+            self._fail_pending("kafka broker unavailable")
+            self._space.unpark_all()
+            if self._lost_fatal:
+                return
+
+    def _poll_producer(
+        self, producer: Producer, stop: threading.Event, token: trio.lowlevel.TrioToken
+    ) -> None:
+        """The producer's thread: serve delivery reports, hand them to Trio in batches."""
+        while not stop.is_set():
+            if producer.poll(POLL_INTERVAL):
+                _notify(token, self._deliver_reports)
+
+    def _on_producer_error(self, token: trio.lowlevel.TrioToken, error: KafkaError) -> None:
+        """librdkafka's error callback (poll thread): the connection state goes to Trio."""
+        if _broker_gone(error):
+            _notify(token, partial(self._connection_lost, error.str(), error.fatal()))
+        else:
+            log.debug("kafka producer error", extra={"endpoint": self.name, "error": error.str()})
+
+    def _connection_lost(self, reason: str, fatal: bool) -> None:
+        log.warning("kafka broker unavailable", extra={"endpoint": self.name, "error": reason})
+        self._lost_fatal = self._lost_fatal or fatal
+        self._lost.set()
+
+    def _deliver_reports(self) -> None:
+        while self._reports:
+            self._reports.popleft().done.set()
+        self._space.unpark_all()
+
+    def _fail_pending(self, reason: str) -> None:
+        for confirmation in self._pending:
+            if not confirmation.done.is_set():
+                confirmation.error = reason
+                confirmation.done.set()
+        self._pending.clear()
+
+    # -- the endpoint interface ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def consume(self, subscription: Subscription) -> AsyncIterator[AsyncIterator[Delivery]]:
+        if self.config.topic_in is None:
+            raise TargetNotFound(f"endpoint {self.name} has no topic_in to consume from")
+        if self.state.value is EndpointState.DOWN:
+            raise BrokerUnavailable(f"endpoint {self.name} is down")
+        topic = subscription.fill(self.config.topic_in)
+        group = subscription.fill(self.config.group_id.replace("{endpoint}", self.name))
+        credit = subscription.credit
+        consumer = _SessionConsumer(
+            {
+                **_CONSUMER_DEFAULTS,
+                "queued.min.messages": max(1, credit),
+                **self.config.librdkafka,
+                "bootstrap.servers": self.config.brokers,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+                "auto.offset.reset": self.config.auto_offset_reset,
+                "session.timeout.ms": self.config.session_timeout_ms,
+                "heartbeat.interval.ms": self.config.heartbeat_interval_ms,
+                "logger": librdkafka_log,
+            },
+            topic,
+            credit=credit,
+            latest=self.config.auto_offset_reset == "latest",
+            sync_commits=subscription.route.delivery_guarantee is Guarantee.AT_MOST_ONCE,
+            resume=resume_position(subscription.resume_after, topic),
+            token=trio.lowlevel.current_trio_token(),
+        )
+        trio.lowlevel.start_thread_soon(
+            consumer.run, consumer.thread_exited, name=f"kafka consumer {group}"
+        )
+        try:
+            await consumer.subscribed()
+            yield _Deliveries(consumer)
+        finally:
+            consumer.stop()
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as closing:
+                await consumer.finished()
+            if closing.cancelled_caught:
+                log.warning(
+                    "kafka consumer did not close in time; left to finish on its own",
+                    extra={"endpoint": self.name, "group": group},
+                )
+
+    async def publish(self, message: Outbound, *, confirm: bool) -> None:
+        if self.config.topic_out is None:
+            raise TargetNotFound(f"endpoint {self.name} has no topic_out to publish to")
+        topic = message.fill(self.config.topic_out)
+        event = message.event
+        headers: list[tuple[str, str | bytes | None]] = [
+            (name, value.encode()) for name, value in event.metadata.items()
+        ]
+        confirmation = _Confirmation(self._reports) if confirm else None
+        while True:
+            producer = self._producer
+            if producer is None or self.state.value is not EndpointState.UP:
+                raise BrokerUnavailable(f"endpoint {self.name} is {self.state.value}")
+            try:
+                producer.produce(
+                    topic,
+                    value=event.payload,
+                    key=message.key.encode(),
+                    headers=headers,
+                    on_delivery=(
+                        confirmation.report if confirmation is not None else self._unconfirmed
+                    ),
+                )
+            except BufferError:
+                await self._space.park()  # until delivery reports made room (or we went down)
+                continue
+            except KafkaException as error:
+                raise BrokerUnavailable(f"kafka refused the event: {error}") from None
+            break
+        if confirmation is None:
+            await trio.lowlevel.checkpoint()
+            return
+        self._pending.add(confirmation)
+        try:
+            await confirmation.done.wait()
+        finally:
+            self._pending.discard(confirmation)
+        if confirmation.error is not None:
+            raise BrokerUnavailable(f"kafka did not confirm the event: {confirmation.error}")
+
+    def _unconfirmed(self, error: KafkaError | None, message: Message) -> None:
+        """Delivery callback of unconfirmed publishes (poll thread): failures are only logged."""
+        if error is not None:
+            log.warning(
+                "kafka delivery failed",
+                extra={"endpoint": self.name, "topic": message.topic(), "error": error.str()},
+            )

@@ -1,0 +1,92 @@
+"""The Kafka endpoint through the conformance suite, against tansu (a Kafka-protocol broker).
+
+Each test gets a topic and an endpoint name of its own, so its consumer groups
+(``mediation-{endpoint}-{client_id}``) are new too. Group joins on tansu take
+``session.timeout.ms / 2``; the tests use 3000 ms (a ~1.5 s join) to keep the suite short.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from mediation.config import KafkaConfig
+from mediation.endpoints import EndpointState
+from mediation.endpoints.kafka import KafkaEndpoint
+from tests.brokers import Tansu
+
+from .conformance import ClientResumeConformance, EndpointConformance, EndpointUnderTest
+
+# A group join on tansu takes session.timeout.ms / 2.
+FAST_GROUPS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
+_EMPTY = {ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD, ConsumerGroupState.UNKNOWN}
+
+
+def new_topic(admin: AdminClient, prefix: str, partitions: int = 1) -> str:
+    """Create a fresh topic (blocking: call in a thread)."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[
+        topic
+    ].result(10)
+    return topic
+
+
+def group_members(admin: AdminClient, group_prefix: str) -> int:
+    """How many consumers the groups named ``group_prefix...`` have (blocking).
+
+    tansu answers DescribeGroups without the member list (and ListGroups with no groups), so a
+    group in a state that has members counts as one per group; the suite's release test needs
+    exactly that (one consumer, in a group of its own).
+    """
+    listed = admin.list_consumer_groups().result(10)
+    groups = [g.group_id for g in listed.valid if g.group_id.startswith(group_prefix)]
+    if not groups:
+        return 0
+    count = 0
+    for future in admin.describe_consumer_groups(groups).values():
+        description = future.result(10)
+        if description.state not in _EMPTY:
+            count += len(description.members) or 1
+    return count
+
+
+async def running_endpoint(
+    nursery: trio.Nursery, tansu: Tansu, topic: str, **config: object
+) -> KafkaEndpoint:
+    endpoint = KafkaEndpoint(
+        f"kafka-{uuid.uuid4().hex[:8]}",
+        KafkaConfig(
+            brokers=tansu.bootstrap_servers,
+            topic_in=topic,
+            topic_out=topic,
+            **{**FAST_GROUPS, **config},  # type: ignore[arg-type]
+        ),
+    )
+    await nursery.start(endpoint.run)
+    with trio.fail_after(20):
+        await endpoint.state.wait_value(EndpointState.UP)
+    return endpoint
+
+
+class TestKafkaConformance(EndpointConformance, ClientResumeConformance):
+    @pytest.fixture
+    async def under_test(self, tansu: Tansu) -> AsyncIterator[EndpointUnderTest]:
+        admin = AdminClient(tansu.client_config())
+        topic = await trio.to_thread.run_sync(new_topic, admin, "conformance")
+        async with trio.open_nursery() as nursery:
+            endpoint = await running_endpoint(nursery, tansu, topic)
+
+            async def subscriptions() -> int:
+                return await trio.to_thread.run_sync(
+                    group_members, admin, f"mediation-{endpoint.name}-"
+                )
+
+            yield EndpointUnderTest(
+                endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=True
+            )
+            nursery.cancel_scope.cancel()
