@@ -148,6 +148,25 @@ class SolaceConfig(_Table):
     topic_out: str | None = None
     # at_least_once consumes from a persistent queue (subscribed to topic_in); may hold {client_id}.
     queue_in: str = "mediation-{client_id}"
+    # Create a missing queue_in (durable, non-exclusive) and add the topic_in subscription to it
+    # when a consumer binds. False: bind to queues an administrator provisioned.
+    create_queues: bool = True
+    # Per-consumer buffer for direct messages (none, auto, at_most_once), which have no broker
+    # flow control: how far a client may fall behind its topic. Past it, an auto consumer ends
+    # with "client too slow"; none and at_most_once drop and flag what they dropped.
+    direct_buffer: Size = 256
+    # The publishers' own buffer (back-pressure "reject"): a full one waits for the API's ready
+    # notice, so a publish never blocks a thread.
+    publish_buffer: Size = 256
+    # Seconds before reconnecting after a failed connect or an interruption the API could not
+    # recover from itself; doubles per failure up to 30 s.
+    retry_interval: Seconds = 1.0
+    # Passed to MessagingService.builder().from_properties as is (TLS, compression, the API's own
+    # reconnection attempts); host, vpn, username and password above win where both are given.
+    properties: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # The module that implements the Solace API: the real one, or a drop-in laid out like it or
+    # exporting its names at the top level (the tests use "tests.solace_fake").
+    api: str = "solace.messaging"
 
 
 class EndpointConfig(_Table):
