@@ -258,6 +258,7 @@ class _Consumer:
                 f"(direct messaging; at_least_once would queue them on the broker)"
             )
             self._endpoint._soon(self.fail, error)
+            self._endpoint._soon(self._endpoint._count, "overflowed")
             return
         if not self._dropped:
             log.warning(
@@ -421,7 +422,7 @@ class SolaceEndpoint:
         self.config = config
         self.api = api if api is not None else SolaceAPI.load(config.api)
         self.state = AsyncValue(EndpointState.CONNECTING)
-        # published, confirmed, delivered, acked, nacked, dropped, lost
+        # published, confirmed, delivered, acked, nacked, dropped, overflowed, lost
         self.stats: Counter[str] = Counter()
         self._limiter = trio.CapacityLimiter(BLOCKING_CALLS)
         self._token: trio.lowlevel.TrioToken | None = None
@@ -532,8 +533,9 @@ class SolaceEndpoint:
         for publisher in (connection.direct.publisher, connection.persistent.publisher):
             if publisher is not None:
                 self._log_failure("publisher terminate", publisher.terminate, PUBLISHER_GRACE_MS)
-        if connection.service.is_connected:
-            self._log_failure("disconnect", connection.service.disconnect)
+        # Even after an interruption: disconnecting is what stops the service's threads. (A
+        # service that never connected refuses, which is logged and harmless.)
+        self._log_failure("disconnect", connection.service.disconnect)
 
     def _log_failure(self, what: str, action: Callable[..., Any], *args: Any) -> None:
         try:

@@ -11,16 +11,17 @@ import trio
 
 from mediation.config import SolaceConfig
 from mediation.endpoints.base import EndpointState
-from mediation.endpoints.solace import SolaceEndpoint
+from mediation.endpoints.solace import SolaceAPI, SolaceEndpoint
 
-from ._broker import FakeBroker
+from ._broker import FakeBroker, Stored
 
 API = "tests.solace_fake"
 WAIT = 10.0
 
 
-def fake_config(broker: FakeBroker, **config: Any) -> SolaceConfig:
-    """A config for ``broker``: topic ``t/events`` both ways unless given, fast retries."""
+def fake_table(broker: FakeBroker, **config: Any) -> dict[str, Any]:
+    """The ``config`` table of a solace endpoint on ``broker``: topic ``t/events`` both ways
+    unless given, fast retries."""
     settings: dict[str, Any] = {
         "host": broker.host,
         "api": API,
@@ -28,7 +29,27 @@ def fake_config(broker: FakeBroker, **config: Any) -> SolaceConfig:
         "topic_out": "t/events",
         "retry_interval": 0.05,
     }
-    return SolaceConfig(**{**settings, **config})
+    return {**settings, **config}
+
+
+def publish_raw(
+    broker: FakeBroker,
+    payload: bytes | str,
+    topic: str = "t/events",
+    *,
+    persistent: bool = True,
+    **properties: Any,
+) -> None:
+    """Publish as some other Solace client would (no application message id)."""
+    stored = Stored(
+        payload=payload if isinstance(payload, bytes) else None,
+        text=payload if isinstance(payload, str) else None,
+        destination=topic,
+        application_message_id=None,
+        correlation_id=None,
+        properties=properties,
+    )
+    broker.publish(stored, persistent=persistent)
 
 
 def fake_threads() -> list[threading.Thread]:
@@ -37,11 +58,11 @@ def fake_threads() -> list[threading.Thread]:
 
 @asynccontextmanager
 async def running_endpoint(
-    broker: FakeBroker, name: str = "sol", **config: Any
+    broker: FakeBroker, name: str = "sol", *, api: SolaceAPI | None = None, **config: Any
 ) -> AsyncIterator[SolaceEndpoint]:
     """The endpoint, connected to ``broker``; on leaving, stopped, with every thread it made the
     fake start joined."""
-    endpoint = SolaceEndpoint(name, fake_config(broker, **config))
+    endpoint = SolaceEndpoint(name, SolaceConfig(**fake_table(broker, **config)), api=api)
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.run)
         with trio.fail_after(WAIT):
