@@ -185,7 +185,7 @@ async def test_persistent_consumer_holds_no_more_than_its_credit() -> None:
             assert (await receive(deliveries)).event.payload == b"2"
             assert not flow._paused or len(flow._inbox) == 3
             await second.nack()  # FAILED: back to the queue, to come after those in flight
-            seen = []
+            seen: list[tuple[bytes, str]] = []
             while len(seen) < 4:
                 delivery = await receive(deliveries)
                 event = delivery.event
