@@ -35,7 +35,7 @@ from mediation.events import Delivery, Event
 
 from .conftest import EngineFactory, clients_gone, open_ws, url
 from .solace_fake import FakeBroker, open_broker, topic_matches
-from .solace_fake.harness import API, fake_table, publish_raw, running_endpoint
+from .solace_fake.harness import API, fake_table, fake_threads, publish_raw, running_endpoint
 
 WAIT = 10.0
 UP = EndpointState.UP
@@ -305,22 +305,27 @@ ENTRYPOINTS: dict[str, str | dict[str, Any]] = {
 }
 
 
-def solace_engine(
+@asynccontextmanager
+async def solace_engine(
     engine_with: EngineFactory,
     broker: FakeBroker,
     routes: list[dict[str, Any]],
     entrypoints: dict[str, str | dict[str, Any]] | None = None,
     endpoints: dict[str, dict[str, Any]] | None = None,
     **table: Any,
-) -> AbstractAsyncContextManager[MediationEngine]:
-    return engine_with(
+) -> AsyncIterator[MediationEngine]:
+    """An engine with the endpoint ``sol`` on ``broker``; once it has stopped, no thread the
+    fake started for it is left."""
+    async with engine_with(
         entrypoints=entrypoints or ENTRYPOINTS,
         endpoints={
             "sol": {"type": "solace", "config": fake_table(broker, **table)},
             **(endpoints or {}),
         },
         routes=routes,
-    )
+    ) as engine:
+        yield engine
+    assert not fake_threads(), fake_threads()
 
 
 @asynccontextmanager
