@@ -124,13 +124,38 @@ class RabbitMQConfig(_Table):
 
 
 class MQTT5Config(_Table):
-    broker: str = "tcp://localhost:1883"  # tcp://host:port
-    topic_in: str | None = None  # a topic filter (+ and # allowed), may hold {client_id}
-    topic_out: str | None = None
+    # tcp://host:port (mqtt:// is accepted too; port 1883 when left out)
+    broker: Annotated[str, Field(pattern=r"^(tcp|mqtt)://[^\s/:@]+(:[0-9]{1,5})?/?$")] = (
+        "tcp://localhost:1883"
+    )
+    # A topic filter (+ and # as whole levels, # last), may hold {client_id} and {entrypoint}.
+    topic_in: Annotated[
+        str | None, Field(min_length=1, pattern=r"^((\+|[^+#/\x00]*)/)*(\+|#|[^+#/\x00]*)$")
+    ] = None
+    # The topic upstream events are published to (no wildcards); may hold {client_id}.
+    topic_out: Annotated[str | None, Field(min_length=1, pattern=r"^[^+#\x00]+$")] = None
+    # Publish QoS, and the subscriptions' maximum QoS; at_least_once routes subscribe with at most
+    # 1, because QoS 2 hands a message over for good at PUBREC (see mediation/endpoints/mqtt5.py).
     qos: Literal[0, 1, 2] = 1
     username: str | None = None
     password: str | None = None
-    keepalive: Annotated[int, Field(ge=5)] = 30
+    # Seconds between pings on the endpoint's own connection; a broker silent for 2 x keepalive
+    # is taken as down and every session's consumer ends (so ~10-20 s at the default).
+    keepalive: Annotated[int, Field(ge=5)] = 10
+    # The MQTT client id of a session's consumer connection ({endpoint}, {entrypoint},
+    # {client_id}): stable per client, so a returning client resumes its MQTT session.
+    client_id: str = "mediation-{endpoint}-{client_id}"
+    # Seconds the broker keeps a client's MQTT session after its consumer left: what was sent to
+    # it and not acked (or queued for it) is redelivered if it comes back in time. 0: no resume.
+    session_expiry: Annotated[int, Field(ge=0, le=4294967295)] = 600
+    # Seconds for a connection's TCP connect plus CONNACK.
+    connect_timeout: Seconds = 10.0
+    # Seconds before reconnecting the endpoint's connection; doubles per failure up to 30 s,
+    # with jitter.
+    retry_interval: Seconds = 1.0
+    # Publishes in flight (sent, not yet PUBACK/PUBCOMP) on the endpoint's connection; further
+    # publishers wait. Small on purpose: paho scans the in-flight list on every ack.
+    publish_window: Annotated[int, Field(ge=1, le=65535)] = 20
 
 
 class JMSConfig(_Table):

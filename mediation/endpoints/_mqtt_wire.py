@@ -1,0 +1,212 @@
+"""One paho-mqtt client driven from Trio's own I/O: no ``loop_start()``, no network thread.
+
+paho lets an external event loop own its socket (``socket()``, ``loop_read``, ``loop_write``,
+``loop_misc``, ``want_write``). :class:`Wire` is that loop for Trio, and the only code that touches
+a paho client's socket. Everything here runs in the Trio thread, so paho's callbacks do too: they
+may append to plain containers and set attributes, nothing more.
+
+Only the TCP connect is blocking in paho (``socket.create_connection`` in ``connect()``): it runs
+in a worker thread through the caller's limiter, before any callback that touches Trio is
+installed. Writes are made inline by paho when a packet is queued (it does so when no
+``on_socket_register_write`` is set and it is not inside a callback); what the socket could not take
+at once is written by :meth:`Wire.flush`. Reading happens only when a task calls
+:meth:`Wire.receive_some`, so a reader that stops asking stops reading the socket and the broker
+meets TCP backpressure on that one connection.
+
+::
+
+    wire = Wire(client)
+    await wire.connect(host, port, keepalive=10, clean_start=True, properties=None,
+                       limiter=limiter)           # CONNECT sent and CONNACK received
+    client.subscribe("a/b", qos=1); await wire.flush()
+    while ...: await wire.receive_some()          # callbacks (on_message...) run in here
+    wire.close()                                  # always; idempotent
+
+Cancellation: every await is a wait on the socket; cancelling one loses nothing, the bytes stay
+in paho's buffers (or the kernel's) for the next call. :meth:`connect` waits for the worker thread's
+TCP connect to finish (bounded by ``client.connect_timeout``) before the cancellation takes effect.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import trio
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+# How often a waiting reader wakes to let paho send its keepalive PINGREQ and notice a broker that
+# stopped answering one (paho's own loop uses the same one-second tick).
+KEEPALIVE_TICK = 1.0
+
+
+class ConnectionLost(Exception):
+    """The connection ended (or never came up); ``str()`` says why, for the endpoint's error."""
+
+
+class Wire:
+    """The Trio side of one paho client's connection (see the module docstring)."""
+
+    def __init__(self, client: mqtt.Client) -> None:
+        self.client = client
+        self.session_present = False
+        self.server_properties: Properties | None = None
+        self._connack: ReasonCode | None = None
+        self._sock: socket.socket | None = None
+        self._lost: str | None = None
+        self._write_lock = trio.Lock()
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+
+    @property
+    def alive(self) -> bool:
+        return self._sock is not None and self._lost is None and self.client.socket() is not None
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        keepalive: int,
+        clean_start: bool,
+        properties: Properties | None,
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        """Open the connection and wait for a successful CONNACK; :class:`ConnectionLost` if not.
+
+        The caller bounds the wait for the CONNACK (a frozen broker accepts TCP and says nothing).
+        """
+        connect = functools.partial(
+            self.client.connect,
+            host,
+            port,
+            keepalive,
+            clean_start=clean_start,
+            properties=properties,
+        )
+        try:
+            try:
+                await trio.to_thread.run_sync(connect, limiter=limiter)
+            except (OSError, ValueError) as error:
+                raise ConnectionLost(f"cannot connect to {host}:{port}: {error}") from None
+            sock = self.client.socket()
+            if not isinstance(sock, socket.socket):  # tcp only: no TLS or websocket wrappers
+                raise ConnectionLost(f"cannot connect to {host}:{port}: no socket")
+            self._sock = sock
+            # From here on paho only runs in this thread: it may now call back into Trio.
+            self.client.on_socket_close = self._on_socket_close
+            await self.flush()
+            while self._connack is None:
+                await self.receive_some()
+        except BaseException:
+            self.close()
+            raise
+        if self._connack.is_failure:
+            self.close()
+            raise ConnectionLost(f"{host}:{port} refused the connection: {self._connack}")
+
+    async def receive_some(self, budget: int = 1) -> None:
+        """Wait until the broker sent something, then let paho read and dispatch it.
+
+        Reads up to ``budget`` packets while they keep coming (paho reads one per call). Also
+        gives paho its keepalive turn at least every :data:`KEEPALIVE_TICK` seconds while the
+        connection is idle, so a single loop of ``receive_some`` is all a connection needs.
+        Raises :class:`ConnectionLost` once the connection is gone.
+        """
+        sock = self._live_socket()
+        with trio.move_on_after(KEEPALIVE_TICK if self.client.keepalive else float("inf")):
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                raise self._lost_error() from None
+            for _ in range(max(1, budget)):
+                if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS or not self.alive:
+                    raise self._lost_error()
+                if not _readable_now(sock):
+                    break
+        if self.client.loop_misc() != mqtt.MQTT_ERR_SUCCESS or not self.alive:
+            raise self._lost_error()
+        if self.client.want_write():
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what paho could not write inline; returns once the kernel took all of it."""
+        async with self._write_lock:
+            while self.client.want_write():
+                sock = self._live_socket()
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                except trio.ClosedResourceError:
+                    raise self._lost_error() from None
+                if self.client.loop_write() != mqtt.MQTT_ERR_SUCCESS:
+                    raise self._lost_error()
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the socket now (no DISCONNECT: send one first for a clean goodbye). Idempotent."""
+        if self._lost is None:
+            self._lost = reason
+        sock = self.client.socket()
+        self.client.on_socket_close = None
+        self.client.on_connect = None
+        self.client.on_disconnect = None
+        for owned in {sock, self._sock} - {None}:
+            assert isinstance(owned, socket.socket)
+            if owned.fileno() >= 0:
+                trio.lowlevel.notify_closing(owned)
+                owned.close()
+        self._sock = None
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _live_socket(self) -> socket.socket:
+        if not self.alive:
+            raise self._lost_error()
+        assert self._sock is not None
+        return self._sock
+
+    def _lost_error(self) -> ConnectionLost:
+        if self._lost is None:
+            self._lost = "connection lost"
+        return ConnectionLost(self._lost)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connack = reason
+        self.session_present = flags.session_present
+        self.server_properties = properties
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if self._lost is None:
+            from_broker = " by the broker" if flags.is_disconnect_packet_from_server else ""
+            self._lost = f"disconnected{from_broker}: {reason}"
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Wake whoever waits on the socket before paho closes it under them.
+        if isinstance(sock, socket.socket) and sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(sock)
+
+
+def _readable_now(sock: socket.socket) -> bool:
+    """Whether another packet's first byte is already waiting (no syscall beyond a peek)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True  # let paho's next read see the error

@@ -1,0 +1,574 @@
+"""MQTT 5 endpoint (paho-mqtt 2.x): one MQTT connection per client session, driven by Trio.
+
+DESIGN_NOTES_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+import trio
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from trio_util import AsyncValue
+
+from ..ack_policy import Guarantee
+from ..config import MQTT5Config
+from ..errors import BrokerUnavailable
+from ..events import Delivery, Event, new_event_id
+from ._mqtt_wire import ConnectionLost, Wire
+from .base import EndpointState, Outbound, Subscription
+
+log = logging.getLogger(__name__)
+
+# How long a consumer's goodbye (UNSUBSCRIBE, DISCONNECT) or the endpoint's may take.
+GOODBYE_TIMEOUT = 5.0
+# The reconnect delay doubles from ``retry_interval`` up to this.
+RETRY_MAX = 30.0
+# TCP connects (paho's only blocking call) in worker threads at once, per endpoint.
+CONNECT_THREADS = 4
+
+# User properties that carry the event's identity rather than client metadata.
+EVENT_ID_PROPERTY = "event_id"
+CLIENT_ID_PROPERTY = "client_id"
+# Metadata this endpoint sets on consumed events; never sent on as user properties.
+_CONSUMED_KEYS = frozenset(
+    {EVENT_ID_PROPERTY, CLIENT_ID_PROPERTY, "topic", "qos", "retain", "redelivered"}
+)
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    """``tcp://host:port`` -> ``(host, port)`` (1883 when no port is given)."""
+    parts = urlsplit(url)
+    return parts.hostname or "localhost", parts.port or 1883
+
+
+# -- events <-> MQTT messages ------------------------------------------------------------------
+
+
+def new_properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+
+
+def consumed_event(message: mqtt.MQTTMessage) -> Event:
+    """The event for a received PUBLISH: user properties as metadata, plus what MQTT says of it.
+
+    ``topic``, ``qos``, ``retain`` (``"true"`` for a retained message sent because of the
+    subscription) and ``redelivered`` (the DUP flag) come from the packet and win over user
+    properties of the same name. ``event_id`` (set by this endpoint's publishes) becomes the id,
+    so a redelivered event keeps it; other messages get a new id.
+    """
+    metadata: dict[str, str] = {}
+    event_id: str | None = None
+    client_id: str | None = None
+    properties = message.properties
+    for name, value in getattr(properties, "UserProperty", None) or ():
+        if name == EVENT_ID_PROPERTY:
+            event_id = value
+            continue
+        if name == CLIENT_ID_PROPERTY:
+            client_id = value
+        metadata[name] = value
+    content_type = getattr(properties, "ContentType", None)
+    if content_type:
+        metadata["content-type"] = content_type
+    try:
+        metadata["topic"] = message.topic
+    except UnicodeDecodeError:  # the broker should have refused it; keep the event anyway
+        metadata["topic"] = ""
+    metadata["qos"] = str(message.qos)
+    metadata["retain"] = "true" if message.retain else "false"
+    if message.dup:
+        metadata["redelivered"] = "true"
+    return Event(
+        bytes(message.payload),
+        id=event_id or new_event_id(),
+        metadata=metadata,
+        client_id=client_id,
+    )
+
+
+def publish_properties(message: Outbound) -> Properties:
+    """MQTT 5 properties for an upstream event: its id, the client, metadata as user properties."""
+    event = message.event
+    properties = new_properties(PacketTypes.PUBLISH)
+    user = [(EVENT_ID_PROPERTY, event.id), (CLIENT_ID_PROPERTY, message.client_id)]
+    for name, value in event.metadata.items():
+        if name == "content-type":
+            properties.ContentType = value
+        elif name not in _CONSUMED_KEYS:
+            user.append((name, value))
+    properties.UserProperty = user
+    return properties
+
+
+# -- one session's consumer --------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Held:
+    """A received message the consumer has handed out (or will again, after a nack)."""
+
+    mid: int
+    qos: int
+    event: Event
+
+
+class _Consumer:
+    """One session's subscription on its own MQTT connection (see the module docstring).
+
+    All socket reading happens in the session's consumer task (entering, iterating, leaving);
+    settling may come from another task and only writes.
+    """
+
+    def __init__(
+        self,
+        endpoint: MQTT5Endpoint,
+        subscription: Subscription,
+        mqtt_client_id: str,
+        persistent: bool,
+    ) -> None:
+        config = endpoint.config
+        assert config.topic_in is not None
+        self.endpoint = endpoint
+        self.topic = subscription.fill(config.topic_in)
+        self.mqtt_client_id = mqtt_client_id
+        self.persistent = persistent
+        self.credit = max(1, min(subscription.credit, 65535))
+        at_least_once = subscription.route.delivery_guarantee is Guarantee.AT_LEAST_ONCE
+        self.qos = min(config.qos, 1) if at_least_once else config.qos
+        self.client = endpoint._new_client(mqtt_client_id, manual_ack=True)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_acknowledged
+        self.client.on_unsubscribe = self._on_acknowledged
+        self.wire = Wire(self.client)
+        self.arrived: deque[mqtt.MQTTMessage] = deque()  # read, not yet handed out
+        self.returned: deque[_Held] = deque()  # nacked, to be handed out again first
+        self.subscribed = False
+        self.open = True
+        self.failure: BrokerUnavailable | None = None
+        self.closed = trio.Event()
+        self._acknowledged: dict[int, list[ReasonCode]] = {}  # SUBACK/UNSUBACK by packet id
+        self._waiting: trio.CancelScope | None = None
+
+    def fail(self, error: BrokerUnavailable) -> None:
+        """End the consumer with ``error``: raised by its next (or current) wait."""
+        if self.failure is None:
+            self.failure = error
+        self._wake()
+
+    async def start(self) -> None:
+        """Connect, subscribe, and return once the SUBACK granted the subscription."""
+        properties = new_properties(PacketTypes.CONNECT)
+        properties.ReceiveMaximum = self.credit
+        if self.persistent:
+            properties.SessionExpiryInterval = self.endpoint.config.session_expiry
+
+        async def connect() -> None:
+            # No keepalive asked for: this connection may sit unread for as long as its client
+            # is slow (that is the backpressure), and the endpoint's own connection watches the
+            # broker. A broker that imposes a Server Keep Alive gets its pings while we wait.
+            await self.endpoint._connect(
+                self.wire, keepalive=0, clean_start=not self.persistent, properties=properties
+            )
+
+        await self._guarded(connect)
+        _, mid = self.client.subscribe(self.topic, options=SubscribeOptions(qos=self.qos))
+        if mid is None:
+            raise self._lost("connection lost before SUBSCRIBE")
+        await self._guarded(self.wire.flush)
+        while mid not in self._acknowledged:
+            await self._guarded(self._receive)
+        reason = self._acknowledged.pop(mid)[0]
+        if reason.is_failure:
+            raise BrokerUnavailable(
+                f"endpoint {self.endpoint.name}: subscription to {self.topic!r} refused: {reason}"
+            )
+        self.subscribed = True
+        self.endpoint._subscriptions[self.topic] += 1
+
+    async def next_delivery(self) -> Delivery:
+        while True:
+            if self.failure is not None:
+                raise self.failure
+            if self.returned:
+                held = self.returned.popleft()
+            elif self.arrived:
+                message = self.arrived.popleft()
+                held = _Held(message.mid, message.qos, consumed_event(message))
+            else:
+                await self._guarded(self._receive)
+                continue
+            self.endpoint.stats["delivered"] += 1
+            return self._delivery(held)
+
+    async def close(self) -> None:
+        """Leave: UNSUBSCRIBE and DISCONNECT (keeping the MQTT session), then close the socket.
+
+        What was received and not acked stays unacknowledged in the client's MQTT session, which
+        the broker keeps for ``session_expiry`` seconds and resends from on the client's next
+        connection. Never raises; bounded by :data:`GOODBYE_TIMEOUT`.
+        """
+        self.open = False
+        try:
+            with trio.move_on_after(GOODBYE_TIMEOUT, shield=True):
+                if self.subscribed and self.wire.alive:
+                    _, mid = self.client.unsubscribe(self.topic)
+                    await self.wire.flush()
+                    while mid is not None and mid not in self._acknowledged:
+                        await self._receive()
+                        self.arrived.clear()  # never handed out: the broker still has them
+                    self._forget_subscription()
+                if self.wire.alive:
+                    self.client.disconnect()
+                    await self.wire.flush()
+        except ConnectionLost:
+            pass
+        finally:
+            self._forget_subscription()
+            self.wire.close()
+            self.arrived.clear()
+            self.returned.clear()
+            self.endpoint._release(self)
+            self.closed.set()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        await self.wire.receive_some(budget=self.credit - len(self.arrived))
+
+    async def _guarded(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one wait on the connection, woken early by :meth:`fail` or a nack."""
+        if self.failure is not None:
+            raise self.failure
+        with trio.CancelScope() as self._waiting:
+            try:
+                await step()
+            except ConnectionLost as lost:
+                self.fail(self._lost(str(lost)))
+            finally:
+                self._waiting = None
+        if self.failure is not None:
+            raise self.failure
+
+    def _lost(self, reason: str) -> BrokerUnavailable:
+        return BrokerUnavailable(f"endpoint {self.endpoint.name}: {reason}")
+
+    def _wake(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _forget_subscription(self) -> None:
+        if self.subscribed:
+            self.subscribed = False
+            self.endpoint._subscriptions[self.topic] -= 1
+            if not self.endpoint._subscriptions[self.topic]:
+                del self.endpoint._subscriptions[self.topic]
+
+    def _delivery(self, held: _Held) -> Delivery:
+        async def settle(accepted: bool) -> None:
+            self.endpoint.stats["acked" if accepted else "nacked"] += 1
+            if not accepted:
+                # MQTT has no nack: keep it unacknowledged and hand it out again (the broker
+                # still counts it in flight, so the credit stays right). If the consumer is gone,
+                # the client's MQTT session has it for the client's next connection.
+                if self.open and self.failure is None:
+                    self.returned.append(held)
+                    self._wake()
+                return
+            if held.qos and self.wire.alive:
+                self.client.ack(held.mid, held.qos)
+                # If this fails it was not acked after all: the broker resends it to the client's
+                # next connection.
+                with suppress(ConnectionLost):
+                    await self.wire.flush()
+
+        return Delivery(held.event, settle)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.arrived.append(message)
+
+    def _on_acknowledged(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._acknowledged[mid] = reasons
+
+
+class _Deliveries:
+    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
+
+    def __init__(self, consumer: _Consumer) -> None:
+        self._consumer = consumer
+
+    def __aiter__(self) -> _Deliveries:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        return await self._consumer.next_delivery()
+
+
+# -- the endpoint's own connection: publishing, and watching the broker ------------------------
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A publish waiting for its PUBACK/PUBCOMP; ``reason`` None means the connection ended."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    reason: ReasonCode | None = None
+
+
+class _Link:
+    """The endpoint's connection and its window of unconfirmed publishes."""
+
+    def __init__(self, wire: Wire, window: int) -> None:
+        self.wire = wire
+        self.slots = trio.Semaphore(window)
+        self.pending: dict[int, _Pending] = {}
+        wire.client.on_publish = self._on_publish
+
+    def end(self) -> None:
+        """The connection is gone: every publish still waiting (for a PUBACK or a slot) fails."""
+        for pending in self.pending.values():
+            pending.done.set()
+        self.pending.clear()
+        for _ in range(self.slots.statistics().tasks_waiting):
+            self.slots.release()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        pending = self.pending.pop(mid, None)
+        if pending is not None:
+            pending.reason = reason
+            pending.done.set()
+            self.slots.release()
+
+
+class MQTT5Endpoint:
+    def __init__(self, name: str, config: MQTT5Config) -> None:
+        self.name = name
+        self.config = config
+        self.state = AsyncValue(EndpointState.CONNECTING)
+        self.stats: Counter[str] = Counter()  # published, delivered, acked, nacked
+        self._host, self._port = broker_address(config.broker)
+        self._link: _Link | None = None
+        self._consumers: set[_Consumer] = set()
+        self._client_ids: dict[str, _Consumer] = {}
+        self._subscriptions: Counter[str] = Counter()  # granted subscriptions per topic filter
+        self._connect_limiter = trio.CapacityLimiter(CONNECT_THREADS)
+
+    # -- the connection ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the endpoint's connection: connect, watch, reconnect with jittered backoff."""
+        task_status.started()
+        delay = self.config.retry_interval
+        try:
+            while True:
+                self.state.value = EndpointState.CONNECTING
+                reason = "connection closed"
+                try:
+                    await self._serve_connection()
+                except ConnectionLost as lost:
+                    reason = str(lost)
+                if self.state.value is EndpointState.UP:
+                    delay = self.config.retry_interval
+                self.state.value = EndpointState.DOWN
+                log.warning(
+                    "mqtt5 endpoint down",
+                    extra={"endpoint": self.name, "error": reason, "retry_in": round(delay, 2)},
+                )
+                self._fail_consumers(f"connection to the broker lost: {reason}")
+                await trio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, RETRY_MAX)
+        finally:
+            self.state.value = EndpointState.DOWN
+            self._fail_consumers("endpoint stopped")
+
+    async def _serve_connection(self) -> None:
+        client = self._new_client(f"mediation-{self.name}-{uuid.uuid4().hex[:12]}")
+        client.max_inflight_messages_set(self.config.publish_window)
+        wire = Wire(client)
+        try:
+            await self._connect(wire, keepalive=self.config.keepalive, clean_start=True)
+            window = min(
+                self.config.publish_window,
+                getattr(wire.server_properties, "ReceiveMaximum", 65535),
+            )
+            link = _Link(wire, window)
+            self._link = link
+            self.state.value = EndpointState.UP
+            log.info("mqtt5 endpoint up", extra={"endpoint": self.name})
+            try:
+                while True:
+                    await wire.receive_some(budget=window)
+            finally:
+                self._link = None
+                link.end()
+        finally:
+            with trio.move_on_after(GOODBYE_TIMEOUT, shield=True):
+                if wire.alive:
+                    client.disconnect()
+                    with suppress(ConnectionLost):
+                        await wire.flush()
+            wire.close()
+
+    async def _connect(
+        self,
+        wire: Wire,
+        *,
+        keepalive: int,
+        clean_start: bool,
+        properties: Properties | None = None,
+    ) -> None:
+        """Connect ``wire`` within ``connect_timeout`` (the one place it applies)."""
+        with trio.move_on_after(self.config.connect_timeout):
+            await wire.connect(
+                self._host,
+                self._port,
+                keepalive=keepalive,
+                clean_start=clean_start,
+                properties=properties,
+                limiter=self._connect_limiter,
+            )
+            return
+        wire.close()
+        raise ConnectionLost(
+            f"no CONNACK from {self._host}:{self._port} within {self.config.connect_timeout:g} s"
+        )
+
+    def _new_client(self, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=manual_ack,
+            reconnect_on_failure=False,
+        )
+        client.connect_timeout = self.config.connect_timeout
+        if self.config.username is not None:
+            client.username_pw_set(self.config.username, self.config.password)
+        return client
+
+    def _fail_consumers(self, reason: str) -> None:
+        for consumer in tuple(self._consumers):
+            consumer.fail(BrokerUnavailable(f"endpoint {self.name}: {reason}"))
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def consume(self, subscription: Subscription) -> AsyncIterator[AsyncIterator[Delivery]]:
+        self._check_up()
+        if self.config.topic_in is None:
+            raise BrokerUnavailable(f"endpoint {self.name} has no topic_in to consume")
+        mqtt_client_id, persistent = await self._claim_client_id(subscription)
+        consumer = _Consumer(self, subscription, mqtt_client_id, persistent)
+        self._client_ids[mqtt_client_id] = consumer
+        self._consumers.add(consumer)
+        try:
+            await consumer.start()
+            yield _Deliveries(consumer)
+        finally:
+            await consumer.close()
+
+    async def _claim_client_id(self, subscription: Subscription) -> tuple[str, bool]:
+        """The MQTT client id for a new consumer, and whether its MQTT session persists.
+
+        A client's consumers use one stable id, so a returning client resumes its MQTT session;
+        one that returns while its last consumer is still saying goodbye waits for that. A second
+        concurrent session of the same client (two tabs) gets a throwaway id and session: one
+        MQTT session cannot have two connections (the broker would drop the first).
+        """
+        wanted = subscription.fill(self.config.client_id.replace("{endpoint}", self.name))
+        while (holder := self._client_ids.get(wanted)) is not None and not holder.open:
+            await holder.closed.wait()
+        if wanted in self._client_ids:
+            return f"{wanted}-{subscription.session_id}", False
+        return wanted, self.config.session_expiry > 0
+
+    def _release(self, consumer: _Consumer) -> None:
+        self._consumers.discard(consumer)
+        if self._client_ids.get(consumer.mqtt_client_id) is consumer:
+            del self._client_ids[consumer.mqtt_client_id]
+
+    def subscription_count(self, topic_filter: str) -> int:
+        """Subscriptions the broker granted this endpoint's consumers for ``topic_filter`` (SUBACK
+        received, no UNSUBACK or disconnect since)."""
+        return self._subscriptions[topic_filter]
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish(self, message: Outbound, *, confirm: bool) -> None:
+        """Publish at the endpoint's QoS; with ``confirm``, return once PUBACK/PUBCOMP said yes."""
+        if self.config.topic_out is None:
+            raise BrokerUnavailable(f"endpoint {self.name} has no topic_out to publish to")
+        topic = message.fill(self.config.topic_out)
+        link = self._require_link()
+        await link.slots.acquire()
+        if link is not self._link or not link.wire.alive:
+            link.slots.release()
+            raise BrokerUnavailable(f"endpoint {self.name}: connection lost")
+        try:
+            info = link.wire.client.publish(
+                topic,
+                message.event.payload,
+                qos=self.config.qos,
+                properties=publish_properties(message),
+            )
+        except ValueError as error:
+            link.slots.release()
+            raise BrokerUnavailable(f"endpoint {self.name}: cannot publish: {error}") from None
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            link.slots.release()
+            raise BrokerUnavailable(
+                f"endpoint {self.name}: not published: {mqtt.error_string(info.rc)}"
+            )
+        pending: _Pending | None = None
+        if info.is_published():  # QoS 0, written at once
+            link.slots.release()
+        else:
+            pending = link.pending[info.mid] = _Pending()
+        try:
+            await link.wire.flush()
+        except ConnectionLost as lost:
+            raise BrokerUnavailable(f"endpoint {self.name}: {lost}") from None
+        self.stats["published"] += 1
+        if not confirm or pending is None:
+            return
+        await pending.done.wait()
+        if pending.reason is None:
+            raise BrokerUnavailable(f"endpoint {self.name}: connection lost before the PUBACK")
+        if pending.reason.is_failure:
+            raise BrokerUnavailable(f"endpoint {self.name}: the broker refused: {pending.reason}")
+
+    def _require_link(self) -> _Link:
+        link = self._link
+        if link is None or self.state.value is not EndpointState.UP:
+            raise BrokerUnavailable(f"endpoint {self.name} is {self.state.value}")
+        return link
+
+    def _check_up(self) -> None:
+        self._require_link()
