@@ -18,7 +18,8 @@ the service's listener thread (reconnecting, reconnected, interrupted) and the p
 (receipts, readiness). Every callback hands what it got to Trio with ``TrioToken.run_sync_soon``
 and returns at once; nothing on an API thread ever waits for Trio or for a client. Blocking calls
 (connect, receiver start and terminate, publisher terminate, disconnect) run in worker threads
-behind one ``CapacityLimiter`` per endpoint.
+behind one ``CapacityLimiter`` per endpoint. The API starts a dispatch thread per receiver, so a
+session costs one thread while it lasts; terminating its receiver joins it.
 
 Flow control, so that the hand-off can always accept:
 
