@@ -110,17 +110,27 @@ class KafkaConfig(_Table):
 
 
 class RabbitMQConfig(_Table):
+    # amqp:// or amqps://; pika's URL query options apply (heartbeat, blocked_connection_timeout).
     url: str = "amqp://guest:guest@localhost:5672/"
     # Downstream: a shared queue (competing consumers), or an exchange with a per-session
     # exclusive queue bound with binding_key (broadcast). Names may hold {client_id}.
+    # queue_in wins when both are set (the exchange then serves upstream only).
     queue_in: str | None = None
     exchange: str | None = None
     binding_key: str = "#"
     # Upstream: to a queue (default exchange), or to ``exchange`` with routing_key.
     queue_out: str | None = None
     routing_key: str = ""
-    # Declare the named queues (durable) when missing.
+    # Declare queue_in and queue_out (durable) and the exchange when missing. An existing one
+    # declared with other arguments (a quorum queue, another exchange type) is refused by the
+    # broker: set false to use what an administrator provisioned.
     declare: bool = True
+    # The type the exchange is declared with (declare = true).
+    exchange_type: Literal["direct", "fanout", "topic", "headers"] = "topic"
+    # Broadcast: the name of each session's exclusive, auto-delete queue. May hold {endpoint},
+    # {entrypoint}, {client_id} and {session_id}; without {session_id} a client can have one
+    # session at a time (the broker refuses a second consumer on an exclusive queue).
+    session_queue: str = "mediation.{endpoint}.{client_id}.{session_id}"
 
 
 class MQTT5Config(_Table):
