@@ -18,18 +18,29 @@ credit)``, and what the thread hands a session is unacked on the broker, so the 
 (``credit`` entries, checked) always has room. The session channel is the buffer; what a client
 does not take stays in the broker's queue.
 
-Measured on the 2-core test machine against the harness's RabbitMQ, 100-byte messages, pika alone
-and through the endpoint in the same run (``python scripts-free bench``: see the final report of
-the change that added this module; MEASUREMENTS.md has the reference legs):
+Why not a ``BlockingConnection``: its ``confirm_delivery`` waits for each confirm in turn and its
+consumers need ``process_data_events`` polling, so one thread could not serve publishes and many
+sessions at once; with ``SelectConnection`` many confirms are in flight and nothing polls.
 
-=========================================  ==================  ====================
-leg                                        pika alone (msg/s)  endpoint (msg/s)
-=========================================  ==================  ====================
-publish, no confirm / ``confirm=False``    BENCH               BENCH
-publish, one confirm at a time             BENCH               BENCH
-publish, confirms, 100 publishers          BENCH (window)      BENCH
-consume + ack, prefetch 1 / 100 / 1000     BENCH               BENCH
-=========================================  ==================  ====================
+Measured on the 2-core test machine against the harness's RabbitMQ 3.10, 100-byte messages,
+msg/s, medians of 3 runs with raw pika in the same run (raw: ``BlockingConnection``, and a
+``SelectConnection`` for asynchronous confirms; runs differed by up to 30 %):
+
+=====================================  =====================  ==========================
+leg                                    pika alone             this endpoint
+=====================================  =====================  ==========================
+publish, no confirms                   21.8 k                 17.1 k (``confirm=False``)
+one confirmed publish at a time        1.6 k                  1.1 k
+confirms in flight: 100 / 1000         13.6 k / 17.2 k        7.8 k / 9.4 k (publishers)
+consume + ack, prefetch 1              5.3 k                  2.6 k
+consume + ack, prefetch 100 / 1000     12.9 k / 15.6 k        10.8 k / 14.0 k
+=====================================  =====================  ==========================
+
+``confirm=False`` is timed until the broker confirmed everything. ``confirm=True`` publishes are
+persistent, so the broker's disk sets their pace (transient ones: 4.7 k/s one at a time, 36.9 k/s
+with 1000 in flight, raw). The thread hops cost most at prefetch 1, where every message waits for
+the previous ack to travel Trio -> thread -> broker: a session with ``channel_size = 1`` gets
+~2.6 k/s; with a channel of a few dozen it comes close to raw pika.
 
 Consuming
 ---------
