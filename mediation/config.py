@@ -128,8 +128,8 @@ class RabbitMQConfig(_Table):
     # The type the exchange is declared with (declare = true).
     exchange_type: Literal["direct", "fanout", "topic", "headers"] = "topic"
     # Broadcast: the name of each session's exclusive, auto-delete queue. May hold {endpoint},
-    # {entrypoint}, {client_id} and {session_id}; without {session_id} a client can have one
-    # session at a time (the broker refuses a second consumer on an exclusive queue).
+    # {entrypoint}, {client_id} and {session_id}; without {session_id} a client's sessions share
+    # one queue (competing consumers), which goes when the last of them leaves.
     session_queue: str = "mediation.{endpoint}.{client_id}.{session_id}"
 
 
