@@ -54,6 +54,9 @@ broadcast. ``{client_id}`` and ``{entrypoint}`` may appear in every name. ``ack`
 block, by any path, closes the channel (which cancels the consumer and requeues whatever the
 session left unacked), waiting for the broker's CloseOk at most ``CLOSE_TIMEOUT``.
 
+There is no resuming from an SSE ``Last-Event-ID`` (a queue has no positions): on a shared queue a
+client's next session gets what the last one left unacked; a broadcast queue ends with its session.
+
 Events: the id is the ``message_id`` property when there is one, else a new UUID. Metadata: the
 headers (as strings), ``content-type``, ``message_id``, ``correlation_id``, ``exchange``,
 ``routing_key``, ``redelivered`` (``true``/``false``).
