@@ -172,6 +172,23 @@ class JMSConfig(_Table):
     url: str = "amqp://localhost:5672"  # AMQP 1.0: amqp://[user:password@]host:port
     queue_in: str | None = None  # a node address, may hold {client_id}
     queue_out: str | None = None
+    # Seconds the broker may take to answer a connect (TCP and AMQP open), a link attach, or to
+    # give a sender credit; a publish that waits longer fails (503).
+    open_timeout: Seconds = 10.0
+    # Seconds a goodbye may wait for the broker: a consumer's AMQP session end, the connection's
+    # close.
+    close_timeout: Seconds = 2.0
+    # AMQP idle timeout, seconds: a broker that sends nothing (not even heartbeats) for this long
+    # is taken as gone, and its consumers end.
+    idle_timeout: Seconds = 10.0
+    # Seconds before reconnecting after a failure; doubles per failure up to retry_max_interval,
+    # each wait jittered (between half and all of it).
+    retry_interval: Seconds = 1.0
+    retry_max_interval: Seconds = 30.0
+    # Publish persistent messages (AMQP header durable; JMS DeliveryMode.PERSISTENT).
+    durable: bool = True
+    # A consumed message larger than this (encoded) is rejected: no client could be given it.
+    max_message_bytes: Size = 16 * MiB
 
 
 class SolaceConfig(_Table):
