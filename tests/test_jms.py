@@ -1,0 +1,455 @@
+"""The jms endpoint (AMQP 1.0) through the engine, with real web clients and RabbitMQ's plugin.
+
+Every test gets a fanout exchange of its own with one durable queue per client bound to it
+(``fanout`` in test_conformance_jms): the endpoint consumes ``/amq/queue/<base>-{client_id}`` and
+publishes to ``/exchange/<base>``. Broker state is read with pika (AMQP 0-9-1) and polled, bounded,
+only where RabbitMQ offers no event (a consumer count after a link went away).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import httpx
+import pika
+import pytest
+import trio
+from httpx_sse import aconnect_sse
+from proton import Message
+from proton.utils import BlockingConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from mediation.endpoints.base import EndpointState
+from mediation.endpoints.jms import JMSEndpoint
+from mediation.engine import MediationEngine
+from mediation.envelope import SUBPROTOCOL
+
+from .brokers import QueueCounts, RabbitMQ
+from .conftest import EngineFactory, clients_gone, open_ws, url
+from .test_conformance_jms import fanout
+
+WAIT = 20.0  # every wait on the broker or the engine is bounded
+
+
+def endpoints(rabbitmq: RabbitMQ, base: str, **config: Any) -> dict[str, dict[str, Any]]:
+    return {
+        "jms": {
+            "type": "jms",
+            "config": {
+                "url": rabbitmq.amqp1_url,
+                "queue_in": f"/amq/queue/{base}-{{client_id}}",
+                "queue_out": f"/exchange/{base}",
+                "retry_interval": 0.2,
+                "retry_max_interval": 1.0,
+                **config,
+            },
+        }
+    }
+
+
+def jms(engine: MediationEngine) -> JMSEndpoint:
+    endpoint = engine.endpoints["jms"]
+    assert isinstance(endpoint, JMSEndpoint)
+    return endpoint
+
+
+async def connected(engine: MediationEngine) -> None:
+    with trio.fail_after(WAIT):
+        await jms(engine).state.wait_value(EndpointState.UP)
+
+
+async def counts(rabbitmq: RabbitMQ, queue: str) -> QueueCounts:
+    found = await trio.to_thread.run_sync(rabbitmq.queue_counts, queue)
+    assert found is not None
+    return found
+
+
+async def settled_to(rabbitmq: RabbitMQ, queue: str, **wanted: int) -> QueueCounts:
+    """Wait (bounded) until the queue has the given ``messages``/``consumers``."""
+    return await trio.to_thread.run_sync(
+        lambda: rabbitmq.wait_for_queue(queue, timeout=WAIT, **wanted)
+    )
+
+
+def ws_url(engine: MediationEngine, client_id: str, entrypoint: str = "ws") -> str:
+    return url(engine, entrypoint, f"/?client_id={client_id}", scheme="ws")
+
+
+@asynccontextmanager
+async def envelope_ws(
+    engine: MediationEngine, client_id: str, entrypoint: str = "ws"
+) -> AsyncIterator[WebSocketConnection]:
+    async with open_ws(ws_url(engine, client_id, entrypoint), subprotocols=[SUBPROTOCOL]) as ws:
+        assert ws.subprotocol == SUBPROTOCOL
+        yield ws
+
+
+async def receive(ws: WebSocketConnection) -> dict[str, Any]:
+    with trio.fail_after(WAIT):
+        document: dict[str, Any] = json.loads(await ws.get_message())
+    return document
+
+
+async def post(
+    client: httpx.AsyncClient, engine: MediationEngine, body: bytes, **headers: str
+) -> str:
+    response = await client.post(url(engine, "post"), content=body, headers=headers)
+    assert response.status_code == 202, response.text
+    event_id: str = response.json()["id"]
+    return event_id
+
+
+def amqp_send(rabbitmq: RabbitMQ, address: str, messages: list[Message]) -> None:
+    """An independent AMQP 1.0 producer (proton's blocking client; run it in a thread)."""
+    connection = BlockingConnection(rabbitmq.amqp1_url, allowed_mechs="PLAIN", timeout=WAIT)
+    try:
+        sender = connection.create_sender(address)
+        for message in messages:
+            sender.send(message)
+    finally:
+        connection.close()
+
+
+def pika_publish(rabbitmq: RabbitMQ, queue: str, body: bytes, **properties: Any) -> None:
+    with rabbitmq.channel() as channel:
+        channel.basic_publish("", queue, body, pika.BasicProperties(**properties))  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def broker_stopped(rabbitmq: RabbitMQ) -> AsyncIterator[None]:
+    """An outage of the shared broker, which is started again (same node, same queues) on exit."""
+    await trio.to_thread.run_sync(rabbitmq.stop)
+    try:
+        yield
+    finally:
+        with trio.move_on_after(120, shield=True):  # the harness bounds start() itself
+            await trio.to_thread.run_sync(rabbitmq.start)
+
+
+# -- downstream ------------------------------------------------------------------------------
+
+
+async def test_amqp_messages_reach_websocket_and_sse_clients_with_their_properties(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    with fanout(rabbitmq, ("w1", "s1")) as base:
+        routes = [{"source": "jms", "target": "ws"}, {"source": "jms", "target": "sse"}]
+        async with (
+            engine_with(
+                entrypoints={"ws": "websocket", "sse": "sse"},
+                endpoints=endpoints(rabbitmq, base),
+                routes=routes,
+            ) as engine,
+            httpx.AsyncClient() as client,
+        ):
+            await connected(engine)
+            async with (
+                envelope_ws(engine, "w1") as ws,
+                aconnect_sse(client, "GET", url(engine, "sse", "/?client_id=s1")) as source,
+            ):
+                events = source.aiter_sse()
+                try:
+                    assert (await anext(events)).event == "session"
+                    text = Message(
+                        body="line one\nline two",  # an amqp-value string: a JMS TextMessage
+                        id="m-1",
+                        correlation_id="c-1",
+                        subject="greeting",
+                        content_type="text/plain",
+                        properties={"x-trace": "t-1", "count": 3},
+                    )
+                    data = Message(body=b"\xff\x00raw")
+                    data.inferred = True  # a data section: a JMS BytesMessage
+                    await trio.to_thread.run_sync(
+                        amqp_send, rabbitmq, f"/exchange/{base}", [text, data]
+                    )
+                    first = await receive(ws)
+                    assert first["id"] == "m-1"
+                    assert first["payload"] == "line one\nline two"
+                    assert first["metadata"] == {
+                        "message-id": "m-1",
+                        "correlation-id": "c-1",
+                        "subject": "greeting",
+                        "content-type": "text/plain",
+                        "x-trace": "t-1",
+                        "count": "3",
+                    }
+                    second = await receive(ws)
+                    assert second["encoding"] == "base64"
+                    assert base64.b64decode(second["payload"]) == b"\xff\x00raw"
+                    assert second["id"]  # no message id: the endpoint gave it one
+                    assert second["metadata"] == {}
+                    with trio.fail_after(WAIT):
+                        sse_first = await anext(events)
+                    assert (sse_first.id, sse_first.data) == ("m-1", "line one\nline two")
+                finally:
+                    await source.response.aclose()
+                    with suppress(httpx.ReadError, httpx.StreamError):
+                        async for _ in events:
+                            pass
+        assert (await counts(rabbitmq, f"{base}-w1")).consumers == 0
+
+
+# -- upstream --------------------------------------------------------------------------------
+
+
+async def test_post_at_least_once_answers_202_once_the_broker_accepted(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    with fanout(rabbitmq, ("reader",)) as base:
+        async with (
+            engine_with(
+                entrypoints={"post": "http_post"},
+                endpoints=endpoints(rabbitmq, base),
+                routes=[{"source": "post", "target": "jms", "delivery_guarantee": "at_least_once"}],
+            ) as engine,
+            httpx.AsyncClient() as client,
+        ):
+            await connected(engine)
+            event_id = await post(
+                client, engine, b"hello", **{"content-type": "text/plain", "x-trace": "t-9"}
+            )
+            # 202 came after RabbitMQ's `accepted`: the message is in the queue already.
+            assert (await counts(rabbitmq, f"{base}-reader")).messages == 1
+        connection = BlockingConnection(rabbitmq.amqp1_url, allowed_mechs="PLAIN", timeout=WAIT)
+        try:
+            receiver = connection.create_receiver(f"/amq/queue/{base}-reader")
+            message = await trio.to_thread.run_sync(receiver.receive, WAIT)
+            receiver.accept()
+        finally:
+            connection.close()
+        assert (message.id, bytes(message.body)) == (event_id, b"hello")
+        assert (message.content_type, message.durable) == ("text/plain", True)
+        assert message.properties == {"x-trace": "t-9"}
+
+
+async def test_broker_outage_503_nack_and_close_then_recovery(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    with fanout(rabbitmq, ("w1", "up1")) as base:
+        routes = [
+            {"source": "post", "target": "jms", "delivery_guarantee": "at_least_once"},
+            {"source": "ws-up", "target": "jms", "delivery_guarantee": "at_least_once"},
+            {"source": "jms", "target": "ws", "delivery_guarantee": "at_least_once"},
+        ]
+        async with (
+            engine_with(
+                entrypoints={"post": "http_post", "ws": "websocket", "ws-up": "websocket"},
+                endpoints=endpoints(rabbitmq, base),
+                routes=routes,
+            ) as engine,
+            httpx.AsyncClient() as client,
+        ):
+            await connected(engine)
+            async with envelope_ws(engine, "up1", "ws-up") as uplink:
+                async with envelope_ws(engine, "w1") as ws:
+                    event_id = await post(client, engine, b"before")
+                    delivered = await receive(ws)
+                    assert (delivered["id"], delivered["payload"]) == (event_id, "before")
+                    # Left unconfirmed: the outage must not lose it.
+                    async with broker_stopped(rabbitmq):
+                        # The consumer ends: its client is told (1011).
+                        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(WAIT):
+                            await ws.get_message()
+                        assert closed.value.reason.code == 1011
+                        response = await client.post(url(engine, "post"), content=b"lost?")
+                        assert response.status_code == 503
+                        await uplink.send_message(json.dumps({"id": "u-1", "payload": "lost?"}))
+                        reply = await receive(uplink)
+                        assert reply["nack"] == "u-1" and reply["error"]
+                    await connected(engine)
+                    await uplink.send_message(json.dumps({"id": "u-2", "payload": "after ws"}))
+                    assert await receive(uplink) == {"ack": "u-2"}
+            async with envelope_ws(engine, "w1") as ws:
+                await post(client, engine, b"after post")
+                # The unconfirmed event again, then what came after; what was refused during
+                # the outage never reached the queue.
+                for payload in ("before", "after ws", "after post"):
+                    event = await receive(ws)
+                    assert event["payload"] == payload
+                    await ws.send_message(json.dumps({"ack": event["id"]}))
+        await settled_to(rabbitmq, f"{base}-w1", consumers=0, messages=0)
+
+
+# -- at least once ---------------------------------------------------------------------------
+
+
+async def test_at_least_once_client_reconnect_loses_nothing(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    with fanout(rabbitmq, ("seq",)) as base:
+        routes = [
+            {"source": "post", "target": "jms", "delivery_guarantee": "at_least_once"},
+            {
+                "source": "jms",
+                "target": "ws",
+                "delivery_guarantee": "at_least_once",
+                "channel_size": 4,
+            },
+        ]
+        async with (
+            engine_with(
+                entrypoints={"post": "http_post", "ws": "websocket"},
+                endpoints=endpoints(rabbitmq, base),
+                routes=routes,
+            ) as engine,
+            httpx.AsyncClient() as client,
+        ):
+            await connected(engine)
+            for n in range(20):
+                await post(client, engine, b"%d" % n)
+            confirmed: list[int] = []
+            async with envelope_ws(engine, "seq") as ws:
+                for n in range(8):
+                    event = await receive(ws)
+                    assert int(event["payload"]) == n
+                    if n < 5:  # confirm five, leave three unconfirmed, and go
+                        await ws.send_message(json.dumps({"ack": event["id"]}))
+                        confirmed.append(n)
+            await clients_gone(engine)
+            await settled_to(rabbitmq, f"{base}-seq", consumers=0, messages=15)
+            async with envelope_ws(engine, "seq") as ws:
+                for _ in range(5, 20):
+                    event = await receive(ws)
+                    confirmed.append(int(event["payload"]))
+                    await ws.send_message(json.dumps({"ack": event["id"]}))
+            await clients_gone(engine)
+            assert confirmed == list(range(20))
+            stats = jms(engine).stats
+            assert stats["acked"] == 20 and stats["over_credit"] == 0
+        assert await settled_to(rabbitmq, f"{base}-seq", consumers=0, messages=0)
+
+
+async def test_a_slow_client_does_not_slow_or_starve_the_others(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    with fanout(rabbitmq, ("slow", "fast")) as base:
+        routes = [
+            {"source": "post", "target": "jms"},
+            {"source": "jms", "target": "ws", "delivery_guarantee": "at_least_once"},
+        ]
+        async with (
+            engine_with(
+                entrypoints={"post": "http_post", "ws": "websocket"},
+                endpoints=endpoints(rabbitmq, base),
+                routes=routes,
+            ) as engine,
+            httpx.AsyncClient() as client,
+        ):
+            await connected(engine)
+            async with envelope_ws(engine, "slow") as slow, envelope_ws(engine, "fast") as fast:
+                for n in range(50):
+                    await post(client, engine, b"%d" % n)
+                first = await receive(slow)  # and then never confirms it
+                assert first["payload"] == "0"
+                for n in range(50):
+                    event = await receive(fast)
+                    assert event["payload"] == str(n)
+                    await fast.send_message(json.dumps({"ack": event["id"]}))
+                await settled_to(rabbitmq, f"{base}-fast", messages=0)
+                # The slow client holds one event (its credit); the rest wait in its own queue.
+                assert (await counts(rabbitmq, f"{base}-slow")).messages == 49
+        # It left without confirming: its event went back, nothing lost.
+        await settled_to(rabbitmq, f"{base}-slow", consumers=0, messages=50)
+
+
+# -- resources and poison --------------------------------------------------------------------
+
+
+async def test_links_released_on_every_exit_path(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    clients = ("ws-closes", "sse-drops", "at-shutdown")
+    with fanout(rabbitmq, clients) as base:
+        queues = [f"{base}-{client}" for client in clients]
+        routes = [{"source": "jms", "target": "ws"}, {"source": "jms", "target": "sse"}]
+        shut_down = trio.Event()
+
+        async def run_engine(*, task_status: trio.TaskStatus[MediationEngine]) -> None:
+            async with engine_with(
+                entrypoints={"ws": "websocket", "sse": "sse"},
+                endpoints=endpoints(rabbitmq, base),
+                routes=routes,
+            ) as engine:
+                await connected(engine)
+                task_status.started(engine)
+                await shut_down.wait()
+
+        async with trio.open_nursery() as nursery, httpx.AsyncClient() as client:
+            engine = await nursery.start(run_engine)
+            async with open_ws(ws_url(engine, "ws-closes")):
+                assert (await counts(rabbitmq, queues[0])).consumers == 1
+            async with aconnect_sse(
+                client, "GET", url(engine, "sse", "/?client_id=sse-drops")
+            ) as sse:
+                events = sse.aiter_sse()
+                assert (await anext(events)).event == "session"
+                assert (await counts(rabbitmq, queues[1])).consumers == 1
+                await sse.response.aclose()
+                with suppress(httpx.ReadError, httpx.StreamError):
+                    async for _ in events:
+                        pass
+            for queue in queues[:2]:
+                await settled_to(rabbitmq, queue, consumers=0)
+            async with open_ws(ws_url(engine, "at-shutdown")) as ws:
+                assert (await counts(rabbitmq, queues[2])).consumers == 1
+                shut_down.set()  # the engine stops while its client is still there
+                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(WAIT):
+                    await ws.get_message()
+                assert closed.value.reason.code == 1001
+        await settled_to(rabbitmq, queues[2], consumers=0)
+
+
+async def test_poison_and_oversized_messages_are_rejected_not_redelivered(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    with fanout(rabbitmq, ("p1",)) as base:
+        queue = f"{base}-p1"
+        routes = [{"source": "jms", "target": "ws", "delivery_guarantee": "at_least_once"}]
+        async with engine_with(
+            entrypoints={"ws": "websocket"},
+            endpoints=endpoints(rabbitmq, base, max_message_bytes=4096),
+            routes=routes,
+        ) as engine:
+            await connected(engine)
+            # RabbitMQ hands an AMQP 0-9-1 message typed "amqp-1.0" to AMQP 1.0 clients as encoded
+            # sections: a data section that promises 5 bytes and has none cannot be decoded.
+            await trio.to_thread.run_sync(
+                lambda: pika_publish(rabbitmq, queue, b"\x00\x53\x75\xa0\x05", type="amqp-1.0")
+            )
+            await trio.to_thread.run_sync(
+                lambda: pika_publish(rabbitmq, queue, b"x" * 8192)  # over max_message_bytes
+            )
+            await trio.to_thread.run_sync(lambda: pika_publish(rabbitmq, queue, b"good"))
+            async with envelope_ws(engine, "p1") as ws:
+                event = await receive(ws)
+                assert event["payload"] == "good"
+                await ws.send_message(json.dumps({"ack": event["id"]}))
+                await settled_to(rabbitmq, queue, messages=0)
+            await clients_gone(engine)
+            assert jms(engine).stats["rejected"] == 2
+        # Rejected, not released: nothing comes back.
+        await settled_to(rabbitmq, queue, consumers=0, messages=0)
+
+
+async def test_a_frozen_broker_ends_consumers_within_the_idle_timeout(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    with fanout(rabbitmq, ("f1",)) as base:
+        async with engine_with(
+            entrypoints={"ws": "websocket"},
+            endpoints=endpoints(rabbitmq, base, idle_timeout=1.0, open_timeout=2.0),
+            routes=[{"source": "jms", "target": "ws"}],
+        ) as engine:
+            await connected(engine)
+            async with open_ws(ws_url(engine, "f1")) as ws:
+                with rabbitmq.frozen():  # SIGSTOP: the socket stays open, nothing is answered
+                    with pytest.raises(ConnectionClosed) as closed, trio.fail_after(5):
+                        await ws.get_message()
+                    assert closed.value.reason.code == 1011
+            await connected(engine)
+        await settled_to(rabbitmq, f"{base}-f1", consumers=0)
