@@ -23,10 +23,12 @@ from proton import Message
 from proton.utils import BlockingConnection
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from mediation.endpoints.base import EndpointState
-from mediation.endpoints.jms import JMSEndpoint
+from mediation.config import JMSConfig, RouteConfig
+from mediation.endpoints.base import EndpointState, Outbound
+from mediation.endpoints.jms import MAX_SENDERS, JMSEndpoint
 from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
+from mediation.events import Event
 
 from .brokers import QueueCounts, RabbitMQ
 from .conftest import EngineFactory, clients_gone, open_ws, url
@@ -453,3 +455,22 @@ async def test_a_frozen_broker_ends_consumers_within_the_idle_timeout(
                     assert closed.value.reason.code == 1011
             await connected(engine)
         await settled_to(rabbitmq, f"{base}-f1", consumers=0)
+
+
+async def test_sender_links_are_capped_least_recently_used_first(rabbitmq: RabbitMQ) -> None:
+    """{client_id} in queue_out makes a sender link per client: at most MAX_SENDERS stay open."""
+    clients = MAX_SENDERS + 6
+    with fanout(rabbitmq, ("all",)) as base:
+        config = JMSConfig(url=rabbitmq.amqp1_url, queue_out=f"/exchange/{base}/{{client_id}}")
+        endpoint = JMSEndpoint("jms", config)
+        route = RouteConfig(source="clients", target="jms", direction="upstream")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(endpoint.run)
+            with trio.fail_after(WAIT):
+                await endpoint.state.wait_value(EndpointState.UP)
+                for n in range(clients):
+                    outbound = Outbound(Event(b"%d" % n), route, f"client-{n}", "clients")
+                    await endpoint.publish(outbound, confirm=n % 2 == 0)
+            nursery.cancel_scope.cancel()
+        assert endpoint.stats["senders_closed"] == clients - MAX_SENDERS
+        await settled_to(rabbitmq, f"{base}-all", messages=clients)

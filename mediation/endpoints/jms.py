@@ -210,6 +210,10 @@ class _Consumer:
         self.receiver.snd_settle_mode = Link.SND_UNSETTLED
         self.receiver.rcv_settle_mode = Link.RCV_FIRST
         self.buffer: deque[Delivery] = deque()
+        # proton's deliveries, by serial: the engine's Delivery objects hold only the serial, so
+        # that every proton object of the link can be let go before it is freed (close()).
+        self.held: dict[int, ProtonDelivery] = {}
+        self.serial = 0
         self.unsettled = 0  # delivered to us (buffered or handed out) and not settled
         self.attached = trio.Event()
         self.ended = trio.Event()  # the broker answered (or the connection went)
@@ -224,9 +228,11 @@ class _Consumer:
 
     def top_up(self) -> None:
         """Grant credit only once the last grant is used up (see the module docstring)."""
+        if self.closed:
+            return
         receiver = self.receiver
         want = self.credit - self.unsettled
-        if receiver.credit <= 0 and want > 0 and not self.closed:
+        if receiver.credit <= 0 and want > 0:
             receiver.flow(want - receiver.credit)  # a negative credit is the broker's overdraft
 
     def on_delivery(self, delivery: ProtonDelivery) -> None:
@@ -260,16 +266,19 @@ class _Consumer:
                 )
             else:
                 self.unsettled += 1
-                self.buffer.append(Delivery(event, self._settler(delivery)))
+                self.serial += 1
+                self.held[self.serial] = delivery
+                self.buffer.append(Delivery(event, self._settler(self.serial)))
                 stats["delivered"] += 1
                 self.readable.unpark_all()
         self.top_up()
 
-    def _settler(self, delivery: ProtonDelivery) -> Settle:
+    def _settler(self, serial: int) -> Settle:
         async def settle(accepted: bool) -> None:
             # After the session ended or the connection went, the broker has it back already.
             if self.closed or self.failure is not None:
                 return
+            delivery = self.held.pop(serial)
             delivery.update(ProtonDelivery.ACCEPTED if accepted else ProtonDelivery.RELEASED)
             delivery.settle()
             self.unsettled -= 1
@@ -310,8 +319,13 @@ class _Consumer:
         finally:
             wire.consumers.pop(self.receiver.name, None)
             wire.sessions.pop(self.session, None)
-            self.session.free()
             self.readable.unpark_all()
+            # Let proton forget the session, or every closed one stays until the connection goes
+            # (~10 KiB each). Its deliveries' wrappers must be gone first and the link's before the
+            # session's: proton finalising a link after its session is a double free.
+            self.held.clear()
+            self.session.free()
+            del self.receiver, self.session
 
 
 class _Sender:
@@ -345,7 +359,8 @@ class _Sender:
             self.session.close()
         self.wire.senders.pop(self.address, None)
         self.wire.sessions.pop(self.session, None)
-        self.session.free()
+        self.session.free()  # as _Consumer.close does; no delivery of the link is held here
+        del self.link, self.session
 
 
 class _Confirm:
@@ -407,7 +422,7 @@ class _Wire:
         self._output = trio.lowlevel.ParkingLot()  # the writer waits here for bytes to send
         self._drained = trio.lowlevel.ParkingLot()  # publishers wait here for the buffer to drain
         self._room = trio.lowlevel.ParkingLot()  # the reader waits here when proton takes no input
-        self._sending = False  # a send_all was under way (if cancelled, the stream is unusable)
+        self.remote_closed = False
 
     # -- the socket ----------------------------------------------------------------------------
 
@@ -458,15 +473,14 @@ class _Wire:
             if pending == 0:
                 await self._output.park()
                 continue
-            data = transport.peek(pending) or b""
-            self._sending = True
             try:
-                await self.stream.send_all(data)
-            except (OSError, trio.BrokenResourceError) as error:
+                # A socket send, unlike send_all, is cancelled only before it sent anything, so
+                # proton always knows what went out and a goodbye can follow a cancelled writer.
+                sent = await self.stream.socket.send(transport.peek(pending) or b"")
+            except OSError as error:
                 self.lose(f"connection lost: {error}")
                 return
-            self._sending = False
-            transport.pop(len(data))
+            transport.pop(sent)
             self._room.unpark_all()
             if transport.pending() < OUTPUT_HIGH_WATER:
                 self._drained.unpark_all()
@@ -517,6 +531,7 @@ class _Wire:
             self.opened.set()
             self.ready.set()
         elif kind is ProtonEvent.CONNECTION_REMOTE_CLOSE:
+            self.remote_closed = True
             condition = self.connection.remote_condition
             self.lose(f"the broker closed the connection{_reason(condition)}")
             self.connection.close()
@@ -580,6 +595,9 @@ class _Wire:
         """The connection is gone: fail everything that depends on it (idempotent)."""
         if self.failure is not None:
             return
+        condition = self.transport.condition  # what proton knows may say more (auth refused)
+        if condition is not None and condition.name not in reason:
+            reason += _reason(condition)
         failure = self.failure = BrokerUnavailable(f"endpoint {self.endpoint.name}: {reason}")
         for consumer in list(self.consumers.values()):
             consumer.fail(failure)
@@ -611,6 +629,7 @@ class _Wire:
                     self.senders[oldest.address] = oldest  # busy: keep it, grow past the cap
                     break
                 oldest.close()
+                self.endpoint.stats["senders_closed"] += 1
             sender = self.senders[address] = _Sender(self, address)
             self.sessions[sender.session] = sender
             sender.open()
@@ -642,15 +661,27 @@ class _Wire:
         return confirm
 
     async def goodbye(self) -> None:
-        """Close the AMQP connection and send what proton has left (callers bound the wait)."""
-        if self.failure is not None or not self.opened.is_set() or self._sending:
-            return  # nobody to tell, or a cancelled send left the stream mid-frame
+        """Close the AMQP connection once the pump has stopped (callers bound the wait).
+
+        Sends what proton still holds (pre-settled messages included), then reads until the
+        broker's close: it has handled everything sent before it by then.
+        """
+        if self.failure is not None or not self.opened.is_set():
+            return
         self.connection.close()
         self.process()
-        while (pending := self.transport.pending()) > 0:
-            data = self.transport.peek(pending) or b""
-            await self.stream.send_all(data)
-            self.transport.pop(len(data))
+        transport = self.transport
+        try:
+            while not self.remote_closed:
+                while (pending := transport.pending()) > 0:
+                    transport.pop(await self.stream.socket.send(transport.peek(pending) or b""))
+                data = await self.stream.receive_some(max(transport.capacity(), 1))
+                if not data:
+                    return
+                transport.push(data)
+                self.process()
+        except (OSError, trio.BrokenResourceError, ProtonException):
+            return  # the socket went first: nothing more to say
 
 
 def _reason(condition: Condition | None) -> str:
@@ -686,7 +717,7 @@ class JMSEndpoint:
         self.name = name
         self.config = config
         self.state = AsyncValue(EndpointState.CONNECTING)
-        # delivered, acked, released, rejected, over_credit, published
+        # delivered, acked, released, rejected, over_credit, published, senders_closed
         self.stats: Counter[str] = Counter()
         self._host = parts.hostname or "localhost"
         self._port = parts.port or 5672
@@ -703,7 +734,7 @@ class JMSEndpoint:
                 self.state.value = EndpointState.CONNECTING
                 try:
                     await self._connection()
-                except* (OSError, BrokerUnavailable, ProtonException, trio.TooSlowError) as group:
+                except* (OSError, BrokerUnavailable, ProtonException) as group:
                     error = group.exceptions[0]
                     log.warning(
                         "AMQP connection failed",
@@ -720,14 +751,21 @@ class JMSEndpoint:
     async def _connection(self) -> None:
         """One connection's life: returns when it is lost after it came up; raises if never."""
         config = self.config
-        with trio.fail_after(config.open_timeout):
+        address = f"{self._host}:{self._port}"
+        with trio.move_on_after(config.open_timeout) as connecting:
             stream = await trio.open_tcp_stream(self._host, self._port)
+        if connecting.cancelled_caught:
+            raise BrokerUnavailable(f"no TCP connection to {address} in {config.open_timeout:g} s")
         wire = _Wire(self, stream)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(wire.pump)
-                with trio.fail_after(config.open_timeout):
+                with trio.move_on_after(config.open_timeout) as opening:
                     await wire.ready.wait()
+                if opening.cancelled_caught:
+                    raise BrokerUnavailable(
+                        f"{address} did not answer the AMQP open in {config.open_timeout:g} s"
+                    )
                 if wire.failure is not None:
                     raise wire.failure
                 self._wire = wire
