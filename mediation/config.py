@@ -149,9 +149,11 @@ class MQTT5Config(_Table):
     qos: Literal[0, 1, 2] = 1
     username: str | None = None
     password: str | None = None
-    # Seconds between pings on the endpoint's own connection; a broker silent for 2 x keepalive
-    # is taken as down and every session's consumer ends (so ~10-20 s at the default).
-    keepalive: Annotated[int, Field(ge=5)] = 10
+    # MQTT keepalive (seconds) of the endpoint's own connection: it pings after keepalive of
+    # silence, and a broker that does not answer within another keepalive is down and every
+    # session's consumer ends (5-11 s at the default). Session connections ping only if the
+    # broker imposes it.
+    keepalive: Annotated[int, Field(ge=5)] = 5
     # The MQTT client id of a session's consumer connection ({endpoint}, {entrypoint},
     # {client_id}): stable per client, so a returning client resumes its MQTT session.
     client_id: str = "mediation-{endpoint}-{client_id}"

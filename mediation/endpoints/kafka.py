@@ -42,9 +42,31 @@ thread through a deque plus a ``threading.Event`` that wakes it when it is waiti
 The thread polls with ``POLL_INTERVAL`` while the session has credit and otherwise waits for that
 event, polling every ``STALL_PAUSE`` only to serve group callbacks and errors.
 
-The alternative, ``trio.to_thread.run_sync(consumer.poll, ...)`` per ``__anext__`` under a
-per-endpoint ``CapacityLimiter``, holds a worker (and the consumer's gate) for the whole poll, so a
-settle waits for it and an idle session needs a limiter token to notice anything.
+The alternative, ``trio.to_thread.run_sync(consumer.poll, ...)`` per ``__anext__`` (and per
+commit) under a per-endpoint ``CapacityLimiter``, was measured against it: tansu on loopback,
+2 cores, 100-byte events, one session reading and acking as fast as it can, then 100 idle
+sessions (each with its own group) receiving one event (ranges are repeated runs; the machine is
+noisy):
+
+==============================================  ================  ==========================
+                                                poller thread     to_thread + limiter
+==============================================  ================  ==========================
+1 session, auto, credit 1 (events/s)            5.3 k - 8.8 k     3.2 k - 5.2 k
+1 session, at_least_once, credit 16             23 k - 29 k
+1 session, at_most_once (sync commit each)      2.2 k - 2.7 k
+100 idle sessions: CPU (of one core)            10 %              19 % (limiter 40),
+                                                                  27 % (limiter 100)
+100 idle sessions: one event reaches all in     245 ms            371 ms (limiter 40)
+threads per session                             5 (librdkafka 4)  4 while polling, from the
+                                                                  limiter's pool
+==============================================  ================  ==========================
+
+``to_thread`` holds a worker and the consumer's gate for the whole poll, so every settle waits for
+a poll to end, an idle session needs a limiter token to notice anything, and a limiter smaller
+than the number of sessions delays everybody; it saves one thread per session and nothing else.
+The poller thread also keeps serving the group (rebalances, ``max.poll.interval.ms``, errors)
+while a client is slow. Most of the idle CPU is librdkafka's own (a 0.5 s poll interval saved
+only 1 point of the 10 %).
 
 Producing
 ---------
@@ -119,6 +141,10 @@ RETRY_MAX = 5.0
 _CONSUMER_DEFAULTS: dict[str, Any] = {
     "queued.max.messages.kbytes": 64,
     "fetch.message.max.bytes": 64 * 1024,
+    # With queues this small librdkafka's default (1000 ms) stalls every fetch once the queue
+    # is "full": measured 290 events/s for one session; 10 ms gives 4.3 k (1 ms: 5.9 k, at ten
+    # times the wake-ups of a slow session's fetcher).
+    "fetch.queue.backoff.ms": 10,
     "log.connection.close": False,
 }
 _PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -258,7 +284,6 @@ class _SessionConsumer:
         self._committed: dict[int, int] = {}
         self._held = 0  # events handed to the session (or ready for it) and not settled
         self._paused = False
-        self._commit_waiters: deque[list[_CommitWaiter]] = deque()  # one entry per commit
 
     # -- Trio side -----------------------------------------------------------------------------
 
@@ -372,7 +397,7 @@ class _SessionConsumer:
                 if self._paused:
                     consumer.resume(consumer.assignment())
                     self._paused = False
-                message = consumer.poll(0.005 if self._commit_waiters else POLL_INTERVAL)
+                message = consumer.poll(POLL_INTERVAL)
                 if message is not None:
                     self._accept(message)
                 continue
@@ -381,13 +406,16 @@ class _SessionConsumer:
             if not self._paused and now - full_since < STALL_PAUSE:
                 self._wake.wait(STALL_PAUSE - (now - full_since))
                 continue
-            if not self._paused:
-                consumer.pause(consumer.assignment())
-                self._paused = True
+            self._pause(consumer)
             message = consumer.poll(0)  # group callbacks and errors; paused partitions are quiet
             if message is not None:
                 self._accept(message)
             self._wake.wait(STALL_PAUSE)
+
+    def _pause(self, consumer: Consumer) -> None:
+        if not self._paused:
+            consumer.pause(consumer.assignment())
+            self._paused = True
 
     def _accept(self, message: Message) -> None:
         error = message.error()
@@ -471,6 +499,7 @@ class _SessionConsumer:
     def _commit(
         self, consumer: Consumer, partitions: set[int], waiters: list[_CommitWaiter]
     ) -> None:
+        """Commit how far ``partitions`` got; synchronously when an ack waits for it."""
         offsets = []
         for partition in sorted(partitions):
             if partition not in self._position:
@@ -479,26 +508,37 @@ class _SessionConsumer:
             if point > self._committed.get(partition, -1):
                 self._committed[partition] = point
                 offsets.append(TopicPartition(self._topic, partition, point))
-        if offsets:
-            consumer.commit(offsets=offsets, asynchronous=True)
-            self._commit_waiters.append(waiters)
-        elif self._commit_waiters:
-            self._commit_waiters[-1].extend(waiters)  # made durable by the commit in flight
-        else:
+        if not offsets:
             self._resolve(waiters, None)
+        elif not self._sync_commits:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        else:
+            # A few ms; with the coordinator gone librdkafka gives up after ~3.5 s (_WAIT_COORD).
+            error: BrokerUnavailable | None = None
+            try:
+                answered = consumer.commit(offsets=offsets, asynchronous=False)
+                failed = [tp for tp in answered or () if tp.error is not None]
+                if failed:
+                    error = BrokerUnavailable(f"kafka commit failed: {failed[0].error}")
+            except KafkaException as refused:
+                error = BrokerUnavailable(f"kafka commit failed: {refused}")
+            if error is not None:
+                self._forget_commits(offsets)
+            self._resolve(waiters, error)
+
+    def _forget_commits(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            if self._committed.get(tp.partition) == tp.offset:
+                del self._committed[tp.partition]  # committed again with the next settle
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        waiters = self._commit_waiters.popleft() if self._commit_waiters else []
+        """Answer to an asynchronous commit (served by poll, in this thread)."""
         failed = [tp for tp in partitions if tp.error is not None]
         if error is None and not failed:
-            self._resolve(waiters, None)
             return
         reason = error.str() if error is not None else str(failed[0].error)
         log.warning("kafka commit failed", extra={"topic": self._topic, "error": reason})
-        for tp in partitions:
-            if self._committed.get(tp.partition) == tp.offset:
-                del self._committed[tp.partition]  # committed again with the next settle
-        self._resolve(waiters, BrokerUnavailable(f"kafka commit failed: {reason}"))
+        self._forget_commits(partitions)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = consumer.committed(partitions, timeout=ASSIGN_TIMEOUT) if partitions else []
@@ -531,7 +571,6 @@ class _SessionConsumer:
         if to_commit:
             # The group's resume point from now on, even if this session never acks anything.
             consumer.commit(offsets=to_commit, asynchronous=True)
-            self._commit_waiters.append([])
         log.debug(
             "kafka partitions assigned",
             extra={"topic": self._topic, "offsets": {tp.partition: tp.offset for tp in starts}},
@@ -570,8 +609,6 @@ class _SessionConsumer:
 
     def _finish(self) -> None:
         closed = BrokerUnavailable("kafka consumer closed before the ack was committed")
-        while self._commit_waiters:
-            self._resolve(self._commit_waiters.popleft(), closed)
         with self._lock:
             self._finished = True
             left = [s.waiter for s in self._settles if s.waiter is not None]
