@@ -30,6 +30,7 @@ TCP connect to finish (bounded by ``client.connect_timeout``) before the cancell
 from __future__ import annotations
 
 import functools
+import math
 import socket
 from typing import Any
 
@@ -39,7 +40,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 # How often a waiting reader wakes to let paho send its keepalive PINGREQ and notice a broker that
-# stopped answering one (paho's own loop uses the same one-second tick).
+# stopped answering one (paho's own loop uses the same one-second tick); for long keepalives
+# (a Server Keep Alive of 65535 s, say) a 60th of it is soon enough.
 KEEPALIVE_TICK = 1.0
 
 
@@ -112,12 +114,14 @@ class Wire:
         """Wait until the broker sent something, then let paho read and dispatch it.
 
         Reads up to ``budget`` packets while they keep coming (paho reads one per call). Also
-        gives paho its keepalive turn at least every :data:`KEEPALIVE_TICK` seconds while the
-        connection is idle, so a single loop of ``receive_some`` is all a connection needs.
+        gives paho its keepalive turn at least every :data:`KEEPALIVE_TICK` seconds (or a 60th
+        of the keepalive, if longer) while the connection is idle, so a loop of ``receive_some``
+        is all a connection needs.
         Raises :class:`ConnectionLost` once the connection is gone.
         """
         sock = self._live_socket()
-        with trio.move_on_after(KEEPALIVE_TICK if self.client.keepalive else float("inf")):
+        keepalive = self.client.keepalive
+        with trio.move_on_after(max(KEEPALIVE_TICK, keepalive / 60) if keepalive else math.inf):
             try:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:

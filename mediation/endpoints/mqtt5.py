@@ -7,7 +7,7 @@ Each session's consumer (``consume()``) is an MQTT connection of its own, with o
 credit (``channel_size``); entering returns after the SUBACK, leaving sends UNSUBSCRIBE and waits
 for the UNSUBACK, so one client leaving touches no other client's subscription or in-flight
 QoS 1/2 deliveries. The endpoint has one more connection, owned by ``run()``: it publishes, and it
-is the broker's liveness check (``keepalive``: a broker silent for 2 x keepalive is down). When it
+is the broker's liveness check (MQTT ``keepalive``, 5 s: a broker silent for two is down). When it
 is lost, ``state`` is ``down``, every consumer ends with :class:`BrokerUnavailable`, publishes are
 refused, and it reconnects with jittered exponential backoff (``retry_interval`` doubling to 30 s).
 
