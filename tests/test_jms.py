@@ -474,3 +474,32 @@ async def test_sender_links_are_capped_least_recently_used_first(rabbitmq: Rabbi
             nursery.cancel_scope.cancel()
         assert endpoint.stats["senders_closed"] == clients - MAX_SENDERS
         await settled_to(rabbitmq, f"{base}-all", messages=clients)
+
+
+async def test_a_queue_deleted_under_a_client_ends_its_session_and_the_endpoint_recovers(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    """RabbitMQ 3.10's AMQP 1.0 plugin crashes on the consumer cancel of a deleted queue and drops
+    the whole connection: every session on it ends (1011) and the endpoint reconnects."""
+    with fanout(rabbitmq, ("doomed", "other")) as base:
+        async with engine_with(
+            entrypoints={"ws": "websocket"},
+            endpoints=endpoints(rabbitmq, base),
+            routes=[{"source": "jms", "target": "ws"}],
+        ) as engine:
+            await connected(engine)
+            async with open_ws(ws_url(engine, "doomed")) as doomed:
+                await trio.to_thread.run_sync(rabbitmq.delete_queue, f"{base}-doomed")
+                with pytest.raises(ConnectionClosed) as closed, trio.fail_after(WAIT):
+                    await doomed.get_message()
+                assert closed.value.reason.code == 1011
+            await connected(engine)
+            async with open_ws(ws_url(engine, "other")) as other:
+                await trio.to_thread.run_sync(
+                    pika_publish, rabbitmq, f"{base}-other", b"still here"
+                )
+                with trio.fail_after(WAIT):
+                    assert await other.get_message() == "still here"
+        await settled_to(rabbitmq, f"{base}-other", consumers=0)
+        with rabbitmq.channel() as channel:  # for fanout() to delete on exit
+            channel.queue_declare(f"{base}-doomed", durable=True)  # type: ignore[attr-defined]

@@ -53,7 +53,9 @@ I/O code never waits for a consumer and memory never grows.
 RabbitMQ 3.10 addresses: ``/amq/queue/NAME`` an existing queue; ``/queue/NAME`` declares it
 (non-durable) if missing; ``/exchange/NAME`` and ``/exchange/NAME/KEY`` as targets; a bare name
 is a queue. Sources ``/topic/...`` and ``/exchange/...`` create a queue per link that RabbitMQ
-3.10 never deletes: use queues (``examples/jms.toml``).
+3.10 never deletes: use queues (``examples/jms.toml``). Deleting a queue that a link consumes
+crashes RabbitMQ 3.10's AMQP session on the consumer cancel and drops the whole connection: every
+session of the endpoint ends (``BrokerUnavailable``) and the endpoint reconnects.
 """
 
 from __future__ import annotations
@@ -368,7 +370,8 @@ class _Sender:
         self.attached = trio.Event()
         self.credit = trio.lowlevel.ParkingLot()
         self.failure: BrokerUnavailable | None = None
-        self.in_flight = 0
+        self.in_flight = 0  # unsettled deliveries
+        self.users = 0  # publishers waiting for it to attach or for credit
 
     def open(self) -> None:
         self.session.open()
@@ -584,6 +587,8 @@ class _Wire:
         owner = self.sessions.get(session)
         if owner is None:
             return
+        if owner.failure is not None:
+            return  # already told (its link ended, then its session)
         if isinstance(owner, _Consumer):
             if owner.closed:
                 owner.ended.set()  # the answer to our own goodbye
@@ -599,11 +604,12 @@ class _Wire:
             owner.fail(failure)
             owner.session.close()  # complete the handshake; close() frees it
         else:
+            self._fail_confirms(owner, failure)  # their wrappers go before close() frees them
             owner.close()
-            for delivery, confirm in list(self.confirms.items()):
-                if confirm.sender is owner:
-                    del self.confirms[delivery]
-                    confirm.resolve(failure)
+
+    def _fail_confirms(self, sender: _Sender, failure: BrokerUnavailable) -> None:
+        for delivery in [d for d, confirm in self.confirms.items() if confirm.sender is sender]:
+            self.confirms.pop(delivery).resolve(failure)
 
     def _on_disposition(self, delivery: ProtonDelivery) -> None:
         confirm = self.confirms.pop(delivery, None)
@@ -658,7 +664,7 @@ class _Wire:
         if sender is None:
             while len(self.senders) >= MAX_SENDERS:
                 _, oldest = self.senders.popitem(last=False)
-                if oldest.in_flight:
+                if oldest.in_flight or oldest.users:
                     self.senders[oldest.address] = oldest  # busy: keep it, grow past the cap
                     break
                 oldest.close()
@@ -668,12 +674,16 @@ class _Wire:
             sender.open()
             self.process()
         self.senders.move_to_end(address)
-        with trio.fail_after(self.endpoint.config.open_timeout):
-            await sender.attached.wait()
-            while sender.failure is None and sender.link.credit <= 0:
-                await sender.credit.park()
-            while self.failure is None and self.transport.pending() >= OUTPUT_HIGH_WATER:
-                await self._drained.park()
+        sender.users += 1
+        try:
+            with trio.fail_after(self.endpoint.config.open_timeout):
+                await sender.attached.wait()
+                while sender.failure is None and sender.link.credit <= 0:
+                    await sender.credit.park()
+                while self.failure is None and self.transport.pending() >= OUTPUT_HIGH_WATER:
+                    await self._drained.park()
+        finally:
+            sender.users -= 1
         if sender.failure is not None:
             raise sender.failure
         return sender
