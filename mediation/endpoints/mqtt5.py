@@ -63,9 +63,12 @@ connections use a stable client id (``client_id``, default ``mediation-{endpoint
 then DISCONNECT. The broker then keeps what it sent and was not acked, and what it had queued for
 the client, and resends it when the client's next consumer connects within ``session_expiry``
 (the DUP flag shows as ``redelivered``). Events published while a client has no consumer are not
-kept for it (it has no subscription then). ``session_expiry = 0``: no resume. A second concurrent
-session of the same client gets a throwaway MQTT session (``<client id>-<session id>``, clean,
-expiry 0): one client id cannot be connected twice. SSE ``Last-Event-ID`` has nothing to add.
+kept for it (it has no subscription then). ``session_expiry = 0``: no resume. (A consumer ended
+by a broker failure leaves without a goodbye: its subscription stays in the client's MQTT session,
+and keeps collecting for the client, until the client comes back or the session expires.)
+A second concurrent session of the same client gets a throwaway MQTT session (``<client id>-
+<session id>``, clean, expiry 0): one client id cannot be connected twice. SSE ``Last-Event-ID``
+has nothing to add: the MQTT session is the resume.
 
 ``at_least_once`` routes subscribe with QoS at most 1: paho answers a QoS 2 PUBLISH with PUBREC on
 receipt, after which the broker may only resend the PUBREL, never the message, so an unconfirmed
