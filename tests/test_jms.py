@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -458,7 +459,11 @@ async def test_a_frozen_broker_ends_consumers_within_the_idle_timeout(
 
 
 async def test_sender_links_are_capped_least_recently_used_first(rabbitmq: RabbitMQ) -> None:
-    """{client_id} in queue_out makes a sender link per client: at most MAX_SENDERS stay open."""
+    """{client_id} in queue_out makes a sender link per client: at most MAX_SENDERS stay open.
+
+    And the endpoint runs no thread of its own (proton's engine is driven from Trio).
+    """
+    threads = set(threading.enumerate())
     clients = MAX_SENDERS + 6
     with fanout(rabbitmq, ("all",)) as base:
         config = JMSConfig(url=rabbitmq.amqp1_url, queue_out=f"/exchange/{base}/{{client_id}}")
@@ -471,6 +476,7 @@ async def test_sender_links_are_capped_least_recently_used_first(rabbitmq: Rabbi
                 for n in range(clients):
                     outbound = Outbound(Event(b"%d" % n), route, f"client-{n}", "clients")
                     await endpoint.publish(outbound, confirm=n % 2 == 0)
+                assert set(threading.enumerate()) <= threads
             nursery.cancel_scope.cancel()
         assert endpoint.stats["senders_closed"] == clients - MAX_SENDERS
         await settled_to(rabbitmq, f"{base}-all", messages=clients)

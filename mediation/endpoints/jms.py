@@ -19,7 +19,8 @@ Mapping: payload = the message's data section (or its text ``amqp-value``, UTF-8
 application properties <-> metadata (values as strings); ``message-id``, ``correlation-id``,
 ``subject`` and ``content-type`` are kept in metadata under those names. A published message's id
 is the event id (a ``message-id`` in metadata is ignored); a consumed event's id is the message id,
-or a new UUID when the message has none.
+or a new UUID when the message has none. ``Last-Event-ID`` resumes nothing: a queue redelivers what
+a client did not confirm, to its next consumer.
 
 Design: proton's sans-I/O engine driven by Trio, no thread. proton's ``Connection`` /
 ``Transport`` / ``Collector`` take bytes in and give bytes and events out; the endpoint's ``run``
