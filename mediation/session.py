@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -34,7 +35,7 @@ from trio_util import AsyncValue
 
 from .ack_policy import Step, acks_at, needs_client_confirmation, upstream_awaits_confirm
 from .config import RouteConfig
-from .endpoints.base import Endpoint, Outbound, Subscription
+from .endpoints.base import Endpoint, EndpointState, Outbound, Subscription
 from .errors import (
     BrokerUnavailable,
     ClientTooSlow,
@@ -136,6 +137,16 @@ class Session:
             if needs_client_confirmation(r.delivery_guarantee)
         )
         self._window = trio.Semaphore(window) if window else None
+        # With broker credit equal to channel_size, a client that stops confirming never makes a
+        # consumer wait on the channel: the slow-client policy also watches the window.
+        self._confirm_timeout = min(
+            (
+                r.slow_client_timeout
+                for r in routes.downstream
+                if needs_client_confirmation(r.delivery_guarantee) and r.slow_client == "disconnect"
+            ),
+            default=math.inf,
+        )
         self._in_hand: dict[SessionDelivery, None] = {}  # unsettled, in insertion order
         self._awaiting_confirmation: dict[str, SessionDelivery] = {}
         self._recently_written: deque[str] = deque(maxlen=64)
@@ -173,11 +184,18 @@ class Session:
             with trio.CancelScope() as waiting:
                 self._receivers.add(waiting)
                 try:
-                    await self._window.acquire()
+                    with trio.move_on_after(self._confirm_timeout) as unconfirmed:
+                        await self._window.acquire()
                 finally:
                     self._receivers.discard(waiting)
             if waiting.cancelled_caught:
                 raise trio.ClosedResourceError("the session has ended")
+            if unconfirmed.cancelled_caught:
+                too_slow = ClientTooSlow(
+                    f"client too slow: confirmed nothing for {self._confirm_timeout:g} s"
+                )
+                self.close(too_slow)
+                raise too_slow
         try:
             item = await self._receive.receive()
         except BaseException:
@@ -271,7 +289,10 @@ class Session:
             resume_after=resume_after,
         )
         guarantee = route.delivery_guarantee
-        async with endpoint.consume(subscription) as deliveries:
+        async with endpoint.consume(subscription) as deliveries, trio.open_nursery() as watching:
+            # A consumer waiting on a full channel does not iterate its endpoint, so it would
+            # not hear of a broker failure: the endpoint's state says it at once.
+            watching.start_soon(_fail_when_down, endpoint)
             task_status.started()
             async for delivery in deliveries:
                 item = SessionDelivery(delivery, route)
@@ -281,6 +302,7 @@ class Session:
                 await self._enter_channel(item)
                 if acks_at(guarantee, Step.CHANNEL_ENTERED):
                     await self._settle(item, accepted=True)
+            watching.cancel_scope.cancel()
 
     async def _enter_channel(self, item: SessionDelivery) -> None:
         """Put a delivery in the session channel, waiting as long as the slow-client policy allows.
@@ -343,6 +365,11 @@ class Session:
             log.warning(
                 "presence event not published", extra={"session_id": self.id, "error": str(error)}
             )
+
+
+async def _fail_when_down(endpoint: Endpoint) -> None:
+    await endpoint.state.wait_value(EndpointState.DOWN)
+    raise BrokerUnavailable(f"endpoint {endpoint.name} is down")
 
 
 async def publish_upstream(

@@ -17,7 +17,7 @@ import trio.testing
 from mediation.endpoints import Outbound
 from mediation.endpoints.memory import MemoryEndpoint
 from mediation.engine import MediationEngine
-from mediation.errors import BrokerUnavailable, UnknownEvent
+from mediation.errors import BrokerUnavailable, ClientTooSlow, UnknownEvent
 from mediation.events import Event
 from mediation.session import Session, open_session
 
@@ -86,9 +86,10 @@ async def test_ack_before_the_client_sees_anything(
 
 
 async def test_at_most_once_acks_just_before_the_write(engine_with: EngineFactory) -> None:
-    async with engine_with(
-        entrypoints={"ws": "websocket"}, routes=routes("at_most_once")
-    ) as engine, client_session(engine) as session:
+    async with (
+        engine_with(entrypoints={"ws": "websocket"}, routes=routes("at_most_once")) as engine,
+        client_session(engine) as session,
+    ):
         await publish(engine, b"1")
         item = await session.receive()
         assert await settled(engine) == (0, 0)
@@ -97,9 +98,10 @@ async def test_at_most_once_acks_just_before_the_write(engine_with: EngineFactor
 
 
 async def test_at_least_once_acks_after_the_client_confirmed(engine_with: EngineFactory) -> None:
-    async with engine_with(
-        entrypoints={"ws": "websocket"}, routes=routes("at_least_once")
-    ) as engine, client_session(engine) as session:
+    async with (
+        engine_with(entrypoints={"ws": "websocket"}, routes=routes("at_least_once")) as engine,
+        client_session(engine) as session,
+    ):
         event = await publish(engine, b"1")
         item = await session.next_delivery()
         await session.written(item)
@@ -113,9 +115,10 @@ async def test_at_least_once_acks_after_the_client_confirmed(engine_with: Engine
 async def test_at_least_once_without_client_confirmation_acks_on_completed_write(
     engine_with: EngineFactory,
 ) -> None:
-    async with engine_with(
-        entrypoints={"ws": "websocket"}, routes=routes("at_least_once")
-    ) as engine, client_session(engine, client_confirms=False) as session:
+    async with (
+        engine_with(entrypoints={"ws": "websocket"}, routes=routes("at_least_once")) as engine,
+        client_session(engine, client_confirms=False) as session,
+    ):
         await publish(engine, b"1")
         item = await session.next_delivery()
         assert await settled(engine) == (0, 0)
@@ -164,11 +167,15 @@ async def test_a_client_that_does_not_read_stops_the_publisher(
     engine_with: EngineFactory, channel_size: int, capacity: int
 ) -> None:
     endpoints = {"mem": {"type": "memory", "config": {"capacity": capacity}}}
-    async with engine_with(
-        entrypoints={"ws": "websocket"},
-        routes=routes("auto", channel_size=channel_size),
-        endpoints=endpoints,
-    ) as engine, client_session(engine) as session, trio.open_nursery() as nursery:
+    async with (
+        engine_with(
+            entrypoints={"ws": "websocket"},
+            routes=routes("auto", channel_size=channel_size),
+            endpoints=endpoints,
+        ) as engine,
+        client_session(engine) as session,
+        trio.open_nursery() as nursery,
+    ):
         published = 0
 
         async def publisher() -> None:
@@ -204,9 +211,12 @@ async def test_subscription_exists_exactly_while_the_client_is_connected(
 
 
 async def test_presence_events_are_published_upstream(engine_with: EngineFactory) -> None:
-    async with engine_with(
-        entrypoints={"ws": "websocket"}, routes=routes("auto", presence=True)
-    ) as engine, client_session(engine, client_id="watcher") as watcher:
+    async with (
+        engine_with(
+            entrypoints={"ws": "websocket"}, routes=routes("auto", presence=True)
+        ) as engine,
+        client_session(engine, client_id="watcher") as watcher,
+    ):
         first = await watcher.next_delivery()  # the watcher's own connect
         assert b'"type":"connect"' in first.event.payload
         async with client_session(engine, client_id="visitor") as visitor:
@@ -234,3 +244,31 @@ async def test_endpoint_failure_ends_the_session_with_broker_unavailable(
         memory(engine).recover()
         async with client_session(engine):
             assert len(engine.sessions) == 1
+
+
+async def test_a_client_that_never_confirms_is_too_slow_even_if_its_channel_has_room(
+    engine_with: EngineFactory, autojump_clock: trio.abc.Clock
+) -> None:
+    # Brokers with credit = channel_size never make the consumer wait on the channel, so the
+    # slow-client policy must also see a full at-least-once window.
+    slow = routes("at_least_once", channel_size=1, slow_client="disconnect", slow_client_timeout=5)
+    async with engine_with(entrypoints={"ws": "websocket"}, routes=slow) as engine:
+        with pytest.raises(ClientTooSlow):
+            async with client_session(engine) as session:
+                await publish(engine, b"never confirmed")
+                await session.written(await session.next_delivery())
+                await session.next_delivery()  # the window is full: 5 s later, too slow
+        assert await settled(engine) == (0, 1)
+
+
+async def test_a_consumer_waiting_on_a_full_channel_hears_of_a_broker_failure(
+    engine_with: EngineFactory,
+) -> None:
+    async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("auto")) as engine:
+        with pytest.raises(BrokerUnavailable):
+            async with client_session(engine):
+                for n in range(3):  # channel full, one more waiting to enter it
+                    await publish(engine, b"%d" % n)
+                await trio.testing.wait_all_tasks_blocked()
+                memory(engine).fail()
+                await trio.sleep_forever()
