@@ -26,8 +26,9 @@ from the first session on; else ``Last-Event-ID``), so anything published afterw
   session that keeps up costs at most that, and once a session has been full for
   ``STALL_PAUSE`` seconds its partitions are paused, which drops librdkafka's prefetch too: a
   stalled client then holds nothing beyond its own session channel.
-- Failures: ``_ALL_BROKERS_DOWN`` or a fatal error ends the consumer with
-  :class:`BrokerUnavailable` at once (librdkafka reports it within ~1 s of losing the broker).
+- Failures: a fatal error, or an ``_ALL_BROKERS_DOWN`` (librdkafka reports it within ~1 s of
+  losing the broker) confirmed by a metadata request that gets no answer within
+  ``PROBE_TIMEOUT``, ends the consumer with :class:`BrokerUnavailable`.
   Leaving the block, by any path, closes the consumer (leaves the group) within
   ``CLOSE_TIMEOUT``.
 
@@ -76,8 +77,10 @@ Trio token. ``publish(confirm=True)`` waits for the report (a failure, or the br
 meanwhile, raises :class:`BrokerUnavailable`); ``confirm=False`` returns once ``produce`` took it
 (a full queue waits for delivery reports, it does not spin). Key: ``message.key``; headers: the
 event metadata. State: ``connecting`` until the producer got cluster metadata, ``up``, ``down``
-from an ``_ALL_BROKERS_DOWN`` until metadata can be fetched again (librdkafka reconnects by
-itself; the endpoint only follows). Publishing is refused while the endpoint is not ``up``.
+from an ``_ALL_BROKERS_DOWN`` that a metadata request confirms, until metadata can be fetched
+again (librdkafka reconnects by itself; the endpoint follows). Publishing is refused while the
+endpoint is not ``up``, and confirmed publishes still waiting fail when it goes ``down``. Each
+outage ends with a new producer (see ``_run_producer``).
 
 Configuration: ``[endpoints.config.librdkafka]`` passes any librdkafka key; it overrides this
 module's tuning defaults (queue sizes, ``message.timeout.ms``, ...) and is overridden by what the
@@ -131,7 +134,7 @@ STALL_PAUSE = 0.5
 # watermarks read on assignment, the producer's metadata probe, the final flush.
 CLOSE_TIMEOUT = 5.0
 ASSIGN_TIMEOUT = 10.0
-PROBE_TIMEOUT = 5.0
+PROBE_TIMEOUT = 2.0
 FLUSH_TIMEOUT = 5.0
 # Reconnect probing after the broker went away: from RETRY_MIN, doubling up to RETRY_MAX.
 RETRY_MIN = 0.5
@@ -284,6 +287,7 @@ class _SessionConsumer:
         self._committed: dict[int, int] = {}
         self._held = 0  # events handed to the session (or ready for it) and not settled
         self._paused = False
+        self._suspect: str | None = None  # an _ALL_BROKERS_DOWN not yet checked
 
     # -- Trio side -----------------------------------------------------------------------------
 
@@ -392,6 +396,9 @@ class _SessionConsumer:
             self._apply_settles(consumer)
             if stopping:
                 return
+            if self._suspect is not None:
+                self._check_broker(consumer)
+                continue
             if self._held < self._credit:
                 full_since = None
                 if self._paused:
@@ -411,6 +418,14 @@ class _SessionConsumer:
             if message is not None:
                 self._accept(message)
             self._wake.wait(STALL_PAUSE)
+
+    def _check_broker(self, consumer: Consumer) -> None:
+        """After an ``_ALL_BROKERS_DOWN``: fail unless the cluster answers within PROBE_TIMEOUT."""
+        reason, self._suspect = self._suspect, None
+        try:
+            consumer.list_topics(self._topic, timeout=PROBE_TIMEOUT)
+        except KafkaException:
+            self._fail(f"kafka broker unavailable: {reason}")
 
     def _pause(self, consumer: Consumer) -> None:
         if not self._paused:
@@ -596,8 +611,12 @@ class _SessionConsumer:
                 table.pop(partition, None)
 
     def _on_error(self, error: KafkaError) -> None:
-        if _broker_gone(error):
-            self._fail(f"kafka broker unavailable: {error.str()}")
+        if error.fatal():
+            self._fail(f"kafka consumer failed: {error.str()}")
+        elif _broker_gone(error):
+            # Checked by the poll loop: librdkafka says this for a moment while it moves from
+            # the bootstrap connection to the brokers' own too.
+            self._suspect = error.str()
         else:
             log.debug("kafka consumer error", extra={"topic": self._topic, "error": error.str()})
 
@@ -659,92 +678,122 @@ class KafkaEndpoint:
         self.config = config
         self.state = AsyncValue(EndpointState.CONNECTING)
         self._producer: Producer | None = None  # set while up
-        self._blocking = trio.CapacityLimiter(4)  # producer poll thread, probe, flush
+        # Producer poll threads (the current one and any still draining), probe, flush.
+        self._blocking = trio.CapacityLimiter(8)
         self._reports: deque[_Confirmation] = deque()  # appended by librdkafka's callbacks
         self._pending: set[_Confirmation] = set()
         self._space = trio.lowlevel.ParkingLot()  # publishers waiting for room in the queue
         self._lost = trio.Event()
-        self._lost_fatal = False
+        self._generation = 0  # of the current producer: errors of retired ones are ignored
+        self._up_since = 0.0
 
     # -- connection ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.state.value = EndpointState.CONNECTING
         task_status.started()
+        token = trio.lowlevel.current_trio_token()
         try:
-            while True:
-                await self._run_producer()
-                await trio.sleep(RETRY_MAX)  # a fatal producer error: start over with a new one
+            async with trio.open_nursery() as nursery:
+                while True:
+                    await self._run_producer(nursery, token)
         finally:
             self.state.value = EndpointState.DOWN
 
-    def _producer_config(self, token: trio.lowlevel.TrioToken) -> dict[str, Any]:
+    def _producer_config(self, token: trio.lowlevel.TrioToken, generation: int) -> dict[str, Any]:
         return {
             **_PRODUCER_DEFAULTS,
             **self.config.librdkafka,
             "bootstrap.servers": self.config.brokers,
             "enable.idempotence": True,
-            "error_cb": partial(self._on_producer_error, token),
+            "error_cb": partial(self._on_producer_error, token, generation),
             "logger": librdkafka_log,
         }
 
-    async def _run_producer(self) -> None:
-        token = trio.lowlevel.current_trio_token()
-        producer = Producer(self._producer_config(token))
+    async def _run_producer(self, nursery: trio.Nursery, token: trio.lowlevel.TrioToken) -> None:
+        """One producer, from connecting until the broker went away (or the endpoint stops).
+
+        Every outage ends with a new producer: an idempotent producer's id and sequence numbers
+        mean nothing to a broker that lost its state (a restarted in-memory cluster refuses them
+        until the messages time out). The old one is drained in the background meanwhile.
+        """
+        self._generation += 1
+        config = self._producer_config(token, self._generation)
+        producer = Producer(config)
         stop = threading.Event()
+        nursery.start_soon(
+            partial(
+                trio.to_thread.run_sync,
+                self._poll_producer,
+                producer,
+                stop,
+                token,
+                abandon_on_cancel=True,
+                limiter=self._blocking,
+            )
+        )
+        lost = False
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    partial(
-                        trio.to_thread.run_sync,
-                        self._poll_producer,
-                        producer,
-                        stop,
-                        token,
-                        abandon_on_cancel=True,
-                        limiter=self._blocking,
-                    )
-                )
-                await self._follow_connection(producer)
-                nursery.cancel_scope.cancel(reason="producer failed")
+            await self._until_lost(producer)
+            lost = True
         finally:
             self._producer = None
-            stop.set()
-            self._space.unpark_all()
-            with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
-                await trio.to_thread.run_sync(producer.flush, FLUSH_TIMEOUT, limiter=self._blocking)
-            self._deliver_reports()
-            self._fail_pending("kafka producer closed")
-
-    async def _follow_connection(self, producer: Producer) -> None:
-        """Probe until the cluster answers, then be ``up`` until it goes away; return if fatal."""
-        retry = RETRY_MIN
-        while True:
-            self._lost = trio.Event()
-            try:
-                await trio.to_thread.run_sync(
-                    partial(producer.list_topics, timeout=PROBE_TIMEOUT),
-                    abandon_on_cancel=True,
-                    limiter=self._blocking,
-                )
-            except KafkaException as error:
-                log.info("kafka not reachable", extra={"endpoint": self.name, "error": str(error)})
-                if self.state.value is EndpointState.UP:
-                    self.state.value = EndpointState.DOWN
-                await trio.sleep(retry)
-                retry = min(retry * 2, RETRY_MAX)
-                continue
-            retry = RETRY_MIN
-            self._producer = producer
-            self.state.value = EndpointState.UP
-            log.info("kafka connected", extra={"endpoint": self.name})
-            await self._lost.wait()
-            self._producer = None
-            self.state.value = EndpointState.DOWN
             self._fail_pending("kafka broker unavailable")
             self._space.unpark_all()
-            if self._lost_fatal:
-                return
+            if lost:
+                # Until the last of its messages timed out, at the latest.
+                timeout = config.get("delivery.timeout.ms", config.get("message.timeout.ms"))
+
+                async def drain_in_background() -> None:
+                    with trio.move_on_after(int(timeout or 300_000) / 1000):
+                        await self._drain(producer, stop)
+
+                nursery.start_soon(drain_in_background)
+            else:
+                with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
+                    await self._drain(producer, stop)
+
+    async def _until_lost(self, producer: Producer) -> None:
+        """Probe until the cluster answers, be ``up`` until it goes away, then ``down``."""
+        retry = RETRY_MIN
+        self._lost = trio.Event()
+        while not await self._answers(producer):
+            await trio.sleep(retry)
+            retry = min(retry * 2, RETRY_MAX)
+            self._lost = trio.Event()  # what happened before this attempt is old news
+        self._up_since = time.monotonic()
+        self._producer = producer
+        self.state.value = EndpointState.UP
+        log.info("kafka connected", extra={"endpoint": self.name})
+        while True:
+            await self._lost.wait()
+            self._lost = trio.Event()
+            # librdkafka also says "all brokers down" for a moment while it moves from the
+            # bootstrap connection to the brokers' own: down only if the cluster is silent.
+            if not await self._answers(producer):
+                break
+        self.state.value = EndpointState.DOWN
+
+    async def _answers(self, producer: Producer) -> bool:
+        try:
+            await trio.to_thread.run_sync(
+                partial(producer.list_topics, timeout=PROBE_TIMEOUT),
+                abandon_on_cancel=True,
+                limiter=self._blocking,
+            )
+        except KafkaException as error:
+            log.info("kafka not reachable", extra={"endpoint": self.name, "error": str(error)})
+            return False
+        return True
+
+    async def _drain(self, producer: Producer, stop: threading.Event) -> None:
+        """Deliver what a retired producer still holds (flushing in slices: cancellable)."""
+        try:
+            while await trio.to_thread.run_sync(producer.flush, 0.5, limiter=self._blocking):
+                pass
+        finally:
+            stop.set()
+            self._deliver_reports()
 
     def _poll_producer(
         self, producer: Producer, stop: threading.Event, token: trio.lowlevel.TrioToken
@@ -754,16 +803,20 @@ class KafkaEndpoint:
             if producer.poll(POLL_INTERVAL):
                 _notify(token, self._deliver_reports)
 
-    def _on_producer_error(self, token: trio.lowlevel.TrioToken, error: KafkaError) -> None:
+    def _on_producer_error(
+        self, token: trio.lowlevel.TrioToken, generation: int, error: KafkaError
+    ) -> None:
         """librdkafka's error callback (poll thread): the connection state goes to Trio."""
         if _broker_gone(error):
-            _notify(token, partial(self._connection_lost, error.str(), error.fatal()))
+            lost = partial(self._connection_lost, generation, time.monotonic(), error.str())
+            _notify(token, lost)
         else:
             log.debug("kafka producer error", extra={"endpoint": self.name, "error": error.str()})
 
-    def _connection_lost(self, reason: str, fatal: bool) -> None:
+    def _connection_lost(self, generation: int, at: float, reason: str) -> None:
+        if generation != self._generation or at < self._up_since:
+            return  # from a retired producer, or older than the probe that found the broker up
         log.warning("kafka broker unavailable", extra={"endpoint": self.name, "error": reason})
-        self._lost_fatal = self._lost_fatal or fatal
         self._lost.set()
 
     def _deliver_reports(self) -> None:
