@@ -105,7 +105,10 @@ class KafkaConfig(_Table):
     # Short enough that a group join (which waits half of it on some brokers) stays quick.
     session_timeout_ms: Annotated[int, Field(ge=1000)] = 6000
     heartbeat_interval_ms: Annotated[int, Field(ge=100)] = 500
-    # Passed to librdkafka as is (SASL, TLS, tuning); ours win where both set a key.
+    # Passed to librdkafka as is (SASL, TLS, tuning), to the producer and every consumer. It
+    # overrides the endpoint's tuning defaults (queue sizes, message.timeout.ms); the keys set from
+    # the fields above and those the semantics need (group.id, enable.auto.commit,
+    # enable.idempotence, callbacks) win over it.
     librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 

@@ -26,6 +26,9 @@ from the first session on; else ``Last-Event-ID``), so anything published afterw
   session that keeps up costs at most that, and once a session has been full for
   ``STALL_PAUSE`` seconds its partitions are paused, which drops librdkafka's prefetch too: a
   stalled client then holds nothing beyond its own session channel.
+- A topic that does not exist fails the subscription (503 / close 1011): topics are created by
+  the operator, or by the cluster when a producer first uses them (``allow.auto.create.topics``
+  may be set in the librdkafka table for consumers where the cluster allows it).
 - Failures: a fatal error, or an ``_ALL_BROKERS_DOWN`` (librdkafka reports it within ~1 s of
   losing the broker) confirmed by a metadata request that gets no answer within
   ``PROBE_TIMEOUT``, ends the consumer with :class:`BrokerUnavailable`.
