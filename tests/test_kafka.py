@@ -406,3 +406,33 @@ async def test_upstream_is_confirmed_by_the_broker_and_refused_while_it_is_down(
         # there now is only what was confirmed.
         [stored] = await trio.to_thread.run_sync(kafka.take, topic, 1)
         assert stored.value() == b"after recovery"
+
+
+# -- bridges -----------------------------------------------------------------------------------
+
+
+async def test_a_bridge_moves_every_event_from_topic_to_topic(
+    engine_with: EngineFactory, kafka: Kafka
+) -> None:
+    """Kafka -> Kafka, at_least_once: each event is acked on the source once the target's
+    delivery report came, so the target has every one, in order, with its headers."""
+    source, target = await trio.to_thread.run_sync(
+        lambda: (kafka.topic("bridge-in"), kafka.topic("bridge-out"))
+    )
+    src, dst = unique("src"), unique("dst")
+    route = {"source": src, "target": dst, "delivery_guarantee": "at_least_once"}
+    async with kafka_engine(
+        engine_with,
+        kafka,
+        entrypoints={},
+        routes=[route],
+        endpoints={
+            src: {"topic_in": source, "auto_offset_reset": "earliest"},
+            dst: {"topic_out": target},
+        },
+    ):
+        await put(kafka, source, *numbered(10), **{"x-batch": "b-1"})
+        moved = await trio.to_thread.run_sync(kafka.take, target, 10)
+    assert [m.value() for m in moved] == numbered(10)
+    assert [m.key() for m in moved] == [f"{source}:0:{n}".encode() for n in range(10)]
+    assert all(dict(m.headers() or [])["x-batch"] == b"b-1" for m in moved)
