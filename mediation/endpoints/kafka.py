@@ -5,9 +5,10 @@ Consuming
 Every session gets its own ``Consumer`` in the group ``group_id`` (default
 ``mediation-{endpoint}-{client_id}``: a client that reconnects resumes where its last session's
 commits left it). Entering :meth:`KafkaEndpoint.consume` returns once the group assigned this
-consumer its partitions and the start offset of each is fixed (committed offset; else the
-watermark ``auto_offset_reset`` names, which is then committed so that the group has a resume point
-from the first session on; else ``Last-Event-ID``), so anything published afterwards is received.
+consumer its partitions and the start offset of each is fixed (right after ``Last-Event-ID``
+when given; else the committed offset; else the watermark ``auto_offset_reset`` names, which is
+then committed so that the group has a resume point from the first session on), so anything
+published afterwards is received.
 
 - Event id ``"{topic}:{partition}:{offset}"``; a session given one as ``resume_after`` (SSE
   ``Last-Event-ID``) starts that partition right after it. Metadata: the Kafka headers (UTF-8),
@@ -50,7 +51,7 @@ The alternative, ``trio.to_thread.run_sync(consumer.poll, ...)`` per ``__anext__
 commit) under a per-endpoint ``CapacityLimiter``, was measured against it: tansu on loopback,
 2 cores, 100-byte events, one session reading and acking as fast as it can, then 100 idle
 sessions (each with its own group) receiving one event (ranges are repeated runs; the machine is
-noisy):
+noisy; the script, ``bench_kafka.py``, awaits a home under ``just bench``):
 
 ==============================================  ================  ==========================
                                                 poller thread     to_thread + limiter
@@ -61,8 +62,8 @@ noisy):
 100 idle sessions: CPU (of one core)            10 %              19 % (limiter 40),
                                                                   27 % (limiter 100)
 100 idle sessions: one event reaches all in     245 ms            371 ms (limiter 40)
-threads per session                             5 (librdkafka 4)  4 while polling, from the
-                                                                  limiter's pool
+threads per session                             5 (librdkafka 4)  4, plus a pool worker
+                                                                  while it polls
 ==============================================  ================  ==========================
 
 ``to_thread`` holds a worker and the consumer's gate for the whole poll, so every settle waits for
