@@ -25,7 +25,7 @@ Entering ``consume`` and leaving it are the per-client subscribe and unsubscribe
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -84,6 +84,25 @@ class Outbound:
         return template.replace("{client_id}", self.client_id).replace(
             "{entrypoint}", self.entrypoint
         )
+
+
+class Deliveries:
+    """A consumer's deliveries as an async iterator, read by calling ``next_delivery``.
+
+    A class rather than an async generator: a generator left unfinished (every consumer is, at the
+    end of its session) would be finalised by the garbage collector, not by its session.
+    """
+
+    __slots__ = ("_next_delivery",)
+
+    def __init__(self, next_delivery: Callable[[], Awaitable[Delivery]]) -> None:
+        self._next_delivery = next_delivery
+
+    def __aiter__(self) -> Deliveries:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        return await self._next_delivery()
 
 
 class Endpoint(Protocol):

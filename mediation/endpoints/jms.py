@@ -104,7 +104,7 @@ from trio_util import AsyncValue
 from ..config import JMSConfig
 from ..errors import BrokerUnavailable, ConfigError
 from ..events import Delivery, Event, Settle, new_event_id
-from .base import EndpointState, Outbound, Subscription
+from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -734,19 +734,6 @@ def _reason(condition: Condition | None) -> str:
     return f": {condition.name} {condition.description or ''}".rstrip()
 
 
-class _Deliveries:
-    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
-
-    def __init__(self, consumer: _Consumer) -> None:
-        self._consumer = consumer
-
-    def __aiter__(self) -> _Deliveries:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        return await self._consumer.next()
-
-
 # -- the endpoint ------------------------------------------------------------------------------
 
 
@@ -847,7 +834,7 @@ class JMSEndpoint:
                 await consumer.attached.wait()
             if consumer.failure is not None:
                 raise consumer.failure
-            yield _Deliveries(consumer)
+            yield Deliveries(consumer.next)
         finally:
             with trio.move_on_after(self.config.close_timeout, shield=True):
                 await consumer.close()

@@ -123,7 +123,7 @@ from ..ack_policy import Guarantee
 from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
-from .base import EndpointState, Outbound, Subscription
+from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
@@ -644,19 +644,6 @@ class _SessionConsumer:
             log.error("kafka poller thread crashed", exc_info=result.error)
 
 
-class _Deliveries:
-    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
-
-    def __init__(self, consumer: _SessionConsumer) -> None:
-        self._consumer = consumer
-
-    def __aiter__(self) -> _Deliveries:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        return await self._consumer.next_delivery()
-
-
 # -- producing ---------------------------------------------------------------------------------
 
 
@@ -873,7 +860,7 @@ class KafkaEndpoint:
         )
         try:
             await consumer.subscribed()
-            yield _Deliveries(consumer)
+            yield Deliveries(consumer.next_delivery)
         finally:
             consumer.stop()
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as closing:

@@ -21,6 +21,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 from trio_util import AsyncValue
@@ -28,7 +29,7 @@ from trio_util import AsyncValue
 from ..config import MemoryConfig
 from ..errors import BrokerUnavailable
 from ..events import Delivery, Event, Settle
-from .base import EndpointState, Outbound, Subscription
+from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,6 @@ class _Subscriber:
         self.not_full.unpark_all()
 
 
-class _Deliveries:
-    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
-
-    def __init__(self, endpoint: MemoryEndpoint, subscriber: _Subscriber) -> None:
-        self._endpoint = endpoint
-        self._subscriber = subscriber
-
-    def __aiter__(self) -> _Deliveries:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        return await self._endpoint._next_delivery(self._subscriber)
-
-
 class MemoryEndpoint:
     def __init__(self, name: str, config: MemoryConfig) -> None:
         self.name = name
@@ -126,7 +113,7 @@ class MemoryEndpoint:
         subscribers = self._topics.setdefault(topic, set())
         subscribers.add(subscriber)
         try:
-            yield _Deliveries(self, subscriber)
+            yield Deliveries(partial(self._next_delivery, subscriber))
         finally:
             subscriber.close()
             subscribers.discard(subscriber)

@@ -119,7 +119,7 @@ from ..config import MQTT5Config
 from ..errors import BrokerUnavailable
 from ..events import Delivery, Event, new_event_id
 from ._mqtt_wire import ConnectionLost, Wire
-from .base import EndpointState, Outbound, Subscription
+from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -404,19 +404,6 @@ class _Consumer:
         self._acknowledged[mid] = reasons
 
 
-class _Deliveries:
-    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
-
-    def __init__(self, consumer: _Consumer) -> None:
-        self._consumer = consumer
-
-    def __aiter__(self) -> _Deliveries:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        return await self._consumer.next_delivery()
-
-
 # -- the endpoint's own connection: publishing, and watching the broker ------------------------
 
 
@@ -583,7 +570,7 @@ class MQTT5Endpoint:
         self._consumers.add(consumer)
         try:
             await consumer.start()
-            yield _Deliveries(consumer)
+            yield Deliveries(consumer.next_delivery)
         finally:
             await consumer.close()
 

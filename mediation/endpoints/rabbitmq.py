@@ -106,7 +106,7 @@ from trio_util import AsyncValue
 from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
-from .base import EndpointState, Outbound, Subscription
+from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -352,19 +352,6 @@ class _Consumer:
         if not self.closed.is_set():
             self.link.post(partial(self.link.settle_on_thread, self, tag, accepted))
         await trio.lowlevel.checkpoint()
-
-
-class _Deliveries:
-    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
-
-    def __init__(self, consumer: _Consumer) -> None:
-        self._consumer = consumer
-
-    def __aiter__(self) -> _Deliveries:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        return await self._consumer.next_delivery()
 
 
 # -- publishing ----------------------------------------------------------------------------------
@@ -952,7 +939,7 @@ class RabbitMQEndpoint:
         try:
             link.post(partial(link.open_consumer, consumer, plan))
             await consumer.wait_subscribed()
-            yield _Deliveries(consumer)
+            yield Deliveries(consumer.next_delivery)
         finally:
             if not consumer.closed.is_set():
                 link.post(partial(link.close_consumer, consumer))

@@ -80,7 +80,7 @@ from ..ack_policy import Guarantee
 from ..config import SolaceConfig
 from ..errors import BrokerUnavailable, ClientTooSlow, MediationError
 from ..events import Delivery, Event, new_event_id
-from .base import EndpointState, Outbound, Subscription
+from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -373,19 +373,6 @@ class _Consumer:
                 self._quietly(self.receiver.resume)
 
 
-class _Deliveries:
-    """One consumer's deliveries (a class, not an async generator: nothing left to finalise)."""
-
-    def __init__(self, consumer: _Consumer) -> None:
-        self._consumer = consumer
-
-    def __aiter__(self) -> _Deliveries:
-        return self
-
-    async def __anext__(self) -> Delivery:
-        return await self._consumer.next()
-
-
 # -- the connection ----------------------------------------------------------------------------
 
 
@@ -634,7 +621,7 @@ class SolaceEndpoint:
         self._consumers.add(consumer)
         try:
             await self._blocking(self._start_receiver, consumer)
-            yield _Deliveries(consumer)
+            yield Deliveries(consumer.next)
         finally:
             consumer.close()
             self._consumers.discard(consumer)
