@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
+import httpx
 import pytest
+import trio
+from httpx_sse import ServerSentEvent, aconnect_sse
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from mediation.config import Config, build_config
@@ -87,3 +91,37 @@ async def open_ws(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]
 async def clients_gone(engine: MediationEngine) -> None:
     """Wait until the engine has finished with every client (sessions ended, goodbyes said)."""
     await engine._context.connections.wait_value(0)
+
+
+# Every wait for a web client in a shared helper is bounded: a broken engine fails, never hangs.
+CLIENT_WAIT = 20.0
+
+
+@asynccontextmanager
+async def sse_events(
+    client: httpx.AsyncClient, engine: MediationEngine, name: str = "sse", **headers: str
+) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+    """An open SSE stream past its ``session`` event.
+
+    On leaving, the connection is closed and the iteration run to its end: httpx leaves abandoned
+    async generators to the garbage collector, which trio warns about (encode/httpx#3686).
+    """
+    async with aconnect_sse(client, "GET", url(engine, name), headers=headers) as source:
+        assert source.response.status_code == 200
+        events = source.aiter_sse()
+        try:
+            with trio.fail_after(CLIENT_WAIT):
+                assert (await anext(events)).event == "session"
+            yield events
+        finally:
+            await source.response.aclose()
+            with suppress(httpx.ReadError, httpx.StreamError):
+                async for _ in events:
+                    pass
+
+
+async def envelope(ws: WebSocketConnection) -> dict[str, Any]:
+    """The next ``mediation.v1`` message, parsed."""
+    with trio.fail_after(CLIENT_WAIT):
+        document: dict[str, Any] = json.loads(await ws.get_message())
+    return document

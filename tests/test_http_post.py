@@ -10,19 +10,17 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import httpx
 import pytest
 import trio
 import trio.testing
-from httpx_sse import ServerSentEvent, aconnect_sse
 
 from mediation.endpoints.memory import MemoryEndpoint
 from mediation.engine import MediationEngine
 
-from .conftest import EngineFactory, url
+from .conftest import EngineFactory, sse_events, url
 
 UPSTREAM: dict[str, Any] = {"source": "post", "target": "mem"}
 TO_SSE: dict[str, Any] = {"source": "mem", "target": "sse"}
@@ -41,27 +39,6 @@ def memory(engine: MediationEngine) -> MemoryEndpoint:
     endpoint = engine.endpoints["mem"]
     assert isinstance(endpoint, MemoryEndpoint)
     return endpoint
-
-
-@asynccontextmanager
-async def sse_events(
-    client: httpx.AsyncClient, engine: MediationEngine
-) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    """An SSE subscriber on the same engine, past its ``session`` event.
-
-    On leaving, the connection is closed and the iteration run to its end: httpx 0.28 leaves
-    abandoned async generators to the garbage collector, which trio warns about (encode/httpx#3686).
-    """
-    async with aconnect_sse(client, "GET", url(engine, "sse")) as source:
-        events = source.aiter_sse()
-        try:
-            assert (await anext(events)).event == "session"
-            yield events
-        finally:
-            await source.response.aclose()
-            with suppress(httpx.ReadError, httpx.StreamError):
-                async for _ in events:
-                    pass
 
 
 async def subscribe(client: httpx.AsyncClient, engine: MediationEngine, client_id: str) -> None:

@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -24,7 +24,7 @@ import pytest
 import trio
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import ServerSentEvent
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from mediation.endpoints import EndpointState
@@ -32,7 +32,7 @@ from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 from tests.brokers import Tansu
 
-from .conftest import EngineFactory, clients_gone, open_ws, url
+from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 from .test_conformance_kafka import FAST_GROUPS, group_members, new_topic
 
 WAIT = 20.0
@@ -121,35 +121,9 @@ def ws_url(engine: MediationEngine, name: str, client_id: str | None = None) -> 
     return url(engine, name, f"/?client_id={client_id}" if client_id else "/", scheme="ws")
 
 
-async def envelope(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(WAIT):
-        document: dict[str, Any] = json.loads(await ws.get_message())
-    return document
-
-
 async def message(ws: WebSocketConnection) -> str | bytes:
     with trio.fail_after(WAIT):
         return await ws.get_message()
-
-
-@asynccontextmanager
-async def sse_events(
-    client: httpx.AsyncClient, engine: MediationEngine, name: str, **headers: str
-) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    """An open SSE stream after its ``session`` event (closed and drained on leaving: httpx
-    leaves its nested generators to the garbage collector otherwise)."""
-    async with aconnect_sse(client, "GET", url(engine, name), headers=headers) as source:
-        assert source.response.status_code == 200
-        events = source.aiter_sse()
-        try:
-            with trio.fail_after(WAIT):
-                assert (await anext(events)).event == "session"
-            yield events
-        finally:
-            await source.response.aclose()
-            with suppress(httpx.ReadError, httpx.StreamError):
-                async for _ in events:
-                    pass
 
 
 async def next_sse(events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent:

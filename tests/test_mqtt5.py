@@ -15,14 +15,13 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import trio
-from httpx_sse import ServerSentEvent, aconnect_sse
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -35,7 +34,7 @@ from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 
 from .brokers import Mosquitto
-from .conftest import EngineFactory, clients_gone, open_ws, url
+from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 from .test_conformance_mqtt5 import HasSubscribers, mqtt_config, open_probe, running
 
 WAIT = 20.0
@@ -137,29 +136,6 @@ async def mqtt_engine(
 
 def ws_url(engine: MediationEngine, name: str = "ws", client_id: str | None = None) -> str:
     return url(engine, name, f"/?client_id={client_id}" if client_id else "/", scheme="ws")
-
-
-@asynccontextmanager
-async def sse_events(
-    client: httpx.AsyncClient, engine: MediationEngine, name: str = "sse"
-) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    """An SSE stream past its ``session`` event; closed, and its iteration finished, on leaving."""
-    async with aconnect_sse(client, "GET", url(engine, name)) as source:
-        events = source.aiter_sse()
-        try:
-            assert (await anext(events)).event == "session"
-            yield events
-        finally:
-            await source.response.aclose()
-            with suppress(httpx.ReadError, httpx.StreamError):
-                async for _ in events:
-                    pass
-
-
-async def envelope(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(WAIT):
-        document: dict[str, Any] = json.loads(await ws.get_message())
-    return document
 
 
 async def ack(ws: WebSocketConnection, event: dict[str, Any]) -> None:

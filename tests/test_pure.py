@@ -166,7 +166,10 @@ def test_client_metadata_is_allow_listed_and_sanitised() -> None:
         ("X-Long", "v" * 2000),
         ("client_id", "spoofed"),
     ]
-    assert client_metadata(headers, header_names=True) == {"content-type": "text/plain", "x-trace-id": "t-1"}
+    assert client_metadata(headers, header_names=True) == {
+        "content-type": "text/plain",
+        "x-trace-id": "t-1",
+    }
     envelope = [("topic", "spoofed"), ("offset", "0"), ("order", "42"), ("bad name", "x")]
     assert client_metadata(envelope, header_names=False) == {"order": "42"}
     many = [(f"x-{n}", "v") for n in range(100)]

@@ -20,7 +20,6 @@ import pika.exceptions
 import pytest
 import trio
 import trio.testing
-from httpx_sse import ServerSentEvent, aconnect_sse
 from trio_websocket import ConnectionClosed
 
 from mediation.endpoints import EndpointState
@@ -29,7 +28,7 @@ from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 from tests.brokers import QueueCounts, RabbitMQ
 
-from .conftest import EngineFactory, clients_gone, open_ws, url
+from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 
 WAIT = 20.0
 
@@ -135,30 +134,6 @@ async def rabbit_engine(
 
 def ws_url(engine: MediationEngine, name: str = "ws", client_id: str | None = None) -> str:
     return url(engine, name, f"/?client_id={client_id}" if client_id else "/", scheme="ws")
-
-
-@asynccontextmanager
-async def sse_events(
-    client: httpx.AsyncClient, engine: MediationEngine, name: str = "sse"
-) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    """An SSE stream past its ``session`` event. On leaving, the connection is closed and the
-    iteration run to its end (httpx leaves abandoned async generators to the GC otherwise)."""
-    async with aconnect_sse(client, "GET", url(engine, name)) as source:
-        events = source.aiter_sse()
-        try:
-            assert (await anext(events)).event == "session"
-            yield events
-        finally:
-            await source.response.aclose()
-            with suppress(httpx.ReadError, httpx.StreamError):
-                async for _ in events:
-                    pass
-
-
-async def envelope(ws: Any) -> dict[str, Any]:
-    with trio.fail_after(WAIT):
-        document: dict[str, Any] = json.loads(await ws.get_message())
-    return document
 
 
 def numbered(n: int, start: int = 0) -> list[bytes]:

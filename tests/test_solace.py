@@ -12,7 +12,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from httpx_sse import ServerSentEvent, aconnect_sse
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed
 
 from mediation.ack_policy import Guarantee
 from mediation.config import RouteConfig, load_config
@@ -33,7 +32,7 @@ from mediation.envelope import SUBPROTOCOL
 from mediation.errors import BrokerUnavailable, ClientTooSlow
 from mediation.events import Delivery, Event
 
-from .conftest import EngineFactory, clients_gone, open_ws, url
+from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 from .solace_fake import FakeBroker, open_broker, topic_matches
 from .solace_fake.harness import API, fake_table, fake_threads, publish_raw, running_endpoint
 
@@ -346,31 +345,6 @@ async def outage(broker: FakeBroker, endpoint: SolaceEndpoint) -> None:
 
 def ws_url(engine: MediationEngine, client_id: str | None = None) -> str:
     return url(engine, "ws", f"/?client_id={client_id}" if client_id else "/", scheme="ws")
-
-
-@asynccontextmanager
-async def sse_events(
-    client: httpx.AsyncClient, engine: MediationEngine
-) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    """An open SSE stream after its ``session`` event; closed, and its iteration finished, on
-    leaving (httpx leaves abandoned async generators to the garbage collector otherwise)."""
-    async with aconnect_sse(client, "GET", url(engine, "sse")) as source:
-        assert source.response.status_code == 200
-        events = source.aiter_sse()
-        try:
-            assert (await anext(events)).event == "session"
-            yield events
-        finally:
-            await source.response.aclose()
-            with suppress(httpx.ReadError, httpx.StreamError):
-                async for _ in events:
-                    pass
-
-
-async def envelope(ws: WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(WAIT):
-        document: dict[str, Any] = json.loads(await ws.get_message())
-    return document
 
 
 async def test_downstream_to_websocket_and_sse(engine_with: EngineFactory) -> None:
