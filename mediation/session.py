@@ -289,37 +289,39 @@ class Session:
             resume_after=resume_after,
         )
         guarantee = route.delivery_guarantee
-        async with endpoint.consume(subscription) as deliveries, trio.open_nursery() as watching:
-            # A consumer waiting on a full channel does not iterate its endpoint, so it would
-            # not hear of a broker failure: the endpoint's state says it at once.
-            watching.start_soon(_fail_when_down, endpoint)
+        async with endpoint.consume(subscription) as deliveries:
             task_status.started()
             async for delivery in deliveries:
                 item = SessionDelivery(delivery, route)
                 self._in_hand[item] = None
                 if acks_at(guarantee, Step.RECEIVED):
                     await self._settle(item, accepted=True)
-                await self._enter_channel(item)
+                await self._enter_channel(item, endpoint)
                 if acks_at(guarantee, Step.CHANNEL_ENTERED):
                     await self._settle(item, accepted=True)
-            watching.cancel_scope.cancel()
 
-    async def _enter_channel(self, item: SessionDelivery) -> None:
+    async def _enter_channel(self, item: SessionDelivery, endpoint: Endpoint) -> None:
         """Put a delivery in the session channel, waiting as long as the slow-client policy allows.
 
         The wait is where every kind of slowness shows (a write that does not complete, a client
         that does not confirm or does not poll), so this is the one place the policy is applied.
+        While it waits, the consumer does not iterate its endpoint and would not hear of a broker
+        failure from it: the endpoint's state tells it instead.
         """
-        route = item.route
-        if route.slow_client == "block":
-            await self._send.send(item)
+        try:
+            self._send.send_nowait(item)
             return
-        with trio.move_on_after(route.slow_client_timeout) as waiting:
-            await self._send.send(item)
+        except trio.WouldBlock:
+            pass
+        route = item.route
+        timeout = route.slow_client_timeout if route.slow_client == "disconnect" else math.inf
+        async with trio.open_nursery() as waiting_on_the_client:
+            waiting_on_the_client.start_soon(_fail_when_down, endpoint)
+            with trio.move_on_after(timeout) as waiting:
+                await self._send.send(item)
+            waiting_on_the_client.cancel_scope.cancel()
         if waiting.cancelled_caught:
-            raise ClientTooSlow(
-                f"client too slow: took no event for {route.slow_client_timeout:g} s"
-            )
+            raise ClientTooSlow(f"client too slow: took no event for {timeout:g} s")
 
     async def _confirmed(self, item: SessionDelivery, *, accepted: bool) -> None:
         await self._settle(item, accepted=accepted)
