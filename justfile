@@ -38,9 +38,10 @@ lint: (_venv "all,dev")
     {{venv}}/bin/ruff check mediation tests
     {{venv}}/bin/mypy --strict mediation
 
-# Benchmarks (not yet).
-bench:
-    @echo "just bench: the benchmarks arrive with the benchmark issue; nothing to run yet."
+# Benchmarks against the baselines (bench/): `just bench --quick` for a smoke run.
+[positional-arguments]
+bench *ARGS: _system-deps (_venv "all,dev,bench")
+    {{venv}}/bin/python -m bench "$@"
 
 # Start the test brokers on loopback, for working by hand against them.
 brokers: _system-deps (_venv "all,dev")
