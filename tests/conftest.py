@@ -52,7 +52,7 @@ def make_config(
     )
 
 
-pytest_plugins = ["tests.brokers.fixtures"]
+pytest_plugins = ["tests.brokers.fixtures", "tests.figures"]
 
 EngineFactory = Callable[..., AbstractAsyncContextManager[MediationEngine]]
 
