@@ -3,7 +3,7 @@
 #   just run                      # the embedded default (memory broker), ports 8066-8069 and 9091
 #   just run examples/kafka.toml  # a real broker: installs the broker client extras first
 #   just test -k watcher          # extra arguments go to pytest
-#   just lint | just check FILE | just brokers | just bench
+#   just lint | just check FILE | just brokers | just bench [--quick] | just soak
 #
 # Every recipe uses the virtual environment in .venv, created on first use and brought up to date
 # only when pyproject.toml changes (see _venv).
@@ -42,6 +42,11 @@ lint: (_venv "all,dev")
 [positional-arguments]
 bench *ARGS: _system-deps (_venv "all,dev,bench")
     {{venv}}/bin/python -m bench "$@"
+
+# Soak: many sessions for a long time, printing memory and open files (not part of `just test`).
+[positional-arguments]
+soak *ARGS: (_venv "all,dev")
+    {{venv}}/bin/python scripts/soak.py "$@"
 
 # Start the test brokers on loopback, for working by hand against them.
 brokers: _system-deps (_venv "all,dev")
