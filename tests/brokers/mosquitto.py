@@ -7,7 +7,14 @@ import os
 import shutil
 from collections.abc import Iterator
 
-from ._common import LOOPBACK, Broker, BrokerStartError, ManagedProcess, port_accepts
+from ._common import (
+    LOOPBACK,
+    Broker,
+    BrokerStartError,
+    ManagedProcess,
+    free_port,
+    port_accepts,
+)
 
 
 def _find_mosquitto() -> str:
@@ -23,7 +30,9 @@ class Mosquitto(Broker):
     """A mosquitto on loopback: anonymous access, no persistence (state is lost on stop()).
 
     Attributes: host, port, url ('mqtt://127.0.0.1:PORT'), config_path, workdir, log_path.
-    `extra_config` lines are appended to the generated config (e.g. a websockets listener).
+    `extra_config` lines are appended to the generated config. `websockets=True` adds a
+    websockets listener on `websockets_port` (off by default; mosquitto 2.0.11 binds it on every
+    interface whatever address is given, so only the benchmarks turn it on).
     """
 
     kind = "mosquitto"
@@ -34,10 +43,14 @@ class Mosquitto(Broker):
         port: int | None = None,
         host: str = LOOPBACK,
         extra_config: str = "",
+        websockets: bool = False,
         **kw: bool,
     ) -> None:
         self.binary = _find_mosquitto()
         super().__init__(port, host, **kw)
+        self.websockets_port = free_port(host) if websockets else None
+        if self.websockets_port:
+            extra_config += f"\nlistener {self.websockets_port} {host}\nprotocol websockets\n"
         self.config_path = self.workdir / "mosquitto.conf"
         self.config_path.write_text(
             "per_listener_settings false\n"
@@ -70,9 +83,12 @@ class Mosquitto(Broker):
 
 @contextlib.contextmanager
 def start_mosquitto(
-    port: int | None = None, host: str = LOOPBACK, extra_config: str = ""
+    port: int | None = None,
+    host: str = LOOPBACK,
+    extra_config: str = "",
+    websockets: bool = False,
 ) -> Iterator[Mosquitto]:
     """Start a private mosquitto on a free (or the given) loopback port; stop it on exit."""
-    with Mosquitto(port, host, extra_config=extra_config) as broker:
+    with Mosquitto(port, host, extra_config=extra_config, websockets=websockets) as broker:
         broker.start()
         yield broker

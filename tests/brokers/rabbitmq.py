@@ -50,7 +50,8 @@ class RabbitMQ(Broker):
     """A private RabbitMQ node on loopback, state in a temp dir, AMQP 0-9-1 and 1.0 on `port`.
 
     Attributes: host, port, amqp_url, amqp1_port (== port), amqp1_url, nodename, username,
-    password, vhost, dist_port, epmd_port, workdir, log_path.
+    password, vhost, dist_port, epmd_port, workdir, log_path, web_mqtt_port and mqtt_port
+    (None unless started with web_mqtt=True).
     Methods: queue_counts(name), queue_exists(name), delete_queue(name), purge_queue(name),
     list_queues() (rabbitmqctl, slower), rabbitmqctl(*args), connection() (pika), plus the
     Broker ones: stop(), kill(), start(), restart(), pause(), resume(), stopped(), frozen().
@@ -63,12 +64,23 @@ class RabbitMQ(Broker):
     password = "guest"  # guest may log in from loopback only, which is all we use
     vhost = "/"
 
-    def __init__(self, port: int | None = None, host: str = LOOPBACK, **kw: bool) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = LOOPBACK,
+        web_mqtt: bool = False,
+        **kw: bool,
+    ) -> None:
         if not SERVER.exists():
             raise BrokerStartError(f"{SERVER} missing: run scripts/install-system-deps")
         super().__init__(port, host, **kw)
         self.dist_port = free_port(host)
         self.epmd_port = free_port(host)
+        # Off by default (it adds ~5 s to the first boot): the benchmarks' broker-native
+        # WebSocket reference. The plugin also opens an MQTT (3.1.1) TCP listener, which would
+        # take 1883 on every interface: both are put on free loopback ports.
+        self.web_mqtt_port = free_port(host) if web_mqtt else None
+        self.mqtt_port = free_port(host) if web_mqtt else None
         self.nodename = f"mediation-{self.port}@localhost"
         self.epmd: ManagedProcess | None = None
         self._write_config()
@@ -101,11 +113,20 @@ class RabbitMQ(Broker):
             "disk_free_limit.absolute = 10MB\n"
             # Keep the node small and quick on 2 cores.
             "collect_statistics_interval = 10000\n"
+            + (
+                f"mqtt.listeners.tcp.1 = {self.host}:{self.mqtt_port}\n"
+                f"web_mqtt.tcp.ip = {self.host}\n"
+                f"web_mqtt.tcp.port = {self.web_mqtt_port}\n"
+                "mqtt.allow_anonymous = true\n"
+                if self.web_mqtt_port
+                else ""
+            )
         )
         (d / "advanced.config").write_text(
             "[{kernel, [{inet_dist_use_interface, {127,0,0,1}}]}].\n"
         )
-        (d / "enabled_plugins").write_text(f"[{','.join(PLUGINS)}].\n")
+        plugins = PLUGINS + (("rabbitmq_web_mqtt",) if self.web_mqtt_port else ())
+        (d / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         (d / "rabbitmq-env.conf").write_text("# empty: keeps /etc/rabbitmq/rabbitmq-env.conf out\n")
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
@@ -286,8 +307,14 @@ class RabbitMQ(Broker):
 
 
 @contextlib.contextmanager
-def start_rabbitmq(port: int | None = None, host: str = LOOPBACK) -> Iterator[RabbitMQ]:
-    """Start a private RabbitMQ node on a free (or the given) loopback port; stop it on exit."""
-    with RabbitMQ(port, host) as broker:
+def start_rabbitmq(
+    port: int | None = None, host: str = LOOPBACK, web_mqtt: bool = False
+) -> Iterator[RabbitMQ]:
+    """Start a private RabbitMQ node on a free (or the given) loopback port; stop it on exit.
+
+    ``web_mqtt``: also the rabbitmq_web_mqtt plugin (MQTT over WebSocket on ``web_mqtt_port``,
+    path ``/ws``; plain MQTT 3.1.1 on ``mqtt_port``).
+    """
+    with RabbitMQ(port, host, web_mqtt=web_mqtt) as broker:
         broker.start()
         yield broker
