@@ -51,14 +51,44 @@ class _EntrypointConfig(_Table):
     name: Name
     port: Port
     path: str = "/"
-    allowed_origins: tuple[str, ...] = ()  # empty: any origin (and requests without one)
+    # Browser origins admitted (Origin header, checked before any upgrade or session: 403).
+    # Empty: any origin. Requests without Origin (not from a browser) are always admitted.
+    allowed_origins: tuple[str, ...] = ()
     max_message_bytes: Size = MiB
+    # Sessions open at once on this entrypoint (WebSocket, SSE, polling) or, on http_post,
+    # requests being handled at once; one more is refused with 503 before any upgrade.
     max_sessions: Size | None = None
+    # Bytes a request head (request line and headers) may take; a longer one is answered 431 and
+    # the connection closed (the WebSocket handshake too). Inclusive.
+    max_header_bytes: Annotated[int, Field(ge=256, le=MiB)] = 16 * 1024
+    # Seconds a client has to send a complete request head, counted from its connect (or, on a
+    # keep-alive HTTP connection, from the previous response; it is also how long an idle
+    # keep-alive connection is kept). A client that trickles its headers (slowloris) is dropped.
+    header_timeout: Seconds = 10.0
+    # "bearer": a client must present a JWT (Authorization: Bearer, or ?access_token= if
+    # access_token_query), checked on connect, 401 otherwise; its identity_claim is the client
+    # id. Unnecessary behind Envoy, which authenticates and sets X-Client-ID itself.
+    auth: Literal["none", "bearer"] = "none"
+    # The HS256 shared secret (at least 32 bytes; may be "${ENV_VAR}"), or
+    jwt_secret: str | None = None
+    # a PEM public key (RSA: RS*/PS*, EC: ES256/384/512, Ed25519/Ed448: EdDSA), inline or the
+    # path of a PEM file (relative to the config file). Exactly one of the two with "bearer".
+    jwt_public_key: str | None = None
+    jwt_audience: str | None = None  # the required "aud" (a token with an aud needs it set)
+    jwt_issuer: str | None = None  # the required "iss"
+    identity_claim: Annotated[str, Field(min_length=1)] = "sub"  # the claim that is the client id
+    # Accept the token from ?access_token= (browsers cannot set headers on WebSocket or
+    # EventSource); such URLs can end up in proxy logs, so prefer short-lived tokens.
+    access_token_query: bool = True
 
 
 class WebSocketEntrypoint(_EntrypointConfig):
     type: Literal["websocket"]
     frame_type: Literal["auto", "text", "binary"] = "auto"
+    # Seconds a connection may stay silent: no message, no ack and no pong from the client, and
+    # nothing written to it. After half of it the engine pings (every live client answers by
+    # itself); after all of it the connection is closed with 1001 "idle". 0: never.
+    idle_timeout: Annotated[float, Field(ge=0)] = 120.0
 
 
 class SSEEntrypoint(_EntrypointConfig):
@@ -341,6 +371,10 @@ def build_config(
             if item.name in kinds:
                 raise fail([table, i, "name"], f'duplicate name "{item.name}"')
             kinds[item.name] = table
+    entrypoints = [
+        _check_auth(entrypoint, ["entrypoints", i], filename, fail)
+        for i, entrypoint in enumerate(entrypoints)
+    ]
     resolved_routes = []
     for i, route in enumerate(routes):
         for key in ("source", "target"):
@@ -357,6 +391,7 @@ def build_config(
             )
         if route.source == route.target:
             raise fail(["routes", i, "target"], "a route cannot lead back to its source")
+        _check_route_ends(route, i, endpoints, fail)
         resolved_routes.append(route.model_copy(update={"direction": direction}))
     return Config(
         engine=engine,
@@ -365,6 +400,99 @@ def build_config(
         routes=tuple(resolved_routes),
         source_path=None if filename.startswith("<") else filename,
     )
+
+
+def _check_auth(
+    entrypoint: EntrypointConfig, path: list[str | int], filename: str, fail: Any
+) -> EntrypointConfig:
+    """The auth keys agree with each other; a jwt_public_key file is read (the config then holds
+    the PEM itself, so a reload notices a changed key as a changed entrypoint)."""
+    from .auth import check_secret, public_key_algorithms
+
+    keys = {k: getattr(entrypoint, k) for k in ("jwt_secret", "jwt_public_key")}
+    if entrypoint.auth != "bearer":
+        for key in ("jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer"):
+            if getattr(entrypoint, key) is not None:
+                raise fail([*path, key], 'is only used with auth = "bearer"')
+        return entrypoint
+    given = [k for k, v in keys.items() if v is not None]
+    if not given:
+        raise fail([*path, "auth"], '"bearer" needs jwt_secret or jwt_public_key')
+    if len(given) > 1:
+        raise fail([*path, "jwt_public_key"], "give jwt_secret or jwt_public_key, not both")
+    if entrypoint.jwt_secret is not None:
+        try:
+            check_secret(entrypoint.jwt_secret)
+        except ValueError as error:
+            raise fail([*path, "jwt_secret"], str(error)) from None
+        return entrypoint
+    pem = keys["jwt_public_key"]
+    if "-----BEGIN" not in pem:
+        base = Path(".") if filename.startswith("<") else Path(filename).parent
+        try:
+            pem = (base / pem).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or "not UTF-8"
+            raise fail(
+                [*path, "jwt_public_key"], f"cannot read {base / keys['jwt_public_key']}: {reason}"
+            ) from None
+    try:
+        public_key_algorithms(pem)
+    except ValueError as error:
+        raise fail([*path, "jwt_public_key"], str(error)) from None
+    return entrypoint.model_copy(update={"jwt_public_key": pem})
+
+
+# What each endpoint type needs to be consumed from (downstream) and published to (upstream),
+# checked here so that a route that could never work fails validation instead of each session.
+_CONSUMES_FROM: dict[str, tuple[str, ...]] = {
+    "kafka": ("topic_in",),
+    "rabbitmq": ("queue_in", "exchange"),
+    "mqtt5": ("topic_in",),
+    "jms": ("queue_in",),
+    "solace": ("topic_in",),  # at_least_once routes consume queue_in, which always has a value
+}
+_PUBLISHES_TO: dict[str, tuple[str, ...]] = {
+    "kafka": ("topic_out",),
+    "rabbitmq": ("queue_out", "exchange"),
+    "mqtt5": ("topic_out",),
+    "jms": ("queue_out",),
+    "solace": ("topic_out",),
+}
+
+
+def _check_route_ends(
+    route: RouteConfig, index: int, endpoints: Sequence[EndpointConfig], fail: Any
+) -> None:
+    """A route's endpoint ends have what the route needs: something to publish to where the
+    route ends at an endpoint, something to consume from where it starts at one."""
+    position = {e.name: i for i, e in enumerate(endpoints)}
+    if route.target in position:
+        _require(endpoints, position[route.target], _PUBLISHES_TO, "publish to", index, fail)
+    if route.source in position:
+        source = endpoints[position[route.source]]
+        if source.type == "solace" and route.delivery_guarantee is Guarantee.AT_LEAST_ONCE:
+            return
+        _require(endpoints, position[route.source], _CONSUMES_FROM, "consume from", index, fail)
+
+
+def _require(
+    endpoints: Sequence[EndpointConfig],
+    position: int,
+    table: Mapping[str, tuple[str, ...]],
+    verb: str,
+    route_index: int,
+    fail: Any,
+) -> None:
+    endpoint = endpoints[position]
+    keys = table.get(endpoint.type, ())
+    if keys and all(getattr(endpoint.config, key) is None for key in keys):
+        end = "target" if verb == "publish to" else "source"
+        wanted = " or ".join(f"endpoints[{position}].config.{key}" for key in keys)
+        raise fail(
+            ["routes", route_index, end],
+            f'endpoint "{endpoint.name}" has nothing to {verb} (set {wanted})',
+        )
 
 
 def format_path(path: Sequence[str | int]) -> str:

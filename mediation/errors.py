@@ -117,6 +117,47 @@ class UnknownEvent(MediationError):
     ws_close_code = 1008
 
 
+class HeaderTooLarge(MediationError):
+    """The request head (request line and headers) is longer than ``max_header_bytes``."""
+
+    http_status = 431
+    ws_close_code = 1009
+
+
+class Unauthorized(MediationError):
+    """``auth = "bearer"``: no token, or one that does not verify (signature, expiry, audience,
+    issuer, identity claim). Answered 401 with a ``WWW-Authenticate: Bearer`` challenge (RFC 6750),
+    always before any session or upgrade."""
+
+    http_status = 401
+    ws_close_code = 1008
+
+    def __init__(self, message: str, *, token_given: bool) -> None:
+        super().__init__(message)
+        self.token_given = token_given
+
+    @property
+    def challenge(self) -> str:
+        # No token: just the scheme (RFC 6750 3.1: no error code when none was presented).
+        if not self.token_given:
+            return 'Bearer realm="mediation"'
+        return 'Bearer realm="mediation", error="invalid_token"'
+
+
+class ClientIdle(MediationError):
+    """A WebSocket client sent nothing (no message, no ack, no pong) for ``idle_timeout``."""
+
+    http_status = 408
+    ws_close_code = 1001  # "going away", with the reason "idle"; as AWS API Gateway does
+
+
+def response_headers(error: BaseException) -> dict[str, str]:
+    """Headers an HTTP refusal for ``error`` must carry besides its status."""
+    if isinstance(error, Unauthorized):
+        return {"www-authenticate": error.challenge}
+    return {}
+
+
 def outcome_of(error: BaseException) -> Outcome:
     """The client-visible outcome of any error: domain errors carry theirs, the rest are bugs."""
     if isinstance(error, MediationError):

@@ -1,7 +1,9 @@
 """Who a client is: the ``X-Client-ID`` header, else the ``client_id`` query parameter, else new.
 
 Pure. Identity is trusted as given (Envoy in front of the engine authenticates); it is only checked
-for shape, so it can go into topic names and logs safely.
+for shape, so it can go into topic names and logs safely. An entrypoint with ``auth = "bearer"``
+takes it from a verified token instead (:mod:`mediation.auth`). :func:`admit` is the one order
+of checks every entrypoint applies before a session: origin (403), token (401), identity (400).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import re
 import uuid
 from collections.abc import Mapping
 
+from .auth import BearerVerifier
 from .errors import BadRequest, OriginNotAllowed
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
@@ -29,3 +32,29 @@ def check_origin(allowed: tuple[str, ...], origin: str | None) -> None:
     """Refuse a browser origin not in ``allowed``; an empty list allows every origin."""
     if allowed and origin is not None and origin not in allowed and "*" not in allowed:
         raise OriginNotAllowed(f"origin {origin} is not allowed")
+
+
+def admit(
+    headers: Mapping[str, str],
+    query: Mapping[str, list[str]],
+    *,
+    allowed_origins: tuple[str, ...],
+    verifier: BearerVerifier | None,
+    client_id_header_required: bool = False,
+) -> str:
+    """The client id of a request that may proceed; else the error that refuses it.
+
+    ``headers`` are keyed in lower case, ``query`` as :func:`urllib.parse.parse_qs` gives it.
+    ``client_id_header_required``: without a verifier, ``X-Client-ID`` must be given (polling).
+    """
+    check_origin(allowed_origins, headers.get("origin"))
+    if verifier is not None:
+        return verifier.client_id(verifier.token(headers, _first(query, "access_token")))
+    if client_id_header_required and "x-client-id" not in headers:
+        raise BadRequest("X-Client-ID header required")
+    return client_identity(headers, _first(query, "client_id"))
+
+
+def _first(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None

@@ -68,3 +68,22 @@ def _acceptable(name: str, value: str) -> bool:
         and _NAME.fullmatch(name) is not None
         and _CONTROL.search(value) is None
     )
+
+
+# RFC 9110 token characters, for a header name.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+# A header value: visible Latin-1 and inner spaces and tabs, nothing that could end the line.
+_FIELD_VALUE = re.compile(r"[\x20-\x7e\x80-\xff\t]*")
+
+
+def header_safe(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The metadata entries that can be sent as HTTP response headers as they are (names
+    lower-cased); the rest, which would be malformed or split a header, is left out."""
+    return [
+        (name.lower(), value)
+        for name, value in items
+        if _TOKEN.fullmatch(name)
+        and len(value) <= MAX_VALUE
+        and _FIELD_VALUE.fullmatch(value)
+        and value == value.strip()
+    ]

@@ -18,7 +18,14 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from ..errors import ListenError, MediationError, MessageTooLarge
+from ..config import EntrypointConfig
+from ..errors import (
+    HeaderTooLarge,
+    ListenError,
+    MediationError,
+    MessageTooLarge,
+    response_headers,
+)
 from ..session import EngineContext
 
 log = logging.getLogger(__name__)
@@ -30,21 +37,48 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_HEADER_TIMEOUT = 10.0
+
+
 async def serve_asgi(
     app: ASGIApp,
     host: str,
     port: int,
     *,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening."""
+    """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening.
+
+    ``max_header_bytes`` bounds what hypercorn buffers of an incomplete request head (h11 answers
+    431 beyond it; HTTP/2 advertises it as SETTINGS_MAX_HEADER_LIST_SIZE); a head that arrives
+    whole in one read is measured by :func:`head_bytes` in :func:`serve_requests`.
+    ``header_timeout`` is hypercorn's keep-alive timeout: its clock runs from the connect (and
+    from each response's end) until a complete request head has been parsed, whatever arrives in
+    between, so a client trickling its headers is dropped when it runs out.
+    """
     config = HypercornConfig()
     # We bind the socket ourselves: hypercorn leaks its socket when the bind fails.
     config.bind = [f"fd://{_bound_socket(host, port).detach()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("mediation.http")
     config.graceful_timeout = 0  # the engine ends its sessions itself before it cancels servers
+    config.h11_max_incomplete_size = max_header_bytes
+    config.h2_max_header_list_size = max_header_bytes
+    config.keep_alive_timeout = header_timeout
     await serve(app, config, task_status=_PortReporter(task_status))  # type: ignore[arg-type]
+
+
+def head_bytes(scope: Scope) -> int:
+    """The size of a request's head as sent over HTTP/1.1: request line, header lines, blank
+    line (for HTTP/2, the same measure of its header list)."""
+    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    if scope.get("query_string"):
+        target += 1  # the "?"
+    size = len(scope["method"]) + 1 + target + len(" HTTP/1.1\r\n") + 2
+    return size + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
@@ -63,19 +97,31 @@ async def serve_requests(
     handle: Callable[[Request, Send], Awaitable[None]],
     context: EngineContext,
     host: str,
-    port: int,
+    config: EntrypointConfig,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``handle(request, send)`` for every HTTP request, each counted as a client
-    connection (shutdown waits for it)."""
+    """Serve ``handle(request, send)`` for every HTTP request on the entrypoint's port, each
+    counted as a client connection (shutdown waits for it). A request whose head is over
+    ``max_header_bytes`` is answered 431 here."""
+    limit = config.max_header_bytes
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if await lifespan_or_http(scope, receive, send):
+            if head_bytes(scope) > limit:
+                await respond_error(send, HeaderTooLarge(f"request head exceeds {limit} bytes"))
+                return
             with context.client_connection():
                 await handle(Request(scope, receive), send)
 
-    await serve_asgi(app, host, port, task_status=task_status)
+    await serve_asgi(
+        app,
+        host,
+        config.port,
+        max_header_bytes=limit,
+        header_timeout=config.header_timeout,
+        task_status=task_status,
+    )
 
 
 class _PortReporter:
@@ -159,7 +205,12 @@ async def respond_json(
 async def respond_error(send: Send, error: MediationError) -> None:
     """The documented status for a domain error, with a JSON body saying why."""
     log.info("request refused", extra={"status": error.http_status, "reason": str(error)})
-    await respond_json(send, error.http_status, {"error": str(error) or type(error).__name__})
+    await respond_json(
+        send,
+        error.http_status,
+        {"error": str(error) or type(error).__name__},
+        response_headers(error),
+    )
 
 
 async def lifespan_or_http(scope: Scope, receive: Receive, send: Send) -> bool:

@@ -11,6 +11,11 @@ events are nacked for redelivery; later polls get ``404``). A session not polled
 ``session_idle_timeout`` expires; the engine ending a session (expiry, broker failure) makes later
 requests ``410``.
 
+Every request is admitted like a connect elsewhere: ``Origin`` against ``allowed_origins`` (403),
+then, with ``auth = "bearer"``, the token (401), whose identity claim then names the client
+instead of ``X-Client-ID``. Metadata is passed as ``X-Meta-*`` only where it can be a header
+safely (see :func:`mediation.metadata.header_safe`).
+
 The sessions run in this entrypoint's own nursery, beside its HTTP server, since they outlive the
 requests that touch them.
 """
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..auth import BearerVerifier
 from ..config import HTTPGetEntrypoint
 from ..errors import (
     BadRequest,
@@ -32,7 +38,8 @@ from ..errors import (
     SessionClosed,
     SessionNotFound,
 )
-from ..identity import client_identity
+from ..identity import admit
+from ..metadata import header_safe
 from ..session import EngineContext, Session, open_session
 from ._asgi import (
     Request,
@@ -72,6 +79,7 @@ class _PollingEntrypoint:
     def __init__(self, config: HTTPGetEntrypoint, context: EngineContext) -> None:
         self.config = config
         self.context = context
+        self.verifier = BearerVerifier.from_config(config)
         self.live: dict[str, _Polled] = {}
         self.ended: OrderedDict[str, MediationError] = OrderedDict()
         # One /subscribe at a time per client, so two at once cannot start two sessions.
@@ -143,9 +151,15 @@ class _PollingEntrypoint:
             await respond_json(send, 405, {"error": "method not allowed"}, {"allow": expected})
             return
         try:
-            if "x-client-id" not in request.headers:
-                raise BadRequest("X-Client-ID header required")
-            client_id = client_identity(request.headers, None)
+            # The client_id query parameter is not read here: polling requests name their
+            # client with X-Client-ID (or the token, with auth = "bearer").
+            client_id = admit(
+                request.headers,
+                {k: v for k, v in request.query.items() if k != "client_id"},
+                allowed_origins=self.config.allowed_origins,
+                verifier=self.verifier,
+                client_id_header_required=True,
+            )
             if request.path == "/subscribe":
                 polled = await self.subscribe(client_id, nursery)
                 await respond_json(
@@ -196,13 +210,15 @@ class _PollingEntrypoint:
                 await respond(send, 204)
                 return
             await session.before_write(item)
+            # Metadata comes from the broker, set by whoever produced the event: only what can
+            # be an HTTP header safely (a token name, a printable Latin-1 value) is passed on.
+            metadata = dict(header_safe(item.event.metadata.items()))
             headers = {
                 "x-event-id": item.event.id,
-                "content-type": item.event.metadata.get("content-type", "application/octet-stream"),
+                "content-type": metadata.pop("content-type", "application/octet-stream"),
             }
-            for key, value in item.event.metadata.items():
-                if key != "content-type":
-                    headers[f"x-meta-{key}"] = value
+            for key, value in metadata.items():
+                headers[f"x-meta-{key}"] = value
             await respond(send, 200, item.event.payload, headers)
             await session.written(item)
 
@@ -228,4 +244,4 @@ async def serve(
         async def handle(request: Request, send: Send) -> None:
             await entrypoint.handle(request, send, sessions)
 
-        await serve_requests(handle, context, host, config.port, task_status=task_status)
+        await serve_requests(handle, context, host, config, task_status=task_status)

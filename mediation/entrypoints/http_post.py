@@ -2,18 +2,22 @@
 
 ``Content-Type`` and ``X-*`` headers travel as metadata. The answer is ``202
 {"status": "accepted", "id"}``: once the producers took the event, or, on ``at_least_once`` routes,
-once the broker confirmed it; ``503`` when a broker is down or refused it; ``413`` past
-``max_body`` (nothing is published); ``405`` for any other method; ``502`` with no route.
+once the broker confirmed it; ``503`` when a broker is down or refused it, or when
+``max_sessions`` requests are already being handled; ``413`` past ``max_body`` (nothing is
+published); ``405`` for any other method; ``502`` with no route; ``403`` for an origin not in
+``allowed_origins``; ``401`` without a valid token (``auth = "bearer"``); ``431`` for a request head
+over ``max_header_bytes``.
 """
 
 from __future__ import annotations
 
 import trio
 
+from ..auth import BearerVerifier
 from ..config import HTTPPostEntrypoint
-from ..errors import MediationError, NoRoute, SessionNotFound
+from ..errors import MediationError, NoRoute, SessionNotFound, TooManySessions
 from ..events import Event
-from ..identity import check_origin, client_identity
+from ..identity import admit
 from ..metadata import client_metadata
 from ..session import EngineContext, publish_upstream
 from ._asgi import (
@@ -32,14 +36,35 @@ async def serve(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async def handle(request: Request, send: Send) -> None:
-        await _handle(config, context, request, send)
+    verifier = BearerVerifier.from_config(config)
+    # Requests being handled: max_sessions bounds them (a POST is a session of one event).
+    handling = 0
 
-    await serve_requests(handle, context, host, config.port, task_status=task_status)
+    async def handle(request: Request, send: Send) -> None:
+        nonlocal handling
+        if config.max_sessions is not None and handling >= config.max_sessions:
+            await respond_error(
+                send,
+                TooManySessions(
+                    f"entrypoint {config.name} is at max_sessions ({config.max_sessions})"
+                ),
+            )
+            return
+        handling += 1
+        try:
+            await _handle(config, context, verifier, request, send)
+        finally:
+            handling -= 1
+
+    await serve_requests(handle, context, host, config, task_status=task_status)
 
 
 async def _handle(
-    config: HTTPPostEntrypoint, context: EngineContext, request: Request, send: Send
+    config: HTTPPostEntrypoint,
+    context: EngineContext,
+    verifier: BearerVerifier | None,
+    request: Request,
+    send: Send,
 ) -> None:
     try:
         if request.path != config.path:
@@ -47,8 +72,12 @@ async def _handle(
         if request.method != "POST":
             await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "POST"})
             return
-        client_id = client_identity(request.headers, request.query_value("client_id"))
-        check_origin(config.allowed_origins, request.headers.get("origin"))
+        client_id = admit(
+            request.headers,
+            request.query,
+            allowed_origins=config.allowed_origins,
+            verifier=verifier,
+        )
         routes = context.routes.for_entrypoint(config.name).upstream
         if not routes:
             raise NoRoute(f"entrypoint {config.name} has no upstream route")

@@ -16,9 +16,10 @@ import logging
 
 import trio
 
+from ..auth import BearerVerifier
 from ..config import SSEEntrypoint
 from ..errors import EngineShuttingDown, MediationError, SessionNotFound, outcome_of
-from ..identity import check_origin, client_identity
+from ..identity import admit
 from ..session import EngineContext, Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
 from ._asgi import (
@@ -48,14 +49,20 @@ async def serve(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async def handle(request: Request, send: Send) -> None:
-        await _handle(config, context, request, send)
+    verifier = BearerVerifier.from_config(config)
 
-    await serve_requests(handle, context, host, config.port, task_status=task_status)
+    async def handle(request: Request, send: Send) -> None:
+        await _handle(config, context, verifier, request, send)
+
+    await serve_requests(handle, context, host, config, task_status=task_status)
 
 
 async def _handle(
-    config: SSEEntrypoint, context: EngineContext, request: Request, send: Send
+    config: SSEEntrypoint,
+    context: EngineContext,
+    verifier: BearerVerifier | None,
+    request: Request,
+    send: Send,
 ) -> None:
     if request.path != config.path:
         await respond_error(send, SessionNotFound(f"no SSE entrypoint at {request.path}"))
@@ -65,8 +72,12 @@ async def _handle(
         return
     stream = _Stream(send)
     try:
-        client_id = client_identity(request.headers, request.query_value("client_id"))
-        check_origin(config.allowed_origins, request.headers.get("origin"))
+        client_id = admit(
+            request.headers,
+            request.query,
+            allowed_origins=config.allowed_origins,
+            verifier=verifier,
+        )
         async with open_session(
             context,
             entrypoint=config.name,

@@ -8,8 +8,15 @@ and the client confirms each event, which is what ``at_least_once`` waits for.
 The handshake is answered only after the session's consumers are subscribed, so whatever is
 published after the client saw ``101`` reaches it. Refusals happen before the upgrade with the
 documented status; once upgraded, the session's end is told with a close code (1001 shutdown, 1009
-too big, 1011 broker failure, 1013 too slow). trio-websocket enforces ``max_message_bytes`` (1009)
-and does not compress (no permessage-deflate), so a message can never inflate past the limit.
+too big, 1011 broker failure, 1013 too slow, 1001 "idle"). trio-websocket enforces
+``max_message_bytes`` (1009, also for a message sent in fragments) and does not compress: it never
+accepts permessage-deflate, and a compressed frame is a protocol error (1002), so a message can
+never inflate past the limit.
+
+Before trio-websocket sees a connection, :mod:`._head` reads its handshake within
+``header_timeout`` and ``max_header_bytes`` (431 beyond; a slowloris client is dropped). Once
+upgraded, a client silent for ``idle_timeout`` (no message, ack or pong, and nothing written to
+it; the engine pings it half way) is closed with 1001 "idle".
 """
 
 from __future__ import annotations
@@ -18,22 +25,26 @@ import logging
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
+from ..auth import BearerVerifier
 from ..config import WebSocketEntrypoint
 from ..envelope import SUBPROTOCOL, Confirmation, decode_client_message, encode_event, encode_reply
 from ..errors import (
     BrokerUnavailable,
+    ClientIdle,
     ListenError,
     MediationError,
     NoRoute,
     SessionNotFound,
     UnknownEvent,
     outcome_of,
+    response_headers,
 )
-from ..identity import check_origin, client_identity
+from ..identity import admit
 from ..metadata import client_metadata
 from ..session import EngineContext, Session, SessionDelivery, open_session
+from ._head import HandoffListener, gate_connections
 
 log = logging.getLogger(__name__)
 
@@ -48,33 +59,40 @@ async def serve(
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    verifier = BearerVerifier.from_config(config)
+
     async def handle(request: WebSocketRequest) -> None:
         with context.client_connection():
-            await _handle(config, context, request)
+            await _handle(config, context, verifier, request)
 
     try:
-        await serve_websocket(
-            handle,
-            host,
-            config.port,
-            ssl_context=None,
-            max_message_size=config.max_message_bytes,
-            task_status=_PortReporter(task_status),  # type: ignore[arg-type]
-        )
+        sockets = await trio.open_tcp_listeners(config.port, host=host)
     except OSError as error:
         raise ListenError(f"cannot listen on {host}:{config.port}: {error.strerror}") from None
-
-
-class _PortReporter:
-    def __init__(self, task_status: trio.TaskStatus[int]) -> None:
-        self._task_status = task_status
-
-    def started(self, server: object) -> None:
-        self._task_status.started(server.port)  # type: ignore[attr-defined]
+    handoff, handed = trio.open_memory_channel[trio.abc.Stream](0)
+    server = WebSocketServer(
+        handle,
+        [HandoffListener(handed)],  # type: ignore[list-item]
+        max_message_size=config.max_message_bytes,
+        # Let the stream choose the read size, so the gate can replay a whole head in one read.
+        receive_buffer_size=None,
+        # The gate already waited for the head; this only bounds what trio-websocket waits.
+        connect_timeout=config.header_timeout,
+        disconnect_timeout=CLOSE_TIMEOUT,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        await nursery.start(
+            gate_connections, sockets, handoff, config.max_header_bytes, config.header_timeout
+        )
+        task_status.started(sockets[0].socket.getsockname()[1])
 
 
 async def _handle(
-    config: WebSocketEntrypoint, context: EngineContext, request: WebSocketRequest
+    config: WebSocketEntrypoint,
+    context: EngineContext,
+    verifier: BearerVerifier | None,
+    request: WebSocketRequest,
 ) -> None:
     connection: WebSocketConnection | None = None
     try:
@@ -82,9 +100,12 @@ async def _handle(
         if target.path != config.path:
             raise SessionNotFound(f"no WebSocket entrypoint at {target.path}")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
-        query = parse_qs(target.query)
-        client_id = client_identity(headers, query.get("client_id", [None])[0])
-        check_origin(config.allowed_origins, headers.get("origin"))
+        client_id = admit(
+            headers,
+            parse_qs(target.query),
+            allowed_origins=config.allowed_origins,
+            verifier=verifier,
+        )
         enveloped = SUBPROTOCOL in request.proposed_subprotocols
         async with open_session(
             context,
@@ -113,7 +134,13 @@ async def _refuse_or_close(
     )
     with trio.move_on_after(CLOSE_TIMEOUT):
         if connection is None:
-            await request.reject(outcome.http_status, body=outcome.reason.encode())
+            await request.reject(
+                outcome.http_status,
+                extra_headers=[
+                    (k.encode(), v.encode()) for k, v in response_headers(error).items()
+                ],
+                body=outcome.reason.encode(),
+            )
         else:
             # A close reason must fit a control frame (125 bytes, 2 of them the code).
             await connection.aclose(
@@ -121,10 +148,24 @@ async def _refuse_or_close(
             )
 
 
+class _Activity:
+    """When the client last showed it is there (for ``idle_timeout``)."""
+
+    def __init__(self) -> None:
+        self.last = trio.current_time()
+        # Messages from the client the engine is still handling (a publish waiting for the
+        # broker): the wait is the engine's, not the client's silence.
+        self.busy = 0
+
+    def seen(self) -> None:
+        self.last = trio.current_time()
+
+
 async def _converse(
     connection: WebSocketConnection, session: Session, config: WebSocketEntrypoint, enveloped: bool
 ) -> None:
     """Run the upstream relay and the downstream writer until the client or the session leaves."""
+    activity = _Activity()
 
     async def write(item: SessionDelivery) -> None:
         event = item.event
@@ -139,22 +180,54 @@ async def _converse(
                 if config.frame_type == "text":
                     raise
                 await connection.send_message(event.payload)
+        # The client's TCP window took it: it is reading.
+        activity.seen()
 
     async with trio.open_nursery() as nursery:
 
         async def relay_then_stop() -> None:
-            await _relay_upstream(connection, session, enveloped)
+            await _relay_upstream(connection, session, enveloped, activity)
             nursery.cancel_scope.cancel(reason="client closed the connection")
 
         nursery.start_soon(relay_then_stop)
+        if config.idle_timeout > 0:
+            nursery.start_soon(_close_when_idle, connection, session, activity, config.idle_timeout)
         try:
             await session.run_writer(write)
         except ConnectionClosed:
             nursery.cancel_scope.cancel(reason="client closed the connection")
 
 
+async def _close_when_idle(
+    connection: WebSocketConnection, session: Session, activity: _Activity, idle_timeout: float
+) -> None:
+    """End the session with :class:`ClientIdle` once the client was silent for ``idle_timeout``.
+
+    After half of it the client is pinged: a live client answers by itself (browsers and every
+    WebSocket library do), so only a client that is gone, or stuck, reaches the timeout.
+    """
+    half = idle_timeout / 2
+    while True:
+        await trio.sleep_until(activity.last + half)
+        if activity.busy:
+            await trio.sleep(half)  # look again later; the relay marks its end as activity
+            continue
+        if trio.current_time() < activity.last + half:
+            continue
+        with trio.move_on_at(activity.last + idle_timeout):
+            try:
+                await connection.ping()
+            except ConnectionClosed:
+                return  # the relay sees it too and ends the conversation
+            activity.seen()  # the pong
+            continue
+        if not activity.busy and trio.current_time() >= activity.last + idle_timeout:
+            session.close(ClientIdle("idle"))
+            return
+
+
 async def _relay_upstream(
-    connection: WebSocketConnection, session: Session, enveloped: bool
+    connection: WebSocketConnection, session: Session, enveloped: bool, activity: _Activity
 ) -> None:
     """Each client message upstream (or, enveloped, a confirmation) until the client leaves."""
     while True:
@@ -162,30 +235,42 @@ async def _relay_upstream(
             message = await connection.get_message()
         except ConnectionClosed:
             return
-        if not enveloped:
-            payload = message.encode("utf-8") if isinstance(message, str) else message
-            try:
-                await session.publish(payload)
-            except NoRoute:
-                log.warning("message dropped: no upstream route", extra={"session_id": session.id})
-            continue
-        parsed = decode_client_message(message)
-        if isinstance(parsed, Confirmation):
-            try:
-                await session.confirm(parsed.event_id, accepted=parsed.accepted)
-            except UnknownEvent as error:
-                log.info(
-                    "confirmation ignored", extra={"session_id": session.id, "reason": str(error)}
-                )
-            continue
+        activity.busy += 1
         try:
-            metadata = client_metadata(parsed.metadata.items(), header_names=False)
-            await session.publish(parsed.payload, metadata, event_id=parsed.event_id)
-        except (BrokerUnavailable, NoRoute) as error:
-            reply = encode_reply(parsed.event_id, error=str(error))
-        else:
-            reply = encode_reply(parsed.event_id)
+            if not await _handle_message(connection, session, enveloped, message):
+                return
+        finally:
+            activity.busy -= 1
+            activity.seen()
+
+
+async def _handle_message(
+    connection: WebSocketConnection, session: Session, enveloped: bool, message: str | bytes
+) -> bool:
+    """Relay one client message; False once the client is gone."""
+    if not enveloped:
+        payload = message.encode("utf-8") if isinstance(message, str) else message
         try:
-            await connection.send_message(reply)
-        except ConnectionClosed:
-            return
+            await session.publish(payload)
+        except NoRoute:
+            log.warning("message dropped: no upstream route", extra={"session_id": session.id})
+        return True
+    parsed = decode_client_message(message)
+    if isinstance(parsed, Confirmation):
+        try:
+            await session.confirm(parsed.event_id, accepted=parsed.accepted)
+        except UnknownEvent as error:
+            log.info("confirmation ignored", extra={"session_id": session.id, "reason": str(error)})
+        return True
+    try:
+        metadata = client_metadata(parsed.metadata.items(), header_names=False)
+        await session.publish(parsed.payload, metadata, event_id=parsed.event_id)
+    except (BrokerUnavailable, NoRoute) as error:
+        reply = encode_reply(parsed.event_id, error=str(error))
+    else:
+        reply = encode_reply(parsed.event_id)
+    try:
+        await connection.send_message(reply)
+    except ConnectionClosed:
+        return False
+    return True
