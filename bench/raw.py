@@ -1,0 +1,85 @@
+"""The web leg alone: a server sending from memory, no broker (``python -m bench.raw ws|sse``).
+
+Each connection asks for ``?n=COUNT&size=BYTES`` and gets that many ``x...`` messages as fast as
+the server can send them: trio-websocket for WebSocket, a plain ASGI app on hypercorn (Trio
+worker) for SSE, the same servers the engine is built on. The bound port is written to
+``--port-file`` once the server accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import trio
+
+
+def _params(query: str) -> tuple[int, int]:
+    values = parse_qs(query)
+    return int(values.get("n", ["1000"])[0]), int(values.get("size", ["100"])[0])
+
+
+async def serve_ws(port_file: Path) -> None:
+    from trio_websocket import WebSocketRequest, serve_websocket
+
+    async def handler(request: WebSocketRequest) -> None:
+        n, size = _params(request.path.partition("?")[2])
+        ws = await request.accept()
+        message = "x" + "." * (size - 1)
+        for _ in range(n):
+            await ws.send_message(message)
+        await ws.aclose()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
+        )
+        port_file.write_text(f"{server.port}\n")
+
+
+async def serve_sse(port_file: Path) -> None:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        n, size = _params(scope["query_string"].decode())
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        body = b"event: session\ndata: {}\n\n"
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        data = b"x" + b"." * (size - 1)
+        for i in range(n):
+            event = b"id: %d\ndata: %s\n\n" % (i, data)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.errorlog = None
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, app, config))  # type: ignore[arg-type]
+        port_file.write_text(f"{binds[0].rsplit(':', 1)[1]}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=("ws", "sse"))
+    parser.add_argument("--port-file", type=Path, required=True)
+    args = parser.parse_args()
+    trio.run(serve_ws if args.kind == "ws" else serve_sse, args.port_file)
+
+
+if __name__ == "__main__":
+    main()
