@@ -1,9 +1,11 @@
-"""Measure the MQTT designs the mqtt5 endpoint chose between (its module docstring has the numbers).
+"""Raw MQTT leg: the designs the mqtt5 endpoint chose between (numbers in its docstring).
 
 ::
 
-    .venv/bin/python -m mediation.endpoints._mqtt_measure                  # a private mosquitto
-    .venv/bin/python -m mediation.endpoints._mqtt_measure --broker tcp://127.0.0.1:1883 -n 200
+    .venv/bin/python -m bench.mqtt_designs                  # a private mosquitto
+    .venv/bin/python -m bench.mqtt_designs --broker tcp://127.0.0.1:1883 -n 200
+
+(Formerly ``mediation/endpoints/_mqtt_measure.py``: a measurement, not part of the engine.)
 
 For each design, in a fresh interpreter: hold ``-n`` sessions, each subscribed to its own topic
 (``bench/<run>/<i>``, the ``{client_id}`` case), at QoS 1 with manual acks; report the time to
@@ -44,11 +46,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ..ack_policy import Guarantee
-from ..config import MQTT5Config, RouteConfig
-from ._mqtt_wire import Wire
-from .base import EndpointState, Subscription
-from .mqtt5 import MQTT5Endpoint, broker_address, new_properties
+from mediation.ack_policy import Guarantee
+from mediation.config import MQTT5Config, RouteConfig
+from mediation.endpoints._mqtt_wire import Wire
+from mediation.endpoints.base import EndpointState, Subscription
+from mediation.endpoints.mqtt5 import MQTT5Endpoint, broker_address, new_properties
 
 DESIGNS = ("endpoint", "threads", "shared")
 TIME_LIMIT = 120.0  # seconds per design: a design that loses messages fails instead of hanging
