@@ -54,6 +54,14 @@ broadcast. ``{client_id}`` and ``{entrypoint}`` may appear in every name. ``ack`
 block, by any path, closes the channel (which cancels the consumer and requeues whatever the
 session left unacked), waiting for the broker's CloseOk at most ``CLOSE_TIMEOUT``.
 
+``at_most_once`` and a lost ack: the session acks just before writing, but ``basic.ack`` has no
+answer, so an ack that was still on its way when the connection broke (or that a broker killed
+with SIGKILL had not yet written down) is lost, and the broker delivers the message again, flagged
+``redelivered``. The endpoint remembers what it acked on ``at_most_once`` sessions (the last
+``WRITTEN_MEMORY`` messages: queue, ``message_id`` and a digest of the body) and acks such a
+redelivery without handing it to the session; the fault tests saw 1-10 such duplicates per
+broker SIGKILL before this. Memory only: it does not survive an engine restart.
+
 There is no resuming from an SSE ``Last-Event-ID`` (a queue has no positions): on a shared queue a
 client's next session gets what the last one left unacked; a broadcast queue ends with its session.
 
@@ -84,12 +92,13 @@ backoff (``RETRY_MIN`` doubling up to ``RETRY_MAX``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import re
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -103,6 +112,7 @@ import trio
 from pika.adapters.select_connection import IOLoop  # type: ignore[import-untyped]
 from trio_util import AsyncValue
 
+from ..ack_policy import Guarantee
 from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
@@ -120,6 +130,8 @@ RETRY_MAX = 5.0
 PUBLISH_WINDOW = 1024
 # basic.qos prefetch-count is an AMQP short.
 MAX_PREFETCH = 65535
+# Messages acked on at_most_once sessions remembered per endpoint, to drop their redeliveries.
+WRITTEN_MEMORY = 8192
 # Declared names of templated queue_out values remembered per connection (then forgotten).
 MAX_DECLARED = 4096
 
@@ -284,12 +296,43 @@ class _ConsumePlan:
     declare_exchange: str | None  # the exchange type to declare it with, or None
 
 
+class _Written:
+    """What ``at_most_once`` sessions acked (so wrote), newest last, at most ``size`` entries."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+
+    @staticmethod
+    def key(queue: str, event: Event) -> bytes:
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (queue.encode(), event.metadata.get("message_id", "").encode(), event.payload):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.digest()
+
+    def add(self, key: bytes) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._keys
+
+
 class _Consumer:
     """One session's consumer, Trio side. The I/O thread reaches it only through ``_ToTrio``."""
 
-    def __init__(self, link: _Link, credit: int) -> None:
+    def __init__(
+        self, link: _Link, credit: int, queue: str = "", written: _Written | None = None
+    ) -> None:
         self.link = link
         self.credit = credit
+        self.queue = queue
+        # Set on at_most_once sessions: acks are remembered there, redeliveries of them dropped.
+        self.written = written
+        self.dropped = 0
         self._buffer: deque[tuple[int, Event]] = deque()
         self._changed = trio.lowlevel.ParkingLot()
         self.failure: MediationError | None = None
@@ -342,10 +385,27 @@ class _Consumer:
                 raise self.failure
             if self._buffer:
                 tag, event = self._buffer.popleft()
-                return Delivery(event, partial(self._settle, tag))
+                if self.written is None:
+                    return Delivery(event, partial(self._settle, tag))
+                key = _Written.key(self.queue, event)
+                if event.metadata.get("redelivered") == "true" and key in self.written:
+                    # Written once already; its ack was lost with a connection.
+                    self.dropped += 1
+                    log.info(
+                        "rabbitmq redelivered a message already written (at_most_once): dropped",
+                        extra={"queue": self.queue, "event_id": event.id},
+                    )
+                    await self._settle(tag, True)
+                    continue
+                return Delivery(event, partial(self._settle_written, tag, key))
             if self.closed.is_set():
                 raise BrokerUnavailable("rabbitmq channel closed")
             await self._changed.park()
+
+    async def _settle_written(self, tag: int, key: bytes, accepted: bool) -> None:
+        if accepted and self.written is not None:
+            self.written.add(key)
+        await self._settle(tag, accepted)
 
     async def _settle(self, tag: int, accepted: bool) -> None:
         # Once the channel is gone the broker has requeued what it held: nothing left to say.
@@ -839,6 +899,7 @@ class RabbitMQEndpoint:
         self._link: _Link | None = None  # set while up
         self._thread = trio.CapacityLimiter(1)  # one I/O thread per endpoint
         self._window = trio.Semaphore(PUBLISH_WINDOW)
+        self._written = _Written(WRITTEN_MEMORY)
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -934,7 +995,9 @@ class RabbitMQEndpoint:
         link = self._link
         if link is None:
             raise BrokerUnavailable(f"endpoint {self.name} is {self.state.value}")
-        consumer = _Consumer(link, plan.prefetch)
+        at_most_once = subscription.route.delivery_guarantee is Guarantee.AT_MOST_ONCE
+        written = self._written if at_most_once else None
+        consumer = _Consumer(link, plan.prefetch, plan.queue, written)
         link.consumers.add(consumer)
         try:
             link.post(partial(link.open_consumer, consumer, plan))

