@@ -17,14 +17,19 @@ from .entrypoints._asgi import (
 )
 from .session import EngineContext
 
+# An unknown path is 404 whatever the method; a known one answers GET and HEAD only (405).
+PATHS = ("/healthz", "/readyz", "/metrics")
+
 
 def health_app(context: EngineContext) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if not await lifespan_or_http(scope, receive, send):
             return
         request = Request(scope, receive)
-        if request.method not in ("GET", "HEAD"):
-            await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "GET"})
+        if request.path not in PATHS:
+            await respond_json(send, 404, {"error": "not found"})
+        elif request.method not in ("GET", "HEAD"):
+            await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "GET, HEAD"})
         elif request.path == "/healthz":
             await respond_json(send, 200, {"status": "ok", "sessions": len(context.sessions)})
         elif request.path == "/readyz":
@@ -32,10 +37,8 @@ def health_app(context: EngineContext) -> ASGIApp:
             ready = all(state == EndpointState.UP for state in states.values())
             status = "ready" if ready else "not ready"
             await respond_json(send, 200 if ready else 503, {"status": status, "endpoints": states})
-        elif request.path == "/metrics":
+        else:
             body = generate_latest(context.telemetry.registry)
             await respond(send, 200, body, {"content-type": CONTENT_TYPE_LATEST})
-        else:
-            await respond_json(send, 404, {"error": "not found"})
 
     return app
