@@ -234,7 +234,7 @@ async def test_invalid_edit_keeps_the_old_routes(
 @pytest.mark.parametrize(
     "content",
     [
-        "a = " + "[" * 5000,
+        "a = " + "[" * 100_000,
         "a = " + "{a = " * 100_000,
         # Parses, then overflows the stack while being validated (a RecursionError, not a
         # ConfigError, from mediation.config): the watcher survives that too.
