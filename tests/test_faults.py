@@ -25,6 +25,7 @@ A SIGSTOP freezes a broker with its state in memory, so the stream runs straight
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -42,7 +43,8 @@ from mediation.endpoints import EndpointState
 from mediation.engine import MediationEngine
 from tests.brokers import Broker, Mosquitto, RabbitMQ, Tansu
 
-from .conftest import EngineFactory, url
+from .conftest import EngineFactory, open_ws, url
+from .faults.health import probing
 from .faults.receiver import Receiver
 from .faults.tally import Tally, payload
 from .test_conformance_kafka import FAST_GROUPS
@@ -396,3 +398,119 @@ async def test_broker_killed_and_restarted_mid_stream(
             stream.check()
     finally:
         await trio.to_thread.run_sync(side.broker.ensure_running)
+
+
+# -- SIGSTOP for 20 s ------------------------------------------------------------------------------
+
+
+@dataclass
+class Echo:
+    """Round trips through the memory endpoint, one every ``INTERVAL`` s: an unrelated route."""
+
+    INTERVAL = 0.05
+    round_trips: int = 0
+    slowest_s: float = 0.0
+
+    async def run(self, address: str) -> None:
+        async with open_ws(address) as ws:
+            for n in itertools.count():
+                started = time.monotonic()
+                await ws.send_message(f"echo {n}")
+                with trio.fail_after(OUTCOME_WITHIN):
+                    assert await ws.get_message() == f"echo {n}"
+                self.round_trips += 1
+                self.slowest_s = max(self.slowest_s, time.monotonic() - started)
+                await trio.sleep(self.INTERVAL)
+
+
+ECHO = {
+    "entrypoints": {"echo": "websocket"},
+    "endpoints": {"mem": {"type": "memory", "config": {"topic_in": "echo", "topic_out": "echo"}}},
+    "routes": [{"source": "echo", "target": "mem"}, {"source": "mem", "target": "echo"}],
+}
+
+
+async def test_brokers_frozen_for_20_s_lose_nothing_and_wedge_nothing(
+    engine_with: EngineFactory,
+    rabbitmq: RabbitMQ,
+    tansu: Tansu,
+    mosquitto: Mosquitto,
+    report_figures: Callable[..., None],
+) -> None:
+    """All three brokers SIGSTOPped at once, mid-stream (deliveries unconfirmed in the engine,
+    more waiting in the brokers, acks sent into the frozen sockets), for 20 s, then SIGCONT.
+    Meanwhile a memory route keeps answering and ``/healthz`` stays fast."""
+    sides: list[Side] = [RabbitSide(rabbitmq), KafkaSide(tansu), MQTTSide(mosquitto)]
+    for side in sides:
+        side.broker.ensure_running()
+    try:
+        async with streams(engine_with, sides, **ECHO) as (engine, made):
+            echo = Echo()
+            async with trio.open_nursery() as nursery:
+                for stream in made:
+                    for receiver in stream.receivers.values():
+                        receiver.hold(HALF // 4)
+                    nursery.start_soon(stream.publish, seqs(0))
+            with trio.fail_after(WAIT):
+                for stream in made:
+                    for receiver in stream.receivers.values():
+                        await receiver.count.wait_value(HALF // 4)
+            states: dict[str, list[EndpointState]] = {s.name: [] for s in made}
+            async with trio.open_nursery() as nursery:
+                for stream in made:
+                    nursery.start_soon(record_states, stream, states[stream.name])
+                nursery.start_soon(echo.run, url(engine, "echo", scheme="ws"))
+                async with probing("127.0.0.1", engine.ports["health"]) as health:
+                    before = echo.round_trips
+                    for side in sides:
+                        side.broker.pause()
+                    for stream in made:
+                        for receiver in stream.receivers.values():
+                            receiver.release()
+                    await trio.sleep(FREEZE)  # the fault itself: how long the brokers stay frozen
+                    during = echo.round_trips - before
+                    for side in sides:
+                        side.broker.resume()
+                    resumed = time.monotonic()
+                    back: dict[str, float] = {}
+                    with trio.fail_after(WAIT):
+                        for stream in made:
+                            await stream.state.wait_value(EndpointState.UP)
+                            await stream.reconnected()
+                            back[stream.name] = time.monotonic() - resumed
+                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                for stream in made:
+                    nursery.start_soon(stream.publish, seqs(HALF))
+            for stream in made:
+                await stream.all_confirmed_arrive()
+                went_down = EndpointState.DOWN in states[stream.name]
+                report_figures(
+                    **stream.figures(),
+                    endpoint_went_down=went_down,
+                    sessions_back_s=round(back[stream.name], 2),
+                    alo_sessions=stream.receivers["alo"].sessions,
+                )
+            report_figures(
+                frozen_s=FREEZE,
+                healthz_p99_ms=round(health.p99_ms, 1),
+                healthz_max_ms=round(health.max_ms, 1),
+                healthz_probes=len(health.latencies),
+                healthz_failures=health.failures,
+                memory_round_trips_while_frozen=during,
+                memory_slowest_round_trip_ms=round(1000 * echo.slowest_s, 1),
+            )
+            for stream in made:
+                stream.check()
+            assert health.failures == 0
+            assert health.p99_ms < 100
+            # One every INTERVAL at most: at least half of that while the brokers were frozen.
+            assert during >= FREEZE / Echo.INTERVAL / 2 / 2
+    finally:
+        for side in sides:
+            await trio.to_thread.run_sync(side.broker.ensure_running)
+
+
+async def record_states(stream: Stream, seen: list[EndpointState]) -> None:
+    async for state in stream.state.eventual_values():
+        seen.append(state)
