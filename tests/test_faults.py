@@ -29,7 +29,7 @@ import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +41,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from mediation.endpoints import EndpointState
 from mediation.engine import MediationEngine
-from tests.brokers import Broker, Mosquitto, RabbitMQ, Tansu
+from tests.brokers import Broker, Mosquitto, RabbitMQ, Tansu, free_port
 
 from .conftest import EngineFactory, open_ws, url
+from .faults import nft
 from .faults.health import probing
 from .faults.receiver import Receiver
 from .faults.tally import Tally, payload
@@ -88,13 +89,17 @@ class RabbitSide(Side):
     kind = "rabbitmq"
     persists = True
 
-    def __init__(self, broker: RabbitMQ) -> None:
+    def __init__(self, broker: RabbitMQ, heartbeat: int | None = None) -> None:
         super().__init__()
         self.broker = self.rabbitmq = broker
         self.base = broker.unique_name("faults")
+        self.heartbeat = heartbeat  # AMQP heartbeat (s) of the engine's connection
 
     def endpoint(self) -> dict[str, Any]:
-        config = {"url": self.rabbitmq.amqp_url, "queue_in": f"{self.base}-{{client_id}}"}
+        address = self.rabbitmq.amqp_url
+        if self.heartbeat is not None:
+            address += f"?heartbeat={self.heartbeat}"
+        config = {"url": address, "queue_in": f"{self.base}-{{client_id}}"}
         return {"type": "rabbitmq", "config": config}
 
     def _publish(self, seqs: list[int]) -> list[int]:
@@ -332,6 +337,31 @@ async def streams(
             nursery.cancel_scope.cancel()
 
 
+async def publish_all(made: list[Stream], numbers: range) -> None:
+    async with trio.open_nursery() as nursery:
+        for stream in made:
+            nursery.start_soon(stream.publish, numbers)
+
+
+def hold(made: list[Stream], at: int) -> None:
+    for stream in made:
+        for receiver in stream.receivers.values():
+            receiver.hold(at)
+
+
+async def held(made: list[Stream], at: int) -> None:
+    with trio.fail_after(WAIT):
+        for stream in made:
+            for receiver in stream.receivers.values():
+                await receiver.count.wait_value(at)
+
+
+def release(made: list[Stream]) -> None:
+    for stream in made:
+        for receiver in stream.receivers.values():
+            receiver.release()
+
+
 def seqs(start: int, count: int = HALF) -> range:
     return range(start, start + count)
 
@@ -514,3 +544,90 @@ async def test_brokers_frozen_for_20_s_lose_nothing_and_wedge_nothing(
 async def record_states(stream: Stream, seen: list[EndpointState]) -> None:
     async for state in stream.state.eventual_values():
         seen.append(state)
+
+
+# -- network faults (nftables on the brokers' loopback ports) ----------------------------------------
+
+NET_HALF = 40  # fewer messages: under random drop every lost packet costs a retransmit timeout
+PARTITION = 12.0  # seconds: past Mosquitto's keepalive (5 s, ~10 s to notice) and AMQP's (2 s here)
+
+
+def test_a_fault_table_is_removed_however_the_block_ends() -> None:
+    port = free_port()
+    with pytest.raises(RuntimeError, match="boom"), nft.fault("partition", port) as name:
+        assert name in nft.tables()
+        listed = nft.nft("list", "table", "inet", name)
+        assert f"tcp dport {port} drop" in listed and f"tcp sport {port} drop" in listed
+        raise RuntimeError("boom")
+    assert name not in nft.tables()
+
+
+@pytest.mark.parametrize("kind", ["drop", "reset", "partition"])
+async def test_network_faults_between_the_engine_and_the_brokers(
+    kind: nft.Kind,
+    engine_with: EngineFactory,
+    rabbitmq: RabbitMQ,
+    tansu: Tansu,
+    mosquitto: Mosquitto,
+    report_figures: Callable[..., None],
+) -> None:
+    """``drop``: 1 packet in 10 either way dropped while the whole stream flows. ``reset``: every
+    packet to the brokers answered with a TCP reset until every endpoint is down. ``partition``:
+    every packet either way dropped for 12 s, mid-stream. Then the same counts as above.
+
+    (The rules match the brokers' ports, so the test's own publishers suffer them too; the AMQP
+    heartbeat is 2 s here so that RabbitMQ gives up on the cut connection, and requeues what it
+    held for it, within seconds rather than minutes.)"""
+    sides: list[Side] = [RabbitSide(rabbitmq, heartbeat=2), KafkaSide(tansu), MQTTSide(mosquitto)]
+    for side in sides:
+        side.broker.ensure_running()
+    tables: list[str] = []
+    async with streams(engine_with, sides) as (_engine, made):
+        states: dict[str, list[EndpointState]] = {s.name: [] for s in made}
+        async with trio.open_nursery() as watching:
+            for stream in made:
+                watching.start_soon(record_states, stream, states[stream.name])
+            hold(made, NET_HALF // 4)
+            await publish_all(made, seqs(0, NET_HALF))
+            await held(made, NET_HALF // 4)
+            with ExitStack() as faults:
+                for side in sides:
+                    tables.append(faults.enter_context(nft.fault(kind, side.broker.port)))
+                started = time.monotonic()
+                release(made)
+                if kind == "drop":
+                    await publish_all(made, seqs(NET_HALF, NET_HALF))
+                    for stream in made:
+                        await stream.all_confirmed_arrive()
+                elif kind == "reset":
+                    with trio.fail_after(OUTCOME_WITHIN):
+                        for stream in made:
+                            await stream.state.wait_value(EndpointState.DOWN)
+                            await stream.sessions_ended()
+                else:
+                    await trio.sleep(PARTITION)  # the fault itself: how long the link stays cut
+                fault_s = time.monotonic() - started
+            healed = time.monotonic()
+            back: dict[str, float] = {}
+            with trio.fail_after(WAIT):
+                for stream in made:
+                    await stream.state.wait_value(EndpointState.UP)
+                    await stream.reconnected()
+                    back[stream.name] = time.monotonic() - healed
+            if kind != "drop":
+                await publish_all(made, seqs(NET_HALF, NET_HALF))
+            for stream in made:
+                await stream.all_confirmed_arrive()
+            watching.cancel_scope.cancel()
+    assert not set(tables) & set(nft.tables())
+    for stream in made:
+        report_figures(
+            **stream.figures(),
+            fault=kind,
+            fault_s=round(fault_s, 1),
+            endpoint_went_down=EndpointState.DOWN in states[stream.name],
+            sessions_back_s=round(back[stream.name], 2),
+            alo_sessions=stream.receivers["alo"].sessions,
+        )
+    for stream in made:
+        stream.check()
