@@ -109,7 +109,10 @@ async def serve_requests(
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if await lifespan_or_http(scope, receive, send):
             if head_bytes(scope) > limit:
-                await respond_error(send, HeaderTooLarge(f"request head exceeds {limit} bytes"))
+                # As h11 does for a head too large to buffer: answer, then close the connection.
+                error = HeaderTooLarge(f"request head exceeds {limit} bytes")
+                log.info("request refused", extra={"status": 431, "reason": str(error)})
+                await respond_json(send, 431, {"error": str(error)}, {"connection": "close"})
                 return
             with context.client_connection():
                 await handle(Request(scope, receive), send)
