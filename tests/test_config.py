@@ -386,3 +386,126 @@ def test_shipped_mediation_toml() -> None:
         (endpoint.name, "sse-feed", "downstream"),
         (endpoint.name, "polling-api", "downstream"),
     }
+
+
+# -- entrypoint limits and auth keys ------------------------------------------------------------
+
+
+def test_entrypoint_limit_defaults() -> None:
+    config = parse_config(VALID, filename="gw.toml")
+    ws, feed = config.entrypoints
+    assert (ws.max_header_bytes, ws.header_timeout) == (16 * 1024, 10.0)
+    assert (feed.max_header_bytes, feed.header_timeout) == (16 * 1024, 10.0)
+    assert ws.idle_timeout == 120.0
+    assert (ws.auth, ws.identity_claim, ws.access_token_query) == ("none", "sub", True)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (
+            "max_header_bytes = 100",
+            "max_header_bytes: input should be greater than or equal to 256",
+        ),
+        ("header_timeout = 0", "header_timeout: input should be greater than 0"),
+        ("idle_timeout = -1", "idle_timeout: input should be greater than or equal to 0"),
+        ('identity_claim = ""', "identity_claim: string should have at least 1 character"),
+    ],
+)
+def test_entrypoint_limit_values(key: str, message: str) -> None:
+    text = VALID.replace('type = "websocket"', f'type = "websocket"\n{key}')
+    assert error_of(text) == f"gw.toml: entrypoints[0].{message}"
+
+
+def test_idle_timeout_is_a_websocket_key() -> None:
+    text = VALID.replace('type = "sse"', 'type = "sse"\nidle_timeout = 5')
+    assert error_of(text) == "gw.toml: entrypoints[1].idle_timeout: unknown key"
+
+
+# -- routes need what their endpoints publish to and consume from ------------------------------
+
+WS_AND_FEED = """
+[[entrypoints]]
+name = "ws"
+type = "websocket"
+port = 0
+"""
+
+
+def with_endpoint(endpoint_type: str, settings: str, *routes: str) -> str:
+    text = WS_AND_FEED + f'[[endpoints]]\nname = "b"\ntype = "{endpoint_type}"\n'
+    text += f"[endpoints.config]\n{settings}\n"
+    for route in routes:
+        text += f"[[routes]]\n{route}\n"
+    return text
+
+
+@pytest.mark.parametrize(
+    ("endpoint_type", "settings", "missing"),
+    [
+        ("kafka", 'brokers = "k:9092"\ntopic_in = "in"', "topic_out"),
+        ("rabbitmq", 'queue_in = "in"', "queue_out or endpoints[0].config.exchange"),
+        ("mqtt5", 'topic_in = "in"', "topic_out"),
+        ("jms", 'queue_in = "in"', "queue_out"),
+        ("solace", 'topic_in = "in"', "topic_out"),
+    ],
+)
+def test_an_upstream_route_to_an_endpoint_with_nothing_to_publish_to(
+    endpoint_type: str, settings: str, missing: str
+) -> None:
+    text = with_endpoint(endpoint_type, settings, 'source = "ws"\ntarget = "b"')
+    assert error_of(text) == (
+        'gw.toml: routes[0].target: endpoint "b" has nothing to publish to '
+        f"(set endpoints[0].config.{missing})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoint_type", "settings", "missing"),
+    [
+        ("kafka", 'brokers = "k:9092"\ntopic_out = "out"', "topic_in"),
+        ("rabbitmq", 'queue_out = "out"', "queue_in or endpoints[0].config.exchange"),
+        ("mqtt5", 'topic_out = "out"', "topic_in"),
+        ("jms", 'queue_out = "out"', "queue_in"),
+        ("solace", 'topic_out = "out"', "topic_in"),
+    ],
+)
+def test_a_downstream_route_from_an_endpoint_with_nothing_to_consume(
+    endpoint_type: str, settings: str, missing: str
+) -> None:
+    text = with_endpoint(endpoint_type, settings, 'source = "b"\ntarget = "ws"')
+    assert error_of(text) == (
+        'gw.toml: routes[0].source: endpoint "b" has nothing to consume from '
+        f"(set endpoints[0].config.{missing})"
+    )
+
+
+def test_route_ends_that_have_what_they_need() -> None:
+    # A RabbitMQ exchange serves both directions; memory always has its topics.
+    parse_config(
+        with_endpoint(
+            "rabbitmq",
+            'exchange = "x"',
+            'source = "ws"\ntarget = "b"',
+            'source = "b"\ntarget = "ws"',
+        )
+    )
+    parse_config(with_endpoint("memory", "", 'source = "ws"\ntarget = "b"'))
+    # Solace at_least_once consumes its queue_in (always set), with or without topic_in.
+    parse_config(
+        with_endpoint(
+            "solace", "", 'source = "b"\ntarget = "ws"\ndelivery_guarantee = "at_least_once"'
+        )
+    )
+
+
+def test_a_bridge_needs_both_ends() -> None:
+    text = WS_AND_FEED + (
+        '[[endpoints]]\nname = "src"\ntype = "mqtt5"\n[endpoints.config]\ntopic_in = "t"\n'
+        '[[endpoints]]\nname = "dst"\ntype = "kafka"\n[endpoints.config]\nbrokers = "k:1"\n'
+        'topic_in = "x"\n[[routes]]\nsource = "src"\ntarget = "dst"\n'
+    )
+    assert error_of(text) == (
+        'gw.toml: routes[0].target: endpoint "dst" has nothing to publish to '
+        "(set endpoints[1].config.topic_out)"
+    )
