@@ -25,7 +25,9 @@ A SIGSTOP freezes a broker with its state in memory, so the stream runs straight
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -40,6 +42,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from mediation.endpoints import EndpointState
+from mediation.endpoints._backoff import Backoff
 from mediation.engine import MediationEngine
 from tests.brokers import Broker, Mosquitto, RabbitMQ, Tansu, free_port
 
@@ -631,3 +634,30 @@ async def test_network_faults_between_the_engine_and_the_brokers(
         )
     for stream in made:
         stream.check()
+
+
+# -- reconnect delays -------------------------------------------------------------------------------
+
+
+def test_reconnect_delays_double_to_the_maximum_with_jitter() -> None:
+    backoff = Backoff(0.5, 5.0, random.Random(7))
+    ceilings = [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    for ceiling in ceilings:
+        assert ceiling / 2 <= backoff.next() <= ceiling
+    at_maximum = [backoff.next() for _ in range(200)]
+    assert all(2.5 <= d <= 5.0 for d in at_maximum)
+    assert len(set(at_maximum)) == len(at_maximum)  # jittered: no two gateways in step
+    assert max(at_maximum) - min(at_maximum) > 2.0  # spread over the whole half-range
+    backoff.reset()
+    assert 0.25 <= backoff.next() <= 0.5
+
+
+def test_every_broker_endpoint_reconnects_through_the_jittered_backoff() -> None:
+    """The connection task of each broker endpoint draws its waits from ``Backoff`` (and so has
+    jitter); none sleeps a fixed delay of its own."""
+    from mediation.endpoints import jms, kafka, mqtt5, rabbitmq, solace
+
+    for module in (jms, kafka, mqtt5, rabbitmq, solace):
+        source = inspect.getsource(module)
+        assert "Backoff(" in source and "backoff.next()" in source, module.__name__
+        assert "random.uniform" not in source, module.__name__

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator
@@ -104,6 +103,7 @@ from trio_util import AsyncValue
 from ..config import JMSConfig
 from ..errors import BrokerUnavailable, ConfigError
 from ..events import Delivery, Event, Settle, new_event_id
+from ._backoff import Backoff
 from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -754,12 +754,11 @@ class JMSEndpoint:
         self._port = parts.port or 5672
         self._wire: _Wire | None = None
         self._links = 0
-        self._random = random.Random()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the connection: connect, serve, reconnect with jittered backoff, until cancelled."""
         task_status.started()
-        delay = self.config.retry_interval
+        backoff = Backoff(self.config.retry_interval, self.config.retry_max_interval)
         try:
             while True:
                 self.state.value = EndpointState.CONNECTING
@@ -772,10 +771,9 @@ class JMSEndpoint:
                         extra={"endpoint": self.name, "error": str(error) or type(error).__name__},
                     )
                 else:
-                    delay = self.config.retry_interval  # it was up: start the backoff afresh
+                    backoff.reset()  # it was up: start the backoff afresh
                 self.state.value = EndpointState.DOWN
-                await trio.sleep(delay * self._random.uniform(0.5, 1.0))
-                delay = min(delay * 2, self.config.retry_max_interval)
+                await trio.sleep(backoff.next())
         finally:
             self.state.value = EndpointState.DOWN
 

@@ -82,7 +82,8 @@ meanwhile, raises :class:`BrokerUnavailable`); ``confirm=False`` returns once ``
 (a full queue waits for delivery reports, it does not spin). Key: ``message.key``; headers: the
 event metadata. State: ``connecting`` until the producer got cluster metadata, ``up``, ``down``
 from an ``_ALL_BROKERS_DOWN`` that a metadata request confirms, until metadata can be fetched
-again (librdkafka reconnects by itself; the endpoint follows). Publishing is refused while the
+again (librdkafka reconnects by itself, with its own jittered ``reconnect.backoff.ms``; the
+endpoint probes with jittered backoff from ``RETRY_MIN`` to ``RETRY_MAX`` and follows). Publishing is refused while the
 endpoint is not ``up``, and confirmed publishes still waiting fail when it goes ``down``. Each
 outage ends with a new producer (see ``_run_producer``).
 
@@ -123,6 +124,7 @@ from ..ack_policy import Guarantee
 from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
+from ._backoff import Backoff
 from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,8 @@ CLOSE_TIMEOUT = 5.0
 ASSIGN_TIMEOUT = 10.0
 PROBE_TIMEOUT = 2.0
 FLUSH_TIMEOUT = 5.0
-# Reconnect probing after the broker went away: from RETRY_MIN, doubling up to RETRY_MAX.
+# Reconnect probing after the broker went away: from RETRY_MIN, doubling up to RETRY_MAX, each
+# wait jittered (between half and all of it).
 RETRY_MIN = 0.5
 RETRY_MAX = 5.0
 
@@ -746,11 +749,10 @@ class KafkaEndpoint:
 
     async def _until_lost(self, producer: Producer) -> None:
         """Probe until the cluster answers, be ``up`` until it goes away, then ``down``."""
-        retry = RETRY_MIN
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         self._lost = trio.Event()
         while not await self._answers(producer):
-            await trio.sleep(retry)
-            retry = min(retry * 2, RETRY_MAX)
+            await trio.sleep(backoff.next())
             self._lost = trio.Event()  # what happened before this attempt is old news
         self._up_since = time.monotonic()
         self._producer = producer

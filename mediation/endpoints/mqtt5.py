@@ -96,7 +96,6 @@ transports.
 from __future__ import annotations
 
 import logging
-import random
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,6 +117,7 @@ from ..ack_policy import Guarantee
 from ..config import MQTT5Config
 from ..errors import BrokerUnavailable
 from ..events import Delivery, Event, new_event_id
+from ._backoff import Backoff
 from ._mqtt_wire import ConnectionLost, Wire
 from .base import Deliveries, EndpointState, Outbound, Subscription
 
@@ -465,7 +465,7 @@ class MQTT5Endpoint:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the endpoint's connection: connect, watch, reconnect with jittered backoff."""
         task_status.started()
-        delay = self.config.retry_interval
+        backoff = Backoff(self.config.retry_interval, RETRY_MAX)
         try:
             while True:
                 self.state.value = EndpointState.CONNECTING
@@ -475,15 +475,15 @@ class MQTT5Endpoint:
                 except ConnectionLost as lost:
                     reason = str(lost)
                 if self.state.value is EndpointState.UP:
-                    delay = self.config.retry_interval
+                    backoff.reset()
+                delay = backoff.next()
                 self.state.value = EndpointState.DOWN
                 log.warning(
                     "mqtt5 endpoint down",
                     extra={"endpoint": self.name, "error": reason, "retry_in": round(delay, 2)},
                 )
                 self._fail_consumers(f"connection to the broker lost: {reason}")
-                await trio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, RETRY_MAX)
+                await trio.sleep(delay)
         finally:
             self.state.value = EndpointState.DOWN
             self._fail_consumers("endpoint stopped")

@@ -94,7 +94,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 import re
 import threading
 import time
@@ -116,6 +115,7 @@ from ..ack_policy import Guarantee
 from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
+from ._backoff import Backoff
 from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -906,14 +906,12 @@ class RabbitMQEndpoint:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.state.value = EndpointState.CONNECTING
         task_status.started()
-        failures = 0
+        backoff = Backoff(RETRY_MIN, RETRY_MAX)
         try:
             while True:
                 if await self._connect_once():
-                    failures = 0
-                delay = min(RETRY_MAX, RETRY_MIN * 2**failures)
-                failures += 1
-                await trio.sleep(random.uniform(delay / 2, delay))
+                    backoff.reset()
+                await trio.sleep(backoff.next())
         finally:
             self.state.value = EndpointState.DOWN
 

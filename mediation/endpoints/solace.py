@@ -45,7 +45,7 @@ reconnects by itself (properties ``solace.messaging.transport.reconnection-attem
 :class:`BrokerUnavailable` (direct messages sent meanwhile are gone; persistent ones are
 redelivered to the client's next consumer). When the API gives up (service interrupted) the
 endpoint is ``down``, and ``run`` builds a new service after ``retry_interval`` (doubling up to
-30 s). Pending publish receipts fail on either event.
+30 s, each wait jittered between half and all of it). Pending publish receipts fail on either event.
 
 Metadata of a delivered event: the message's user properties, and ``solace-destination``,
 ``solace-application-message-id``, ``solace-correlation-id``, ``solace-redelivered``
@@ -80,6 +80,7 @@ from ..ack_policy import Guarantee
 from ..config import SolaceConfig
 from ..errors import BrokerUnavailable, ClientTooSlow, MediationError
 from ..events import Delivery, Event, new_event_id
+from ._backoff import Backoff
 from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -424,7 +425,9 @@ class SolaceEndpoint:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
         task_status.started()
-        delay = self.config.retry_interval
+        backoff = Backoff(
+            self.config.retry_interval, max(MAX_RETRY_INTERVAL, self.config.retry_interval)
+        )
         try:
             while True:
                 self.state.value = EndpointState.CONNECTING
@@ -435,15 +438,14 @@ class SolaceEndpoint:
                         "solace connect failed", extra={"endpoint": self.name, "error": str(error)}
                     )
                 else:
-                    delay = self.config.retry_interval
+                    backoff.reset()
                     try:
                         await self._serve(connection)
                     finally:
                         with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                             await self._blocking(self._close, connection, abandon=True)
                 self.state.value = EndpointState.DOWN
-                await trio.sleep(delay)
-                delay = min(delay * 2, max(MAX_RETRY_INTERVAL, self.config.retry_interval))
+                await trio.sleep(backoff.next())
         finally:
             self.state.value = EndpointState.DOWN
 
