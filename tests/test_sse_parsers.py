@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from contextlib import aclosing
 from functools import partial
 from typing import Any
@@ -338,10 +339,13 @@ def produce(tansu: Tansu, topic: str) -> None:
 
 
 async def test_kafka_resume_over_forced_disconnects_has_no_gaps_and_no_duplicates(
-    engine_with: EngineFactory, tansu: Tansu, node_modules: None
+    engine_with: EngineFactory,
+    tansu: Tansu,
+    node_modules: None,
+    report_figures: Callable[..., None],
 ) -> None:
     tansu.ensure_running()
-    admin = AdminClient(tansu.client_config())
+    admin = AdminClient({"bootstrap.servers": tansu.bootstrap_servers})
     topic = await trio.to_thread.run_sync(new_topic, admin, "sse-parsers")
     await trio.to_thread.run_sync(produce, tansu, topic)
     server = PageServer(cuts={name: [b"#%04d" % n for n in CUT_AT] for name in PARSERS})
@@ -379,6 +383,17 @@ async def test_kafka_resume_over_forced_disconnects_has_no_gaps_and_no_duplicate
     for start, stop in zip((0, *CUT_AT), (*CUT_AT, KAFKA_EVENTS), strict=True):
         expected.append(("session", "", "<session>"))
         expected += [("message", event_id(n), kafka_payload(n)[1]) for n in range(start, stop)]
+    received = {
+        name: [r["id"] for r in reports.seen if r.get("type") == "message"]
+        for name, reports in clients.items()
+    }
+    report_figures(
+        parsers=len(PARSERS),
+        events=KAFKA_EVENTS,
+        cuts_per_stream=len(CUT_AT),
+        lost=sum(KAFKA_EVENTS - len(set(ids)) for ids in received.values()),
+        duplicated=sum(len(ids) - len(set(ids)) for ids in received.values()),
+    )
     assert_decoded_alike(clients, expected)
     # Chromium, per the spec: a session event after a reconnect has the last id before the cut.
     assert [r["id"] for r in clients["chromium"].seen if r.get("type") == "session"] == [
