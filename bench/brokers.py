@@ -19,7 +19,7 @@ from .procs import ROOT
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.brokers import Mosquitto, RabbitMQ, Tansu  # noqa: E402
+from tests.brokers import Mosquitto, RabbitMQ, Tansu
 
 BROKERS = ("kafka", "rabbitmq", "mqtt")
 
@@ -87,8 +87,9 @@ class Brokers:
 # -- endpoint tables for the engine, one per broker ------------------------------------------
 
 
-def endpoint(brokers: Brokers, broker: str, name_in: str, name_out: str | None = None,
-             **extra: Any) -> dict[str, Any]:
+def endpoint(
+    brokers: Brokers, broker: str, name_in: str, name_out: str | None = None, **extra: Any
+) -> dict[str, Any]:
     """The engine's endpoint table consuming ``name_in`` (a topic / queue / MQTT topic that may
     hold ``{client_id}``) and producing to ``name_out``."""
     if broker == "kafka":
@@ -106,8 +107,12 @@ def endpoint(brokers: Brokers, broker: str, name_in: str, name_out: str | None =
             config["queue_out"] = name_out
         return {"type": "rabbitmq", "config": {**config, **extra}}
     if broker == "mqtt":
-        config = {"broker": brokers.mosquitto.url, "topic_in": name_in, "qos": 1,
-                  "session_expiry": 0}
+        config = {
+            "broker": brokers.mosquitto.url,
+            "topic_in": name_in,
+            "qos": 1,
+            "session_expiry": 0,
+        }
         if name_out:
             config["topic_out"] = name_out
         return {"type": "mqtt5", "config": {**config, **extra}}
@@ -125,14 +130,15 @@ def declare_queue(brokers: Brokers, queue: str) -> None:
         channel.queue_declare(queue, durable=True)  # type: ignore[attr-defined]
 
 
-def prefill(brokers: Brokers, broker: str, name: str, count: int, size: int) -> None:
+def prefill(
+    brokers: Brokers, broker: str, name: str, count: int, size: int, marker: bytes = b"x"
+) -> None:
     """``count`` messages of ``size`` bytes (``x....``) on a new topic / queue ``name``."""
-    data = b"x" + b"." * (size - 1)
+    data = marker + b"." * (size - 1)
     if broker == "kafka":
         from confluent_kafka import Producer
 
-        producer = Producer({"bootstrap.servers": brokers.tansu.bootstrap_servers,
-                             "linger.ms": 20})
+        producer = Producer({"bootstrap.servers": brokers.tansu.bootstrap_servers, "linger.ms": 20})
         for _ in range(count):
             while True:
                 try:

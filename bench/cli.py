@@ -35,16 +35,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .scenarios import SCENARIOS
 
-    names = [s.strip().upper() for s in args.scenario.split(",")] if args.scenario else list(
-        SCENARIOS)
+    names = (
+        [s.strip().upper() for s in args.scenario.split(",")] if args.scenario else list(SCENARIOS)
+    )
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
-        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}",
-              file=sys.stderr)
+        print(
+            f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
         return 2
-    results, failed = run(names, quick=args.quick, rounds=args.rounds,
-                          command=" ".join(["python -m bench", *map(shlex.quote, argv or
-                                                                     sys.argv[1:])]))
+    results, failed = run(
+        names,
+        quick=args.quick,
+        rounds=args.rounds,
+        command=" ".join(["python -m bench", *map(shlex.quote, argv or sys.argv[1:])]),
+    )
     if args.render:
         render(results, Path(args.render))
     return 1 if failed else 0
@@ -52,18 +58,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 1 round, 100 B, small counts (under 3 minutes)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 1 round, 100 B, small counts (under 3 minutes)",
+    )
     parser.add_argument("--scenario", help="comma-separated: S1,S2,... (default: all)")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3; quick 1)")
     parser.add_argument("--render", metavar="PATH", help="write the table as Markdown to PATH")
-    parser.add_argument("--from-results", metavar="DATE",
-                        help="render bench/results/DATE-*.json instead of running")
+    parser.add_argument(
+        "--from-results", metavar="DATE", help="render bench/results/DATE-*.json instead of running"
+    )
     return parser
 
 
-def run(names: list[str], *, quick: bool, rounds: int | None,
-        command: str) -> tuple[list[dict[str, Any]], bool]:
+def run(
+    names: list[str], *, quick: bool, rounds: int | None, command: str
+) -> tuple[list[dict[str, Any]], bool]:
     from .brokers import Brokers
     from .machine import describe, machine_info
     from .procs import workdir
@@ -83,8 +94,9 @@ def run(names: list[str], *, quick: bool, rounds: int | None,
         brokers = Brokers(stack)
         for name in names:
             print(f"\n== {name}: {DESCRIPTIONS[name]}", flush=True)
-            ctx = Context(brokers, work, quick, rounds, sizes,
-                          log=lambda text: print(text, flush=True))
+            ctx = Context(
+                brokers, work, quick, rounds, sizes, log=lambda text: print(text, flush=True)
+            )
             t0 = time.monotonic()
             rows, error = run_scenario(ctx, name)
             seconds = time.monotonic() - t0
@@ -154,6 +166,12 @@ def render(results: list[dict[str, Any]], path: Path) -> None:
         markdown_table(rows),
         "",
     ]
+    if first["config"]["quick"]:
+        lines[3:3] = [
+            "**A quick run (1 round, small counts): orientation only, not the figures "
+            "to quote.** Run `just bench --render docs/benchmarks.md` for those.",
+            "",
+        ]
     errors = [r for r in results if r.get("error")]
     if errors:
         lines.append("Scenarios that failed to run: " + ", ".join(r["scenario"] for r in errors))

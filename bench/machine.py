@@ -9,9 +9,24 @@ from importlib import metadata
 from typing import Any
 
 LIBRARIES = (
-    "trio", "trio-websocket", "hypercorn", "h11", "wsproto", "confluent-kafka", "pika",
-    "paho-mqtt", "python-qpid-proton", "websockets", "httpx", "starlette", "uvicorn",
-    "aiokafka", "aio-pika", "aiomqtt", "uvloop", "psutil",
+    "trio",
+    "trio-websocket",
+    "hypercorn",
+    "h11",
+    "wsproto",
+    "confluent-kafka",
+    "pika",
+    "paho-mqtt",
+    "python-qpid-proton",
+    "websockets",
+    "httpx",
+    "starlette",
+    "uvicorn",
+    "aiokafka",
+    "aio-pika",
+    "aiomqtt",
+    "uvloop",
+    "psutil",
 )
 
 
@@ -35,8 +50,13 @@ def _version(name: str) -> str | None:
 
 def _git() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except OSError:
         return None
     return out.stdout.strip() or None
@@ -60,6 +80,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def describe(info: dict[str, Any]) -> str:
-    return (f"{info['cpu']}, {info['cores']} cores, {info['memory_mib']} MiB, Linux "
-            f"{info['kernel']}, Python {info['python']}, load average "
-            f"{info['load_average'][0]:.2f} at the start, commit {info['commit']}")
+    return (
+        f"{info['cpu']}, {info['cores']} cores, {info['memory_mib']} MiB, Linux "
+        f"{info['kernel']}, Python {info['python']}, load average "
+        f"{info['load_average'][0]:.2f} at the start, commit {info['commit']}"
+    )

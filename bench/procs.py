@@ -37,7 +37,7 @@ class BaselineMissing(RunFailed):
 
 
 def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -51,10 +51,8 @@ def _stop(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -156,6 +154,8 @@ class Server:
 
     def start(self) -> None:
         log: IO[bytes]
+        # The log is appended to across restarts: readiness is read from this start's part.
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -171,8 +171,9 @@ class Server:
         return self.proc is not None and self.proc.poll() is None
 
     def failed(self, what: str) -> RunFailed:
-        return RunFailed(f"{self.name}: {what}\n--- tail of {self.log_path} ---\n"
-                         f"{_tail(self.log_path)}")
+        return RunFailed(
+            f"{self.name}: {what}\n--- tail of {self.log_path} ---\n{_tail(self.log_path)}"
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -186,8 +187,9 @@ class Engine(Server):
     def __init__(self, toml: str, workdir: Path, name: str = "engine") -> None:
         self.config_path = workdir / f"{name}.toml"
         self.config_path.write_text(toml)
-        super().__init__(name, [PYTHON, "-m", "mediation", "run", "--config",
-                                str(self.config_path)], workdir)
+        super().__init__(
+            name, [PYTHON, "-m", "mediation", "run", "--config", str(self.config_path)], workdir
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -195,6 +197,7 @@ class Engine(Server):
             if not self.alive():
                 raise self.failed("exited before listening")
             with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
                 for line in log:
                     if b'"listening"' in line:
                         self.ports = json.loads(line)["ports"]
@@ -252,8 +255,21 @@ def baseline(broker: str, broker_url: str, window: int, workdir: Path) -> PortFi
     if not baseline_available():
         raise BaselineMissing("bench/baselines/bridge.py does not exist")
     name = f"baseline-{broker}-w{window}"
-    argv = [PYTHON, "-m", "bench.baselines.bridge", "--broker", broker, "--broker-url",
-            broker_url, "--host", "127.0.0.1", "--port", "0", "--window", str(window)]
+    argv = [
+        PYTHON,
+        "-m",
+        "bench.baselines.bridge",
+        "--broker",
+        broker,
+        "--broker-url",
+        broker_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--window",
+        str(window),
+    ]
     return PortFileServer(name, argv, workdir)
 
 

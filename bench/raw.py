@@ -37,7 +37,7 @@ async def serve_ws(port_file: Path) -> None:
         server = await nursery.start(
             partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
         )
-        port_file.write_text(f"{server.port}\n")
+        port_file.write_text(f"{server.port}\n")  # noqa: ASYNC240 - once, at start
 
 
 async def serve_sse(port_file: Path) -> None:
@@ -70,7 +70,7 @@ async def serve_sse(port_file: Path) -> None:
     config.errorlog = None
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(serve, app, config))  # type: ignore[arg-type]
-        port_file.write_text(f"{binds[0].rsplit(':', 1)[1]}\n")
+        port_file.write_text(f"{binds[0].rsplit(':', 1)[1]}\n")  # noqa: ASYNC240
 
 
 def main() -> None:

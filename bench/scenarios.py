@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,11 @@ import httpx
 
 from .brokers import Brokers, declare_queue, endpoint, prefill, unique
 from .procs import (
+    PYTHON,
     BaselineMissing,
     Engine,
     Load,
     PortFileServer,
-    PYTHON,
     RunFailed,
     baseline,
     engine_toml,
@@ -32,8 +33,13 @@ from .procs import (
 )
 from .stats import Row, percentile
 
-BROKER_LABEL = {"kafka": "Kafka (tansu)", "rabbitmq": "RabbitMQ", "mqtt": "MQTT 5 (Mosquitto)",
-                "memory": "memory", "amqp1": "AMQP 1.0 (RabbitMQ)"}
+BROKER_LABEL = {
+    "kafka": "Kafka (tansu)",
+    "rabbitmq": "RabbitMQ",
+    "mqtt": "MQTT 5 (Mosquitto)",
+    "memory": "memory",
+    "amqp1": "AMQP 1.0 (RabbitMQ)",
+}
 
 
 @dataclass
@@ -53,8 +59,9 @@ class Context:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def receive(client: dict[str, Any], publisher: dict[str, Any] | None = None,
-            timeout: float = 180.0) -> dict[str, Any]:
+def receive(
+    client: dict[str, Any], publisher: dict[str, Any] | None = None, timeout: float = 180.0
+) -> dict[str, Any]:
     """Run one receiving client; with ``publisher``, live: warm-ups, then the measured burst."""
     with Load(client) as load:
         load.wait_event("open", timeout)
@@ -126,21 +133,33 @@ def count_for(ctx: Context, size: int, broker: str) -> int:
     return base
 
 
-def publisher_spec(ctx: Context, broker: str, topic: str, count: int, size: int,
-                   **extra: Any) -> dict[str, Any]:
-    address = {"kafka": ctx.brokers.url("kafka") if broker == "kafka" else "",
-               "rabbitmq": ctx.brokers.rabbitmq.amqp_url if broker == "rabbitmq" else "",
-               "mqtt": ctx.brokers.mosquitto.url if broker == "mqtt" else ""}[broker]
-    return {"broker": broker, "address": address, "topic": topic, "count": count,
-            "size": size, **extra}
+def publisher_spec(
+    ctx: Context, broker: str, topic: str, count: int, size: int, **extra: Any
+) -> dict[str, Any]:
+    address = {
+        "kafka": ctx.brokers.url("kafka") if broker == "kafka" else "",
+        "rabbitmq": ctx.brokers.rabbitmq.amqp_url if broker == "rabbitmq" else "",
+        "mqtt": ctx.brokers.mosquitto.url if broker == "mqtt" else "",
+    }[broker]
+    return {
+        "broker": broker,
+        "address": address,
+        "topic": topic,
+        "count": count,
+        "size": size,
+        **extra,
+    }
 
 
-def drain(ctx: Context, broker: str, url: str, topic: str, count: int, size: int,
-          client: dict[str, Any]) -> float | None:
+def drain(
+    ctx: Context, broker: str, url: str, topic: str, count: int, size: int, client: dict[str, Any]
+) -> float | None:
     """Prefill (Kafka, RabbitMQ) or publish live (MQTT), then time one client's receipt."""
     if broker == "mqtt":
-        result = receive({**client, "url": url, "count": count, "live": True},
-                         publisher_spec(ctx, broker, topic, count, size, window=100))
+        result = receive(
+            {**client, "url": url, "count": count, "live": True},
+            publisher_spec(ctx, broker, topic, count, size, window=100),
+        )
     else:
         prefill(ctx.brokers, broker, topic, count, size)
         result = receive({**client, "url": url, "count": count})
@@ -153,8 +172,14 @@ def drain(ctx: Context, broker: str, url: str, topic: str, count: int, size: int
 # -- S1, S2, S3: one client, broker -> client --------------------------------------------------
 
 
-def _stream(ctx: Context, scenario: str, transport: str, guarantee: str,
-            channel_sizes: tuple[int, ...], brokers: tuple[str, ...]) -> list[Row]:
+def _stream(
+    ctx: Context,
+    scenario: str,
+    transport: str,
+    guarantee: str,
+    channel_sizes: tuple[int, ...],
+    brokers: tuple[str, ...],
+) -> list[Row]:
     rows: list[Row] = []
     for broker in brokers:
         if broker == "kafka":
@@ -164,8 +189,14 @@ def _stream(ctx: Context, scenario: str, transport: str, guarantee: str,
         subprotocol = guarantee == "at_least_once"
         for size in channel_sizes:
             entrypoints[f"c{size}"] = {"type": "websocket" if transport == "ws" else "sse"}
-            routes.append({"source": "b", "target": f"c{size}", "channel_size": size,
-                           "delivery_guarantee": guarantee})
+            routes.append(
+                {
+                    "source": "b",
+                    "target": f"c{size}",
+                    "channel_size": size,
+                    "delivery_guarantee": guarantee,
+                }
+            )
         toml = engine_toml(entrypoints, {"b": endpoint(ctx.brokers, broker, template)}, routes)
         engine = Engine(toml, ctx.workdir, f"engine-{scenario}-{broker}")
         with running(engine):
@@ -173,9 +204,21 @@ def _stream(ctx: Context, scenario: str, transport: str, guarantee: str,
             for window in channel_sizes:
                 with maybe_baseline(ctx, broker, window) as bridge:
                     for size in ctx.sizes:
-                        rows.extend(_stream_cell(ctx, scenario, transport, guarantee, broker,
-                                                 prefix, engine, bridge, window, size,
-                                                 subprotocol))
+                        rows.extend(
+                            _stream_cell(
+                                ctx,
+                                scenario,
+                                transport,
+                                guarantee,
+                                broker,
+                                prefix,
+                                engine,
+                                bridge,
+                                window,
+                                size,
+                                subprotocol,
+                            )
+                        )
     return rows
 
 
@@ -187,9 +230,19 @@ def _client(transport: str, envelope: bool) -> dict[str, Any]:
     return {"kind": "ws_recv"}
 
 
-def _stream_cell(ctx: Context, scenario: str, transport: str, guarantee: str, broker: str,
-                 prefix: str, engine: Engine, bridge: PortFileServer | None, window: int,
-                 size: int, envelope: bool) -> list[Row]:
+def _stream_cell(
+    ctx: Context,
+    scenario: str,
+    transport: str,
+    guarantee: str,
+    broker: str,
+    prefix: str,
+    engine: Engine,
+    bridge: PortFileServer | None,
+    window: int,
+    size: int,
+    envelope: bool,
+) -> list[Row]:
     count = count_for(ctx, size, broker)
     engine_rates: list[float] = []
     bridge_rates: list[float] = []
@@ -202,8 +255,13 @@ def _stream_cell(ctx: Context, scenario: str, transport: str, guarantee: str, br
             if side == "engine":
                 url = engine.url(f"c{window}", "ws" if transport == "ws" else "http")
                 url += f"?client_id={client_id}"
-                rate = try_side(ctx, f"{scenario} engine {broker} {label}", lambda: drain(
-                    ctx, broker, url, topic, count, size, _client(transport, envelope)))
+                rate = try_side(
+                    ctx,
+                    f"{scenario} engine {broker} {label}",
+                    partial(
+                        drain, ctx, broker, url, topic, count, size, _client(transport, envelope)
+                    ),
+                )
                 if rate is None:
                     raise RunFailed(f"{scenario} {broker} {label}: the engine failed")
                 engine_rates.append(rate)
@@ -215,16 +273,33 @@ def _stream_cell(ctx: Context, scenario: str, transport: str, guarantee: str, br
                 url += ack if transport == "ws" else ""
                 client = _client(transport, envelope)
                 client.pop("subprotocol", None)
-                add(bridge_rates, try_side(ctx, f"{scenario} bridge {broker} {label}",
-                                           lambda: drain(ctx, broker, url, topic, count, size,
-                                                         client)))
-        ctx.log(f"  {scenario} {broker} {label} round {r + 1}: engine "
-                f"{engine_rates[-1]:.0f}/s, bridge "
-                f"{bridge_rates[-1] if len(bridge_rates) > r else float('nan'):.0f}/s")
+                add(
+                    bridge_rates,
+                    try_side(
+                        ctx,
+                        f"{scenario} bridge {broker} {label}",
+                        partial(drain, ctx, broker, url, topic, count, size, client),
+                    ),
+                )
+        ctx.log(
+            f"  {scenario} {broker} {label} round {r + 1}: engine "
+            f"{engine_rates[-1]:.0f}/s, bridge "
+            f"{bridge_rates[-1] if len(bridge_rates) > r else float('nan'):.0f}/s"
+        )
     ctx.record(f"{scenario}:{broker}:{label}", {"engine": engine_rates, "bridge": bridge_rates})
     target = {"S1": "ratio >= 1.5", "S2": "ratio >= 1.5", "S3": "ratio >= 1.2"}[scenario]
-    return [Row(scenario, BROKER_LABEL[broker], label, "msgs/s", engine_rates, bridge_rates,
-                "hand-rolled", target)]
+    return [
+        Row(
+            scenario,
+            BROKER_LABEL[broker],
+            label,
+            "msgs/s",
+            engine_rates,
+            bridge_rates,
+            "hand-rolled",
+            target,
+        )
+    ]
 
 
 def raw_legs(ctx: Context, broker: str, window: int, size: int, transport: str) -> list[float]:
@@ -237,44 +312,96 @@ def raw_legs(ctx: Context, broker: str, window: int, size: int, transport: str) 
             topic = unique("bench.raw." if broker != "mqtt" else "bench/raw/")
             if broker == "kafka":
                 prefill(ctx.brokers, broker, topic, count, size)
-                leg = receive({"kind": "kafka_consume", "address": ctx.brokers.url("kafka"),
-                               "topic": topic, "count": count}, None)
+                leg = receive(
+                    {
+                        "kind": "kafka_consume",
+                        "address": ctx.brokers.url("kafka"),
+                        "topic": topic,
+                        "count": count,
+                    },
+                    None,
+                )
             elif broker == "rabbitmq":
                 prefill(ctx.brokers, broker, topic, count, size)
-                leg = receive({"kind": "pika_consume", "address": ctx.brokers.rabbitmq.amqp_url,
-                               "topic": topic, "count": count, "window": window}, None)
+                leg = receive(
+                    {
+                        "kind": "pika_consume",
+                        "address": ctx.brokers.rabbitmq.amqp_url,
+                        "topic": topic,
+                        "count": count,
+                        "window": window,
+                    },
+                    None,
+                )
             else:
-                leg = receive({"kind": "paho_recv", "address": ctx.brokers.mosquitto.url,
-                               "topic": topic, "count": count},
-                              publisher_spec(ctx, broker, topic, count, size, window=100))
+                leg = receive(
+                    {
+                        "kind": "paho_recv",
+                        "address": ctx.brokers.mosquitto.url,
+                        "topic": topic,
+                        "count": count,
+                    },
+                    publisher_spec(ctx, broker, topic, count, size, window=100),
+                )
             path = f"/?n={count}&size={size}"
             client = {"kind": "ws_recv"} if transport == "ws" else {"kind": "sse_recv"}
             url = web.url("ws" if transport == "ws" else "http", path)
             web_leg = receive({**client, "url": url, "count": count})
-            ctx.record(f"raw:{broker}:{transport}:{window}:{size}",
-                       {"broker_leg": leg, "web_leg": web_leg})
+            ctx.record(
+                f"raw:{broker}:{transport}:{window}:{size}", {"broker_leg": leg, "web_leg": web_leg}
+            )
             slower.append(min(leg["rate"], web_leg["rate"]))
     return slower
 
 
-def native_ws(ctx: Context, which: str, size: int, stamp: bool = False,
-              rate: float | None = None, count: int | None = None) -> dict[str, Any]:
+def native_ws(
+    ctx: Context,
+    which: str,
+    size: int,
+    stamp: bool = False,
+    rate: float | None = None,
+    count: int | None = None,
+) -> dict[str, Any]:
     """A paho subscriber over the broker's own WebSocket listener (no gateway in between)."""
     count = count or count_for(ctx, size, "mqtt")
     topic = unique("bench/native/")
     if which == "mosquitto":
         m = ctx.brokers.mosquitto
         address, ws_path, pub_address, mqtt311 = (
-            f"ws://127.0.0.1:{m.websockets_port}", "/mqtt", m.url, False)
+            f"ws://127.0.0.1:{m.websockets_port}",
+            "/mqtt",
+            m.url,
+            False,
+        )
     else:
         r = ctx.brokers.rabbitmq
         address, ws_path, pub_address, mqtt311 = (
-            f"ws://127.0.0.1:{r.web_mqtt_port}", "/ws", f"mqtt://127.0.0.1:{r.mqtt_port}", True)
-    client = {"kind": "paho_recv", "address": address, "transport": "websockets",
-              "ws_path": ws_path, "topic": topic, "count": count, "mqtt311": mqtt311,
-              "stamp": stamp}
-    publisher = {"broker": "mqtt", "address": pub_address, "topic": topic, "count": count,
-                 "size": size, "window": 100, "mqtt311": mqtt311, "stamp": stamp, "rate": rate}
+            f"ws://127.0.0.1:{r.web_mqtt_port}",
+            "/ws",
+            f"mqtt://127.0.0.1:{r.mqtt_port}",
+            True,
+        )
+    client = {
+        "kind": "paho_recv",
+        "address": address,
+        "transport": "websockets",
+        "ws_path": ws_path,
+        "topic": topic,
+        "count": count,
+        "mqtt311": mqtt311,
+        "stamp": stamp,
+    }
+    publisher = {
+        "broker": "mqtt",
+        "address": pub_address,
+        "topic": topic,
+        "count": count,
+        "size": size,
+        "window": 100,
+        "mqtt311": mqtt311,
+        "stamp": stamp,
+        "rate": rate,
+    }
     return receive(client, publisher)
 
 
@@ -285,29 +412,53 @@ def s1(ctx: Context) -> list[Row]:
     big = max(sizes)
     for broker in ("kafka", "rabbitmq", "mqtt"):
         for size in ctx.sizes:
-            engine_row = next(r for r in rows if r.broker == BROKER_LABEL[broker]
-                              and r.params == f"ws auto cs={big} {size} B")
+            engine_row = next(
+                r
+                for r in rows
+                if r.broker == BROKER_LABEL[broker] and r.params == f"ws auto cs={big} {size} B"
+            )
             legs: list[float] = []
             try:
                 legs = raw_legs(ctx, broker, big, size, "ws")
             except RunFailed as error:
                 ctx.record("failures", f"S1 raw legs {broker}: {error}")
-            rows.append(Row("S1", BROKER_LABEL[broker], f"ws auto cs={big} {size} B vs raw legs",
-                            "msgs/s", list(engine_row.engine), legs, "slower raw leg",
-                            "ratio >= 0.5"))
-    for which, label in (("mosquitto", "mosquitto websockets"),
-                         ("rabbitmq", "RabbitMQ web_mqtt")):
+            rows.append(
+                Row(
+                    "S1",
+                    BROKER_LABEL[broker],
+                    f"ws auto cs={big} {size} B vs raw legs",
+                    "msgs/s",
+                    list(engine_row.engine),
+                    legs,
+                    "slower raw leg",
+                    "ratio >= 0.5",
+                )
+            )
+    for which, label in (("mosquitto", "mosquitto websockets"), ("rabbitmq", "RabbitMQ web_mqtt")):
         size = ctx.sizes[0]  # paho over mosquitto's WebSocket stalled at >= 4 KiB
         native: list[float] = []
         for _ in range(ctx.rounds):
-            add(native, try_side(ctx, f"S1 native {which}",
-                                 lambda: native_ws(ctx, which, size)["rate"]))
+            add(
+                native, try_side(ctx, f"S1 native {which}", partial(_native_rate, ctx, which, size))
+            )
         broker = "mqtt" if which == "mosquitto" else "rabbitmq"
-        engine_row = next(r for r in rows if r.broker == BROKER_LABEL[broker]
-                          and r.params == f"ws auto cs={big} {size} B")
-        rows.append(Row("S1", BROKER_LABEL[broker], f"ws cs={big} {size} B vs broker-native WS",
-                        "msgs/s", list(engine_row.engine), native, label,
-                        note="reference: no gateway in the middle"))
+        engine_row = next(
+            r
+            for r in rows
+            if r.broker == BROKER_LABEL[broker] and r.params == f"ws auto cs={big} {size} B"
+        )
+        rows.append(
+            Row(
+                "S1",
+                BROKER_LABEL[broker],
+                f"ws cs={big} {size} B vs broker-native WS",
+                "msgs/s",
+                list(engine_row.engine),
+                native,
+                label,
+                note="reference: no gateway in the middle",
+            )
+        )
     return rows
 
 
@@ -316,13 +467,25 @@ def s2(ctx: Context) -> list[Row]:
     rows = _stream(ctx, "S2", "sse", "auto", sizes, ("kafka", "rabbitmq", "mqtt"))
     if not ctx.quick:
         size = ctx.sizes[0]
-        engine_row = next(r for r in rows if r.broker == BROKER_LABEL["kafka"]
-                          and r.params == f"sse auto cs=1024 {size} B")
+        engine_row = next(
+            r
+            for r in rows
+            if r.broker == BROKER_LABEL["kafka"] and r.params == f"sse auto cs=1024 {size} B"
+        )
         legs: list[float] = []
         with contextlib.suppress(RunFailed):
             legs = raw_legs(ctx, "kafka", 1024, size, "sse")
-        rows.append(Row("S2", BROKER_LABEL["kafka"], f"sse cs=1024 {size} B vs raw legs",
-                        "events/s", list(engine_row.engine), legs, "slower raw leg"))
+        rows.append(
+            Row(
+                "S2",
+                BROKER_LABEL["kafka"],
+                f"sse cs=1024 {size} B vs raw legs",
+                "events/s",
+                list(engine_row.engine),
+                legs,
+                "slower raw leg",
+            )
+        )
     return rows
 
 
@@ -336,21 +499,27 @@ def s3(ctx: Context) -> list[Row]:
 
 def s4(ctx: Context) -> list[Row]:
     rows: list[Row] = []
-    duration = 2.0 if ctx.quick else 5.0
+    duration = 0.7 if ctx.quick else 5.0
     connections = 64
     for broker in ("kafka", "rabbitmq", "mqtt"):
         topic = "bench.s4" if broker != "mqtt" else "bench/s4"
         if broker == "rabbitmq":
             declare_queue(ctx.brokers, topic)
-        out = {"kafka": {"topic_out": topic}, "rabbitmq": {"queue_out": topic},
-               "mqtt": {"topic_out": topic}}[broker]
+        out = {
+            "kafka": {"topic_out": topic},
+            "rabbitmq": {"queue_out": topic},
+            "mqtt": {"topic_out": topic},
+        }[broker]
         ep = endpoint(ctx.brokers, broker, "bench.unused" if broker != "mqtt" else "bench/x")
         ep["config"].update(out)
         entrypoints = {"auto": {"type": "http_post"}, "alo": {"type": "http_post"}}
-        routes = [{"source": "auto", "target": "b", "delivery_guarantee": "auto"},
-                  {"source": "alo", "target": "b", "delivery_guarantee": "at_least_once"}]
-        engine = Engine(engine_toml(entrypoints, {"b": ep}, routes), ctx.workdir,
-                        f"engine-S4-{broker}")
+        routes = [
+            {"source": "auto", "target": "b", "delivery_guarantee": "auto"},
+            {"source": "alo", "target": "b", "delivery_guarantee": "at_least_once"},
+        ]
+        engine = Engine(
+            engine_toml(entrypoints, {"b": ep}, routes), ctx.workdir, f"engine-S4-{broker}"
+        )
         with running(engine), maybe_baseline(ctx, broker, 64) as bridge:
             engine.wait_readyz()
             for mode in ("auto", "alo"):
@@ -366,8 +535,13 @@ def s4(ctx: Context) -> list[Row]:
                             url = bridge.url(path=f"/publish?topic={topic}&confirm={confirm}")
                         else:
                             continue
-                        spec = {"kind": "post", "url": url, "connections": connections,
-                                "duration": duration, "size": size}
+                        spec = {
+                            "kind": "post",
+                            "url": url,
+                            "connections": connections,
+                            "duration": duration,
+                            "size": size,
+                        }
                         try:
                             top = receive_post(spec)
                             half = receive_post({**spec, "rate": max(1.0, top["rate"] / 2)})
@@ -384,15 +558,34 @@ def s4(ctx: Context) -> list[Row]:
                 label = f"POST {guarantee} x{connections} {size} B"
                 e = figures["engine"]
                 b = figures["bridge"]
-                rows.append(Row("S4", BROKER_LABEL[broker], label, "req/s",
-                                [f["max"]["rate"] for f in e], [f["max"]["rate"] for f in b],
-                                "hand-rolled", "ratio >= 1.5"))
-                rows.append(Row("S4", BROKER_LABEL[broker], label + " at 50% of max", "p99 ms",
-                                [f["half"]["p99"] for f in e if f["half"]["p99"] is not None],
-                                [f["half"]["p99"] for f in b if f["half"]["p99"] is not None],
-                                "hand-rolled", "value <= 20"))
-                ctx.log(f"  S4 {broker} {mode}: engine {[round(f['max']['rate']) for f in e]} "
-                        f"bridge {[round(f['max']['rate']) for f in b]} req/s")
+                rows.append(
+                    Row(
+                        "S4",
+                        BROKER_LABEL[broker],
+                        label,
+                        "req/s",
+                        [f["max"]["rate"] for f in e],
+                        [f["max"]["rate"] for f in b],
+                        "hand-rolled",
+                        "ratio >= 1.5",
+                    )
+                )
+                rows.append(
+                    Row(
+                        "S4",
+                        BROKER_LABEL[broker],
+                        label + " at 50% of max",
+                        "p99 ms",
+                        [f["half"]["p99"] for f in e if f["half"]["p99"] is not None],
+                        [f["half"]["p99"] for f in b if f["half"]["p99"] is not None],
+                        "hand-rolled",
+                        "value <= 20",
+                    )
+                )
+                ctx.log(
+                    f"  S4 {broker} {mode}: engine {[round(f['max']['rate']) for f in e]} "
+                    f"bridge {[round(f['max']['rate']) for f in b]} req/s"
+                )
     return rows
 
 
@@ -418,8 +611,9 @@ def s5(ctx: Context) -> list[Row]:
         natives[which] = []
         native_p50[which] = []
         for _ in range(ctx.rounds):
-            result = try_side(ctx, f"S5 native {which}", lambda: _native_latency(
-                ctx, which, size, rate, count))
+            result = try_side(
+                ctx, f"S5 native {which}", partial(_native_latency, ctx, which, size, rate, count)
+            )
             if result is not None:
                 natives[which].append(result)
         ctx.record(f"S5:native:{which}", natives[which])
@@ -430,8 +624,11 @@ def s5(ctx: Context) -> list[Row]:
         ep = endpoint(ctx.brokers, broker, template)
         if broker == "kafka":
             ep["config"]["auto_offset_reset"] = "latest"
-        toml = engine_toml({"ws": {"type": "websocket"}}, {"b": ep},
-                           [{"source": "b", "target": "ws", "channel_size": 64}])
+        toml = engine_toml(
+            {"ws": {"type": "websocket"}},
+            {"b": ep},
+            [{"source": "b", "target": "ws", "channel_size": 64}],
+        )
         engine = Engine(toml, ctx.workdir, f"engine-S5-{broker}")
         figures: dict[str, list[dict[str, Any]]] = {"engine": [], "bridge": []}
         with running(engine), maybe_baseline(ctx, broker, 64) as bridge:
@@ -449,10 +646,18 @@ def s5(ctx: Context) -> list[Row]:
                         continue
                     if broker == "rabbitmq":
                         declare_queue(ctx.brokers, topic)
-                    client = {"kind": "ws_recv", "url": url, "count": count, "live": True,
-                              "stamp": True}
-                    pub = publisher_spec(ctx, broker, topic, count, size, rate=rate,
-                                         stamp=True, window=100)
+                    if broker == "kafka":  # consuming from "latest" needs the topic to exist
+                        prefill(ctx.brokers, "kafka", topic, 1, 10, b"w")
+                    client = {
+                        "kind": "ws_recv",
+                        "url": url,
+                        "count": count,
+                        "live": True,
+                        "stamp": True,
+                    }
+                    pub = publisher_spec(
+                        ctx, broker, topic, count, size, rate=rate, stamp=True, window=100
+                    )
                     try:
                         figures[side].append(receive(client, pub))
                     except RunFailed as error:
@@ -462,18 +667,40 @@ def s5(ctx: Context) -> list[Row]:
         ctx.record(f"S5:{broker}", figures)
         label = f"ws auto cs=64 {size} B at {rate:.0f}/s"
         for metric in ("p50", "p99"):
-            rows.append(Row("S5", BROKER_LABEL[broker], label, f"{metric} ms",
-                            [f[metric] for f in figures["engine"]],
-                            [f[metric] for f in figures["bridge"]], "hand-rolled"))
+            rows.append(
+                Row(
+                    "S5",
+                    BROKER_LABEL[broker],
+                    label,
+                    f"{metric} ms",
+                    [f[metric] for f in figures["engine"]],
+                    [f[metric] for f in figures["bridge"]],
+                    "hand-rolled",
+                )
+            )
         native = natives["mosquitto" if broker == "mqtt" else "rabbitmq"]
         if broker != "kafka" and native:
             which = "mosquitto websockets" if broker == "mqtt" else "RabbitMQ web_mqtt"
-            added = [f["p99"] - native[i % len(native)]
-                     for i, f in enumerate(figures["engine"])]
-            rows.append(Row("S5", BROKER_LABEL[broker], f"p99 added over {which}",
-                            "ms", added, [], "", "value <= 5",
-                            note=f"native p99 {native}"))
+            added = [f["p99"] - native[i % len(native)] for i, f in enumerate(figures["engine"])]
+            rows.append(
+                Row(
+                    "S5",
+                    BROKER_LABEL[broker],
+                    f"p99 added over {which}",
+                    "ms",
+                    added,
+                    [],
+                    "",
+                    "value <= 5",
+                    note=f"native p99 {native}",
+                )
+            )
     return rows
+
+
+def _native_rate(ctx: Context, which: str, size: int) -> float:
+    rate: float = native_ws(ctx, which, size)["rate"]
+    return rate
 
 
 def _native_latency(ctx: Context, which: str, size: int, rate: float, count: int) -> float:
@@ -488,9 +715,11 @@ def _native_latency(ctx: Context, which: str, size: int, rate: float, count: int
 def s6(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     n = 1000 if ctx.quick else 10000
-    toml = engine_toml({"ws": {"type": "websocket"}, "sse": {"type": "sse"}},
-                       {"mem": {"type": "memory"}},
-                       [{"source": "mem", "target": "ws"}, {"source": "mem", "target": "sse"}])
+    toml = engine_toml(
+        {"ws": {"type": "websocket"}, "sse": {"type": "sse"}},
+        {"mem": {"type": "memory"}},
+        [{"source": "mem", "target": "ws"}, {"source": "mem", "target": "sse"}],
+    )
     for kind in ("ws", "sse"):
         held: list[float] = []
         per_session: list[float] = []
@@ -514,14 +743,17 @@ def s6(ctx: Context) -> list[Row]:
                     result = load.result(120)
                 held.append(result["held"])
                 per_session.append((after - before) / max(1, result["held"]))
-                ctx.record(f"S6:{kind}", {"rss_before_kib": before, "rss_after_kib": after,
-                                          **result})
+                ctx.record(
+                    f"S6:{kind}", {"rss_before_kib": before, "rss_after_kib": after, **result}
+                )
         label = f"{kind} idle sessions (memory endpoint)"
         target_n = "value >= 10000" if not ctx.quick else ""
-        rows.append(Row("S6", "memory", label, "sessions held", held, target=target_n,
-                        note=f"{n} opened"))
-        rows.append(Row("S6", "memory", label, "RSS KiB/session", per_session,
-                        target="value <= 50"))
+        rows.append(
+            Row("S6", "memory", label, "sessions held", held, target=target_n, note=f"{n} opened")
+        )
+        rows.append(
+            Row("S6", "memory", label, "RSS KiB/session", per_session, target="value <= 50")
+        )
         rows.append(Row("S6", "memory", label, "threads added", threads))
         rows.append(Row("S6", "memory", label, "/healthz p99 ms", health, target="value <= 50"))
     return rows
@@ -558,9 +790,13 @@ def s7(ctx: Context) -> list[Row]:
             declare_queue(ctx.brokers, topic)
         ep = endpoint(ctx.brokers, broker, topic)
         if broker == "kafka":
-            prefill(ctx.brokers, "kafka", topic, 1, 10)  # the topic exists before anyone joins
-        toml = engine_toml({"ws": {"type": "websocket"}}, {"b": ep},
-                           [{"source": "b", "target": "ws", "channel_size": 1}])
+            # The topic exists before anyone joins (a warm-up: nobody counts it).
+            prefill(ctx.brokers, "kafka", topic, 1, 10, b"w")
+        toml = engine_toml(
+            {"ws": {"type": "websocket"}},
+            {"b": ep},
+            [{"source": "b", "target": "ws", "channel_size": 1}],
+        )
         stats: dict[str, dict[str, list[float]]] = {}
         for r in range(ctx.rounds):
             for side in ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine"):
@@ -578,24 +814,53 @@ def s7(ctx: Context) -> list[Row]:
                 figures["rss"].append(result["rss_per_session"])
                 figures["threads"].append(result["threads_per_session"])
                 ctx.record(f"S7:{broker}:{side}", result)
-                ctx.log(f"  S7 {broker} {side}: {result['complete']}/{n} sessions receiving, "
-                        f"{result['rss_per_session']:.0f} KiB and "
-                        f"{result['threads_per_session']:.2f} threads per session")
+                ctx.log(
+                    f"  S7 {broker} {side}: {result['complete']}/{n} sessions receiving, "
+                    f"{result['rss_per_session']:.0f} KiB and "
+                    f"{result['threads_per_session']:.2f} threads per session"
+                )
         e = stats.get("engine", {"complete": [], "rss": [], "threads": []})
         b = stats.get("bridge", {"complete": [], "rss": [], "threads": []})
         label = f"{n} WS sessions, a consumer each"
         target = f"value >= {S7_TARGETS[broker]}" if not ctx.quick else ""
-        rows.append(Row("S7", BROKER_LABEL[broker], label, "sessions receiving", e["complete"],
-                        b["complete"], "hand-rolled", target))
-        rows.append(Row("S7", BROKER_LABEL[broker], label, "RSS KiB/session", e["rss"], b["rss"],
-                        "hand-rolled"))
-        rows.append(Row("S7", BROKER_LABEL[broker], label, "threads/session", e["threads"],
-                        b["threads"], "hand-rolled"))
+        rows.append(
+            Row(
+                "S7",
+                BROKER_LABEL[broker],
+                label,
+                "sessions receiving",
+                e["complete"],
+                b["complete"],
+                "hand-rolled",
+                target,
+            )
+        )
+        rows.append(
+            Row(
+                "S7",
+                BROKER_LABEL[broker],
+                label,
+                "RSS KiB/session",
+                e["rss"],
+                b["rss"],
+                "hand-rolled",
+            )
+        )
+        rows.append(
+            Row(
+                "S7",
+                BROKER_LABEL[broker],
+                label,
+                "threads/session",
+                e["threads"],
+                b["threads"],
+                "hand-rolled",
+            )
+        )
     return rows
 
 
-def _s7_side(ctx: Context, broker: str, side: str, toml: str, topic: str,
-             n: int) -> dict[str, Any]:
+def _s7_side(ctx: Context, broker: str, side: str, toml: str, topic: str, n: int) -> dict[str, Any]:
     server: Engine | PortFileServer
     if side == "engine":
         server = Engine(toml, ctx.workdir, f"engine-S7-{broker}")
@@ -614,9 +879,17 @@ def _s7_side(ctx: Context, broker: str, side: str, toml: str, topic: str,
         resources = server.resources()
         before_rss, before_threads = resources.rss_kib(), resources.threads()
         parallel = 16 if broker == "kafka" else 64
-        client = {"kind": "many", "url": url, "kind_session": "ws", "n": n,
-                  "parallel": parallel, "count": per_session, "warm": broker != "rabbitmq",
-                  "warm_timeout": 300, "timeout": 120}
+        client = {
+            "kind": "many",
+            "url": url,
+            "kind_session": "ws",
+            "n": n,
+            "parallel": parallel,
+            "count": per_session,
+            "warm": broker != "rabbitmq",
+            "warm_timeout": 300,
+            "timeout": 120,
+        }
         pub = publisher_spec(ctx, broker, topic, published, 100, warm_interval=0.2, window=100)
         with Load(client) as load:
             load.wait_event("open", 900)
@@ -629,9 +902,12 @@ def _s7_side(ctx: Context, broker: str, side: str, toml: str, topic: str,
         if broker == "rabbitmq":
             ctx.brokers.rabbitmq.purge_queue(topic)
     sessions = max(1, result["sessions"])
-    result.update(rss_per_session=(rss - before_rss) / sessions,
-                  threads_per_session=(threads - before_threads) / sessions,
-                  rss_kib=rss, threads=threads)
+    result.update(
+        rss_per_session=(rss - before_rss) / sessions,
+        threads_per_session=(threads - before_threads) / sessions,
+        rss_kib=rss,
+        threads=threads,
+    )
     return result
 
 
@@ -643,13 +919,13 @@ def s8(ctx: Context) -> list[Row]:
     n = 200 if ctx.quick else 1000
     for broker in ("memory", "mqtt"):
         topic = "bench/s8" if broker == "mqtt" else "events"
-        if broker == "memory":
-            ep = {"type": "memory"}
-        else:
-            ep = endpoint(ctx.brokers, "mqtt", topic)
-        toml = engine_toml({"sse": {"type": "sse"}, "post": {"type": "http_post"}}, {"b": ep},
-                           [{"source": "b", "target": "sse", "channel_size": 16},
-                            {"source": "post", "target": "b"}])
+        ep = {"type": "memory"} if broker == "memory" else endpoint(ctx.brokers, "mqtt", topic)
+        routes = [{"source": "b", "target": "sse", "channel_size": 16}]
+        if broker == "memory":  # the event comes in through the engine's own POST entrypoint
+            routes.append({"source": "post", "target": "b"})
+        toml = engine_toml(
+            {"sse": {"type": "sse"}, "post": {"type": "http_post"}}, {"b": ep}, routes
+        )
         times: dict[str, list[float]] = {"engine": [], "bridge": []}
         for r in range(ctx.rounds):
             for side in ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine"):
@@ -666,10 +942,18 @@ def s8(ctx: Context) -> list[Row]:
                     continue
                 times[side].append(ms)
         ctx.record(f"S8:{broker}", times)
-        rows.append(Row("S8", BROKER_LABEL[broker], f"one event to {n} SSE clients",
-                        "ms until all", times["engine"], times["bridge"],
-                        "hand-rolled" if broker != "memory" else "",
-                        "value <= 250" if n >= 1000 else ""))
+        rows.append(
+            Row(
+                "S8",
+                BROKER_LABEL[broker],
+                f"one event to {n} SSE clients",
+                "ms until all",
+                times["engine"],
+                times["bridge"],
+                "hand-rolled" if broker != "memory" else "",
+                "value <= 250" if n >= 1000 else "",
+            )
+        )
     return rows
 
 
@@ -691,8 +975,16 @@ def _s8_side(ctx: Context, broker: str, side: str, toml: str, topic: str, n: int
         else:
             pub = publisher_spec(ctx, broker, topic, 1, 100)
         pub.update(count=1, size=100, stamp=True, warm_interval=0.1)
-        client = {"kind": "many", "url": url, "kind_session": "sse", "n": n, "parallel": 64,
-                  "count": 1, "warm_timeout": 300, "timeout": 60}
+        client = {
+            "kind": "many",
+            "url": url,
+            "kind_session": "sse",
+            "n": n,
+            "parallel": 64,
+            "count": 1,
+            "warm_timeout": 300,
+            "timeout": 60,
+        }
         with Load(client) as load:
             load.wait_event("open", 600)
             with Load({**pub, "kind": "publish", "warm": True}) as publisher:
@@ -717,13 +1009,17 @@ def s9(ctx: Context) -> list[Row]:
     for r in range(ctx.rounds):
         topic = unique("bench.s9.")
         prefill(ctx.brokers, "kafka", topic, count, 100)
-        toml = engine_toml({"ws": {"type": "websocket"}},
-                           {"b": endpoint(ctx.brokers, "kafka", topic)},
-                           [{"source": "b", "target": "ws", "channel_size": 64}])
+        toml = engine_toml(
+            {"ws": {"type": "websocket"}},
+            {"b": endpoint(ctx.brokers, "kafka", topic)},
+            [{"source": "b", "target": "ws", "channel_size": 64}],
+        )
         for side in ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine"):
             try:
-                rates = [_s9_run(ctx, side, toml, topic, fast, count, stalled)
-                         for stalled in (False, True)]
+                rates = [
+                    _s9_run(ctx, side, toml, topic, fast, count, stalled)
+                    for stalled in (False, True)
+                ]
             except BaselineMissing:
                 continue
             except RunFailed as error:
@@ -733,13 +1029,23 @@ def s9(ctx: Context) -> list[Row]:
                 continue
             ratios[side].append(rates[1] / rates[0])
             ctx.record("S9", {"side": side, "without": rates[0], "with": rates[1]})
-    return [Row("S9", BROKER_LABEL["kafka"], f"{fast} fast WS clients + 1 stalled",
-                "fast msgs/s with / without", ratios["engine"], ratios["bridge"],
-                "hand-rolled", "value >= 0.95")]
+    return [
+        Row(
+            "S9",
+            BROKER_LABEL["kafka"],
+            f"{fast} fast WS clients + 1 stalled",
+            "fast msgs/s with / without",
+            ratios["engine"],
+            ratios["bridge"],
+            "hand-rolled",
+            "value >= 0.95",
+        )
+    ]
 
 
-def _s9_run(ctx: Context, side: str, toml: str, topic: str, fast: int, count: int,
-            stalled: bool) -> float:
+def _s9_run(
+    ctx: Context, side: str, toml: str, topic: str, fast: int, count: int, stalled: bool
+) -> float:
     server: Engine | PortFileServer
     if side == "engine":
         server = Engine(toml, ctx.workdir, "engine-S9")
@@ -753,13 +1059,30 @@ def _s9_run(ctx: Context, side: str, toml: str, topic: str, fast: int, count: in
             url = server.url("ws", f"/ws?topic={topic}&from=earliest")
         with contextlib.ExitStack() as stack:
             if stalled:
-                stall = stack.enter_context(Load({"kind": "idle", "url": url, "n": 1,
-                                                  "parallel": 1, "stall": True,
-                                                  "kind_session": "ws"}))
+                stall = stack.enter_context(
+                    Load(
+                        {
+                            "kind": "idle",
+                            "url": url,
+                            "n": 1,
+                            "parallel": 1,
+                            "stall": True,
+                            "kind_session": "ws",
+                        }
+                    )
+                )
                 stall.wait_event("open", 120)
                 time.sleep(1.0)  # its consumer is filling its buffers meanwhile
-            client = {"kind": "many", "url": url, "kind_session": "ws", "n": fast,
-                      "parallel": fast, "count": count, "warm": False, "timeout": 120}
+            client = {
+                "kind": "many",
+                "url": url,
+                "kind_session": "ws",
+                "n": fast,
+                "parallel": fast,
+                "count": count,
+                "warm": False,
+                "timeout": 120,
+            }
             with Load(client) as load:
                 load.wait_event("open", 120)
                 result = load.result(300)
@@ -779,31 +1102,57 @@ def s10(ctx: Context) -> list[Row]:
     count = count_for(ctx, size, "kafka")
     ep = {"b": endpoint(ctx.brokers, "kafka", template)}
     routes = [{"source": "b", "target": "ws", "channel_size": 64}]
-    on = Engine(engine_toml({"ws": {"type": "websocket"}}, ep, routes, packet_log=True),
-                ctx.workdir, "engine-S10-on")
-    off = Engine(engine_toml({"ws": {"type": "websocket"}}, ep, routes, packet_log=False),
-                 ctx.workdir, "engine-S10-off")
+    on = Engine(
+        engine_toml({"ws": {"type": "websocket"}}, ep, routes, packet_log=True),
+        ctx.workdir,
+        "engine-S10-on",
+    )
+    off = Engine(
+        engine_toml({"ws": {"type": "websocket"}}, ep, routes, packet_log=False),
+        ctx.workdir,
+        "engine-S10-off",
+    )
     rates: dict[str, list[float]] = {"on": [], "off": []}
     with running(on), running(off):
         on.wait_readyz()
         off.wait_readyz()
         for r in range(ctx.rounds):
-            for name, engine in (("on", on), ("off", off)) if r % 2 == 0 else (
-                    ("off", off), ("on", on)):
+            for name, engine in (
+                (("on", on), ("off", off)) if r % 2 == 0 else (("off", off), ("on", on))
+            ):
                 client_id = unique("c")
                 url = engine.url("ws", "ws") + f"?client_id={client_id}"
-                rate = drain(ctx, "kafka", url, prefix + client_id, count, size,
-                             {"kind": "ws_recv"})
+                rate = drain(
+                    ctx, "kafka", url, prefix + client_id, count, size, {"kind": "ws_recv"}
+                )
                 assert rate is not None
                 rates[name].append(rate)
     ctx.record("S10", rates)
-    return [Row("S10", BROKER_LABEL["kafka"], f"ws auto cs=64 {size} B, packet_log on / off",
-                "msgs/s", rates["on"], rates["off"], "packet_log off", "ratio >= 0.85")]
+    return [
+        Row(
+            "S10",
+            BROKER_LABEL["kafka"],
+            f"ws auto cs=64 {size} B, packet_log on / off",
+            "msgs/s",
+            rates["on"],
+            rates["off"],
+            "packet_log off",
+            "ratio >= 0.85",
+        )
+    ]
 
 
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
-    "S1": s1, "S2": s2, "S3": s3, "S4": s4, "S5": s5,
-    "S6": s6, "S7": s7, "S8": s8, "S9": s9, "S10": s10,
+    "S1": s1,
+    "S2": s2,
+    "S3": s3,
+    "S4": s4,
+    "S5": s5,
+    "S6": s6,
+    "S7": s7,
+    "S8": s8,
+    "S9": s9,
+    "S10": s10,
 }
 
 DESCRIPTIONS = {
@@ -824,5 +1173,5 @@ def run_scenario(ctx: Context, name: str) -> tuple[list[Row], str | None]:
     """The rows, and the error (a traceback) when the scenario could not run."""
     try:
         return SCENARIOS[name](ctx), None
-    except Exception:  # noqa: BLE001 - one scenario failing must not stop the others
+    except Exception:
         return [], traceback.format_exc()

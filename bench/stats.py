@@ -152,7 +152,8 @@ def text_table(rows: Iterable[Row]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
     out = []
     for n, line in enumerate(lines):
-        out.append("  ".join(c.replace("**", "").ljust(w) for c, w in zip(line, widths)).rstrip())
+        text = "  ".join(c.replace("**", "").ljust(w) for c, w in zip(line, widths, strict=True))
+        out.append(text.rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
