@@ -32,7 +32,7 @@ from mediation.envelope import SUBPROTOCOL
 from mediation.events import Event
 
 from .brokers import QueueCounts, RabbitMQ
-from .conftest import EngineFactory, clients_gone, open_ws, url
+from .conftest import EngineFactory, clients_gone, open_ws, sse_events, url
 from .test_conformance_jms import fanout
 
 WAIT = 20.0  # every wait on the broker or the engine is bounded
@@ -233,38 +233,65 @@ async def test_post_at_least_once_answers_202_once_the_broker_accepted(
 async def test_broker_outage_503_nack_and_close_then_recovery(
     engine_with: EngineFactory, rabbitmq: RabbitMQ
 ) -> None:
-    with fanout(rabbitmq, ("w1", "up1")) as base:
+    """Within 15 s of the broker going away: WebSocket 1011, SSE ``event: error``, polling 503,
+    POST 503, envelope ``{"nack"}``, ``/readyz`` 503; all well again once it is back."""
+    with fanout(rabbitmq, ("w1", "up1", "s1", "p1")) as base:
         routes = [
             {"source": "post", "target": "jms", "delivery_guarantee": "at_least_once"},
             {"source": "ws-up", "target": "jms", "delivery_guarantee": "at_least_once"},
             {"source": "jms", "target": "ws", "delivery_guarantee": "at_least_once"},
+            {"source": "jms", "target": "sse"},
+            {"source": "jms", "target": "poll"},
         ]
+        entrypoints = {
+            "post": "http_post",
+            "ws": "websocket",
+            "ws-up": "websocket",
+            "sse": "sse",
+            "poll": "http_get",
+        }
         async with (
             engine_with(
-                entrypoints={"post": "http_post", "ws": "websocket", "ws-up": "websocket"},
-                endpoints=endpoints(rabbitmq, base),
-                routes=routes,
+                entrypoints=entrypoints, endpoints=endpoints(rabbitmq, base), routes=routes
             ) as engine,
             httpx.AsyncClient() as client,
         ):
             await connected(engine)
-            async with envelope_ws(engine, "up1", "ws-up") as uplink:
+            readyz = url(engine, "health", "/readyz")
+            poller = {"X-Client-ID": "p1"}
+            subscribed = await client.post(url(engine, "poll", "/subscribe"), headers=poller)
+            assert subscribed.status_code == 201
+            async with (
+                envelope_ws(engine, "up1", "ws-up") as uplink,
+                sse_events(client, engine, "sse", **{"X-Client-ID": "s1"}) as sse,
+            ):
                 async with envelope_ws(engine, "w1") as ws:
                     event_id = await post(client, engine, b"before")
                     delivered = await receive(ws)
                     assert (delivered["id"], delivered["payload"]) == (event_id, "before")
                     # Left unconfirmed: the outage must not lose it.
                     async with broker_stopped(rabbitmq):
-                        # The consumer ends: its client is told (1011).
-                        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(WAIT):
+                        # The consumers end: their clients are told (1011, error, 503).
+                        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(15):
                             await ws.get_message()
                         assert closed.value.reason.code == 1011
+                        with trio.fail_after(15):
+                            events = [await anext(sse)]
+                            while events[-1].event != "error":
+                                events.append(await anext(sse))
+                        assert [e.data for e in events[:-1]] in ([], ["before"])
+                        polled = await client.get(url(engine, "poll", "/poll"), headers=poller)
+                        assert polled.status_code == 503
+                        not_ready = await client.get(readyz)
+                        assert not_ready.status_code == 503
+                        assert not_ready.json()["endpoints"]["jms"] in ("down", "connecting")
                         response = await client.post(url(engine, "post"), content=b"lost?")
                         assert response.status_code == 503
                         await uplink.send_message(json.dumps({"id": "u-1", "payload": "lost?"}))
                         reply = await receive(uplink)
                         assert reply["nack"] == "u-1" and reply["error"]
                     await connected(engine)
+                    assert (await client.get(readyz)).status_code == 200
                     await uplink.send_message(json.dumps({"id": "u-2", "payload": "after ws"}))
                     assert await receive(uplink) == {"ack": "u-2"}
             async with envelope_ws(engine, "w1") as ws:

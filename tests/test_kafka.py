@@ -311,19 +311,29 @@ async def test_upstream_is_confirmed_by_the_broker_and_refused_while_it_is_down(
 ) -> None:
     """HTTP POST and WebSocket -> Kafka with at_least_once: answered after the delivery report,
     key and headers as configured. With the broker stopped: 503, ``{"nack"}``, the downstream
-    session closed with 1011, ``/readyz`` 503, and never a false 202; after it is back, 202."""
+    sessions ended within 15 s (WebSocket 1011, SSE ``event: error``, polling 503), ``/readyz``
+    503, and never a false 202; after it is back, 202."""
     topic = await trio.to_thread.run_sync(kafka.topic, "up")
     name = unique("k")
     routes = [
         {"source": "post", "target": name, "delivery_guarantee": "at_least_once"},
         {"source": "up", "target": name, "delivery_guarantee": "at_least_once", "key": "client_id"},
         {"source": name, "target": "down"},
+        {"source": name, "target": "sse"},
+        {"source": name, "target": "poll"},
     ]
+    entrypoints = {
+        "post": "http_post",
+        "up": "websocket",
+        "down": "websocket",
+        "sse": "sse",
+        "poll": "http_get",
+    }
     async with (
         kafka_engine(
             engine_with,
             kafka,
-            entrypoints={"post": "http_post", "up": "websocket", "down": "websocket"},
+            entrypoints=entrypoints,
             routes=routes,
             endpoints={name: {"topic_in": topic, "topic_out": topic}},
         ) as engine,
@@ -349,9 +359,13 @@ async def test_upstream_is_confirmed_by_the_broker_and_refused_while_it_is_down(
         }
         assert (second.value(), second.key()) == (b"from ws", b"uploader")
 
+        poller = {"X-Client-ID": "poller"}
+        subscribed = await client.post(url(engine, "poll", "/subscribe"), headers=poller)
+        assert subscribed.status_code == 201
         async with (
             open_ws(ws_url(engine, "down"), subprotocols=[SUBPROTOCOL]) as down,
             open_ws(ws_url(engine, "up"), subprotocols=[SUBPROTOCOL]) as up,
+            sse_events(client, engine) as sse,
         ):
             await trio.to_thread.run_sync(kafka.tansu.stop)
             try:
@@ -369,6 +383,9 @@ async def test_upstream_is_confirmed_by_the_broker_and_refused_while_it_is_down(
                     await message(down)
                 assert closed.value.reason.code == 1011
                 assert took[0] < 15
+                assert (await next_sse(sse)).event == "error"
+                polled = await client.get(url(engine, "poll", "/poll"), headers=poller)
+                assert polled.status_code == 503
             finally:
                 await trio.to_thread.run_sync(kafka.tansu.start)
         with trio.fail_after(WAIT):
