@@ -35,6 +35,7 @@ from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pika
 import pytest
 import trio
@@ -365,6 +366,11 @@ def release(made: list[Stream]) -> None:
             receiver.release()
 
 
+async def ready(engine: MediationEngine) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=WAIT) as client:
+        return await client.get(url(engine, "health", "/readyz"))
+
+
 def seqs(start: int, count: int = HALF) -> range:
     return range(start, start + count)
 
@@ -382,7 +388,7 @@ async def test_broker_killed_and_restarted_mid_stream(
     side = SIDES[kind](request)
     side.broker.ensure_running()
     try:
-        async with streams(engine_with, [side]) as (_engine, [stream]):
+        async with streams(engine_with, [side]) as (engine, [stream]):
             alo, amo = stream.receivers["alo"], stream.receivers["amo"]
             if side.persists:
                 # Each client stops confirming a quarter in: deliveries wait unconfirmed in the
@@ -405,6 +411,9 @@ async def test_broker_killed_and_restarted_mid_stream(
                 await stream.state.wait_value(EndpointState.DOWN)
                 await stream.sessions_ended()
             ended_s = time.monotonic() - killed
+            not_ready = await ready(engine)
+            assert not_ready.status_code == 503
+            assert not_ready.json()["endpoints"][stream.name] in ("down", "connecting")
             for receiver in (alo, amo):
                 receiver.release()
             await trio.to_thread.run_sync(side.broker.start)
@@ -415,6 +424,7 @@ async def test_broker_killed_and_restarted_mid_stream(
                 reconnect_s = time.monotonic() - restarted
                 await stream.reconnected()
             sessions_back_s = time.monotonic() - restarted
+            assert (await ready(engine)).status_code == 200
             for receiver in (alo, amo):
                 assert 1011 in receiver.close_codes, receiver.close_codes
 
