@@ -260,27 +260,15 @@ async def test_awkward_payloads_are_decoded_alike_by_every_parser(
     assert len(server.relayed) == len(PARSERS) and not any(r.cut for r in server.relayed)
 
 
-@pytest.mark.parametrize(
-    "parser",
-    [
-        pytest.param(
-            "httpx-sse",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the engine ends its keepalive comment with a blank line, which httpx-sse "
-                "0.4.3 dispatches as an empty event carrying the last id "
-                "(florimondmanca/httpx-sse#35); fix: no blank line after the comment",
-            ),
-        ),
-        "eventsource",
-        "eventsource-parser",
-        "chromium",
-    ],
-)
+@pytest.mark.parametrize("parser", PARSERS)
 async def test_heartbeats_between_events_are_not_events(
     engine_with: EngineFactory, node_modules: None, parser: str
 ) -> None:
-    """``: keepalive`` comments between events (each with an id) dispatch nothing."""
+    """``: keepalive`` comments between events (each with an id) dispatch nothing.
+
+    httpx-sse 0.4.3 dispatches an empty event carrying the last id at a blank line after a
+    comment (florimondmanca/httpx-sse#35): the engine's heartbeat has no blank line after it.
+    """
     server = PageServer(cuts={})
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_pages, server)
