@@ -1,0 +1,417 @@
+"""Resilience under hostile client behaviour: disconnect storms and clients that never read.
+
+Clients here are raw sockets, so they can do what real clients do when a phone loses its network
+or a browser tab is killed: reset the connection (``SO_LINGER`` 0 sends an RST, no FIN), stop
+half-way through a handshake, or never read what they asked for. The engine runs in this process,
+so what leaks (Trio tasks, threads, file descriptors, memory) can be counted directly; the broker
+is asked for its own counts (consumers, queue depth). Figures go to ``report_figures``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pika
+import psutil
+import pytest
+import trio
+
+from mediation.endpoints import EndpointState
+from mediation.engine import MediationEngine
+from tests.brokers import RabbitMQ
+
+from .conftest import EngineFactory, clients_gone, open_ws, url
+
+WAIT = 60.0  # bound on any one wait (a loaded 2-core machine; RabbitMQ answers slowly then)
+HOST = "127.0.0.1"
+
+
+# -- raw clients -------------------------------------------------------------------------------
+
+
+class RawClient:
+    """A TCP client that speaks just enough HTTP to open a session, then misbehaves."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.received = b""
+
+    @classmethod
+    async def connect(cls, port: int, *, receive_buffer: int | None = None) -> RawClient:
+        sock = trio.socket.socket()
+        try:
+            if receive_buffer is not None:  # before connect: a small window from the start
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            await sock.connect((HOST, port))
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def send(self, data: bytes) -> None:
+        while data:
+            sent = await self.sock.send(data)
+            data = data[sent:]
+
+    async def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.received:
+            chunk = await self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before {marker!r}: {self.received[:200]!r}")
+            self.received += chunk
+        before, _, self.received = self.received.partition(marker)
+        return before
+
+    def reset(self) -> None:
+        """Abort the connection: the peer gets an RST, and nothing is ever read again."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+def ws_upgrade(client_id: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /?client_id={client_id} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def sse_request(client_id: str) -> bytes:
+    return (
+        f"GET / HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n"
+        f"X-Client-ID: {client_id}\r\n\r\n"
+    ).encode()
+
+
+def http_request(method: str, path: str, client_id: str) -> bytes:
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nX-Client-ID: {client_id}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def open_ws_raw(port: int, client_id: str, **kw: Any) -> RawClient:
+    client = await RawClient.connect(port, **kw)
+    await client.send(ws_upgrade(client_id))
+    head = await client.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return client
+
+
+async def open_sse_raw(port: int, client_id: str, **kw: Any) -> RawClient:
+    client = await RawClient.connect(port, **kw)
+    await client.send(sse_request(client_id))
+    head = await client.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    await client.read_until(b"event: session")
+    return client
+
+
+async def open_poll_raw(port: int, client_id: str) -> RawClient:
+    """Subscribed, and with a long poll under way."""
+    client = await RawClient.connect(port)
+    await client.send(http_request("POST", "/subscribe", client_id))
+    head = await client.read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 201"), head
+    await client.read_until(b"}")
+    await client.send(http_request("GET", "/poll", client_id))
+    return client
+
+
+# -- what the process holds --------------------------------------------------------------------
+
+
+def trio_tasks() -> int:
+    count = 0
+    pending = [trio.lowlevel.current_root_task()]
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+def engine_threads() -> set[str]:
+    """Threads by name, without Trio's idle worker cache (workers linger ~10 s by design)."""
+    return {t.name for t in threading.enumerate() if not t.name.startswith("Trio thread")}
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@asynccontextmanager
+async def counted_gc() -> AsyncIterator[None]:
+    """Collect garbage around a measurement, so cycles awaiting collection are not 'leaks'."""
+    gc.collect()
+    yield
+    gc.collect()
+
+
+# -- the broker side ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rabbit_queue(rabbitmq: RabbitMQ) -> Iterator[str]:
+    name = rabbitmq.unique_name("storm")
+    yield name
+    rabbitmq.delete_queue(name)
+
+
+def publish(rabbitmq: RabbitMQ, exchange: str, routing_key: str, bodies: Iterator[bytes]) -> None:
+    """Publish with confirms, in a worker thread (blocking)."""
+    with rabbitmq.channel() as channel:
+        channel.confirm_delivery()  # type: ignore[attr-defined]
+        for body in bodies:
+            channel.basic_publish(exchange, routing_key, body, pika.BasicProperties())  # type: ignore[attr-defined]
+
+
+async def consumers(rabbitmq: RabbitMQ, queue: str) -> int:
+    counts = await trio.to_thread.run_sync(rabbitmq.queue_counts, queue)
+    assert counts is not None
+    return counts.consumers
+
+
+@asynccontextmanager
+async def rabbit_engine(
+    engine_with: EngineFactory,
+    rabbitmq: RabbitMQ,
+    *,
+    entrypoints: dict[str, Any],
+    routes: list[dict[str, Any]],
+    **config: Any,
+) -> AsyncIterator[MediationEngine]:
+    tables = {
+        "rmq": {"type": "rabbitmq", "config": {"url": rabbitmq.amqp_url, **config}},
+        "mem": {"type": "memory"},
+    }
+    async with engine_with(entrypoints=entrypoints, routes=routes, endpoints=tables) as engine:
+        with trio.fail_after(WAIT):
+            await engine.endpoints["rmq"].state.wait_value(EndpointState.UP)
+        yield engine
+
+
+async def sessions_gauge(engine: MediationEngine) -> float:
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(url(engine, "health", "/metrics"))).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("mediation_sessions{")
+    )
+
+
+async def in_parallel(jobs: list[Callable[[], Any]], at_once: int = 64) -> list[Any]:
+    """Run the jobs with at most ``at_once`` at a time; their results, in order."""
+    limiter = trio.CapacityLimiter(at_once)
+    results: list[Any] = [None] * len(jobs)
+
+    async def run(index: int) -> None:
+        async with limiter:
+            results[index] = await jobs[index]()
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(jobs)):
+            nursery.start_soon(run, index)
+    return results
+
+
+# -- disconnect storm --------------------------------------------------------------------------
+
+STORM_ENTRYPOINTS = {
+    "ws": "websocket",
+    "sse": {"type": "sse", "heartbeat_interval": 0.5},
+    # Polling sessions outlive their requests by design: they end on idle expiry.
+    "poll": {"type": "http_get", "poll_timeout": 1.0, "session_idle_timeout": 1.5},
+    "post": "http_post",
+}
+STORM_ROUTES = [
+    {"source": "post", "target": "mem"},
+    *({"source": src, "target": dst} for src in ("mem", "rmq") for dst in ("ws", "sse", "poll")),
+]
+WS_CLIENTS, SSE_CLIENTS, POLL_CLIENTS = 150, 150, 50
+# Connections that never finish their request. (Half-done WebSocket handshakes are left out
+# here: trio-websocket keeps them for 60 s, see the xfail test below.)
+HALF_DONE = 100
+
+
+async def half_done(engine: MediationEngine, index: int) -> None:
+    """Connect, send part of a request (or nothing), reset."""
+    client = await RawClient.connect(engine.ports[("sse", "poll")[index % 2]])
+    if index % 3:
+        request = (sse_request, lambda c: http_request("GET", "/poll", c))[index % 2]
+        data = request(f"half-{index}")
+        await client.send(data[: len(data) // 2])
+    client.reset()
+
+
+async def test_disconnect_storm_leaks_nothing_and_leaves_the_engine_idle(
+    engine_with: EngineFactory,
+    rabbitmq: RabbitMQ,
+    rabbit_queue: str,
+    report_figures: Callable[..., None],
+) -> None:
+    process = psutil.Process()
+    async with rabbit_engine(
+        engine_with,
+        rabbitmq,
+        entrypoints=STORM_ENTRYPOINTS,
+        routes=STORM_ROUTES,
+        queue_in=rabbit_queue,
+    ) as engine:
+        # A first session on each entrypoint and a few worker threads warm up every code path
+        # (imports, caches, Trio's thread cache) before the baseline is taken.
+        warm = [
+            await open_ws_raw(engine.ports["ws"], "warm-ws"),
+            await open_sse_raw(engine.ports["sse"], "warm-sse"),
+            await open_poll_raw(engine.ports["poll"], "warm-poll"),
+        ]
+        for client in warm:
+            client.reset()
+        with trio.fail_after(WAIT):
+            await clients_gone(engine)
+            while engine.sessions or await consumers(rabbitmq, rabbit_queue):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        async with counted_gc():
+            tasks_before, threads_before = trio_tasks(), engine_threads()
+            fds_before = process.num_fds()
+
+        ports = engine.ports
+        jobs: list[Callable[[], Any]] = [
+            *(lambda n=n: open_ws_raw(ports["ws"], f"ws-{n}") for n in range(WS_CLIENTS)),
+            *(lambda n=n: open_sse_raw(ports["sse"], f"sse-{n}") for n in range(SSE_CLIENTS)),
+            *(lambda n=n: open_poll_raw(ports["poll"], f"poll-{n}") for n in range(POLL_CLIENTS)),
+        ]
+        with trio.fail_after(WAIT):
+            clients: list[RawClient] = await in_parallel(jobs)
+        total = WS_CLIENTS + SSE_CLIENTS + POLL_CLIENTS
+        assert len(engine.sessions) == total
+        assert await consumers(rabbitmq, rabbit_queue) == total
+
+        # Events flow on both endpoints while the clients go: writers are busy when they vanish.
+        async with trio.open_nursery() as flow:
+            stop = trio.Event()
+
+            async def post_steadily() -> None:
+                async with httpx.AsyncClient() as http:
+                    while not stop.is_set():
+                        await http.post(url(engine, "post"), content=b"x" * 100)
+
+            flow.start_soon(post_steadily)
+            await trio.to_thread.run_sync(
+                publish, rabbitmq, "", rabbit_queue, iter([b"y" * 100] * 500)
+            )
+            storm_started = time.monotonic()
+            for client in clients:
+                client.reset()
+            with trio.fail_after(WAIT):
+                await in_parallel([lambda n=n: half_done(engine, n) for n in range(HALF_DONE)])
+            stop.set()
+
+        with trio.fail_after(WAIT):
+            await clients_gone(engine)
+            while engine.sessions:  # noqa: ASYNC110 (the polling sessions expire on their own)
+                await trio.sleep(0.05)
+            sessions_gone_s = time.monotonic() - storm_started
+            while await consumers(rabbitmq, rabbit_queue):  # noqa: ASYNC110 (the broker says)
+                await trio.sleep(0.05)
+            consumers_gone_s = time.monotonic() - storm_started
+
+        # The engine is idle now: it must not spin (a writer sending to a dead client forever).
+        cpu_before, wall_before = cpu_seconds(process), time.monotonic()
+        await trio.sleep(1.0)  # a measurement interval, not a synchronisation
+        idle_cpu = (cpu_seconds(process) - cpu_before) / (time.monotonic() - wall_before)
+
+        with trio.fail_after(WAIT):
+            # Per-connection tasks end as the servers see the resets (hypercorn keeps a reset
+            # connection's idle-timeout task for keep_alive_timeout, 5 s).
+            while trio_tasks() > tasks_before:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        async with counted_gc():
+            tasks_after, threads_after = trio_tasks(), engine_threads()
+            fds_after = process.num_fds()
+        report_figures(
+            clients=total,
+            half_done=HALF_DONE,
+            sessions_gone_s=sessions_gone_s,
+            broker_consumers_gone_s=consumers_gone_s,
+            idle_cpu_fraction=idle_cpu,
+            tasks=f"{tasks_before}->{tasks_after}",
+            threads=f"{len(threads_before)}->{len(threads_after)}",
+            fds=f"{fds_before}->{fds_after}",
+        )
+        assert tasks_after <= tasks_before
+        assert threads_after == threads_before
+        assert fds_after <= fds_before
+        assert engine._context.sessions == {}
+        assert await sessions_gauge(engine) == 0
+        # An idle engine with one RabbitMQ connection costs next to nothing; a spinning writer
+        # costs a whole core (1.0). The bound leaves room for a loaded, shared machine.
+        assert idle_cpu < 0.2
+
+        # And it still serves: a new client gets what is published.
+        async with open_ws(url(engine, "ws", "/?client_id=after", "ws")) as ws:
+            await trio.to_thread.run_sync(publish, rabbitmq, "", rabbit_queue, iter([b"after"]))
+            with trio.fail_after(WAIT):
+                while (await ws.get_message()) != "after":
+                    pass
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="websocket.py lets ConnectionClosed from request.accept() escape the handler, which "
+    "ends serve_websocket and with it the engine (see the issue 5 report)",
+)
+async def test_a_client_that_resets_right_after_its_upgrade_request_harms_nobody(
+    engine_with: EngineFactory,
+) -> None:
+    """The upgrade request is complete, so the engine opens the session and answers 101 to a
+    client that is already gone: that client's handler fails, nothing else may."""
+    async with engine_with(
+        entrypoints={"ws": "websocket"},
+        routes=[{"source": "ws", "target": "mem"}, {"source": "mem", "target": "ws"}],
+    ) as engine:
+        async with open_ws(url(engine, "ws", "/?client_id=bystander", "ws")) as bystander:
+            for n in range(20):
+                client = await RawClient.connect(engine.ports["ws"])
+                await client.send(ws_upgrade(f"gone-{n}"))
+                client.reset()
+            with trio.fail_after(WAIT):
+                await engine._context.connections.wait_value(1)
+            await bystander.send_message("still here")
+            with trio.fail_after(WAIT):
+                assert await bystander.get_message() == "still here"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="serve_websocket's connect_timeout (60 s by default) keeps a handshake whose client "
+    "reset the connection; websocket.py should pass a short one (see the issue 5 report)",
+)
+async def test_a_half_done_websocket_handshake_is_dropped_soon_after_a_reset(
+    engine_with: EngineFactory,
+) -> None:
+    async with engine_with(
+        entrypoints={"ws": "websocket"}, routes=[{"source": "mem", "target": "ws"}]
+    ) as engine:
+        tasks_before = trio_tasks()
+        for n in range(10):
+            client = await RawClient.connect(engine.ports["ws"])
+            data = ws_upgrade(f"half-{n}")
+            await client.send(data[: len(data) // 2])
+            client.reset()
+        with trio.fail_after(10):
+            while trio_tasks() > tasks_before:  # noqa: ASYNC110
+                await trio.sleep(0.05)
