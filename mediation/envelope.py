@@ -9,7 +9,6 @@ answers with ``{"ack": id}`` or ``{"nack": id, "error": ...}``.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,8 +52,11 @@ def decode_client_message(text: str | bytes) -> Confirmation | Publication:
     """Parse one client message; :class:`BadRequest` says what is wrong with it."""
     try:
         document = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # UnicodeDecodeError included: bytes that are not UTF-8 (or -16, -32)
         raise BadRequest("envelope is not JSON") from None
+    except RecursionError:
+        # json recurses per nesting level: "[[[[..." from a client must not end anything else.
+        raise BadRequest("envelope is nested too deeply") from None
     if not isinstance(document, dict):
         raise BadRequest("envelope must be a JSON object")
     for verdict, accepted in (("ack", True), ("nack", False)):
@@ -62,7 +64,7 @@ def decode_client_message(text: str | bytes) -> Confirmation | Publication:
             event_id = document[verdict]
             if not isinstance(event_id, str):
                 raise BadRequest(f'"{verdict}" must be an event id string')
-            return Confirmation(event_id, accepted)
+            return Confirmation(_unicode(event_id, verdict), accepted)
     event_id, payload = document.get("id"), document.get("payload")
     if not isinstance(event_id, str) or not event_id:
         raise BadRequest('envelope needs "id" (a non-empty string)')
@@ -73,13 +75,26 @@ def decode_client_message(text: str | bytes) -> Confirmation | Publication:
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise BadRequest('"metadata" must be an object of strings')
+    for key, value in metadata.items():
+        _unicode(key, "metadata")
+        _unicode(value, "metadata")
     if document.get("encoding") == "base64":
         try:
             data = base64.b64decode(payload, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or non-ASCII characters
             raise BadRequest("payload is not valid base64") from None
     elif "encoding" in document:
         raise BadRequest('"encoding" must be "base64" when given')
     else:
-        data = payload.encode("utf-8")
-    return Publication(event_id, data, metadata)
+        data = _unicode(payload, "payload").encode("utf-8")
+    return Publication(_unicode(event_id, "id"), data, metadata)
+
+
+def _unicode(value: str, what: str) -> str:
+    """``value``, if it can be UTF-8: JSON's ``"\\ud800"`` escape decodes to a lone surrogate,
+    which no broker header, log line or UTF-8 payload can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f'"{what}" is not valid Unicode (a lone surrogate)') from None
+    return value
