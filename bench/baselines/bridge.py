@@ -34,9 +34,13 @@ Shape of a session (the same for every broker, as the engine's session):
   handed out and not acked (a semaphore the consumer task takes per message and an ack returns).
   Writes wait for the socket to drain (uvicorn's flow control), so a slow client stalls its own
   session and nothing else.
-- No compression (``ws_per_message_deflate=False``): the engine's trio-websocket does not
-  compress, and clients that offer permessage-deflate would otherwise make the bridge compress
-  every frame. No access log (the engine logs no line per message either).
+- No handicaps that a team would notice and remove: no compression
+  (``ws_per_message_deflate=False``; the engine's trio-websocket does not compress, and clients
+  offering permessage-deflate would otherwise make the bridge compress every frame); no access
+  log and no aiomqtt "pending publish calls" warning per request (the engine logs no line per
+  message either); ``TCP_NODELAY`` on every connection (asyncio sets it only on sockets whose
+  protocol says TCP, so the listening socket is made with ``IPPROTO_TCP``; without it Nagle and
+  delayed ACKs cost ~40 ms per request).
 
 Per broker and ack mode, what happens per message:
 
@@ -66,6 +70,11 @@ MQTT, client acks       PUBACK when the client's ack arrives. Engine ``at_least_
                         the same.
 ======================  ===============================================================
 
+The ack point of ``auto`` is the engine's (``ack_policy``: ``auto`` acks when the event enters
+the session channel), not "after the frame is written" as bench-interface.md words it for
+RabbitMQ: acking after the write would keep a window of 1 from overlapping the broker's next
+delivery with the write, a handicap the engine does not have.
+
 The message ids are the broker's positions (Kafka ``topic:partition:offset``, RabbitMQ delivery
 tag, MQTT a per-session counter); the WebSocket envelope is ``{"id", "payload", "metadata": {}}``
 (the engine also fills metadata from the broker's headers, so it does slightly more work here).
@@ -75,9 +84,18 @@ Upstream: a text or binary frame from a WebSocket client in ``ack=auto`` is publ
 topic unconfirmed; ``POST /publish`` publishes the body and answers 202, after the broker's
 confirmation with ``confirm=1`` (Kafka delivery report, RabbitMQ publisher confirm of a persistent
 mandatory message, MQTT PUBACK), 503 on failure. One producer per process, as the engine's one
-per endpoint: Kafka an idempotent ``AIOKafkaProducer`` with ``linger_ms=5`` (the engine's
-producer settings); RabbitMQ one channel in confirm mode and one without; MQTT one connection at
-QoS 1 with paho's 20 in flight (the engine's ``publish_window``).
+per endpoint: Kafka an ``AIOKafkaProducer`` with ``acks="all"`` and ``linger_ms=5`` (the
+engine's producer is idempotent with the same linger; aiokafka's idempotence fails against tansu,
+whose InitProducerId answers UnknownError, and it adds only sequence numbers); RabbitMQ one
+channel in confirm mode and one without; MQTT one connection at QoS 1 with paho's 20 in flight
+(the engine's ``publish_window``); an unconfirmed MQTT publish is handed to paho at once and its
+PUBACK awaited in a task (at most 1024), as aiomqtt always waits for it. In ``ack=client``, client
+frames other than acks are ignored (the engine would publish envelopes).
+
+Not matched, in the engine's disfavour: the engine fills event metadata, and its MQTT consumers
+keep a persistent MQTT session (``clean_start=False``, expiry 600 s) where the bridge's start
+clean; with ``latest`` the engine commits the start offset of a new Kafka group. Not built, as
+no benchmark needs it: reconnecting after a broker outage, a slow-client policy, auth, resume.
 
 Kafka group timing, which dominates how long a session takes to start against tansu (it answers a
 JoinGroup after half the session timeout): ``session_timeout_ms`` 6000 and
@@ -373,7 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     backend = make_backend(
         args.broker, args.broker_url, kafka_session_timeout_ms=args.kafka_session_timeout_ms
     )
-    listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and accepted sockets inherit the listener's 0 otherwise (Nagle + delayed ACKs: ~40 ms a
+    # request). uvicorn binding by itself gets it from getaddrinfo.
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((args.host, args.port))
     config = uvicorn.Config(

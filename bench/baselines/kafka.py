@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,13 +46,23 @@ class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
 
 @dataclass
 class _Partition:
-    """Offsets handed out and not yet acked, in order; the commit point is the lowest of them."""
+    """Offsets handed out in order; the commit point is the lowest one not acked yet."""
 
-    outstanding: dict[int, None] = field(default_factory=dict)  # insertion-ordered
+    handed_out: deque[int] = field(default_factory=deque)
+    acked: set[int] = field(default_factory=set)  # acked, still behind an unacked offset
     next_offset: int = 0
 
+    def hand_out(self, offset: int) -> None:
+        self.handed_out.append(offset)
+        self.next_offset = offset + 1
+
+    def ack(self, offset: int) -> None:
+        self.acked.add(offset)
+        while self.handed_out and self.handed_out[0] in self.acked:
+            self.acked.discard(self.handed_out.popleft())
+
     def commit_point(self) -> int:
-        return next(iter(self.outstanding), self.next_offset)
+        return self.handed_out[0] if self.handed_out else self.next_offset
 
 
 class _Source:
@@ -61,14 +72,13 @@ class _Source:
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._dirty = asyncio.Event()
+        self._closing = False
 
     async def deliveries(self) -> AsyncGenerator[Delivery, None]:
         async for message in self._consumer:
             tp = TopicPartition(message.topic, message.partition)
             if self._client_acks:
-                partition = self._partitions.setdefault(tp, _Partition())
-                partition.outstanding[message.offset] = None
-                partition.next_offset = message.offset + 1
+                self._partitions.setdefault(tp, _Partition()).hand_out(message.offset)
             yield Delivery(
                 f"{message.topic}:{message.partition}:{message.offset}",
                 message.value or b"",
@@ -79,7 +89,12 @@ class _Source:
         if not self._client_acks:
             return  # enable_auto_commit: aiokafka commits the consumed position every 5 s
         tp, offset = cast(tuple[TopicPartition, int], delivery.handle)
-        self._partitions[tp].outstanding.pop(offset, None)
+        self._partitions[tp].ack(offset)
+        self._dirty.set()
+
+    def close(self) -> None:
+        """Let the committer commit what was acked so far, then end."""
+        self._closing = True
         self._dirty.set()
 
     async def committer(self) -> None:
@@ -96,6 +111,8 @@ class _Source:
             if offsets:
                 await self._consumer.commit(offsets)
                 self._committed.update({tp: meta.offset for tp, meta in offsets.items()})
+            if self._closing and not self._dirty.is_set():
+                return
 
 
 class KafkaBackend:
@@ -157,11 +174,13 @@ class KafkaBackend:
                 yield source
                 return
             async with asyncio.TaskGroup() as tasks:
-                committer = tasks.create_task(source.committer())
+                tasks.create_task(source.committer())
                 try:
                     yield source
                 finally:
-                    committer.cancel()
+                    # The last commit, not cut short: an interrupted one would fail inside
+                    # aiokafka once the consumer stopped.
+                    source.close()
         finally:
             await consumer.stop()
 
