@@ -180,7 +180,7 @@ async def engine_from(path: Path) -> AsyncIterator[tuple[MediationEngine, LogWat
 @pytest.fixture
 def kafka_topic(tansu: Tansu) -> Iterator[str]:
     tansu.ensure_running()
-    yield new_topic(AdminClient(tansu.client_config()), "reload")
+    yield new_topic(AdminClient(tansu.client_config()), "reload")  # type: ignore[arg-type]
 
 
 def produce(tansu: Tansu, topic: str, payloads: list[bytes]) -> None:
@@ -200,7 +200,7 @@ async def ws_client(
             while (message := await ws.get_message()) != END:
                 got.numbers.append(int(message))
         except ConnectionClosed as closed:
-            got.ended = str(closed.reason.code)
+            got.ended = str(closed.reason.code if closed.reason else None)
 
 
 async def sse_client(

@@ -30,7 +30,7 @@ from mediation.endpoints import EndpointState
 from mediation.engine import MediationEngine
 from tests.brokers import RabbitMQ
 
-from .conftest import EngineFactory, clients_gone, open_ws, url
+from .conftest import EngineFactory, clients_gone, open_ws, sse_events, url
 
 WAIT = 60.0  # bound on any one wait (a loaded 2-core machine; RabbitMQ answers slowly then)
 HOST = "127.0.0.1"
@@ -415,3 +415,111 @@ async def test_a_half_done_websocket_handshake_is_dropped_soon_after_a_reset(
         with trio.fail_after(10):
             while trio_tasks() > tasks_before:  # noqa: ASYNC110
                 await trio.sleep(0.05)
+
+
+# -- slow clients ------------------------------------------------------------------------------
+
+SLOW_WS, SLOW_SSE = 50, 50  # clients that never read
+SLOW_CHANNEL = 8  # channel_size of their routes, so also their broker prefetch
+SLOW_MESSAGES, SLOW_BYTES = 1000, 1024  # per queue: each session has its own (broadcast)
+# What RSS may grow by beyond the sessions' own buffers, whatever the number of sessions:
+# allocator arenas that Python keeps once touched (pymalloc never returns a partly used arena),
+# pika's frame buffers on the one shared connection, and the two fast clients' buffers in this
+# same process. Measured here: 3-4 MiB beyond the buffers' 1.8 MiB.
+SLOW_CONSTANT = 8 * 1024 * 1024
+
+
+def rss(process: psutil.Process) -> int:
+    gc.collect()
+    return int(process.memory_info().rss)
+
+
+async def test_clients_that_never_read_cost_their_buffers_and_leave_the_backlog_on_the_broker(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ, report_figures: Callable[..., None]
+) -> None:
+    exchange = rabbitmq.unique_name("slow")
+    routes = [
+        {"source": "rmq", "target": target, "channel_size": SLOW_CHANNEL}
+        for target in ("ws", "sse")
+    ]
+    process = psutil.Process()
+    payload = b"s" * SLOW_BYTES
+    async with (
+        rabbit_engine(
+            engine_with,
+            rabbitmq,
+            entrypoints={"ws": "websocket", "sse": "sse"},
+            routes=routes,
+            exchange=exchange,
+            exchange_type="fanout",
+        ) as engine,
+        httpx.AsyncClient(timeout=WAIT) as http,
+        open_ws(url(engine, "ws", "/?client_id=fast-ws", "ws")) as fast_ws,
+        sse_events(http, engine, "sse", **{"X-Client-ID": "fast-sse"}) as fast_sse,
+    ):
+        # A 4 KiB receive buffer: the kernel cannot hide a client that does not read.
+        slow_jobs: list[Callable[[], Any]] = [
+            *(
+                lambda n=n: open_ws_raw(engine.ports["ws"], f"slow-ws-{n}", receive_buffer=4096)
+                for n in range(SLOW_WS)
+            ),
+            *(
+                lambda n=n: open_sse_raw(engine.ports["sse"], f"slow-sse-{n}", receive_buffer=4096)
+                for n in range(SLOW_SSE)
+            ),
+        ]
+        with trio.fail_after(WAIT):
+            slow: list[RawClient] = await in_parallel(slow_jobs)
+        rss_connected = rss(process)
+
+        fast_counts = {"ws": 0, "sse": 0}
+
+        async def read_ws() -> None:
+            while fast_counts["ws"] < SLOW_MESSAGES:
+                assert await fast_ws.get_message() == payload.decode()
+                fast_counts["ws"] += 1
+
+        async def read_sse() -> None:
+            while fast_counts["sse"] < SLOW_MESSAGES:
+                event = await anext(fast_sse)
+                if event.data:  # httpx-sse's spurious empty event after a heartbeat
+                    assert event.data == payload.decode()
+                    fast_counts["sse"] += 1
+
+        started = time.monotonic()
+        with trio.fail_after(WAIT * 2):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_ws)
+                nursery.start_soon(read_sse)
+                await trio.to_thread.run_sync(
+                    publish, rabbitmq, exchange, "", iter([payload] * SLOW_MESSAGES)
+                )
+        fast_s = time.monotonic() - started
+        rss_loaded = rss(process)
+
+        queues = await trio.to_thread.run_sync(rabbitmq.list_queues)
+        slow_queues = [q for name, q in queues.items() if ".slow-" in name]
+        backlog = sum(q["messages_ready"] for q in slow_queues)
+        unacked = sum(q["messages_unacknowledged"] for q in slow_queues)
+        growth = rss_loaded - rss_connected
+        buffers = (SLOW_WS + SLOW_SSE) * (2 * SLOW_CHANNEL + 2) * SLOW_BYTES
+        report_figures(
+            slow_clients=len(slow),
+            broker_messages=SLOW_MESSAGES * (len(slow) + 2),
+            broker_backlog=backlog,
+            broker_unacked=unacked,
+            rss_connected_mib=rss_connected / 2**20,
+            rss_growth_mib=growth / 2**20,
+            session_buffers_mib=buffers / 2**20,
+            fast_clients_s=fast_s,
+        )
+        assert len(slow_queues) == len(slow)
+        # Each slow session holds at most its prefetch unacked; the rest waits on the broker,
+        # less what the kernel's socket buffers took before the windows closed.
+        assert unacked <= len(slow) * SLOW_CHANNEL
+        assert backlog >= len(slow) * SLOW_MESSAGES * 0.8
+        # Per slow session: the channel (channel_size), the consumer's prefetched deliveries
+        # (channel_size), the event in the writer's hand and the one being sent.
+        assert growth <= buffers + SLOW_CONSTANT
+        for client in slow:
+            client.reset()
