@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from httpx_sse import aconnect_sse
 
@@ -58,20 +59,24 @@ async def bridge(broker: str, broker_url: str, tmp_path: Path) -> AsyncIterator[
     assert returncode == 0
 
 
-async def check_bridge(address: str, topics: list[str]) -> None:
+async def check_bridge(address: str, topics: list[str], client_ids: tuple[str, str]) -> None:
     auto_topic, acked_topic, sse_topic = topics
     got: dict[str, list[str | bytes]] = {}
     subscribed = trio.Semaphore(0)
 
     async def ws_auto() -> None:
-        async with open_ws(f"ws://{address}/ws?topic={auto_topic}&ack=auto") as ws:
+        async with open_ws(
+            f"ws://{address}/ws?topic={auto_topic}&ack=auto&client_id={client_ids[0]}"
+        ) as ws:
             subscribed.release()
             got["auto"] = [await ws.get_message() for _ in PAYLOADS]
             await ws.send_message("upstream")
             got["auto"].append(await ws.get_message())
 
     async def ws_acked() -> None:
-        async with open_ws(f"ws://{address}/ws?topic={acked_topic}&ack=client") as ws:
+        async with open_ws(
+            f"ws://{address}/ws?topic={acked_topic}&ack=client&client_id={client_ids[1]}"
+        ) as ws:
             subscribed.release()
             got["acked"] = []
             for _ in PAYLOADS:
@@ -125,11 +130,30 @@ async def in_thread(fn: Callable[[], Any]) -> Any:
     return await trio.to_thread.run_sync(fn)
 
 
+def committed(tansu: Tansu, group: str, topic: str) -> int:
+    """The group's committed offset of partition 0 (blocking)."""
+    consumer = Consumer(tansu.consumer_config(group))
+    try:
+        [partition] = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        return int(partition.offset)
+    finally:
+        consumer.close()
+
+
 async def test_kafka_bridge(tansu: Tansu, tmp_path: Path) -> None:
     admin = AdminClient(tansu.client_config())  # type: ignore[arg-type]
     topics = [await in_thread(lambda: new_topic(admin, "bridge")) for _ in range(3)]
+    client_ids = (f"auto-{uuid.uuid4().hex[:8]}", f"acked-{uuid.uuid4().hex[:8]}")
     async with bridge("kafka", tansu.bootstrap_servers, tmp_path) as address:
-        await check_bridge(address, topics)
+        await check_bridge(address, topics, client_ids)
+    # The bridge has stopped, so each group's last commit is in: auto committed all it consumed
+    # (the upstream message too), the acking client everything it acked.
+    groups = [f"bench-{client_id}" for client_id in client_ids]
+    offsets = [
+        await in_thread(partial(committed, tansu, g, t))
+        for g, t in zip(groups, topics[:2], strict=True)
+    ]
+    assert offsets == [COUNT + 1, COUNT]
 
 
 async def test_rabbitmq_bridge(rabbitmq: RabbitMQ, tmp_path: Path) -> None:
@@ -142,7 +166,7 @@ async def test_rabbitmq_bridge(rabbitmq: RabbitMQ, tmp_path: Path) -> None:
 
     await in_thread(declare)
     async with bridge("rabbitmq", rabbitmq.amqp_url, tmp_path) as address:
-        await check_bridge(address, queues)
+        await check_bridge(address, queues, ("auto", "acked"))
     # Every message was acked: nothing is left ready (the unconfirmed POST aside).
     counts = [await in_thread(partial(rabbitmq.queue_counts, queue)) for queue in queues]
     assert [c.messages if c else None for c in counts] == [1, 0, 0]
@@ -151,7 +175,7 @@ async def test_rabbitmq_bridge(rabbitmq: RabbitMQ, tmp_path: Path) -> None:
 async def test_mqtt_bridge(mosquitto: Mosquitto, tmp_path: Path) -> None:
     topics = [f"bridge/{uuid.uuid4().hex[:8]}/{name}" for name in ("auto", "acked", "sse")]
     async with bridge("mqtt", mosquitto.url, tmp_path) as address:
-        await check_bridge(address, topics)
+        await check_bridge(address, topics, ("auto", "acked"))
 
 
 @pytest.mark.parametrize("broker", ["kafka", "rabbitmq", "mqtt"])
