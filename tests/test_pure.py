@@ -56,7 +56,7 @@ def test_sse_frames_use_only_newline_line_endings() -> None:
         frame_event("a\r\nb\rc", event_id="1", event="x")
         == b"event: x\nid: 1\ndata: a\ndata: b\ndata: c\n\n"
     )
-    assert frame_comment("keepalive") == b": keepalive\n\n"
+    assert frame_comment("keepalive") == b": keepalive\n"
 
 
 def test_sse_id_with_line_break_is_refused() -> None:
