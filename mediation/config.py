@@ -8,6 +8,7 @@ this module adds the cross-table checks (unique names, route references, directi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -337,7 +338,14 @@ def build_config(
     document: Mapping[str, Any], *, filename: str = "<config>", env: Mapping[str, str] = {}
 ) -> Config:
     """Validate an already-parsed document (a dict shaped like the TOML file)."""
+    try:
+        return _build_config(document, filename=filename, env=env)
+    except RecursionError:
+        # The checks recurse per nesting level; an embedder's document can nest as deep as it likes.
+        raise ConfigError(f"{filename}: nested too deeply to be a configuration") from None
 
+
+def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[str, str]) -> Config:
     def fail(path: Sequence[str | int], problem: str) -> ConfigError:
         return ConfigError(f"{filename}: {format_path(path)}: {problem}")
 
@@ -358,7 +366,12 @@ def build_config(
         model = ENDPOINT_TYPES.get(endpoint.type)
         if model is None:
             raise fail(["endpoints", i, "type"], _unknown_type(endpoint.type, ENDPOINT_TYPES))
-        settings = _validate(model, endpoint.config or {}, ["endpoints", i, "config"], fail)
+        settings = _validate(
+            model,
+            {} if endpoint.config is None else endpoint.config,
+            ["endpoints", i, "config"],
+            fail,
+        )
         endpoints.append(endpoint.model_copy(update={"config": settings}))
     routes = [
         _validate(RouteConfig, item, ["routes", i], fail)
@@ -431,8 +444,11 @@ def _check_auth(
         base = Path(".") if filename.startswith("<") else Path(filename).parent
         try:
             pem = (base / pem).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or "not UTF-8"
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            # ValueError: a path with a NUL in it.
+            reason = getattr(error, "strerror", None) or (
+                "not UTF-8" if isinstance(error, UnicodeDecodeError) else "not a file name"
+            )
             raise fail(
                 [*path, "jwt_public_key"], f"cannot read {base / keys['jwt_public_key']}: {reason}"
             ) from None
@@ -499,8 +515,16 @@ def format_path(path: Sequence[str | int]) -> str:
     """``["routes", 2, "target"]`` -> ``routes[2].target`` (0-based, dotted)."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+        if isinstance(part, int):
+            text += f"[{part}]"
+            continue
+        # A key that is not a bare TOML key is quoted as TOML would (escapes keep one line).
+        key = part if _BARE_KEY.fullmatch(part) else json.dumps(part)
+        text += f".{key}" if text else key
     return text
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _direction(source_kind: str, target_kind: str) -> str | None:
@@ -519,7 +543,8 @@ def _array(document: Mapping[str, Any], key: str, fail: Any) -> list[Any]:
 
 
 def _unknown_type(name: object, types: Mapping[str, object]) -> str:
-    return f'unknown type "{name}" (expected one of: {", ".join(types)})'
+    # Quoted as JSON: a line break in the value stays escaped, the message one line.
+    return f"unknown type {json.dumps(name, default=str)} (expected one of: {', '.join(types)})"
 
 
 def _validate_typed(
@@ -529,7 +554,7 @@ def _validate_typed(
         raise fail(path, "must be a table")
     if "type" not in item:
         raise fail([*path, "type"], "missing required key")
-    model = types.get(item["type"])
+    model = types.get(item["type"]) if isinstance(item["type"], str) else None
     if model is None:
         raise fail([*path, "type"], _unknown_type(item["type"], types))
     return _validate(model, item, path, fail)

@@ -8,7 +8,7 @@ import pytest
 
 from mediation import Config, ConfigError, load_config, parse_config
 from mediation.ack_policy import Guarantee
-from mediation.config import ENDPOINT_TYPES, MemoryConfig
+from mediation.config import ENDPOINT_TYPES, MemoryConfig, build_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -509,3 +509,56 @@ def test_a_bridge_needs_both_ends() -> None:
         'gw.toml: routes[0].target: endpoint "dst" has nothing to publish to '
         "(set endpoints[1].config.topic_out)"
     )
+
+
+# -- odd documents: always one ConfigError on one line -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"a\nb": 1}, 'gw.toml: "a\\nb": unknown table'),
+        ({"engine": {"x\r": 1}}, 'gw.toml: engine."x\\r": unknown key'),
+        (
+            {"entrypoints": [{"name": "w", "port": 0, "type": "web\nsocket"}]},
+            'gw.toml: entrypoints[0].type: unknown type "web\\nsocket" '
+            "(expected one of: websocket, sse, http_post, http_get)",
+        ),
+        (
+            {"entrypoints": [{"name": "w", "port": 0, "type": ["websocket"]}]},
+            'gw.toml: entrypoints[0].type: unknown type ["websocket"] '
+            "(expected one of: websocket, sse, http_post, http_get)",
+        ),
+        (
+            {"endpoints": [{"name": "m", "type": "memory", "config": []}]},
+            "gw.toml: endpoints[0].config: must be a table",
+        ),
+        (
+            {"endpoints": [{"name": "m", "type": "memory", "config": False}]},
+            "gw.toml: endpoints[0].config: must be a table",
+        ),
+    ],
+)
+def test_odd_keys_and_values_are_quoted_on_one_line(
+    document: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build_config(document, filename="gw.toml")
+    assert str(caught.value) == message
+
+
+def test_build_config_refuses_deep_nesting_too() -> None:
+    nested: object = "x"
+    for _ in range(5000):
+        nested = {"a": nested}
+    with pytest.raises(ConfigError) as caught:
+        build_config({"engine": {"x": nested}}, filename="gw.toml")
+    assert str(caught.value) == "gw.toml: nested too deeply to be a configuration"
+
+
+def test_public_key_path_that_cannot_be_a_file_name() -> None:
+    text = (
+        '[[entrypoints]]\nname = "p"\ntype = "http_post"\nport = 0\nauth = "bearer"\n'
+        'jwt_public_key = "key\\u0000.pem"\n'
+    )
+    assert error_of(text).startswith("gw.toml: entrypoints[0].jwt_public_key: cannot read ")

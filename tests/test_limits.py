@@ -20,9 +20,12 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mediation.endpoints import Outbound
 from mediation.engine import MediationEngine
+from mediation.entrypoints._head import HeaderTooLarge, HeadScanner
 from mediation.envelope import SUBPROTOCOL
 from mediation.events import Event
 
@@ -369,6 +372,40 @@ async def test_messages_keep_a_client_that_ignores_pings_alive(
             assert await client.close_frame() == (1001, "idle")
 
 
+async def test_a_client_that_stops_reading_is_idle_too(
+    engine_with: EngineFactory, autojump_clock: trio.abc.Clock
+) -> None:
+    """Writes that cannot complete are no sign of life: the session ends at idle_timeout even
+    while its writer waits on a full TCP window (instead of holding its consumer forever)."""
+    entrypoints = {"ws": {"type": "websocket", "idle_timeout": 20}}
+    async with engine_with(entrypoints=entrypoints, routes=ROUTES[:1] + ROUTES[2:3]) as engine:
+        async with raw_websocket(engine):
+            route = next(r for r in engine.config.routes if r.name == "ws->mem")
+            start = trio.current_time()
+            published_at: list[float] = []
+            async with trio.open_nursery() as nursery:
+
+                async def flood() -> None:
+                    # 32 MiB: more than the socket buffers hold. (Once the session is gone
+                    # nothing subscribes; a publish then need not wait, so the loop is bounded.)
+                    for _ in range(512):
+                        event = Event(b"f" * 65536)
+                        outbound = Outbound(event=event, route=route, client_id="p", entrypoint="t")
+                        await engine.endpoints["mem"].publish(outbound, confirm=True)
+                        published_at.append(trio.current_time())
+                        await trio.lowlevel.checkpoint()
+
+                nursery.start_soon(flood)
+                with trio.fail_after(CLIENT_WAIT + 20):
+                    await clients_gone(engine)
+                nursery.cancel_scope.cancel()
+            assert 20 <= trio.current_time() - start < 20 + CLIENT_WAIT
+            assert engine.sessions == []
+            # The flood was held up by the full window until the session ended.
+            stalled = [t for t in published_at if t - start < 20]
+            assert 0 < len(stalled) < 512
+
+
 async def test_idle_timeout_0_never_pings(
     engine_with: EngineFactory, autojump_clock: trio.abc.Clock
 ) -> None:
@@ -604,3 +641,32 @@ async def test_broker_metadata_that_cannot_be_a_header_is_not_polled(
         assert meta == {"x-meta-x-ok": "kept"}
         assert "injected" not in polled.headers
         assert polled.headers["content-type"] == "text/plain"
+
+
+# -- the head scanner (pure) -------------------------------------------------------------------
+
+
+@given(
+    head=st.binary(max_size=300).filter(lambda b: b"\n\n" not in b and b"\n\r\n" not in b),
+    end=st.sampled_from([b"\r\n\r\n", b"\n\n", b"\n\r\n", b"\r\n\n"]),
+    rest=st.binary(max_size=50),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
+    limit=st.integers(min_value=1, max_value=400),
+)
+def test_head_scanner_finds_the_same_end_however_the_bytes_arrive(
+    head: bytes, end: bytes, rest: bytes, cuts: list[int], limit: int
+) -> None:
+    data = head + end + rest
+    # h11's rule: the head ends at the first empty line (CRLF or bare LF line ends).
+    expected = min(i + len(m) for m in (b"\n\n", b"\n\r\n") if (i := data.find(m)) >= 0)
+    scanner = HeadScanner(limit)
+    found: int | str | None = None
+    for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
+        try:
+            found = scanner.end(data[:cut])
+        except HeaderTooLarge:
+            found = "too large"
+            break
+        if found is not None:
+            break
+    assert found == (expected if expected <= limit else "too large")
