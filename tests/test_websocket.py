@@ -338,3 +338,18 @@ async def test_a_client_that_stops_reading_stops_its_consumer_and_the_publisher(
             for _ in range(300):
                 assert await ws.get_message() == payload.decode()
             assert published == 300
+
+
+async def test_a_binary_message_comes_back_binary_even_when_its_bytes_are_utf8(
+    engine_with: EngineFactory,
+) -> None:
+    async with (
+        engine_with(entrypoints={"ws": "websocket"}, routes=ECHO) as engine,
+        open_ws(ws_url(engine)) as ws,
+    ):
+        await ws.send_message(b"plain ascii")
+        assert await ws.get_message() == b"plain ascii"
+        await ws.send_message(b"")
+        assert await ws.get_message() == b""
+        await ws.send_message("text stays text")
+        assert await ws.get_message() == "text stays text"

@@ -1,7 +1,10 @@
 """The WebSocket entrypoint (trio-websocket): both directions on one connection.
 
 Every text or binary message from the client is one upstream event; every downstream event is one
-message (text when the payload is UTF-8, unless ``frame_type`` says otherwise). With the
+message (text when the payload is UTF-8, unless ``frame_type`` says otherwise). A binary message
+travels with the metadata ``content-type: application/octet-stream``, and an event with that
+content type goes out binary, so a binary message stays binary even when its bytes are UTF-8
+(Autobahn cases 1.2.1, 9.4.x, 9.8.1 echo exactly). With the
 ``mediation.v1`` subprotocol both directions use the JSON envelope of :mod:`mediation.envelope`,
 and the client confirms each event, which is what ``at_least_once`` waits for.
 
@@ -47,6 +50,9 @@ from ..session import EngineContext, Session, SessionDelivery, open_session
 from ._head import HandoffListener, gate_connections
 
 log = logging.getLogger(__name__)
+
+# The content type that marks an event as binary (a binary frame, or a POST saying so).
+OCTET_STREAM = "application/octet-stream"
 
 # How long a closing handshake with the client may take before the connection is dropped.
 CLOSE_TIMEOUT = 5.0
@@ -171,7 +177,9 @@ async def _converse(
         event = item.event
         if enveloped:
             await connection.send_message(encode_event(event.id, event.payload, event.metadata))
-        elif config.frame_type == "binary":
+        elif config.frame_type == "binary" or (
+            config.frame_type == "auto" and event.metadata.get("content-type") == OCTET_STREAM
+        ):
             await connection.send_message(event.payload)
         else:
             try:
@@ -249,9 +257,11 @@ async def _handle_message(
 ) -> bool:
     """Relay one client message; False once the client is gone."""
     if not enveloped:
-        payload = message.encode("utf-8") if isinstance(message, str) else message
         try:
-            await session.publish(payload)
+            if isinstance(message, str):
+                await session.publish(message.encode("utf-8"))
+            else:
+                await session.publish(message, {"content-type": OCTET_STREAM})
         except NoRoute:
             log.warning("message dropped: no upstream route", extra={"session_id": session.id})
         return True
