@@ -1,7 +1,8 @@
 """The configuration: TOML in, one frozen and fully validated :class:`Config` out.
 
 Pure apart from :func:`load_config`, which reads the file and the environment (for ``${VAR}``
-secrets); the engine itself never does. Every error is a :class:`ConfigError` with one line
+secrets), and an entrypoint's ``jwt_public_key`` given as a file name, which is read while the
+config is validated (relative to the config file); the engine itself never reads either. Every error is a :class:`ConfigError` with one line
 ``FILE: table[index].key: problem``: pydantic checks each table's types and rejects unknown keys,
 this module adds the cross-table checks (unique names, route references, directions).
 """
