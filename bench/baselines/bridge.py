@@ -1,8 +1,8 @@
 """The hand-rolled bridge: what a competent Python team writes instead of adopting a gateway.
 
 ``python -m bench.baselines.bridge --broker {kafka,rabbitmq,mqtt} --broker-url URL
-[--host 127.0.0.1] [--port 0] --port-file PATH [--window N]`` serves, per the harness contract
-(/work/notes/bench-interface.md): ``GET /ws?topic=T&client_id=C&ack=auto|client`` (WebSocket),
+[--host 127.0.0.1] [--port 0] --port-file PATH [--window N]`` serves, per the contract with the
+harness (bench/procs.py starts it): ``GET /ws?topic=T&client_id=C&ack=auto|client`` (WebSocket),
 ``GET /sse?topic=T&client_id=C`` (Server-Sent Events), ``POST /publish?topic=T&confirm=0|1``,
 ``GET /healthz``; ``from=earliest`` on /ws and /sse starts a new Kafka group at the beginning.
 The port goes to ``--port-file`` once the broker connection is up and the socket accepts. It runs
@@ -71,8 +71,8 @@ MQTT, client acks       PUBACK when the client's ack arrives. Engine ``at_least_
 ======================  ===============================================================
 
 The ack point of ``auto`` is the engine's (``ack_policy``: ``auto`` acks when the event enters
-the session channel), not "after the frame is written" as bench-interface.md words it for
-RabbitMQ: acking after the write would keep a window of 1 from overlapping the broker's next
+the session channel), not "after the frame is written" as the harness contract first worded
+it for RabbitMQ: acking after the write would keep a window of 1 from overlapping the broker's next
 delivery with the write, a handicap the engine does not have.
 
 The message ids are the broker's positions (Kafka ``topic:partition:offset``, RabbitMQ delivery
