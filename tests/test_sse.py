@@ -372,8 +372,9 @@ async def test_heartbeat_comment_on_an_idle_stream(
                 assert await anext(lines) == ""
                 opened = trio.current_time()
                 for _ in range(2):
+                    # A comment line alone: a blank line after it would dispatch an empty event
+                    # in some parsers (httpx-sse).
                     assert await anext(lines) == ": keepalive"
-                    assert await anext(lines) == ""
                     assert trio.current_time() - opened == pytest.approx(15, abs=0.5)
                     opened = trio.current_time()
                 # An event still arrives normally between heartbeats.
