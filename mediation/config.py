@@ -2,9 +2,11 @@
 
 Pure apart from :func:`load_config`, which reads the file and the environment (for ``${VAR}``
 secrets), and an entrypoint's ``jwt_public_key`` given as a file name, which is read while the
-config is validated (relative to the config file); the engine itself never reads either. Every error is a :class:`ConfigError` with one line
-``FILE: table[index].key: problem``: pydantic checks each table's types and rejects unknown keys,
-this module adds the cross-table checks (unique names, route references, directions).
+config is validated (relative to the config file); the engine itself never reads either.
+Every error is a :class:`ConfigError` with one line ``FILE: table[index].key: problem``:
+pydantic checks each table's types and rejects unknown keys, this module adds the cross-table
+checks (unique names, route references, directions, what a route needs of its endpoints, the
+auth keys of an entrypoint).
 """
 
 from __future__ import annotations
