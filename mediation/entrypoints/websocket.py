@@ -25,6 +25,7 @@ it; the engine pings it half way) is closed with 1001 "idle".
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from urllib.parse import parse_qs, urlsplit
 
 import trio
@@ -124,6 +125,11 @@ async def _handle(
             await _converse(connection, session, config, enveloped)
     except MediationError as error:
         await _refuse_or_close(request, connection, error)
+    except ConnectionClosed:
+        # The client left during its handshake (accept or reject found the socket gone): its
+        # session, if any, ended with it; nothing else is affected. (Escaping, this would end
+        # the WebSocket server and the engine with it.)
+        log.info("websocket client left during the handshake")
 
 
 async def _refuse_or_close(
@@ -138,7 +144,7 @@ async def _refuse_or_close(
             "code": outcome.ws_close_code,
         },
     )
-    with trio.move_on_after(CLOSE_TIMEOUT):
+    with trio.move_on_after(CLOSE_TIMEOUT), suppress(ConnectionClosed):
         if connection is None:
             await request.reject(
                 outcome.http_status,
