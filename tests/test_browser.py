@@ -187,21 +187,14 @@ async def test_allowed_origins_seen_from_the_browser(
     assert (refused["outcome"], refused["detail"]) == ("refused", "close 1006")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the SSE entrypoint sends no Access-Control-Allow-Origin, so a browser refuses a "
-    "cross-origin stream even from an allowed origin (see the test's docstring)",
-)
 async def test_a_cross_origin_event_source_from_an_allowed_origin(
     engine_with: EngineFactory, node_modules: None
 ) -> None:
     """A page whose origin is in ``allowed_origins`` opens an EventSource straight to the engine.
 
-    The engine checks ``Origin`` (403 for others) but answers an allowed one without
-    ``Access-Control-Allow-Origin: <origin>``, so the browser's CORS check fails the stream.
-    Fix (mediation/entrypoints/sse.py): on a request whose allowed ``Origin`` was given, add
-    ``access-control-allow-origin: <origin>`` and ``vary: origin`` to the response headers (and
-    ``access-control-allow-credentials: true`` if cookies are to be supported).
+    The engine checks ``Origin`` (403 for others) and answers an allowed one with
+    ``Access-Control-Allow-Origin: <origin>``, without which the browser's CORS check would fail
+    the stream.
     """
     server = PageServer(cuts={})
     async with trio.open_nursery() as nursery:

@@ -70,7 +70,7 @@ async def _handle(
     if request.method != "GET":
         await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "GET"})
         return
-    stream = _Stream(send)
+    stream = _Stream(send, request.headers.get("origin"))
     try:
         client_id = admit(
             request.headers,
@@ -99,7 +99,13 @@ async def _handle(
         elif not isinstance(error, EngineShuttingDown):
             log.info("sse session ended", extra={"reason": str(error)})
             with trio.move_on_after(GOODBYE_TIMEOUT):
-                await stream.write(frame_event(outcome_of(error).reason, event="error"))
+                # With the id of the last event written, so that a client that tracks ids (or an
+                # EventSource, which keeps the last one) resumes from there.
+                await stream.write(
+                    frame_event(
+                        outcome_of(error).reason, event="error", event_id=stream.last_event_id
+                    )
+                )
     finally:
         if stream.started:
             with trio.move_on_after(GOODBYE_TIMEOUT, shield=True):
@@ -109,13 +115,25 @@ async def _handle(
 class _Stream:
     """The response body, written by the event writer and the heartbeat (one at a time)."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, origin: str | None) -> None:
         self._send = send
         self._lock = trio.Lock()
+        self._origin = origin
         self.started = False
+        self.last_event_id: str | None = None
 
     async def start(self) -> None:
-        await self._send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        headers = HEADERS
+        if self._origin is not None:
+            # The origin was admitted (allowed_origins) before the stream starts: without this
+            # a browser refuses a cross-origin EventSource. No preflight: EventSource sends
+            # only simple headers (Last-Event-ID included).
+            headers = [
+                *HEADERS,
+                (b"access-control-allow-origin", self._origin.encode("latin-1")),
+                (b"vary", b"origin"),
+            ]
+        await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         self.started = True
 
     async def write(self, chunk: bytes) -> None:
@@ -137,6 +155,7 @@ async def _stream_events(
         await stream.write(
             frame_event(item.event.payload.decode("utf-8", "replace"), event_id=item.event.id)
         )
+        stream.last_event_id = item.event.id
 
     async def heartbeat() -> None:
         while True:
