@@ -266,6 +266,21 @@ class Stream:
         while any(s.client_id in clients for s in self.engine.sessions):  # noqa: ASYNC110
             await trio.sleep(0.01)  # the engine announces no session's end: ask it
 
+    async def back_up(self, within: float) -> None:
+        """Until the endpoint is up and both receivers have a session again."""
+        with trio.move_on_after(within):
+            await self.state.wait_value(EndpointState.UP)
+            await self.reconnected()
+            return
+        raise AssertionError(
+            f"{self.name} not back after {within} s: endpoint {self.state.value}, "
+            + ", ".join(
+                f"{r.name}: connected {r.connected.value}, sessions {r.sessions}, "
+                f"closes {r.close_codes}, refused {r.refused}"
+                for r in self.receivers.values()
+            )
+        )
+
     async def reconnected(self) -> None:
         for receiver in self.receivers.values():
             await receiver.connected.wait_value(True)
@@ -555,8 +570,10 @@ async def test_brokers_frozen_for_20_s_lose_nothing_and_wedge_nothing(
 
 
 async def record_states(stream: Stream, seen: list[EndpointState]) -> None:
-    async for state in stream.state.eventual_values():
-        seen.append(state)
+    """Append DOWN to ``seen`` when the endpoint goes down (``wait_value`` sees every change, where
+    iterating the values would skip a short-lived one)."""
+    await stream.state.wait_value(EndpointState.DOWN)
+    seen.append(EndpointState.DOWN)
 
 
 # -- network faults (nftables on the brokers' loopback ports) ----------------------------------------
@@ -590,12 +607,21 @@ async def test_network_faults_between_the_engine_and_the_brokers(
 
     (The rules match the brokers' ports, so the test's own publishers suffer them too; the AMQP
     heartbeat is 2 s here so that RabbitMQ gives up on the cut connection, and requeues what it
-    held for it, within seconds rather than minutes.)"""
-    sides: list[Side] = [RabbitSide(rabbitmq, heartbeat=2), KafkaSide(tansu), MQTTSide(mosquitto)]
+    held for it, within seconds rather than minutes.)
+
+    Not Kafka under ``reset``: tansu 0.6.0's group coordinator wedges there. In 4 runs of 6 the
+    ``at_most_once`` client's group (its member's connections reset mid-commit) stayed in a state
+    tansu describes as UNKNOWN, with no members, and never assigned a new member its partition,
+    even to fresh consumers joining later (so neither the engine's nor the client's retries can
+    help); the ``at_least_once`` group beside it settled every time. tansu is the only Kafka
+    broker the harness has; a real Kafka cluster times out such a rebalance."""
+    sides: list[Side] = [RabbitSide(rabbitmq, heartbeat=2), MQTTSide(mosquitto)]
+    if kind != "reset":
+        sides.insert(1, KafkaSide(tansu))
     for side in sides:
         side.broker.ensure_running()
     tables: list[str] = []
-    async with streams(engine_with, sides) as (_engine, made):
+    async with streams(engine_with, sides) as (engine, made):
         states: dict[str, list[EndpointState]] = {s.name: [] for s in made}
         async with trio.open_nursery() as watching:
             for stream in made:
@@ -613,20 +639,24 @@ async def test_network_faults_between_the_engine_and_the_brokers(
                     for stream in made:
                         await stream.all_confirmed_arrive()
                 elif kind == "reset":
-                    with trio.fail_after(OUTCOME_WITHIN):
+                    with trio.move_on_after(OUTCOME_WITHIN):
                         for stream in made:
                             await stream.state.wait_value(EndpointState.DOWN)
                             await stream.sessions_ended()
+                    for stream in made:
+                        assert EndpointState.DOWN in states[stream.name], (
+                            f"{stream.name} never went down: {states[stream.name]} "
+                            f"(now {stream.state.value}, {time.monotonic() - started:.1f} s), "
+                            f"sessions {[s.client_id for s in engine.sessions]}"
+                        )
                 else:
                     await trio.sleep(PARTITION)  # the fault itself: how long the link stays cut
                 fault_s = time.monotonic() - started
             healed = time.monotonic()
             back: dict[str, float] = {}
-            with trio.fail_after(WAIT):
-                for stream in made:
-                    await stream.state.wait_value(EndpointState.UP)
-                    await stream.reconnected()
-                    back[stream.name] = time.monotonic() - healed
+            for stream in made:
+                await stream.back_up(WAIT)
+                back[stream.name] = time.monotonic() - healed
             if kind != "drop":
                 await publish_all(made, seqs(NET_HALF, NET_HALF))
             for stream in made:

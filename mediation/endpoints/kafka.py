@@ -83,9 +83,9 @@ meanwhile, raises :class:`BrokerUnavailable`); ``confirm=False`` returns once ``
 event metadata. State: ``connecting`` until the producer got cluster metadata, ``up``, ``down``
 from an ``_ALL_BROKERS_DOWN`` that a metadata request confirms, until metadata can be fetched
 again (librdkafka reconnects by itself, with its own jittered ``reconnect.backoff.ms``; the
-endpoint probes with jittered backoff from ``RETRY_MIN`` to ``RETRY_MAX`` and follows). Publishing is refused while the
-endpoint is not ``up``, and confirmed publishes still waiting fail when it goes ``down``. Each
-outage ends with a new producer (see ``_run_producer``).
+endpoint probes with jittered backoff from ``RETRY_MIN`` to ``RETRY_MAX`` and follows).
+Publishing is refused while the endpoint is not ``up``, and confirmed publishes still waiting
+fail when it goes ``down``. Each outage ends with a new producer (see ``_run_producer``).
 
 Configuration: ``[endpoints.config.librdkafka]`` passes any librdkafka key; it overrides this
 module's tuning defaults (queue sizes, ``message.timeout.ms``, ...) and is overridden by what the

@@ -57,9 +57,9 @@ session left unacked), waiting for the broker's CloseOk at most ``CLOSE_TIMEOUT`
 ``at_most_once`` and a lost ack: the session acks just before writing, but ``basic.ack`` has no
 answer, so an ack that was still on its way when the connection broke (or that a broker killed
 with SIGKILL had not yet written down) is lost, and the broker delivers the message again, flagged
-``redelivered``. The endpoint remembers what it acked on ``at_most_once`` sessions (the last
-``WRITTEN_MEMORY`` messages: queue, ``message_id`` and a digest of the body) and acks such a
-redelivery without handing it to the session; the fault tests saw 1-10 such duplicates per
+``redelivered``. The endpoint remembers what it acked on ``at_most_once`` sessions (queue,
+``message_id`` and body, see :mod:`._written`) and acks such a redelivery without handing it to
+the session; the fault tests saw 1-10 such duplicates per
 broker SIGKILL before this. Memory only: it does not survive an engine restart.
 
 There is no resuming from an SSE ``Last-Event-ID`` (a queue has no positions): on a shared queue a
@@ -92,12 +92,11 @@ backoff (``RETRY_MIN`` doubling up to ``RETRY_MAX``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -116,6 +115,7 @@ from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
+from ._written import Written
 from .base import Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,6 @@ RETRY_MAX = 5.0
 PUBLISH_WINDOW = 1024
 # basic.qos prefetch-count is an AMQP short.
 MAX_PREFETCH = 65535
-# Messages acked on at_most_once sessions remembered per endpoint, to drop their redeliveries.
-WRITTEN_MEMORY = 8192
 # Declared names of templated queue_out values remembered per connection (then forgotten).
 MAX_DECLARED = 4096
 
@@ -296,36 +294,11 @@ class _ConsumePlan:
     declare_exchange: str | None  # the exchange type to declare it with, or None
 
 
-class _Written:
-    """What ``at_most_once`` sessions acked (so wrote), newest last, at most ``size`` entries."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._keys: OrderedDict[bytes, None] = OrderedDict()
-
-    @staticmethod
-    def key(queue: str, event: Event) -> bytes:
-        digest = hashlib.blake2b(digest_size=16)
-        for part in (queue.encode(), event.metadata.get("message_id", "").encode(), event.payload):
-            digest.update(len(part).to_bytes(8, "big"))
-            digest.update(part)
-        return digest.digest()
-
-    def add(self, key: bytes) -> None:
-        self._keys[key] = None
-        self._keys.move_to_end(key)
-        if len(self._keys) > self.size:
-            self._keys.popitem(last=False)
-
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._keys
-
-
 class _Consumer:
     """One session's consumer, Trio side. The I/O thread reaches it only through ``_ToTrio``."""
 
     def __init__(
-        self, link: _Link, credit: int, queue: str = "", written: _Written | None = None
+        self, link: _Link, credit: int, queue: str = "", written: Written | None = None
     ) -> None:
         self.link = link
         self.credit = credit
@@ -387,7 +360,7 @@ class _Consumer:
                 tag, event = self._buffer.popleft()
                 if self.written is None:
                     return Delivery(event, partial(self._settle, tag))
-                key = _Written.key(self.queue, event)
+                key = Written.key(self.queue, event.metadata.get("message_id", ""), event.payload)
                 if event.metadata.get("redelivered") == "true" and key in self.written:
                     # Written once already; its ack was lost with a connection.
                     self.dropped += 1
@@ -899,7 +872,7 @@ class RabbitMQEndpoint:
         self._link: _Link | None = None  # set while up
         self._thread = trio.CapacityLimiter(1)  # one I/O thread per endpoint
         self._window = trio.Semaphore(PUBLISH_WINDOW)
-        self._written = _Written(WRITTEN_MEMORY)
+        self._written = Written()
 
     # -- connection ------------------------------------------------------------------------------
 
