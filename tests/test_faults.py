@@ -573,7 +573,8 @@ async def record_states(stream: Stream, seen: list[EndpointState]) -> None:
     """Append DOWN to ``seen`` when the endpoint goes down (``wait_value`` sees every change, where
     iterating the values would skip a short-lived one)."""
     await stream.state.wait_value(EndpointState.DOWN)
-    seen.append(EndpointState.DOWN)
+    if EndpointState.DOWN not in seen:
+        seen.append(EndpointState.DOWN)
 
 
 # -- network faults (nftables on the brokers' loopback ports) ----------------------------------------
@@ -621,7 +622,7 @@ async def test_network_faults_between_the_engine_and_the_brokers(
     for side in sides:
         side.broker.ensure_running()
     tables: list[str] = []
-    async with streams(engine_with, sides) as (engine, made):
+    async with streams(engine_with, sides) as (_engine, made):
         states: dict[str, list[EndpointState]] = {s.name: [] for s in made}
         async with trio.open_nursery() as watching:
             for stream in made:
@@ -639,16 +640,11 @@ async def test_network_faults_between_the_engine_and_the_brokers(
                     for stream in made:
                         await stream.all_confirmed_arrive()
                 elif kind == "reset":
-                    with trio.move_on_after(OUTCOME_WITHIN):
+                    with trio.fail_after(OUTCOME_WITHIN):
                         for stream in made:
                             await stream.state.wait_value(EndpointState.DOWN)
+                            states[stream.name].append(EndpointState.DOWN)
                             await stream.sessions_ended()
-                    for stream in made:
-                        assert EndpointState.DOWN in states[stream.name], (
-                            f"{stream.name} never went down: {states[stream.name]} "
-                            f"(now {stream.state.value}, {time.monotonic() - started:.1f} s), "
-                            f"sessions {[s.client_id for s in engine.sessions]}"
-                        )
                 else:
                     await trio.sleep(PARTITION)  # the fault itself: how long the link stays cut
                 fault_s = time.monotonic() - started
