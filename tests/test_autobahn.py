@@ -35,12 +35,10 @@ PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 # A generous bound for a loaded CI machine; the suite takes ~15 s on an idle 2-core one.
 SUITE_TIMEOUT = 300.0
 
-# Cases that fail because the engine loses the WebSocket frame type: an upstream event carries no
-# record of having been a binary frame, and the downstream writer picks text for any payload that
-# is valid UTF-8, so a binary message of "*" bytes (or an empty one) comes back as text.
-# The fix belongs to mediation/entrypoints/websocket.py (see the report for issue 5); until it
-# lands these are expected to fail, strictly: the test turns red once they pass.
-FRAME_TYPE_LOST = frozenset(
+# Binary messages whose bytes happen to be valid UTF-8 (or that are empty): they come back binary
+# only because the frame type travels with the event (content-type application/octet-stream);
+# the engine once echoed them as text.
+BINARY_AS_UTF8 = frozenset(
     {"1.2.1", "9.4.2", "9.4.3", "9.4.4", "9.4.5", "9.4.6", "9.4.7", "9.4.8", "9.4.9", "9.8.1"}
 )
 
@@ -148,16 +146,11 @@ def test_sections_1_to_10_all_pass(suite: SuiteRun, report_figures: Callable[...
         autobahn_passed=sum(v.passed for v in verdicts),
         autobahn_seconds=suite.seconds,
     )
-    failed = [v for v in verdicts if not v.passed and v.case not in FRAME_TYPE_LOST]
+    failed = [v for v in verdicts if not v.passed]
     assert not failed, f"failed: {_describe(failed)}; reports in {suite.reports}"
     assert len(verdicts) > 290  # the whole selection ran, not an early stop
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a binary WebSocket message whose bytes are valid UTF-8 (or empty) is "
-    "echoed as text; fix in mediation/entrypoints/websocket.py",
-)
 def test_binary_messages_come_back_binary(suite: SuiteRun) -> None:
-    failed = [suite.verdicts[case] for case in FRAME_TYPE_LOST if not suite.verdicts[case].passed]
+    failed = [suite.verdicts[case] for case in BINARY_AS_UTF8 if not suite.verdicts[case].passed]
     assert not failed, f"failed: {_describe(failed)}"
