@@ -150,12 +150,20 @@ async def _stream_events(
 ) -> None:
     """Write events and heartbeats until the client goes away (or the session ends)."""
 
-    async def write(item: SessionDelivery) -> None:
+    async def write(batch: list[SessionDelivery]) -> None:
         # A payload that is not UTF-8 cannot be an SSE event; it is sent with replacement marks.
+        # The batch goes out as one body chunk (one send to the socket).
         await stream.write(
-            frame_event(item.event.payload.decode("utf-8", "replace"), event_id=item.event.id)
+            b"".join(
+                [
+                    frame_event(
+                        item.event.payload.decode("utf-8", "replace"), event_id=item.event.id
+                    )
+                    for item in batch
+                ]
+            )
         )
-        stream.last_event_id = item.event.id
+        stream.last_event_id = batch[-1].event.id
 
     async def heartbeat() -> None:
         while True:
