@@ -90,6 +90,7 @@ class MediationEngine:
     ) -> None:
         config = self.config
         async with trio.open_nursery() as nursery:
+            await nursery.start(self._context.telemetry.run)
             for endpoint in self.endpoints.values():
                 await nursery.start(endpoint.run)
             await nursery.start(run_bridges, self._context, self._bridge_routes)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +59,45 @@ def json_formatter() -> logging.Formatter:
     return formatter
 
 
+class PacketLines:
+    """Packet lines for the stdout handler, buffered: written out by :meth:`flush`, or when large.
+
+    Written to the handler's stream under the handler's lock, so a packet line never tears into
+    (or is torn by) a log record from another thread.
+    """
+
+    # Past this many buffered characters, add() writes them out at once.
+    LIMIT = 64 * 1024
+
+    def __init__(self, handler: logging.StreamHandler[Any]) -> None:
+        self._handler = handler
+        self._lines: list[str] = []
+        self._size = 0
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        lines, self._lines, self._size = self._lines, [], 0
+        if not lines:
+            return
+        handler = self._handler
+        with handler.lock or threading.Lock():
+            handler.stream.write("".join(lines))
+            handler.flush()
+
+
+_packet_lines: PacketLines | None = None
+
+
+def packet_lines() -> PacketLines | None:
+    """Where packet lines go once :func:`configure_logging` ran (None: through ``logging``)."""
+    return _packet_lines
+
+
 def configure_logging(level: str) -> None:
     """Send every log record, as one JSON line, to stdout; ``level`` as in ``engine.log_level``.
 
@@ -79,6 +119,10 @@ def configure_logging(level: str) -> None:
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(json_formatter())
     root.addHandler(handler)
+    global _packet_lines
+    if _packet_lines is not None:
+        _packet_lines.flush()
+    _packet_lines = PacketLines(handler)
     root.setLevel(max(threshold, logging.WARNING))
     logging.getLogger("mediation").setLevel(threshold)
     logging.getLogger("mediation.packets").setLevel(logging.INFO)

@@ -1,21 +1,33 @@
 """Metrics (Prometheus, one registry per engine) and the packet log (one JSON line per packet).
 
 The packet log never carries payloads: only ids, names, sizes and a timestamp, so it can be shipped
-by Fluent Bit from stdout without leaking data.
+by Fluent Bit from stdout without leaking data. Once :func:`mediation.logs.configure_logging` has
+set up stdout, packet lines bypass the logging module (same JSON lines, made from a template,
+buffered and written per burst by :meth:`Telemetry.run`); otherwise they are records of the
+``mediation.packets`` logger, for an embedding application's own logging setup.
 """
 
 from __future__ import annotations
 
+import json.encoder
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
+import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .endpoints.base import EndpointState
 from .events import Event
+from .logs import packet_lines
+
+# At most this late, a packet line reaches stdout (see Telemetry.run).
+PACKET_FLUSH_INTERVAL = 0.1
+
+_quote = json.encoder.encode_basestring_ascii
 
 packet_log = logging.getLogger("mediation.packets")
 
@@ -42,6 +54,10 @@ class Telemetry:
             registry=self.registry,
         )
         self.registry.register(_EndpointStateCollector(endpoint_states))
+        self._moved: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        self._settled: dict[tuple[str, bool], Counter] = {}
+        self._clock = _MillisecondClock()
+        self._unflushed = trio.Event()
 
     def packet(
         self,
@@ -53,9 +69,38 @@ class Telemetry:
         route: str,
         direction: str,
     ) -> None:
-        self.messages.labels(route, direction).inc()
-        self.bytes.labels(route, direction).inc(len(event.payload))
-        if self.packet_logging:
+        size = len(event.payload)
+        try:
+            messages, payload_bytes = self._moved[route, direction]
+        except KeyError:
+            # labels() costs a lock and a tuple lookup: once per route and direction, not per
+            # packet.
+            messages, payload_bytes = self._moved[route, direction] = (
+                self.messages.labels(route, direction),
+                self.bytes.labels(route, direction),
+            )
+        messages.inc()
+        payload_bytes.inc(size)
+        if not self.packet_logging:
+            return
+        lines = packet_lines()
+        if lines is not None:
+            lines.add(
+                packet_line(
+                    event_id=event.id,
+                    source_id=source_id,
+                    client_id=client_id,
+                    session_id=session_id,
+                    route=route,
+                    direction=direction,
+                    payload_bytes=size,
+                    timestamp=self._clock.now(),
+                )
+            )
+            self._unflushed.set()
+        elif packet_log.isEnabledFor(logging.INFO):
+            # An application that embeds the engine gets the packet log through its own
+            # logging configuration.
             packet_log.info(
                 "packet",
                 extra={
@@ -65,13 +110,82 @@ class Telemetry:
                     "session_id": session_id,
                     "route": route,
                     "direction": direction,
-                    "payload_bytes": len(event.payload),
+                    "payload_bytes": size,
                     "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 },
             )
 
     def settled(self, route: str, accepted: bool) -> None:
-        self.settlements.labels(route, "ack" if accepted else "nack").inc()
+        try:
+            child = self._settled[route, accepted]
+        except KeyError:
+            child = self._settled[route, accepted] = self.settlements.labels(
+                route, "ack" if accepted else "nack"
+            )
+        child.inc()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Flush buffered packet lines a moment after the first one of a burst; at the end too.
+
+        Writing each line as it comes would cost a write to stdout per packet; a burst's lines
+        go out together instead, at most ``PACKET_FLUSH_INTERVAL`` late. Idle, this sleeps.
+        """
+        task_status.started()
+        try:
+            while True:
+                await self._unflushed.wait()
+                await trio.sleep(PACKET_FLUSH_INTERVAL)
+                self.flush()
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write out the buffered packet lines now."""
+        self._unflushed = trio.Event()
+        lines = packet_lines()
+        if lines is not None:
+            lines.flush()
+
+
+def packet_line(
+    *,
+    event_id: str,
+    source_id: str,
+    client_id: str,
+    session_id: str | None,
+    route: str,
+    direction: str,
+    payload_bytes: int,
+    timestamp: str,
+) -> str:
+    """One packet log line, as the JSON formatter of :mod:`mediation.logs` writes a record.
+
+    Made by hand (C-quoted strings in a fixed template): the logging module's record, filters
+    and generic formatter cost more than the rest of a packet's trip through the engine.
+    """
+    time = _quote(timestamp)
+    session = "null" if session_id is None else _quote(session_id)
+    return (
+        f'{{"level": "info", "msg": "packet", "time": {time}, "event_id": {_quote(event_id)}, '
+        f'"source_id": {_quote(source_id)}, "client_id": {_quote(client_id)}, '
+        f'"session_id": {session}, "route": {_quote(route)}, "direction": {_quote(direction)}, '
+        f'"payload_bytes": {payload_bytes}, "timestamp": {time}}}\n'
+    )
+
+
+class _MillisecondClock:
+    """The current UTC time as RFC 3339 with milliseconds, formatted once per millisecond."""
+
+    def __init__(self) -> None:
+        self._ms = -1
+        self._text = ""
+
+    def now(self) -> str:
+        ms = time.time_ns() // 1_000_000
+        if ms != self._ms:
+            self._ms = ms
+            self._text = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+        return self._text
 
 
 class _EndpointStateCollector(Collector):
