@@ -91,6 +91,7 @@ class MediationEngine:
         config = self.config
         async with trio.open_nursery() as nursery:
             await nursery.start(self._context.telemetry.run)
+            await nursery.start(self._context.run_watches)
             for endpoint in self.endpoints.values():
                 await nursery.start(endpoint.run)
             await nursery.start(run_bridges, self._context, self._bridge_routes)

@@ -75,6 +75,19 @@ class EngineContext:
     connections: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
     # Set once shutdown begins: no new sessions are admitted.
     shutting_down: bool = False
+    # One per endpoint, run by the engine (run_watches): see DownWatch.
+    watches: dict[str, DownWatch] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watches = {name: DownWatch(endpoint) for name, endpoint in self.endpoints.items()}
+
+    async def run_watches(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            for watch in self.watches.values():
+                nursery.start_soon(watch.run)
+            task_status.started()
 
     @contextmanager
     def client_connection(self) -> Iterator[None]:
@@ -87,6 +100,38 @@ class EngineContext:
 
     def session_count(self, entrypoint: str) -> int:
         return sum(1 for s in self.sessions.values() if s.entrypoint == entrypoint)
+
+
+class DownWatch:
+    """Cancels the waits registered with it when its endpoint goes down.
+
+    One task per endpoint watches the endpoint's state for every consumer waiting on a full
+    session channel, so such a wait costs a cancel scope, not a task of its own.
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._waits: set[trio.CancelScope] = set()
+
+    async def run(self) -> None:
+        state = self._endpoint.state
+        while True:
+            await state.wait_value(EndpointState.DOWN)
+            for wait in self._waits:
+                wait.cancel()
+            await state.wait_value(lambda value: value is not EndpointState.DOWN)
+
+    @contextmanager
+    def cancel_when_down(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope cancelled if the endpoint is or goes down while it is entered."""
+        with trio.CancelScope() as wait:
+            if self._endpoint.state.value is EndpointState.DOWN:
+                wait.cancel()
+            self._waits.add(wait)
+            try:
+                yield wait
+            finally:
+                self._waits.discard(wait)
 
 
 @dataclass(frozen=True)
@@ -362,11 +407,11 @@ class Session:
             pass
         route = item.route
         timeout = route.slow_client_timeout if route.slow_client == "disconnect" else math.inf
-        async with trio.open_nursery() as waiting_on_the_client:
-            waiting_on_the_client.start_soon(_fail_when_down, endpoint)
+        with self._context.watches[route.source].cancel_when_down() as down:
             with trio.move_on_after(timeout) as waiting:
                 await self._send.send(item)
-            waiting_on_the_client.cancel_scope.cancel()
+        if down.cancelled_caught:
+            raise BrokerUnavailable(f"endpoint {endpoint.name} is down")
         if waiting.cancelled_caught:
             raise ClientTooSlow(f"client too slow: took no event for {timeout:g} s")
 
@@ -414,11 +459,6 @@ class Session:
             log.warning(
                 "presence event not published", extra={"session_id": self.id, "error": str(error)}
             )
-
-
-async def _fail_when_down(endpoint: Endpoint) -> None:
-    await endpoint.state.wait_value(EndpointState.DOWN)
-    raise BrokerUnavailable(f"endpoint {endpoint.name} is down")
 
 
 async def publish_upstream(
