@@ -48,7 +48,7 @@ from .errors import (
 )
 from .events import Delivery, Event, new_event_id
 from .routing import EntrypointRoutes, RouteTable
-from .telemetry import Telemetry
+from .telemetry import PacketSource, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ class Session:
         self._awaiting_confirmation: dict[str, SessionDelivery] = {}
         self._recently_written: deque[str] = deque(maxlen=64)
         self._receivers: set[trio.CancelScope] = set()  # receive() calls waiting for the window
+        self._packet_sources: dict[str, PacketSource] = {}  # per downstream route
         self._cancel_scope = trio.CancelScope()
         # Why the session ended (or is ending): the reason given to close(), or the error it
         # ended with (a consumer's BrokerUnavailable, ClientTooSlow).
@@ -264,14 +265,19 @@ class Session:
 
     async def written(self, item: SessionDelivery) -> None:
         """The event reached the client: log it and, per guarantee, ack or await confirmation."""
-        self._context.telemetry.packet(
-            event=item.event,
-            source_id=item.route.source,
-            client_id=self.client_id,
-            session_id=self.id,
-            route=item.route.name,
-            direction="downstream",
-        )
+        route = item.route
+        telemetry = self._context.telemetry
+        try:
+            source = self._packet_sources[route.name]
+        except KeyError:
+            source = self._packet_sources[route.name] = telemetry.packet_source(
+                source_id=route.source,
+                client_id=self.client_id,
+                session_id=self.id,
+                route=route.name,
+                direction="downstream",
+            )
+        telemetry.packet_from(source, item.event)
         if not needs_client_confirmation(item.route.delivery_guarantee):
             self._recently_written.append(item.event.id)
         elif self.client_confirms:

@@ -69,7 +69,22 @@ class Telemetry:
         route: str,
         direction: str,
     ) -> None:
-        size = len(event.payload)
+        """Count one packet and, with the packet log on, log it."""
+        self.packet_from(
+            self.packet_source(
+                source_id=source_id,
+                client_id=client_id,
+                session_id=session_id,
+                route=route,
+                direction=direction,
+            ),
+            event,
+        )
+
+    def packet_source(
+        self, *, source_id: str, client_id: str, session_id: str | None, route: str, direction: str
+    ) -> PacketSource:
+        """What packets of one session on one route have in common, for :meth:`packet_from`."""
         try:
             messages, payload_bytes = self._moved[route, direction]
         except KeyError:
@@ -79,23 +94,32 @@ class Telemetry:
                 self.messages.labels(route, direction),
                 self.bytes.labels(route, direction),
             )
-        messages.inc()
-        payload_bytes.inc(size)
+        return PacketSource(
+            messages,
+            payload_bytes,
+            {
+                "source_id": source_id,
+                "client_id": client_id,
+                "session_id": session_id,
+                "route": route,
+                "direction": direction,
+            },
+        )
+
+    def packet_from(self, source: PacketSource, event: Event) -> None:
+        """Count one packet and, with the packet log on, log it (a session keeps ``source``)."""
+        size = len(event.payload)
+        source.messages.inc()
+        source.payload_bytes.inc(size)
         if not self.packet_logging:
             return
         lines = packet_lines()
         if lines is not None:
+            time = _quote(self._clock.now())
             lines.add(
-                packet_line(
-                    event_id=event.id,
-                    source_id=source_id,
-                    client_id=client_id,
-                    session_id=session_id,
-                    route=route,
-                    direction=direction,
-                    payload_bytes=size,
-                    timestamp=self._clock.now(),
-                )
+                f'{{"level": "info", "msg": "packet", "time": {time}, '
+                f'"event_id": {_quote(event.id)}, {source.json_fields}, '
+                f'"payload_bytes": {size}, "timestamp": {time}}}\n'
             )
             self._unflushed.set()
         elif packet_log.isEnabledFor(logging.INFO):
@@ -105,11 +129,7 @@ class Telemetry:
                 "packet",
                 extra={
                     "event_id": event.id,
-                    "source_id": source_id,
-                    "client_id": client_id,
-                    "session_id": session_id,
-                    "route": route,
-                    "direction": direction,
+                    **source.fields,
                     "payload_bytes": size,
                     "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 },
@@ -147,30 +167,25 @@ class Telemetry:
             lines.flush()
 
 
-def packet_line(
-    *,
-    event_id: str,
-    source_id: str,
-    client_id: str,
-    session_id: str | None,
-    route: str,
-    direction: str,
-    payload_bytes: int,
-    timestamp: str,
-) -> str:
-    """One packet log line, as the JSON formatter of :mod:`mediation.logs` writes a record.
+class PacketSource:
+    """The metric children and the fixed fields of one session's packets on one route."""
 
-    Made by hand (C-quoted strings in a fixed template): the logging module's record, filters
-    and generic formatter cost more than the rest of a packet's trip through the engine.
-    """
-    time = _quote(timestamp)
-    session = "null" if session_id is None else _quote(session_id)
-    return (
-        f'{{"level": "info", "msg": "packet", "time": {time}, "event_id": {_quote(event_id)}, '
-        f'"source_id": {_quote(source_id)}, "client_id": {_quote(client_id)}, '
-        f'"session_id": {session}, "route": {_quote(route)}, "direction": {_quote(direction)}, '
-        f'"payload_bytes": {payload_bytes}, "timestamp": {time}}}\n'
-    )
+    __slots__ = ("fields", "json_fields", "messages", "payload_bytes")
+
+    def __init__(
+        self, messages: Counter, payload_bytes: Counter, fields: dict[str, str | None]
+    ) -> None:
+        self.messages = messages
+        self.payload_bytes = payload_bytes
+        self.fields = fields
+        # The middle of the packet line, quoted once: the logging module's record, filters and
+        # generic JSON formatter cost more than the rest of a packet's trip through the engine,
+        # so the line is made from a template, exactly as the formatter of mediation.logs
+        # would write the record.
+        self.json_fields = ", ".join(
+            f"{_quote(name)}: {'null' if value is None else _quote(value)}"
+            for name, value in fields.items()
+        )
 
 
 class _MillisecondClock:

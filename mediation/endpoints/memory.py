@@ -55,7 +55,8 @@ class _Subscriber:
             await self.not_full.park()
         if self.open:
             self.events.append(event)
-            self.not_empty.unpark()
+            if self.not_empty:  # unpark() costs even when no one waits
+                self.not_empty.unpark()
 
     def put_back(self, event: Event) -> None:
         self.redeliveries.append(event)
@@ -69,7 +70,8 @@ class _Subscriber:
                 return self.redeliveries.popleft()
             if self.events:
                 event = self.events.popleft()
-                self.not_full.unpark()
+                if self.not_full:
+                    self.not_full.unpark()
                 return event
             await self.not_empty.park()
 
