@@ -97,6 +97,12 @@ class Counter:
         self.done = asyncio.Event()
 
     def on(self, data: bytes | str) -> None:
+        self.record(data)
+        if self.seen >= self.count:
+            self.done.set()
+
+    def record(self, data: bytes | str) -> None:
+        """Counts one message (a warm-up message only marks the counter warm)."""
         head = data[:1]
         if head in (b"w", "w"):
             self.warm = True
@@ -110,8 +116,6 @@ class Counter:
             value = latency_ms(data, time.monotonic_ns())
             if value is not None:
                 self.latencies.append(value)
-        if self.seen >= self.count:
-            self.done.set()
 
     def summary(self) -> dict[str, Any]:
         seconds = self.last - self.first
@@ -756,19 +760,8 @@ class _SyncCounter(Counter):
         return self.seen >= self.count
 
     def on(self, data: bytes | str) -> None:
-        head = data[:1]
-        if head in (b"w", "w"):
-            self.warm = True
-            return
-        now = time.perf_counter()
-        if self.seen == 0:
-            self.first = now
-        self.seen += 1
-        self.last = now
-        if self.stamp:
-            value = latency_ms(data, time.monotonic_ns())
-            if value is not None:
-                self.latencies.append(value)
+        # No event to set: the sync loops poll ``done`` between reads.
+        self.record(data)
 
 
 ASYNC_KINDS = {"ws_recv": ws_recv, "sse_recv": sse_recv, "idle": idle, "many": many, "post": post}
