@@ -30,15 +30,9 @@ from mediation.envelope import SUBPROTOCOL
 from mediation.events import Event
 
 from .conftest import CLIENT_WAIT, EngineFactory, clients_gone, envelope, open_ws, url
+from .test_engine import ROUTES
 
 KINDS = ["ws", "sse", "post", "poll"]
-ROUTES = [
-    {"source": "ws", "target": "mem"},
-    {"source": "post", "target": "mem"},
-    {"source": "mem", "target": "ws"},
-    {"source": "mem", "target": "sse"},
-    {"source": "mem", "target": "poll"},
-]
 
 
 def all_entrypoints(**settings: Any) -> dict[str, str | dict[str, Any]]:
@@ -552,6 +546,38 @@ async def test_max_sessions_is_503_before_any_session(
 # -- client metadata ---------------------------------------------------------------------------
 
 
+POLL_READER = {"X-Client-ID": "reader"}
+
+
+@asynccontextmanager
+async def post_and_poll(
+    engine_with: EngineFactory,
+) -> AsyncIterator[tuple[MediationEngine, httpx.AsyncClient]]:
+    """An engine with a POST entrypoint and a polling one, both on ``mem``, and an HTTP client
+    whose poller (client ``reader``) has subscribed."""
+    entrypoints: dict[str, str | dict[str, Any]] = {
+        "post": "http_post",
+        "poll": {"type": "http_get", "poll_timeout": 5},
+    }
+    async with (
+        engine_with(entrypoints=entrypoints, routes=[ROUTES[1], ROUTES[4]]) as engine,
+        httpx.AsyncClient() as http,
+    ):
+        subscribed = await http.post(url(engine, "poll", "/subscribe"), headers=POLL_READER)
+        assert subscribed.status_code == 201
+        yield engine, http
+
+
+async def poll_once(engine: MediationEngine, http: httpx.AsyncClient) -> httpx.Response:
+    polled = await http.get(url(engine, "poll", "/poll"), headers=POLL_READER)
+    assert polled.status_code == 200
+    return polled
+
+
+def polled_metadata(polled: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in polled.headers.items() if k.startswith("x-meta-")}
+
+
 async def test_envelope_metadata_is_allow_listed_and_sanitised(engine_with: EngineFactory) -> None:
     async with (
         engine_with(entrypoints={"ws": "websocket"}, routes=ROUTES[:1] + ROUTES[2:3]) as engine,
@@ -576,18 +602,7 @@ async def test_envelope_metadata_is_allow_listed_and_sanitised(engine_with: Engi
 
 
 async def test_post_headers_are_allow_listed(engine_with: EngineFactory) -> None:
-    entrypoints: dict[str, str | dict[str, Any]] = {
-        "post": "http_post",
-        "poll": {"type": "http_get", "poll_timeout": 5},
-    }
-    async with (
-        engine_with(entrypoints=entrypoints, routes=[ROUTES[1], ROUTES[4]]) as engine,
-        httpx.AsyncClient() as http,
-    ):
-        reader = {"X-Client-ID": "reader"}
-        assert (
-            await http.post(url(engine, "poll", "/subscribe"), headers=reader)
-        ).status_code == 201
+    async with post_and_poll(engine_with) as (engine, http):
         headers = {
             "Content-Type": "text/plain",
             "X-Ok": "kept",
@@ -598,28 +613,15 @@ async def test_post_headers_are_allow_listed(engine_with: EngineFactory) -> None
         }
         accepted = await http.post(url(engine, "post"), content=b"body", headers=headers)
         assert accepted.status_code == 202
-        polled = await http.get(url(engine, "poll", "/poll"), headers=reader)
-        assert polled.status_code == 200
-        meta = {k: v for k, v in polled.headers.items() if k.startswith("x-meta-")}
-        assert meta == {"x-meta-x-ok": "kept"}
+        polled = await poll_once(engine, http)
+        assert polled_metadata(polled) == {"x-meta-x-ok": "kept"}
         assert polled.headers["content-type"] == "text/plain"
 
 
 async def test_broker_metadata_that_cannot_be_a_header_is_not_polled(
     engine_with: EngineFactory,
 ) -> None:
-    entrypoints: dict[str, str | dict[str, Any]] = {
-        "post": "http_post",
-        "poll": {"type": "http_get", "poll_timeout": 5},
-    }
-    async with (
-        engine_with(entrypoints=entrypoints, routes=[ROUTES[1], ROUTES[4]]) as engine,
-        httpx.AsyncClient() as http,
-    ):
-        reader = {"X-Client-ID": "reader"}
-        assert (
-            await http.post(url(engine, "poll", "/subscribe"), headers=reader)
-        ).status_code == 201
+    async with post_and_poll(engine_with) as (engine, http):
         route = next(r for r in engine.config.routes if r.name == "post->mem")
         metadata = {
             "x-ok": "kept",
@@ -635,10 +637,8 @@ async def test_broker_metadata_that_cannot_be_a_header_is_not_polled(
             ),
             confirm=True,
         )
-        polled = await http.get(url(engine, "poll", "/poll"), headers=reader)
-        assert polled.status_code == 200
-        meta = {k: v for k, v in polled.headers.items() if k.startswith("x-meta-")}
-        assert meta == {"x-meta-x-ok": "kept"}
+        polled = await poll_once(engine, http)
+        assert polled_metadata(polled) == {"x-meta-x-ok": "kept"}
         assert "injected" not in polled.headers
         assert polled.headers["content-type"] == "text/plain"
 
