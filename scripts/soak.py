@@ -20,7 +20,6 @@ figures are for a person to read: a flat slope is the point, no bound is asserte
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import signal
 import socket
@@ -37,7 +36,10 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-HOST = "127.0.0.1"
+# The raw clients of the resilience tests: tests/ is importable from the checkout, as
+# tests.brokers is for --rabbitmq.
+from tests.rawhttp import HOST, RawClient, sse_request, ws_upgrade  # noqa: E402
+
 CONNECT_AT_ONCE = 100  # handshakes in flight while the sessions open
 
 
@@ -118,38 +120,17 @@ class Client:
     async def run(
         self, port: int, request: bytes, ready: bytes, task_status: trio.TaskStatus[None]
     ) -> None:
-        sock = trio.socket.socket()
-        with sock:
-            await sock.connect((HOST, port))
-            await sock.send(request)
-            received = b""
-            while ready not in received:
-                chunk = await sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"closed during the handshake: {received[:200]!r}")
-                received += chunk
+        client = await RawClient.connect(port)
+        with client.sock:
+            await client.send(request)
+            await client.read_until(ready)
             task_status.started()
             while True:
-                chunk = await sock.recv(65536)
+                chunk = await client.sock.recv(65536)
                 if not chunk:
                     self.closed = "closed by the engine"
                     return
                 self.bytes += len(chunk)
-
-
-def ws_request(client_id: str) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET /?client_id={client_id} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-def sse_request(client_id: str) -> bytes:
-    return (
-        f"GET / HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n"
-        f"X-Client-ID: {client_id}\r\n\r\n"
-    ).encode()
 
 
 async def wait_listening(port: int, engine: subprocess.Popen[bytes], within: float) -> None:
@@ -202,7 +183,7 @@ async def _drive(
                         b"event: session",
                     )
                 else:
-                    request, port, ready = ws_request(f"soak-ws-{index}"), ports["ws"], b"\r\n\r\n"
+                    request, port, ready = ws_upgrade(f"soak-ws-{index}"), ports["ws"], b"\r\n\r\n"
                 await nursery.start(clients[index].run, port, request, ready)
 
         with trio.fail_after(max(120, args.sessions / 10)):

@@ -120,14 +120,16 @@ async def rabbit_engine(
     entrypoints: dict[str, Any],
     routes: list[dict[str, Any]],
     endpoints: dict[str, dict[str, Any]] | None = None,
+    up_within: float = WAIT,
     **config: Any,
 ) -> AsyncIterator[MediationEngine]:
-    """An engine with the endpoint ``rmq`` on the harness's broker, once it is connected."""
+    """An engine with the endpoint ``rmq`` on the harness's broker (and ``endpoints``), once
+    ``rmq`` is connected; ``config`` goes into ``rmq``'s table."""
     tables = {"rmq": {"type": "rabbitmq", "config": {"url": rabbitmq.amqp_url, **config}}}
     async with engine_with(
         entrypoints=entrypoints, routes=routes, endpoints={**tables, **(endpoints or {})}
     ) as engine:
-        with trio.fail_after(WAIT):
+        with trio.fail_after(up_within):
             await engine.endpoints["rmq"].state.wait_value(EndpointState.UP)
         yield engine
 

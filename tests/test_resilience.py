@@ -9,15 +9,12 @@ is asked for its own counts (consumers, queue depth). Figures go to ``report_fig
 
 from __future__ import annotations
 
-import base64
 import gc
-import os
-import socket
-import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import httpx
@@ -26,106 +23,22 @@ import psutil
 import pytest
 import trio
 
-from mediation.endpoints import EndpointState
 from mediation.engine import MediationEngine
 from tests.brokers import RabbitMQ
 
 from .conftest import EngineFactory, clients_gone, open_ws, sse_events, url
+from .rawhttp import (
+    RawClient,
+    http_request,
+    open_poll_raw,
+    open_sse_raw,
+    open_ws_raw,
+    sse_request,
+    ws_upgrade,
+)
+from .test_rabbitmq import rabbit_engine as rabbit_engine_of
 
 WAIT = 60.0  # bound on any one wait (a loaded 2-core machine; RabbitMQ answers slowly then)
-HOST = "127.0.0.1"
-
-
-# -- raw clients -------------------------------------------------------------------------------
-
-
-class RawClient:
-    """A TCP client that speaks just enough HTTP to open a session, then misbehaves."""
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self.sock = sock
-        self.received = b""
-
-    @classmethod
-    async def connect(cls, port: int, *, receive_buffer: int | None = None) -> RawClient:
-        sock = trio.socket.socket()
-        try:
-            if receive_buffer is not None:  # before connect: a small window from the start
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-            await sock.connect((HOST, port))
-        except BaseException:
-            sock.close()
-            raise
-        return cls(sock)
-
-    async def send(self, data: bytes) -> None:
-        while data:
-            sent = await self.sock.send(data)
-            data = data[sent:]
-
-    async def read_until(self, marker: bytes) -> bytes:
-        while marker not in self.received:
-            chunk = await self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed before {marker!r}: {self.received[:200]!r}")
-            self.received += chunk
-        before, _, self.received = self.received.partition(marker)
-        return before
-
-    def reset(self) -> None:
-        """Abort the connection: the peer gets an RST, and nothing is ever read again."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-
-def ws_upgrade(client_id: str) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET /?client_id={client_id} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-def sse_request(client_id: str) -> bytes:
-    return (
-        f"GET / HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n"
-        f"X-Client-ID: {client_id}\r\n\r\n"
-    ).encode()
-
-
-def http_request(method: str, path: str, client_id: str) -> bytes:
-    return (
-        f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nX-Client-ID: {client_id}\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
-
-
-async def open_ws_raw(port: int, client_id: str, **kw: Any) -> RawClient:
-    client = await RawClient.connect(port, **kw)
-    await client.send(ws_upgrade(client_id))
-    head = await client.read_until(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return client
-
-
-async def open_sse_raw(port: int, client_id: str, **kw: Any) -> RawClient:
-    client = await RawClient.connect(port, **kw)
-    await client.send(sse_request(client_id))
-    head = await client.read_until(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    await client.read_until(b"event: session")
-    return client
-
-
-async def open_poll_raw(port: int, client_id: str) -> RawClient:
-    """Subscribed, and with a long poll under way."""
-    client = await RawClient.connect(port)
-    await client.send(http_request("POST", "/subscribe", client_id))
-    head = await client.read_until(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 201"), head
-    await client.read_until(b"}")
-    await client.send(http_request("GET", "/poll", client_id))
-    return client
 
 
 # -- what the process holds --------------------------------------------------------------------
@@ -184,23 +97,8 @@ async def consumers(rabbitmq: RabbitMQ, queue: str) -> int:
     return counts.consumers
 
 
-@asynccontextmanager
-async def rabbit_engine(
-    engine_with: EngineFactory,
-    rabbitmq: RabbitMQ,
-    *,
-    entrypoints: dict[str, Any],
-    routes: list[dict[str, Any]],
-    **config: Any,
-) -> AsyncIterator[MediationEngine]:
-    tables = {
-        "rmq": {"type": "rabbitmq", "config": {"url": rabbitmq.amqp_url, **config}},
-        "mem": {"type": "memory"},
-    }
-    async with engine_with(entrypoints=entrypoints, routes=routes, endpoints=tables) as engine:
-        with trio.fail_after(WAIT):
-            await engine.endpoints["rmq"].state.wait_value(EndpointState.UP)
-        yield engine
+# The storm also holds sessions on a memory endpoint; RabbitMQ answers slowly on a loaded machine.
+rabbit_engine = partial(rabbit_engine_of, endpoints={"mem": {"type": "memory"}}, up_within=WAIT)
 
 
 async def sessions_gauge(engine: MediationEngine) -> float:
