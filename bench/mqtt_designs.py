@@ -36,8 +36,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -99,19 +99,10 @@ class Clock:
         return round(self.last - (self.first or self.last), 2)
 
 
-async def publish_elsewhere(broker: str, topics: list[str], per_topic: int) -> None:
-    """:func:`publish_all` in another process (the other core), so it does not compete."""
-    command = [sys.executable, "-m", __spec__.name, "--publish", "--broker", broker]
-    await trio.run_process([*command, "-m", str(per_topic), *topics])
-
-
-async def publish_all(broker: str, topics: list[str], per_topic: int) -> None:
-    """``per_topic`` QoS 1 messages to each topic, confirmed, from a connection of its own."""
+@asynccontextmanager
+async def wired(client: mqtt.Client, broker: str) -> AsyncIterator[Wire]:
+    """``client`` connected to ``broker`` (clean start) over a Trio-driven :class:`Wire`."""
     host, port = broker_address(broker)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(20)
-    acked: set[int] = set()
-    client.on_publish = lambda c, u, mid, reason, properties: acked.add(mid)
     wire = Wire(client)
     try:
         await wire.connect(
@@ -122,6 +113,24 @@ async def publish_all(broker: str, topics: list[str], per_topic: int) -> None:
             properties=None,
             limiter=trio.CapacityLimiter(1),
         )
+        yield wire
+    finally:
+        wire.close()
+
+
+async def publish_elsewhere(broker: str, topics: list[str], per_topic: int) -> None:
+    """:func:`publish_all` in another process (the other core), so it does not compete."""
+    command = [sys.executable, "-m", __spec__.name, "--publish", "--broker", broker]
+    await trio.run_process([*command, "-m", str(per_topic), *topics])
+
+
+async def publish_all(broker: str, topics: list[str], per_topic: int) -> None:
+    """``per_topic`` QoS 1 messages to each topic, confirmed, from a connection of its own."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(20)
+    acked: set[int] = set()
+    client.on_publish = lambda c, u, mid, reason, properties: acked.add(mid)
+    async with wired(client, broker) as wire:
         sent = 0
         for n in range(per_topic):
             for topic in topics:
@@ -132,8 +141,6 @@ async def publish_all(broker: str, topics: list[str], per_topic: int) -> None:
                     await wire.receive_some(budget=20)
         while len(acked) < sent:
             await wire.receive_some(budget=20)
-    finally:
-        wire.close()
 
 
 async def measure_endpoint(broker: str, topics: list[str], per_topic: int) -> dict[str, Any]:
@@ -222,7 +229,6 @@ def measure_threads(broker: str, topics: list[str], per_topic: int) -> dict[str,
 
 
 async def measure_shared(broker: str, topics: list[str], per_topic: int) -> dict[str, Any]:
-    host, port = broker_address(broker)
     probe = Probe()
     t0 = time.perf_counter()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, manual_ack=True)
@@ -237,16 +243,7 @@ async def measure_shared(broker: str, topics: list[str], per_topic: int) -> dict
 
     client.on_message = route
     client.on_subscribe = lambda c, u, mid, reasons, p: granted.add(mid)
-    wire = Wire(client)
-    try:
-        await wire.connect(
-            host,
-            port,
-            keepalive=60,
-            clean_start=True,
-            properties=None,
-            limiter=trio.CapacityLimiter(1),
-        )
+    async with wired(client, broker) as wire:
         mids = set()
         for identifier, topic in enumerate(topics, start=1):
             properties = new_properties(PacketTypes.SUBSCRIBE)
@@ -285,8 +282,6 @@ async def measure_shared(broker: str, topics: list[str], per_topic: int) -> dict
             nursery.cancel_scope.cancel()
         result["drain_s"] = clock.elapsed()
         return result
-    finally:
-        wire.close()
 
 
 async def bounded(measure: Any, *args: Any) -> dict[str, Any]:
