@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -76,6 +76,9 @@ def receive(
         return received
 
 
+T = TypeVar("T")
+
+
 def try_side(ctx: Context, what: str, run: Callable[[], float | None]) -> float | None:
     """One measurement of a side that may be missing: None (n/a) instead of an exception."""
     try:
@@ -87,6 +90,25 @@ def try_side(ctx: Context, what: str, run: Callable[[], float | None]) -> float 
         ctx.log(f"  {what}: failed: {str(error)[:400]}")
         ctx.record("failures", f"{what}: {error}")
         return None
+
+
+def bridge_may_fail(ctx: Context, what: str, side: str, run: Callable[[], T]) -> T | None:
+    """One measurement of ``side``: the engine's failure fails the scenario; a bridge that cannot
+    start (already recorded as missing) or fails is skipped, None, the failure recorded."""
+    try:
+        return run()
+    except BaselineMissing:
+        return None
+    except RunFailed as error:
+        if side == "engine":
+            raise
+        ctx.record("failures", f"{what}: {error}")
+        return None
+
+
+def sides(round_: int) -> tuple[str, str]:
+    """Which side goes first alternates by round, so neither always gets the warmer machine."""
+    return ("engine", "bridge") if round_ % 2 == 0 else ("bridge", "engine")
 
 
 def add(values: list[float], value: float | None) -> None:
@@ -248,8 +270,7 @@ def _stream_cell(
     bridge_rates: list[float] = []
     label = f"{transport} {guarantee} cs={window} {size} B"
     for r in range(ctx.rounds):
-        order = ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine")
-        for side in order:
+        for side in sides(r):
             client_id = unique("c")
             topic = prefix + client_id
             if side == "engine":
@@ -526,8 +547,7 @@ def s4(ctx: Context) -> list[Row]:
                 size = ctx.sizes[0]
                 figures: dict[str, list[dict[str, Any]]] = {"engine": [], "bridge": []}
                 for r in range(ctx.rounds):
-                    sides = ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine")
-                    for side in sides:
+                    for side in sides(r):
                         if side == "engine":
                             url = engine.url(mode)
                         elif bridge is not None:
@@ -634,8 +654,7 @@ def s5(ctx: Context) -> list[Row]:
         with running(engine), maybe_baseline(ctx, broker, 64) as bridge:
             engine.wait_readyz()
             for r in range(ctx.rounds):
-                sides = ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine")
-                for side in sides:
+                for side in sides(r):
                     client_id = unique("c")
                     topic = prefix + client_id
                     if side == "engine":
@@ -799,16 +818,15 @@ def s7(ctx: Context) -> list[Row]:
         )
         stats: dict[str, dict[str, list[float]]] = {}
         for r in range(ctx.rounds):
-            for side in ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine"):
+            for side in sides(r):
                 figures = stats.setdefault(side, {"complete": [], "rss": [], "threads": []})
-                try:
-                    result = _s7_side(ctx, broker, side, toml, topic, n)
-                except BaselineMissing:
-                    continue
-                except RunFailed as error:
-                    if side == "engine":
-                        raise
-                    ctx.record("failures", f"S7 bridge {broker}: {error}")
+                result = bridge_may_fail(
+                    ctx,
+                    f"S7 bridge {broker}",
+                    side,
+                    partial(_s7_side, ctx, broker, side, toml, topic, n),
+                )
+                if result is None:
                     continue
                 figures["complete"].append(result["complete"])
                 figures["rss"].append(result["rss_per_session"])
@@ -928,19 +946,16 @@ def s8(ctx: Context) -> list[Row]:
         )
         times: dict[str, list[float]] = {"engine": [], "bridge": []}
         for r in range(ctx.rounds):
-            for side in ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine"):
+            for side in sides(r):
                 if side == "bridge" and broker == "memory":
                     continue
-                try:
-                    ms = _s8_side(ctx, broker, side, toml, topic, n)
-                except BaselineMissing:
-                    continue
-                except RunFailed as error:
-                    if side == "engine":
-                        raise
-                    ctx.record("failures", f"S8 bridge {broker}: {error}")
-                    continue
-                times[side].append(ms)
+                ms = bridge_may_fail(
+                    ctx,
+                    f"S8 bridge {broker}",
+                    side,
+                    partial(_s8_side, ctx, broker, side, toml, topic, n),
+                )
+                add(times[side], ms)
         ctx.record(f"S8:{broker}", times)
         rows.append(
             Row(
@@ -1014,18 +1029,10 @@ def s9(ctx: Context) -> list[Row]:
             {"b": endpoint(ctx.brokers, "kafka", topic)},
             [{"source": "b", "target": "ws", "channel_size": 64}],
         )
-        for side in ("engine", "bridge") if r % 2 == 0 else ("bridge", "engine"):
-            try:
-                rates = [
-                    _s9_run(ctx, side, toml, topic, fast, count, stalled)
-                    for stalled in (False, True)
-                ]
-            except BaselineMissing:
-                continue
-            except RunFailed as error:
-                if side == "engine":
-                    raise
-                ctx.record("failures", f"S9 bridge: {error}")
+        for side in sides(r):
+            run = partial(_s9_pair, ctx, side, toml, topic, fast, count)
+            rates = bridge_may_fail(ctx, "S9 bridge", side, run)
+            if rates is None:
                 continue
             ratios[side].append(rates[1] / rates[0])
             ctx.record("S9", {"side": side, "without": rates[0], "with": rates[1]})
@@ -1041,6 +1048,11 @@ def s9(ctx: Context) -> list[Row]:
             "value >= 0.95",
         )
     ]
+
+
+def _s9_pair(ctx: Context, side: str, toml: str, topic: str, fast: int, count: int) -> list[float]:
+    """The rate without a stalled client, then with one."""
+    return [_s9_run(ctx, side, toml, topic, fast, count, stalled) for stalled in (False, True)]
 
 
 def _s9_run(
