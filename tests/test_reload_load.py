@@ -37,7 +37,7 @@ from tests.brokers import Tansu
 
 from .conftest import open_ws, url
 from .test_conformance_kafka import new_topic
-from .test_watcher import LogWatch, reloaded, watcher_error
+from .test_watcher import LogWatch, reloaded, watcher_error, watching_logs
 
 INTERVAL = 0.2  # the watcher's look, in real seconds
 WAIT = 60.0  # bound on any one wait for the clients or the broker (a loaded machine)
@@ -162,19 +162,11 @@ def _first_gap(numbers: list[int]) -> str:
 
 @asynccontextmanager
 async def engine_from(path: Path) -> AsyncIterator[tuple[MediationEngine, LogWatch]]:
-    logger = logging.getLogger("mediation")
-    watch = LogWatch()
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(watch)
-    try:
+    with watching_logs(logging.INFO) as watch:
         async with open_mediation_engine(load_config(path)) as engine:
             with trio.fail_after(WAIT):
                 await engine.endpoints["kafka"].state.wait_value(EndpointState.UP)
             yield engine, watch
-    finally:
-        logger.removeHandler(watch)
-        logger.setLevel(level)
 
 
 @pytest.fixture

@@ -123,20 +123,26 @@ def real_time_limit(seconds: float) -> Iterator[None]:
         pytest.fail(f"the watcher did not react within {seconds} s of real time")
 
 
-@asynccontextmanager
-async def engine_on(path: Path) -> AsyncIterator[tuple[MediationEngine, LogWatch]]:
+@contextmanager
+def watching_logs(level: int) -> Iterator[LogWatch]:
+    """A :class:`LogWatch` on the ``mediation`` logger, which logs from ``level`` meanwhile."""
     logger = logging.getLogger("mediation")
     watch = LogWatch()
-    level = logger.level
-    logger.setLevel(logging.DEBUG)
+    before = logger.level
+    logger.setLevel(level)
     logger.addHandler(watch)
     try:
-        with real_time_limit(REAL_TIME_LIMIT):
-            async with open_mediation_engine(load_config(path)) as engine:
-                yield engine, watch
+        yield watch
     finally:
         logger.removeHandler(watch)
-        logger.setLevel(level)
+        logger.setLevel(before)
+
+
+@asynccontextmanager
+async def engine_on(path: Path) -> AsyncIterator[tuple[MediationEngine, LogWatch]]:
+    with watching_logs(logging.DEBUG) as watch, real_time_limit(REAL_TIME_LIMIT):
+        async with open_mediation_engine(load_config(path)) as engine:
+            yield engine, watch
 
 
 def reloaded(record: logging.LogRecord) -> bool:
