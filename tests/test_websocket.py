@@ -353,28 +353,3 @@ async def test_a_binary_message_comes_back_binary_even_when_its_bytes_are_utf8(
         assert await ws.get_message() == b""
         await ws.send_message("text stays text")
         assert await ws.get_message() == "text stays text"
-
-
-async def test_clients_that_reset_right_after_their_upgrade_request_harm_nobody(
-    engine_with: EngineFactory,
-) -> None:
-    """Their handshake is answered to a socket that is gone: that handler ends, nothing else."""
-    import socket
-    import struct
-
-    from .test_limits import request_head
-
-    async with (
-        engine_with(entrypoints={"ws": "websocket"}, routes=ECHO) as engine,
-        open_ws(ws_url(engine)) as bystander,
-    ):
-        for _ in range(20):
-            sock = trio.socket.socket()
-            await sock.connect(("127.0.0.1", engine.ports["ws"]))
-            await sock.send(request_head("ws"))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()  # RST
-        with trio.fail_after(20):
-            await engine._context.connections.wait_value(1)
-        await bystander.send_message("still here")
-        assert await bystander.get_message() == "still here"
