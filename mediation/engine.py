@@ -7,7 +7,8 @@
         print(engine.sessions)       # [SessionInfo(...), ...]
         await engine.reload(new_config)
 
-Start order: endpoints (each reports started at once and connects in the background), the bridges
+Start order: the packet log flusher and the endpoint watches (:class:`mediation.session.DownWatch`),
+endpoints (each reports started at once and connects in the background), the bridges
 (endpoint -> endpoint routes, :mod:`mediation.bridge`), the health server, then the entrypoints,
 so every port in ``engine.ports`` is bound when the block begins.
 Shutdown (leaving the block, or the CLI's SIGINT/SIGTERM): refuse new sessions, close every session
@@ -138,3 +139,5 @@ async def open_mediation_engine(config: Config) -> AsyncIterator[MediationEngine
                 nursery.cancel_scope.cancel(reason="engine shut down")
     except BaseExceptionGroup as group:
         raise single_error(group) from None
+    finally:
+        engine._context.telemetry.flush()  # packet lines of the very last moments

@@ -9,7 +9,9 @@
 Every line has ``level``, ``msg`` and ``time`` (RFC 3339, UTC) and then whatever the call put in
 ``extra``, so Fluent Bit (or anything reading stdout) gets structured records without parsing
 text. The packet log (logger ``mediation.packets``, see :mod:`mediation.telemetry`) comes out the
-same way, one line per packet with its ids, route, direction, size and timestamp.
+same way, one line per packet with its ids, route, direction, size and timestamp; once this module
+set up stdout, those lines skip the logging module (:class:`PacketLines`: the same JSON, made from a
+template, buffered and written per burst).
 
 Only the CLI calls :func:`configure_logging`; importing the library configures nothing, so an
 application that embeds the engine keeps its own logging setup.
