@@ -293,6 +293,12 @@ class _SessionConsumer:
         self._rewound_to: dict[int, int] = {}  # where the current epoch started
         self._committed: dict[int, int] = {}
         self._held = 0  # events handed to the session (or ready for it) and not settled
+        # Fetch again once this much credit is free (or the session took everything ready): one
+        # batch per refill instead of one round trip per settle. Never more than the credit held.
+        self._refill = max(1, self._credit // 4)
+        self._rebalances = 0  # assignments and revocations served, to spot one inside a batch
+        self._commits_in_flight = 0  # asynchronous commits not yet answered
+        self._dirty: set[int] = set()  # partitions settled since their last commit was issued
         self._paused = False
         self._suspect: str | None = None  # an _ALL_BROKERS_DOWN not yet checked
 
@@ -315,9 +321,12 @@ class _SessionConsumer:
             with self._lock:
                 failure, finished = self._failure, self._finished
                 item = self._ready.popleft() if self._ready and failure is None else None
+                emptied = item is not None and not self._ready
             if failure is not None:
                 raise failure
             if item is not None:
+                if emptied:
+                    self._wake.set()  # the thread may hold back a small refill until now
                 return Delivery(item.event, partial(self._settle, item))
             if finished:
                 raise BrokerUnavailable("kafka consumer closed")
@@ -329,11 +338,20 @@ class _SessionConsumer:
             finished = self._finished
             if not finished:
                 self._settles.append(_Settle(item, accepted, waiter))
+            # The thread needs this settle now if it waits for its commit, rewinds, frees enough
+            # credit for a batch, or nothing is left ready for the session (no stall, ever).
+            wake = (
+                waiter is not None
+                or not accepted
+                or len(self._settles) >= self._refill
+                or not self._ready
+            )
         if finished:
             if waiter is not None:
                 raise BrokerUnavailable("kafka consumer closed before the ack was committed")
             return
-        self._wake.set()
+        if wake:
+            self._wake.set()
         if waiter is not None:
             await waiter.done.wait()
             if waiter.error is not None:
@@ -400,30 +418,31 @@ class _SessionConsumer:
                 stopping, failed = self._stopping, self._failure is not None
             if failed:
                 return
-            self._apply_settles(consumer)
+            if self._apply_settles(consumer):
+                full_since = None  # the session took something: not stalled
             if stopping:
+                self._flush_commits(consumer, force=True)  # close() waits for its answer
                 return
             if self._suspect is not None:
                 self._check_broker(consumer)
                 continue
-            if self._held < self._credit:
+            if self._may_fetch():
                 full_since = None
                 if self._paused:
                     consumer.resume(consumer.assignment())
                     self._paused = False
-                message = consumer.poll(POLL_INTERVAL)
-                if message is not None:
-                    self._accept(message)
+                self._fetch(consumer)
+                self._flush_commits(consumer)
                 continue
+            self._flush_commits(consumer)
             now = time.monotonic()
             full_since = now if full_since is None else full_since
             if not self._paused and now - full_since < STALL_PAUSE:
                 self._wake.wait(STALL_PAUSE - (now - full_since))
                 continue
             self._pause(consumer)
-            message = consumer.poll(0)  # group callbacks and errors; paused partitions are quiet
-            if message is not None:
-                self._accept(message)
+            # Group callbacks and errors; paused partitions are quiet.
+            self._deliver(consumer.consume(1, 0))
             self._wake.wait(STALL_PAUSE)
 
     def _check_broker(self, consumer: Consumer) -> None:
@@ -439,29 +458,73 @@ class _SessionConsumer:
             consumer.pause(consumer.assignment())
             self._paused = True
 
-    def _accept(self, message: Message) -> None:
+    def _may_fetch(self) -> bool:
+        free = self._credit - self._held
+        if free >= self._refill:
+            return True
+        if free <= 0:
+            return False
+        with self._lock:
+            return not self._ready
+
+    def _fetch(self, consumer: Consumer) -> None:
+        """Up to the free credit: wait for the first event, then take whatever else is ready.
+
+        ``consume(n, timeout)`` alone would wait until it has ``n`` events or the timeout passed
+        (a trickle would wait a whole ``POLL_INTERVAL``); so one event is waited for, and the
+        rest is what librdkafka already holds (``timeout=0``).
+        """
+        messages = consumer.consume(1, POLL_INTERVAL)
+        room = self._credit - self._held - len(messages)
+        if messages and room > 0:
+            rebalances = self._rebalances
+            more = consumer.consume(room, 0)
+            if self._rebalances != rebalances:
+                # A group callback ran inside the batch: events before it belong to the old
+                # assignment. Deliver none of these; fetch the partitions again from where
+                # the new assignment starts them.
+                self._refetch(consumer, {m.partition() for m in more} - {None})
+                more = []
+            messages += more
+        self._deliver(messages)
+
+    def _refetch(self, consumer: Consumer, partitions: set[int | None]) -> None:
+        for partition in partitions:
+            if partition is not None and partition in self._position:
+                self._epoch[partition] += 1
+                self._rewound_to[partition] = self._position[partition]
+                consumer.seek(TopicPartition(self._topic, partition, self._position[partition]))
+
+    def _deliver(self, messages: list[Message]) -> None:
+        """Hand fetched events to the session: one lock and one Trio wake-up per batch."""
+        items = [item for item in map(self._accept, messages) if item is not None]
+        if items:
+            with self._lock:
+                self._ready.extend(items)
+            self._wake_trio()
+
+    def _accept(self, message: Message) -> _Item | None:
         error = message.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
                 self._fail(f"kafka consumer: {error.str()}")
-            return
+            return None
         partition, offset = message.partition(), message.offset()
         if partition is None or offset is None or partition not in self._position:
-            return  # from a partition this consumer no longer has
+            return None  # from a partition this consumer no longer has
         epoch = self._epoch[partition]
         item = _Item(event_from_message(message), partition, offset, epoch)
         self._unsettled[partition][offset, epoch] += 1
         self._held += 1
         self._position[partition] = offset + 1
-        with self._lock:
-            self._ready.append(item)
-        self._wake_trio()
+        return item
 
-    def _apply_settles(self, consumer: Consumer) -> None:
+    def _apply_settles(self, consumer: Consumer) -> bool:
+        """Apply the session's acks and nacks; whether there were any."""
         with self._lock:
             settles, self._settles = self._settles, []
         if not settles:
-            return
+            return False
         touched: set[int] = set()
         waiters: list[_CommitWaiter] = []
         for settle in settles:
@@ -486,6 +549,7 @@ class _SessionConsumer:
             if settle.waiter is not None:
                 waiters.append(settle.waiter)
         self._commit(consumer, touched, waiters)
+        return True
 
     def _rewind(self, consumer: Consumer, item: _Item) -> None:
         """A nack: fetch the partition again from the refused event (unless that happens anyway)."""
@@ -519,9 +583,25 @@ class _SessionConsumer:
         return min(position, min(offset for offset, _ in unsettled)) if unsettled else position
 
     def _commit(
-        self, consumer: Consumer, partitions: set[int], waiters: list[_CommitWaiter]
+        self,
+        consumer: Consumer,
+        partitions: set[int],
+        waiters: list[_CommitWaiter],
+        *,
+        force: bool = False,
     ) -> None:
-        """Commit how far ``partitions`` got; synchronously when an ack waits for it."""
+        """Commit how far ``partitions`` got; synchronously when an ack waits for it.
+
+        Asynchronous commits are coalesced: while one is unanswered the partitions are only
+        noted, and the next commit (after the answer, see ``_flush_commits``) carries the
+        furthest point of each. ``force`` commits now (revocation, the end of the session).
+        """
+        if not self._sync_commits and not force and self._commits_in_flight > 0:
+            self._dirty |= partitions
+            self._resolve(waiters, None)
+            return
+        partitions = partitions | self._dirty
+        self._dirty = set()
         offsets = []
         for partition in sorted(partitions):
             if partition not in self._position:
@@ -533,6 +613,7 @@ class _SessionConsumer:
         if not offsets:
             self._resolve(waiters, None)
         elif not self._sync_commits:
+            self._commits_in_flight += 1
             consumer.commit(offsets=offsets, asynchronous=True)
         else:
             # A few ms; with the coordinator gone librdkafka gives up after ~3.5 s (_WAIT_COORD).
@@ -548,13 +629,26 @@ class _SessionConsumer:
                 self._forget_commits(offsets)
             self._resolve(waiters, error)
 
+    def _flush_commits(self, consumer: Consumer, *, force: bool = False) -> None:
+        """Commit what was settled while the last commit was unanswered.
+
+        Not on ``at_most_once``: its commits are synchronous, and one that failed is retried
+        with the next ack, as a waiting ack needs it.
+        """
+        if self._sync_commits:
+            return
+        if self._dirty and (force or self._commits_in_flight == 0):
+            self._commit(consumer, set(), [], force=force)
+
     def _forget_commits(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
             if self._committed.get(tp.partition) == tp.offset:
-                del self._committed[tp.partition]  # committed again with the next settle
+                del self._committed[tp.partition]  # committed again with the next flush
+                self._dirty.add(tp.partition)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """Answer to an asynchronous commit (served by poll, in this thread)."""
+        """Answer to an asynchronous commit (served by consume, in this thread)."""
+        self._commits_in_flight = max(0, self._commits_in_flight - 1)
         failed = [tp for tp in partitions if tp.error is not None]
         if error is None and not failed:
             return
@@ -590,8 +684,10 @@ class _SessionConsumer:
             self._position[partition] = tp.offset
             self._rewound_to[partition] = tp.offset
             self._committed[partition] = tp.offset
+        self._rebalances += 1
         if to_commit:
             # The group's resume point from now on, even if this session never acks anything.
+            self._commits_in_flight += 1
             consumer.commit(offsets=to_commit, asynchronous=True)
         log.debug(
             "kafka partitions assigned",
@@ -602,14 +698,16 @@ class _SessionConsumer:
         self._wake_trio()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._commit(consumer, {tp.partition for tp in partitions}, [])
+        self._commit(consumer, {tp.partition for tp in partitions}, [], force=True)
         self._forget(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        self._rebalances += 1
         gone = {tp.partition for tp in partitions}
+        self._dirty -= gone
         self._drop_ready(lambda item: item.partition in gone)
         for partition in gone:
             unsettled = self._unsettled.pop(partition, Counter())
