@@ -325,7 +325,7 @@ class _SessionConsumer:
             if failure is not None:
                 raise failure
             if item is not None:
-                if emptied:
+                if emptied and self._refill > 1:
                     self._wake.set()  # the thread may hold back a small refill until now
                 return Delivery(item.event, partial(self._settle, item))
             if finished:
