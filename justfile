@@ -30,7 +30,7 @@ check CONFIG=default_config: (_venv "")
 
 # The test suite, with the brokers it starts itself; extra arguments go to pytest.
 [positional-arguments]
-test *ARGS: _system-deps (_venv "all,dev")
+test *ARGS: _system-deps (_venv "all,dev,bench")
     {{venv}}/bin/pytest -q "$@"
 
 # ruff, and mypy in strict mode.
