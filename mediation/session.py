@@ -254,10 +254,7 @@ class Session:
             if self._window is not None:
                 self._window.release()
             raise
-        confirmed_later = needs_client_confirmation(item.route.delivery_guarantee)
-        if self._window is not None and not confirmed_later:
-            self._window.release()
-        return item
+        return self._taken(item)
 
     async def before_write(self, item: SessionDelivery) -> None:
         if acks_at(item.route.delivery_guarantee, Step.BEFORE_WRITE):
@@ -304,6 +301,10 @@ class Session:
             if self._window is not None:
                 self._window.release()
             return None
+        return self._taken(item)
+
+    def _taken(self, item: SessionDelivery) -> SessionDelivery:
+        """An event left the channel: it holds its window slot only until it is confirmed."""
         if self._window is not None and not needs_client_confirmation(
             item.route.delivery_guarantee
         ):
