@@ -158,6 +158,10 @@ def render(results: list[dict[str, Any]], path: Path) -> None:
         "",
         f"Machine: {describe(first['machine'])}.",
         "",
+        f"Run time: {sum(r['seconds'] for r in results) / 60:.1f} min ("
+        + ", ".join(f"{r['scenario']} {r['seconds']:.0f} s" for r in results)
+        + ").",
+        "",
         "Each figure is the median of the rounds, with ± half the relative range of the rounds; "
         "the ratio is engine ÷ baseline (medians). Sides alternate within each round. "
         "`n/a`: that side did not run (see the JSON files in `bench/results/` for why). "
