@@ -30,6 +30,7 @@ import time
 from contextlib import ExitStack, closing
 from pathlib import Path
 
+import httpx
 import psutil
 import trio
 
@@ -193,25 +194,15 @@ async def _drive(
         print(f"{args.sessions} sessions open in {time.monotonic() - started:.1f} s", flush=True)
 
         async def publish() -> None:
+            # httpx opens a new connection when the server ends a keep-alive one (hypercorn did
+            # after 1,000 requests, and a hand-written client spun on the EOF).
             nonlocal published
-            stream = await trio.open_tcp_stream(HOST, ports["post"])
-            async with stream:
-                buffer = b""
+            async with httpx.AsyncClient(base_url=f"http://{HOST}:{ports['post']}") as http:
                 while True:
                     body = f"soak {published} {time.time():.3f}".encode()
-                    await stream.send_all(
-                        b"POST / HTTP/1.1\r\nHost: soak\r\nContent-Length: %d\r\n\r\n%s"
-                        % (len(body), body)
-                    )
-                    while b"\r\n\r\n" not in buffer:
-                        buffer += await stream.receive_some(65536)
-                    head, _, rest = buffer.partition(b"\r\n\r\n")
-                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                    while len(rest) < length:
-                        rest += await stream.receive_some(65536)
-                    buffer = rest[length:]
-                    if not head.startswith(b"HTTP/1.1 202"):
-                        raise RuntimeError(f"publish refused: {head!r}")
+                    response = await http.post("/", content=body)
+                    if response.status_code != 202:
+                        raise RuntimeError(f"publish refused: {response.status_code}")
                     if publish_rabbit is not None:
                         await trio.to_thread.run_sync(publish_rabbit, exchange, body)  # type: ignore[arg-type]
                     published += 1
