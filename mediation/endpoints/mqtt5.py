@@ -263,6 +263,9 @@ class _Consumer:
         self.closed = trio.Event()
         self._acknowledged: dict[int, list[ReasonCode]] = {}  # SUBACK/UNSUBACK by packet id
         self._waiting: trio.CancelScope | None = None
+        # Acks not yet written, as (packet id, qos); see _delivery.
+        self._acks: list[tuple[int, int]] = []
+        self._reader: trio.lowlevel.Task | None = None  # the task that calls next_delivery
 
     def fail(self, error: BrokerUnavailable) -> None:
         """End the consumer with ``error``: raised by its next (or current) wait."""
@@ -302,6 +305,7 @@ class _Consumer:
         self.endpoint._subscriptions[self.topic] += 1
 
     async def next_delivery(self) -> Delivery:
+        self._reader = trio.lowlevel.current_task()
         while True:
             if self.failure is not None:
                 raise self.failure
@@ -328,6 +332,8 @@ class _Consumer:
                         await self._guarded(self.wire.flush)
                         continue
             else:
+                # About to wait for the broker: first the acks the session gave meanwhile.
+                self._send_acks()
                 await self._guarded(self._receive)
                 continue
             self.endpoint.stats["delivered"] += 1
@@ -345,6 +351,7 @@ class _Consumer:
             # A consumer failed because the broker is gone says no goodbye: it would only wait.
             if self.failure is None and self.wire.alive:
                 with trio.move_on_after(GOODBYE_TIMEOUT, shield=True):
+                    self._send_acks()
                     if self.requested:
                         _, mid = self.client.unsubscribe(self.topic)
                         await self.wire.flush()
@@ -368,6 +375,12 @@ class _Consumer:
 
     async def _receive(self) -> None:
         await self.wire.receive_some(budget=self.credit - len(self.arrived))
+
+    def _send_acks(self) -> None:
+        """Hand the acks given since the last time to the socket, as one write."""
+        if self._acks and self.wire.alive:
+            acks, self._acks = self._acks, []
+            self.wire.send_acks(acks)
 
     async def _guarded(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run one wait on the connection, woken early by :meth:`fail` or a nack."""
@@ -411,7 +424,16 @@ class _Consumer:
             if self.written is not None and held.key:
                 self.written.add(held.key)
             if held.qos and self.wire.alive:
-                self.client.ack(held.mid, held.qos)
+                self._acks.append((held.mid, held.qos))
+                if trio.lowlevel.current_task() is self._reader:
+                    # The session's consumer task acks (auto, none) between two of its
+                    # next_delivery calls, and the next one that has to wait for the broker
+                    # writes every ack of the burst first, in one packet: one write per burst
+                    # instead of one per event. (Leaving writes them too, before UNSUBSCRIBE.)
+                    return
+                # Acked from another task (at_most_once right before the write, at_least_once
+                # on the client's confirmation): written now.
+                self._send_acks()
                 # If this fails it was not acked after all: the broker resends it to the client's
                 # next connection.
                 with suppress(ConnectionLost):

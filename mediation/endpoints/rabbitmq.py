@@ -203,6 +203,50 @@ def _consumer_error(reason: BaseException | None) -> MediationError:
     return BrokerUnavailable(f"rabbitmq channel closed: {_reason(reason)}")
 
 
+class AckRanges:
+    """One consumer channel's settled delivery tags, to say a batch of acks in fewer frames.
+
+    Pure. Delivery tags on a channel count up from 1. ``basic.ack(tag, multiple=True)`` acks
+    every unacked tag up to ``tag``, so it may stand for a batch's acks only where every lower
+    tag has been settled already (acked or nacked) or is acked in this batch. ``floor`` is the
+    highest tag with every tag up to it settled; ``above`` the settled tags beyond it.
+    """
+
+    __slots__ = ("above", "floor")
+
+    def __init__(self) -> None:
+        self.floor = 0
+        self.above: set[int] = set()
+
+    def plan(self, batch: Iterable[tuple[int, bool]]) -> list[tuple[str, int, bool]]:
+        """The frames for a batch of ``(tag, accepted)``: ``("ack" | "nack", tag, multiple)``.
+
+        Nacks go first (one each, requeued): a multiple ack sent before a nack of a lower tag
+        would ack that one too. Then one multiple ack for the acks that close the gap above
+        ``floor``, and single acks for the rest.
+        """
+        frames: list[tuple[str, int, bool]] = []
+        acks: list[int] = []
+        for tag, accepted in sorted(batch):
+            if tag <= self.floor or tag in self.above:
+                continue  # settled already: say nothing twice
+            if accepted:
+                acks.append(tag)
+            else:
+                frames.append(("nack", tag, False))
+            self.above.add(tag)
+        while self.floor + 1 in self.above:
+            self.floor += 1
+            self.above.discard(self.floor)
+        covered = [tag for tag in acks if tag <= self.floor]
+        if len(covered) > 1:
+            frames.append(("ack", covered[-1], True))
+        elif covered:
+            frames.append(("ack", covered[0], False))
+        frames.extend(("ack", tag, False) for tag in acks[len(covered) :])
+        return frames
+
+
 # -- the mailboxes between Trio and the I/O thread -----------------------------------------------
 
 
@@ -246,9 +290,15 @@ class _ToThread:
     False and drops ``fn``: whoever waits for an answer is failed when the connection ends.
     """
 
-    def __init__(self, ioloop: Any, guard: Callable[[Callable[[], None]], None]) -> None:
+    def __init__(
+        self,
+        ioloop: Any,
+        guard: Callable[[Callable[[], None]], None],
+        after: Callable[[], None] | None = None,
+    ) -> None:
         self._ioloop = ioloop
         self._guard = guard
+        self._after = after  # run once after each batch (the link's acks, coalesced)
         self._lock = threading.Lock()
         self._pending: deque[Callable[[], None]] = deque()
         self._scheduled = False
@@ -271,6 +321,8 @@ class _ToThread:
             self._scheduled = False
         for fn in batch:
             self._guard(fn)
+        if self._after is not None:
+            self._guard(self._after)
 
     def close(self) -> None:
         with self._lock:
@@ -382,9 +434,11 @@ class _Consumer:
 
     async def _settle(self, tag: int, accepted: bool) -> None:
         # Once the channel is gone the broker has requeued what it held: nothing left to say.
+        # No checkpoint: this is a hand-off that never waits, and without one a session's
+        # consumer moves everything buffered into its channel in one go, so the writer sends it
+        # to the client as one batch (with a checkpoint per ack it wrote one event per send).
         if not self.closed.is_set():
             self.link.post(partial(self.link.settle_on_thread, self, tag, accepted))
-        await trio.lowlevel.checkpoint()
 
 
 # -- publishing ----------------------------------------------------------------------------------
@@ -503,7 +557,7 @@ class _Link:
         # Made here so that Trio can post to it at once; it opens a socket pair, which the I/O
         # thread closes when it ends (or thread_exited, if the thread never started).
         self._ioloop = IOLoop()
-        self._to_thread = _ToThread(self._ioloop, self._guard)
+        self._to_thread = _ToThread(self._ioloop, self._guard, self._say_settled)
         # Trio side.
         self.opened = trio.Event()
         self.ended = trio.Event()
@@ -518,6 +572,8 @@ class _Link:
         self._publisher: _Publisher | None = None
         self._waiting: deque[_Publish] = deque()  # publishes while the publisher (re)opens
         self._channels: dict[_Consumer, Any] = {}
+        self._acked: dict[_Consumer, AckRanges] = {}  # per consumer channel
+        self._to_settle: dict[_Consumer, list[tuple[int, bool]]] = {}  # this batch's settles
 
     # -- Trio side -------------------------------------------------------------------------------
 
@@ -776,6 +832,7 @@ class _Link:
             self._guarded(partial(self._on_consumer_cancelled, consumer))
         )
         self._channels[consumer] = channel
+        self._acked[consumer] = AckRanges()
 
     def _on_consumer_open(self, consumer: _Consumer, plan: _ConsumePlan, channel: Any) -> None:
         steps: list[Callable[..., None]] = [
@@ -829,6 +886,8 @@ class _Link:
 
     def _on_consumer_closed(self, consumer: _Consumer, channel: Any, reason: BaseException) -> None:
         self._channels.pop(consumer, None)
+        self._acked.pop(consumer, None)
+        self._to_settle.pop(consumer, None)
         if not isinstance(reason, pika.exceptions.ChannelClosedByClient):
             self._to_trio.post(partial(consumer.fail, _consumer_error(reason)))
         self._to_trio.post(consumer.on_closed)
@@ -841,13 +900,23 @@ class _Link:
             channel.close()  # cancels the consumer; the broker requeues what is unacked
 
     def settle_on_thread(self, consumer: _Consumer, tag: int, accepted: bool) -> None:
-        channel = self._channels.get(consumer)
-        if channel is None or not channel.is_open:
-            return  # the broker requeued it with the channel
-        if accepted:
-            channel.basic_ack(tag)
-        else:
-            channel.basic_nack(tag, requeue=True)
+        """Collect an ack or nack; :meth:`_say_settled` sends it at the end of this batch."""
+        self._to_settle.setdefault(consumer, []).append((tag, accepted))
+
+    def _say_settled(self) -> None:
+        """The batch's acks and nacks, per channel, in as few frames as :class:`AckRanges`
+        allows: a burst of acks is one ``basic.ack(multiple=True)``, not a frame (and a socket
+        write) each."""
+        to_settle, self._to_settle = self._to_settle, {}
+        for consumer, batch in to_settle.items():
+            channel = self._channels.get(consumer)
+            if channel is None or not channel.is_open:
+                continue  # the broker requeued them with the channel
+            for verdict, tag, multiple in self._acked[consumer].plan(batch):
+                if verdict == "ack":
+                    channel.basic_ack(tag, multiple=multiple)
+                else:
+                    channel.basic_nack(tag, requeue=True)
 
 
 def _pipeline(steps: list[Callable[..., None]], done: Callable[[Any], None]) -> None:
