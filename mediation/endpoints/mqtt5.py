@@ -431,8 +431,14 @@ class _Consumer:
                     # writes every ack of the burst first, in one packet: one write per burst
                     # instead of one per event. (Leaving writes them too, before UNSUBSCRIBE.)
                     return
-                # Acked from another task (at_most_once right before the write, at_least_once
-                # on the client's confirmation): written now.
+                if self.written is None:
+                    # Confirmed by the client (at_least_once), from its relay task: the
+                    # consumer task, woken if it waits for the broker, writes the acks of all
+                    # the confirmations that came meanwhile in one packet. Late only means
+                    # a redelivery if the connection breaks first, which that guarantee allows.
+                    self._wake()
+                    return
+                # at_most_once, right before the write: on the wire before the event is.
                 self._send_acks()
                 # If this fails it was not acked after all: the broker resends it to the client's
                 # next connection.

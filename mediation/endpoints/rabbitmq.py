@@ -50,9 +50,13 @@ anything published afterwards reaches the session. ``queue_in`` (durable, declar
 ``declare``) is shared by every session: competing consumers. Without it, ``exchange`` gives each
 session its own exclusive, auto-delete queue (``session_queue``) bound with ``binding_key``:
 broadcast. ``{client_id}`` and ``{entrypoint}`` may appear in every name. ``ack`` is
-``basic_ack``; ``nack`` is ``basic_nack(requeue=True)``: the broker delivers it again. Leaving the
-block, by any path, closes the channel (which cancels the consumer and requeues whatever the
-session left unacked), waiting for the broker's CloseOk at most ``CLOSE_TIMEOUT``.
+``basic_ack``; ``nack`` is ``basic_nack(requeue=True)``: the broker delivers it again. The acks
+and nacks of one Trio -> thread batch go out together (:class:`AckRanges`): a run of acks with
+every lower tag settled is one ``basic_ack(multiple=True)``, so a burst costs one frame and one
+socket write, not one each. Settling never waits, and has no checkpoint: a session's consumer
+moves everything buffered into its channel in one go, and the writer sends it as one batch.
+Leaving the block, by any path, closes the channel (which cancels the consumer and requeues
+whatever the session left unacked), waiting for the broker's CloseOk at most ``CLOSE_TIMEOUT``.
 
 ``at_most_once`` and a lost ack: the session acks just before writing, but ``basic.ack`` has no
 answer, so an ack that was still on its way when the connection broke (or that a broker killed
@@ -679,6 +683,7 @@ class _Link:
         self._ioloop.stop()
 
     def _shutdown(self) -> None:
+        self._say_settled()
         self._stopping = True
         connection = self._connection
         if connection is None or connection.is_closed:
@@ -893,6 +898,8 @@ class _Link:
         self._to_trio.post(consumer.on_closed)
 
     def close_consumer(self, consumer: _Consumer) -> None:
+        # The acks posted before the close go first (the broker would requeue them).
+        self._say_settled()
         channel = self._channels.get(consumer)
         if channel is None:
             self._to_trio.post(consumer.on_closed)
@@ -900,7 +907,8 @@ class _Link:
             channel.close()  # cancels the consumer; the broker requeues what is unacked
 
     def settle_on_thread(self, consumer: _Consumer, tag: int, accepted: bool) -> None:
-        """Collect an ack or nack; :meth:`_say_settled` sends it at the end of this batch."""
+        """Collect an ack or nack; :meth:`_say_settled` sends it at the end of this batch (or
+        before, when the batch closes the channel or the connection)."""
         self._to_settle.setdefault(consumer, []).append((tag, accepted))
 
     def _say_settled(self) -> None:

@@ -285,8 +285,18 @@ async def _relay_upstream(
             return
         activity.busy += 1
         try:
-            if not await _handle_message(connection, session, enveloped, message):
-                return
+            # Then whatever else the client sent that is already read, without a checkpoint
+            # in between: a run of acks is confirmed before the writer runs, which then sends
+            # as many events as they freed the at-least-once window for, in one write (it sent
+            # one per ack). trio-websocket has no get_message_nowait; its channel is what
+            # get_message reads.
+            while True:
+                if not await _handle_message(connection, session, enveloped, message):
+                    return
+                try:
+                    message = connection._recv_channel.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
         finally:
             activity.busy -= 1
             activity.seen()
