@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -32,7 +32,14 @@ from mediation.envelope import SUBPROTOCOL
 from mediation.events import Event
 
 from .brokers import QueueCounts, RabbitMQ
-from .conftest import EngineFactory, clients_gone, open_ws, sse_events, url
+from .conformance.outage import (
+    CLIENTS,
+    BrokerAdapter,
+    OutageConformance,
+    ReconnectConformance,
+    Scenario,
+)
+from .conftest import EngineFactory, clients_gone, open_ws, url
 from .test_conformance_jms import fanout
 
 WAIT = 20.0  # every wait on the broker or the engine is bounded
@@ -120,17 +127,6 @@ def amqp_send(rabbitmq: RabbitMQ, address: str, messages: list[Message]) -> None
 def pika_publish(rabbitmq: RabbitMQ, queue: str, body: bytes, **properties: Any) -> None:
     with rabbitmq.channel() as channel:
         channel.basic_publish("", queue, body, pika.BasicProperties(**properties))  # type: ignore[attr-defined]
-
-
-@asynccontextmanager
-async def broker_stopped(rabbitmq: RabbitMQ) -> AsyncIterator[None]:
-    """An outage of the shared broker, which is started again (same node, same queues) on exit."""
-    await trio.to_thread.run_sync(rabbitmq.stop)
-    try:
-        yield
-    finally:
-        with trio.move_on_after(120, shield=True):  # the harness bounds start() itself
-            await trio.to_thread.run_sync(rabbitmq.start)
 
 
 # -- downstream ------------------------------------------------------------------------------
@@ -230,128 +226,59 @@ async def test_post_at_least_once_answers_202_once_the_broker_accepted(
         assert message.properties == {"x-trace": "t-9"}
 
 
-async def test_broker_outage_503_nack_and_close_then_recovery(
-    engine_with: EngineFactory, rabbitmq: RabbitMQ
-) -> None:
-    """Within 15 s of the broker going away: WebSocket 1011, SSE ``event: error``, polling 503,
-    POST 503, envelope ``{"nack"}``, ``/readyz`` 503; all well again once it is back."""
-    with fanout(rabbitmq, ("w1", "up1", "s1", "p1")) as base:
-        routes = [
-            {"source": "post", "target": "jms", "delivery_guarantee": "at_least_once"},
-            {"source": "ws-up", "target": "jms", "delivery_guarantee": "at_least_once"},
-            {"source": "jms", "target": "ws", "delivery_guarantee": "at_least_once"},
-            {"source": "jms", "target": "sse"},
-            {"source": "jms", "target": "poll"},
-        ]
-        entrypoints = {
-            "post": "http_post",
-            "ws": "websocket",
-            "ws-up": "websocket",
-            "sse": "sse",
-            "poll": "http_get",
-        }
-        async with (
-            engine_with(
-                entrypoints=entrypoints, endpoints=endpoints(rabbitmq, base), routes=routes
-            ) as engine,
-            httpx.AsyncClient() as client,
-        ):
-            await connected(engine)
-            readyz = url(engine, "health", "/readyz")
-            poller = {"X-Client-ID": "p1"}
-            subscribed = await client.post(url(engine, "poll", "/subscribe"), headers=poller)
-            assert subscribed.status_code == 201
-            async with (
-                envelope_ws(engine, "up1", "ws-up") as uplink,
-                sse_events(client, engine, "sse", **{"X-Client-ID": "s1"}) as sse,
-            ):
-                async with envelope_ws(engine, "w1") as ws:
-                    event_id = await post(client, engine, b"before")
-                    delivered = await receive(ws)
-                    assert (delivered["id"], delivered["payload"]) == (event_id, "before")
-                    # Left unconfirmed: the outage must not lose it.
-                    async with broker_stopped(rabbitmq):
-                        # The consumers end: their clients are told (1011, error, 503).
-                        with pytest.raises(ConnectionClosed) as closed, trio.fail_after(15):
-                            await ws.get_message()
-                        assert closed.value.reason.code == 1011
-                        with trio.fail_after(15):
-                            events = [await anext(sse)]
-                            while events[-1].event != "error":
-                                events.append(await anext(sse))
-                        assert [e.data for e in events[:-1]] in ([], ["before"])
-                        polled = await client.get(url(engine, "poll", "/poll"), headers=poller)
-                        assert polled.status_code == 503
-                        not_ready = await client.get(readyz)
-                        assert not_ready.status_code == 503
-                        assert not_ready.json()["endpoints"]["jms"] in ("down", "connecting")
-                        response = await client.post(url(engine, "post"), content=b"lost?")
-                        assert response.status_code == 503
-                        await uplink.send_message(json.dumps({"id": "u-1", "payload": "lost?"}))
-                        reply = await receive(uplink)
-                        assert reply["nack"] == "u-1" and reply["error"]
-                    await connected(engine)
-                    assert (await client.get(readyz)).status_code == 200
-                    await uplink.send_message(json.dumps({"id": "u-2", "payload": "after ws"}))
-                    assert await receive(uplink) == {"ack": "u-2"}
-            async with envelope_ws(engine, "w1") as ws:
-                await post(client, engine, b"after post")
-                # The unconfirmed event again, then what came after; what was refused during
-                # the outage never reached the queue.
-                for payload in ("before", "after ws", "after post"):
-                    event = await receive(ws)
-                    assert event["payload"] == payload
-                    await ws.send_message(json.dumps({"ack": event["id"]}))
-        await settled_to(rabbitmq, f"{base}-w1", consumers=0, messages=0)
+# -- broker outage and client reconnects (the shared scenario) ---------------------------------
 
 
-# -- at least once ---------------------------------------------------------------------------
+class JMSAdapter(BrokerAdapter):
+    """Both scenarios on ``fanout``: what the endpoint publishes to the exchange comes back to
+    every client's durable queue."""
 
+    name = "jms"
+    # Durable queues on the same node: what a client left unsettled survives the restart.
+    keeps_unconfirmed_across_restart = True
+    # The endpoint retries every 0.2-1 s and says "connecting" during each attempt.
+    down_states = ("down", "connecting")
 
-async def test_at_least_once_client_reconnect_loses_nothing(
-    engine_with: EngineFactory, rabbitmq: RabbitMQ
-) -> None:
-    with fanout(rabbitmq, ("seq",)) as base:
-        routes = [
-            {"source": "post", "target": "jms", "delivery_guarantee": "at_least_once"},
-            {
-                "source": "jms",
-                "target": "ws",
-                "delivery_guarantee": "at_least_once",
-                "channel_size": 4,
-            },
-        ]
-        async with (
-            engine_with(
-                entrypoints={"post": "http_post", "ws": "websocket"},
-                endpoints=endpoints(rabbitmq, base),
-                routes=routes,
-            ) as engine,
-            httpx.AsyncClient() as client,
-        ):
-            await connected(engine)
-            for n in range(20):
-                await post(client, engine, b"%d" % n)
-            confirmed: list[int] = []
-            async with envelope_ws(engine, "seq") as ws:
-                for n in range(8):
-                    event = await receive(ws)
-                    assert int(event["payload"]) == n
-                    if n < 5:  # confirm five, leave three unconfirmed, and go
-                        await ws.send_message(json.dumps({"ack": event["id"]}))
-                        confirmed.append(n)
-            await clients_gone(engine)
-            await settled_to(rabbitmq, f"{base}-seq", consumers=0, messages=15)
-            async with envelope_ws(engine, "seq") as ws:
-                for _ in range(5, 20):
-                    event = await receive(ws)
-                    confirmed.append(int(event["payload"]))
-                    await ws.send_message(json.dumps({"ack": event["id"]}))
-            await clients_gone(engine)
-            assert confirmed == list(range(20))
+    def __init__(self, rabbitmq: RabbitMQ, base: str) -> None:
+        self.rabbitmq, self.base = rabbitmq, base
+
+    def table(self, scenario: Scenario) -> dict[str, Any]:
+        return endpoints(self.rabbitmq, self.base)["jms"]
+
+    async def publish(self, scenario: Scenario, *payloads: bytes) -> None:
+        def publish() -> None:
+            with self.rabbitmq.channel() as channel:
+                channel.confirm_delivery()  # type: ignore[attr-defined]
+                for payload in payloads:
+                    channel.basic_publish(self.base, "", payload)  # type: ignore[attr-defined]
+
+        await trio.to_thread.run_sync(publish)
+
+    async def stop(self) -> None:
+        await trio.to_thread.run_sync(self.rabbitmq.stop)
+
+    async def start(self) -> None:
+        await trio.to_thread.run_sync(self.rabbitmq.start)
+
+    async def client_left(self, client_id: str, unconfirmed: int) -> None:
+        queue = f"{self.base}-{client_id}"
+        await settled_to(self.rabbitmq, queue, consumers=0, messages=unconfirmed)
+
+    async def settled(self, engine: MediationEngine, client_id: str, confirmed: int | None) -> None:
+        await settled_to(self.rabbitmq, f"{self.base}-{client_id}", consumers=0, messages=0)
+        if confirmed is not None:
             stats = jms(engine).stats
-            assert stats["acked"] == 20 and stats["over_credit"] == 0
-        assert await settled_to(rabbitmq, f"{base}-seq", consumers=0, messages=0)
+            assert stats["acked"] == confirmed and stats["over_credit"] == 0
+
+
+class TestJMSOutage(OutageConformance, ReconnectConformance):
+    @pytest.fixture
+    def adapter(self, rabbitmq: RabbitMQ) -> Iterator[BrokerAdapter]:
+        with fanout(rabbitmq, CLIENTS) as base:
+            yield JMSAdapter(rabbitmq, base)
+
+
+# -- slow clients ----------------------------------------------------------------------------
 
 
 async def test_a_slow_client_does_not_slow_or_starve_the_others(

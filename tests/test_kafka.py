@@ -23,15 +23,21 @@ import httpx
 import pytest
 import trio
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 from httpx_sse import ServerSentEvent
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import WebSocketConnection
 
 from mediation.endpoints import EndpointState
 from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 from tests.brokers import Tansu
 
+from .conformance.outage import (
+    BrokerAdapter,
+    OutageConformance,
+    ReconnectConformance,
+    Scenario,
+)
 from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 from .test_conformance_kafka import FAST_GROUPS, group_members, new_topic
 
@@ -232,115 +238,30 @@ async def test_sse_last_event_id_resumes_right_after_it(
         assert resumed == ["003", "004", "005", "006", "007"]
 
 
-# -- delivery guarantees -----------------------------------------------------------------------
+# -- upstream ----------------------------------------------------------------------------------
 
 
-async def test_at_least_once_and_at_most_once_across_a_reconnect(
-    engine_with: EngineFactory, kafka: Kafka
-) -> None:
-    """Sequence-numbered events, a client that disconnects mid-stream and comes back with the
-    same client id: at_least_once resumes right after its last confirmed event (nothing lost),
-    at_most_once never delivers an event twice. The two run side by side."""
-    alo_topic, amo_topic = await trio.to_thread.run_sync(
-        lambda: (kafka.topic("alo"), kafka.topic("amo"))
-    )
-    alo, amo = unique("alo"), unique("amo")
-    routes = [
-        {"source": alo, "target": "confirming", "delivery_guarantee": "at_least_once"},
-        {"source": amo, "target": "plain", "delivery_guarantee": "at_most_once"},
-    ]
-    for route in routes:
-        route["channel_size"] = 4
-    async with kafka_engine(
-        engine_with,
-        kafka,
-        entrypoints={"confirming": "websocket", "plain": "websocket"},
-        routes=routes,
-        endpoints={
-            alo: {"topic_in": alo_topic, "auto_offset_reset": "earliest"},
-            amo: {"topic_in": amo_topic, "auto_offset_reset": "earliest"},
-        },
-    ) as engine:
-        await put(kafka, alo_topic, *numbered(20))
-        await put(kafka, amo_topic, *numbered(20), b"end")
-
-        async def at_least_once() -> None:
-            target = ws_url(engine, "confirming", "alo-client")
-            async with open_ws(target, subprotocols=[SUBPROTOCOL]) as first:
-                for n in range(5):
-                    event = await envelope(first)
-                    assert event["payload"] == f"{n:03d}"
-                    await first.send_message(json.dumps({"ack": event["id"]}))
-                # The endpoint hands out at most 4 unsettled events: the fourth of these arrives
-                # only once the ack of 004 was taken, so every ack above reached the consumer.
-                unconfirmed = [(await envelope(first))["payload"] for _ in range(4)]
-                assert unconfirmed == ["005", "006", "007", "008"]
-            async with open_ws(target, subprotocols=[SUBPROTOCOL]) as second:
-                again = []
-                for _ in range(15):
-                    event = await envelope(second)
-                    again.append(event["payload"])
-                    await second.send_message(json.dumps({"ack": event["id"]}))
-            assert again == [f"{n:03d}" for n in range(5, 20)]
-
-        async def at_most_once() -> None:
-            target = ws_url(engine, "plain", "amo-client")
-            async with open_ws(target) as first:
-                seen = [await message(first) for _ in range(5)]
-            async with open_ws(target) as second:
-                while (received := await message(second)) != "end":
-                    seen.append(received)
-            assert len(seen) == len(set(seen))
-            assert seen[:5] == ["000", "001", "002", "003", "004"]
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(at_least_once)
-            nursery.start_soon(at_most_once)
-        await clients_gone(engine)
-        members = await trio.to_thread.run_sync(
-            lambda: kafka.members(alo, "alo-client") + kafka.members(amo, "amo-client")
-        )
-        assert members == 0
-
-
-# -- upstream, and a broker outage -------------------------------------------------------------
-
-
-async def test_upstream_is_confirmed_by_the_broker_and_refused_while_it_is_down(
+async def test_upstream_is_confirmed_by_the_broker_with_key_and_headers(
     engine_with: EngineFactory, kafka: Kafka
 ) -> None:
     """HTTP POST and WebSocket -> Kafka with at_least_once: answered after the delivery report,
-    key and headers as configured. With the broker stopped: 503, ``{"nack"}``, the downstream
-    sessions ended within 15 s (WebSocket 1011, SSE ``event: error``, polling 503), ``/readyz``
-    503, and never a false 202; after it is back, 202."""
+    key and headers as configured."""
     topic = await trio.to_thread.run_sync(kafka.topic, "up")
     name = unique("k")
     routes = [
         {"source": "post", "target": name, "delivery_guarantee": "at_least_once"},
         {"source": "up", "target": name, "delivery_guarantee": "at_least_once", "key": "client_id"},
-        {"source": name, "target": "down"},
-        {"source": name, "target": "sse"},
-        {"source": name, "target": "poll"},
     ]
-    entrypoints = {
-        "post": "http_post",
-        "up": "websocket",
-        "down": "websocket",
-        "sse": "sse",
-        "poll": "http_get",
-    }
     async with (
         kafka_engine(
             engine_with,
             kafka,
-            entrypoints=entrypoints,
+            entrypoints={"post": "http_post", "up": "websocket"},
             routes=routes,
-            endpoints={name: {"topic_in": topic, "topic_out": topic}},
+            endpoints={name: {"topic_out": topic}},
         ) as engine,
         httpx.AsyncClient(timeout=WAIT) as client,
     ):
-        endpoint = engine.endpoints[name]
-        readyz = url(engine, "health", "/readyz")
         response = await client.post(
             url(engine, "post"),
             content=b'{"order": 1}',
@@ -359,44 +280,74 @@ async def test_upstream_is_confirmed_by_the_broker_and_refused_while_it_is_down(
         }
         assert (second.value(), second.key()) == (b"from ws", b"uploader")
 
-        poller = {"X-Client-ID": "poller"}
-        subscribed = await client.post(url(engine, "poll", "/subscribe"), headers=poller)
-        assert subscribed.status_code == 201
-        async with (
-            open_ws(ws_url(engine, "down"), subprotocols=[SUBPROTOCOL]) as down,
-            open_ws(ws_url(engine, "up"), subprotocols=[SUBPROTOCOL]) as up,
-            sse_events(client, engine) as sse,
-        ):
-            await trio.to_thread.run_sync(kafka.tansu.stop)
-            try:
-                # Right away: whatever the endpoint has noticed yet, no 202.
-                refused = await client.post(url(engine, "post"), content=b"while down")
-                assert refused.status_code == 503
-                await up.send_message(json.dumps({"id": "u-2", "payload": "while down"}))
-                assert (await envelope(up))["nack"] == "u-2"
-                with trio.fail_after(WAIT):
-                    await endpoint.state.wait_value(EndpointState.DOWN)
-                not_ready = await client.get(readyz)
-                assert not_ready.status_code == 503
-                assert not_ready.json()["endpoints"][name] == "down"
-                with elapsed() as took, pytest.raises(ConnectionClosed) as closed:
-                    await message(down)
-                assert closed.value.reason.code == 1011
-                assert took[0] < 15
-                assert (await next_sse(sse)).event == "error"
-                polled = await client.get(url(engine, "poll", "/poll"), headers=poller)
-                assert polled.status_code == 503
-            finally:
-                await trio.to_thread.run_sync(kafka.tansu.start)
+
+# -- broker outage and client reconnects (the shared scenario) ---------------------------------
+
+
+class KafkaAdapter(BrokerAdapter):
+    """Outage: ``topic_in`` = ``topic_out``. Reconnect: a group per client, whose committed
+    offset is where the client's next session resumes."""
+
+    # tansu keeps its data in memory: a restart loses every record, offset and topic.
+    keeps_unconfirmed_across_restart = False
+    # A Kafka delivery is named by where it is (topic:partition:offset), not by the id the
+    # engine gave it upstream.
+    event_id_travels = False
+
+    def __init__(self, kafka: Kafka) -> None:
+        self.kafka = kafka
+        self.name = unique("k")
+        self.topics: dict[Scenario, str] = {
+            "outage": kafka.topic("outage"),
+            "reconnect": kafka.topic("reconnect"),
+        }
+
+    def table(self, scenario: Scenario) -> dict[str, Any]:
+        topic = self.topics[scenario]
+        config: dict[str, Any] = (
+            {"topic_in": topic, "topic_out": topic}
+            if scenario == "outage"
+            else {"topic_in": topic, "auto_offset_reset": "earliest"}
+        )
+        brokers = self.kafka.tansu.bootstrap_servers
+        return {"type": "kafka", "config": {"brokers": brokers, **FAST_GROUPS, **config}}
+
+    async def publish(self, scenario: Scenario, *payloads: bytes) -> None:
+        await put(self.kafka, self.topics[scenario], *payloads)
+
+    async def stop(self) -> None:
+        await trio.to_thread.run_sync(self.kafka.tansu.stop)
+
+    async def start(self) -> None:
+        await trio.to_thread.run_sync(self.kafka.tansu.start)
+
+    async def recovered(self) -> None:
+        # tansu came back empty: the topic is created again, as an operator would (a consumer
+        # of a topic that does not exist is refused: "Unknown topic or partition").
+        topic = self.topics["outage"]
+
+        def create() -> None:
+            self.kafka.admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+
+        await trio.to_thread.run_sync(create)
+
+    async def left_group(self, client_id: str) -> None:
         with trio.fail_after(WAIT):
-            await endpoint.state.wait_value(EndpointState.UP)
-        assert (await client.get(readyz)).status_code == 200
-        accepted = await client.post(url(engine, "post"), content=b"after recovery")
-        assert accepted.status_code == 202
-        # tansu lost its data with the restart (and re-created the topic on first use): what is
-        # there now is only what was confirmed.
-        [stored] = await trio.to_thread.run_sync(kafka.take, topic, 1)
-        assert stored.value() == b"after recovery"
+            # The broker tells nobody when a group empties: ask it.
+            while await trio.to_thread.run_sync(self.kafka.members, self.name, client_id):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+
+    async def client_left(self, client_id: str, unconfirmed: int) -> None:
+        await self.left_group(client_id)
+
+    async def settled(self, engine: MediationEngine, client_id: str, confirmed: int | None) -> None:
+        await self.left_group(client_id)
+
+
+class TestKafkaOutage(OutageConformance, ReconnectConformance):
+    @pytest.fixture
+    async def adapter(self, kafka: Kafka) -> BrokerAdapter:
+        return await trio.to_thread.run_sync(KafkaAdapter, kafka)
 
 
 # -- bridges -----------------------------------------------------------------------------------

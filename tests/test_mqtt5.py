@@ -34,6 +34,12 @@ from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 
 from .brokers import Mosquitto
+from .conformance.outage import (
+    BrokerAdapter,
+    OutageConformance,
+    ReconnectConformance,
+    Scenario,
+)
 from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 from .test_conformance_mqtt5 import HasSubscribers, mqtt_config, open_probe, running
 
@@ -285,65 +291,67 @@ async def test_upstream_at_least_once_is_answered_after_the_puback(
         assert (await device.receive()).payload == b"from ws"
 
 
-# -- broker outage ------------------------------------------------------------------------------
+# -- broker outage and client reconnects (the shared scenario) ---------------------------------
 
 
-async def test_broker_outage_ends_sessions_refuses_publishes_and_recovers(
-    engine_with: EngineFactory, mosquitto: Mosquitto
-) -> None:
-    down, out = topic(), topic()
-    entrypoints = {"ws": "websocket", "sse": "sse", "post": "http_post", "up": "websocket"}
-    routes = [
-        {"source": "mqtt", "target": "ws"},
-        {"source": "mqtt", "target": "sse"},
-        {"source": "post", "target": "mqtt", "delivery_guarantee": "at_least_once"},
-        {"source": "up", "target": "mqtt", "delivery_guarantee": "at_least_once"},
-    ]
-    async with (
-        mqtt_engine(
-            engine_with,
-            mosquitto,
-            entrypoints=entrypoints,
-            routes=routes,
-            topic_in=down,
-            topic_out=out,
-        ) as engine,
-        httpx.AsyncClient() as client,
-    ):
-        endpoint = engine.endpoints["mqtt"]
-        readyz = url(engine, "health", "/readyz")
-        assert (await client.get(readyz)).status_code == 200
-        async with (
-            sse_events(client, engine) as sse,
-            open_ws(ws_url(engine)) as ws,
-            open_ws(ws_url(engine, "up"), subprotocols=[SUBPROTOCOL]) as up,
-        ):
-            # (Stopping and starting Mosquitto blocks this thread for a moment: harmless here.)
-            with mosquitto.stopped():
-                with trio.fail_after(WAIT):
-                    await endpoint.state.wait_value(EndpointState.DOWN)
-                    with pytest.raises(ConnectionClosed) as closed:
-                        await ws.get_message()
-                    assert closed.value.reason.code == 1011
-                    assert (await anext(sse)).event == "error"
-                refused = await client.post(url(engine, "post"), content=b"while down")
-                assert refused.status_code == 503
-                await up.send_message(json.dumps({"id": "u-1", "payload": "while down"}))
-                reply = await envelope(up)
-                assert reply["nack"] == "u-1"
-                not_ready = await client.get(readyz)
-                assert not_ready.status_code == 503
-                assert not_ready.json()["endpoints"]["mqtt"] in ("down", "connecting")
-        with trio.fail_after(WAIT):
-            await endpoint.state.wait_value(EndpointState.UP)
-        assert (await client.get(readyz)).status_code == 200
-        async with open_device(mosquitto) as device, open_ws(ws_url(engine)) as ws:
-            await device.subscribe(out)
-            await device.publish(down, b"after recovery")
-            assert await ws.get_message() == "after recovery"
-            accepted = await client.post(url(engine, "post"), content=b"after recovery")
-            assert accepted.status_code == 202
-            assert (await device.receive()).payload == b"after recovery"
+class MQTT5Adapter(BrokerAdapter):
+    """Outage: ``topic_in`` = ``topic_out``, so what the endpoint publishes comes back to its
+    sessions' subscriptions. Reconnect: per-client MQTT sessions (``session_expiry``) that the
+    broker resends what a consumer left unacknowledged from."""
+
+    name = "mqtt"
+    # The harness's Mosquitto runs with "persistence false": its sessions go with the restart.
+    keeps_unconfirmed_across_restart = False
+    # The endpoint retries every 0.1 s and says "connecting" during each attempt.
+    down_states = ("down", "connecting")
+    # A consumer leaves with UNSUBSCRIBE: the client's MQTT session stays, but with no
+    # subscription, so the broker queues nothing for it until its next consumer subscribes.
+    keeps_for_absent_clients = False
+    # Mosquitto resends a session's unacknowledged messages and then its queued ones when the
+    # client connects again, but MQTT promises no order between those and new deliveries.
+    redelivers_in_order = False
+
+    def __init__(self, mosquitto: Mosquitto) -> None:
+        self.mosquitto = mosquitto
+        self.looped, self.down = topic(), topic()
+
+    def table(self, scenario: Scenario) -> dict[str, Any]:
+        broker = f"tcp://{self.mosquitto.host}:{self.mosquitto.port}"
+        topics = (
+            {"topic_in": self.looped, "topic_out": self.looped}
+            if scenario == "outage"
+            else {"topic_in": self.down}
+        )
+        return {"type": "mqtt5", "config": {"broker": broker, "retry_interval": 0.1, **topics}}
+
+    async def publish(self, scenario: Scenario, *payloads: bytes) -> None:
+        async with open_device(self.mosquitto) as device:
+            await device.publish(self.looped if scenario == "outage" else self.down, *payloads)
+
+    async def stop(self) -> None:
+        await trio.to_thread.run_sync(self.mosquitto.stop)
+
+    async def start(self) -> None:
+        await trio.to_thread.run_sync(self.mosquitto.ensure_running)
+
+    async def client_left(self, client_id: str, unconfirmed: int) -> None:
+        # Unsubscribed (its UNSUBACK came before the session ended); its MQTT session remains.
+        assert not await self.has_subscribers(self.down)
+
+    async def has_subscribers(self, topic: str) -> bool:
+        # A probe of its own each time: one opened before the outage would have lost its
+        # connection with it.
+        async with open_probe(self.mosquitto) as has_subscribers:
+            return await has_subscribers(topic)
+
+    async def settled(self, engine: MediationEngine, client_id: str, confirmed: int | None) -> None:
+        assert not await self.has_subscribers(self.looped if client_id == "w1" else self.down)
+
+
+class TestMQTT5Outage(OutageConformance, ReconnectConformance):
+    @pytest.fixture
+    def adapter(self, mosquitto: Mosquitto) -> BrokerAdapter:
+        return MQTT5Adapter(mosquitto)
 
 
 async def test_a_silent_broker_is_found_out_within_two_keepalives(
@@ -393,49 +401,6 @@ async def test_a_nacked_event_comes_again_with_its_id(
 
 
 # -- per-client subscriptions and guarantees ----------------------------------------------------
-
-
-async def test_at_least_once_client_that_reconnects_loses_nothing(
-    engine_with: EngineFactory, mosquitto: Mosquitto, has_subscribers: HasSubscribers
-) -> None:
-    down = topic()
-    route = {
-        "source": "mqtt",
-        "target": "ws",
-        "delivery_guarantee": "at_least_once",
-        "channel_size": 4,
-    }
-    async with (
-        open_device(mosquitto) as device,
-        mqtt_engine(
-            engine_with, mosquitto, entrypoints={"ws": "websocket"}, routes=[route], topic_in=down
-        ) as engine,
-    ):
-        seen: list[str] = []
-        async with open_ws(ws_url(engine, client_id="alice"), subprotocols=[SUBPROTOCOL]) as ws:
-            await device.publish(down, *numbered(20))
-            for _ in range(5):
-                event = await envelope(ws)
-                seen.append(event["payload"])
-                await ack(ws, event)
-            # Four more fill the window of 4, which opens again only once the engine processed
-            # the ack of the fourth: so the five acks above reached the broker.
-            seen += [(await envelope(ws))["payload"] for _ in range(4)]
-        await clients_gone(engine)
-        assert not await has_subscribers(down)  # unsubscribed; alice's MQTT session remains
-        async with open_ws(ws_url(engine, client_id="alice"), subprotocols=[SUBPROTOCOL]) as ws:
-            again = []
-            for _ in range(15):
-                event = await envelope(ws)
-                again.append(event["payload"])
-                await ack(ws, event)
-            # Confirmed means acked: nothing comes again on the next connection either.
-        await clients_gone(engine)
-        async with open_ws(ws_url(engine, client_id="alice"), subprotocols=[SUBPROTOCOL]) as ws:
-            await device.publish(down, b"marker")
-            assert (await envelope(ws))["payload"] == "marker"
-    assert seen[:5] == ["000", "001", "002", "003", "004"]
-    assert sorted(again) == [f"{n:03d}" for n in range(5, 20)]  # 005-008 again, the rest first
 
 
 async def test_one_client_leaving_leaves_the_others_receiving(
