@@ -1,5 +1,5 @@
 """The pure parts of the per-message hot path: RabbitMQ ack coalescing, MQTT ack packets and
-property decoding, event ids. (The paths themselves are covered end to end by the broker and
+property decoding, event ids, WebSocket frames. (The paths themselves are covered end to end by the broker and
 conformance suites against real brokers.)"""
 
 from __future__ import annotations
@@ -7,13 +7,17 @@ from __future__ import annotations
 import random
 import uuid
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from mediation.endpoints._mqtt_wire import QuickProperties, ack_packets
 from mediation.endpoints.rabbitmq import AckRanges
+from mediation.entrypoints.websocket import BINARY, TEXT, server_frame
 from mediation.events import new_event_id
 
 
@@ -118,3 +122,20 @@ def test_event_ids_are_version_4_uuids_and_unique() -> None:
     for text in ids[:1000]:
         parsed = uuid.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def _open_server_connection() -> WSConnection:
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="localhost", target="/")))
+    list(server.events())
+    server.send(AcceptConnection())
+    return server
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_server_frames_are_byte_for_byte_what_wsproto_makes(size: int) -> None:
+    server = _open_server_connection()
+    text = "é" * (size // 2) + "x" * (size % 2)
+    assert server_frame(TEXT, text.encode()) == server.send(TextMessage(data=text))
+    data = bytes(range(256)) * (size // 256) + b"\xff" * (size % 256)
+    assert server_frame(BINARY, data) == server.send(BytesMessage(data=data))
