@@ -55,7 +55,13 @@ thread per connection on memory, threads and (within the noise) speed.
 Acks, nacks, redelivery
 -----------------------
 Acks are manual (``manual_ack=True``): PUBACK (QoS 1) or PUBCOMP (QoS 2) goes to the broker when
-the session acks, per its guarantee; for ``at_least_once`` only after the client confirmed. MQTT
+the session acks, per its guarantee; for ``at_least_once`` only after the client confirmed. Acks
+are written in batches, one packet per burst (:meth:`._mqtt_wire.Wire.send_acks`): those the
+session's consumer task gives (``auto``, ``none``) and those of client confirmations
+(``at_least_once``) by the consumer task before it next waits for the broker (woken for it if it
+waits) and before UNSUBSCRIBE; ``at_most_once`` acks are written at once, before the event is.
+A connection that breaks first loses what was not written yet: the broker resends it, which
+those guarantees allow. MQTT
 has no nack: a nacked event stays unacknowledged (still counted against the credit by the broker)
 and the same consumer hands it out again, first. The MQTT session is the redelivery: consumer
 connections use a stable client id (``client_id``, default ``mediation-{endpoint}-{client_id}``),

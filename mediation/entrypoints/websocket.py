@@ -16,6 +16,10 @@ too big, 1011 broker failure, 1013 too slow, 1001 "idle"). trio-websocket enforc
 accepts permessage-deflate, and a compressed frame is a protocol error (1002), so a message can
 never inflate past the limit.
 
+Per message: the writer sends what is ready in the session channel as one socket write, its frames
+made directly (:func:`send_messages`); the relay handles every client message already read before
+it yields, so a run of envelope acks is settled (and opens the at-least-once window) at once.
+
 Before trio-websocket sees a connection, :mod:`._head` reads its handshake within
 ``header_timeout`` and ``max_header_bytes`` (431 beyond; a slowloris client is dropped). Once
 upgraded, a client silent for ``idle_timeout`` (no message, ack or pong, and nothing written to
