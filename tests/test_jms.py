@@ -32,13 +32,7 @@ from mediation.envelope import SUBPROTOCOL
 from mediation.events import Event
 
 from .brokers import QueueCounts, RabbitMQ
-from .conformance.outage import (
-    CLIENTS,
-    BrokerAdapter,
-    OutageConformance,
-    ReconnectConformance,
-    Scenario,
-)
+from .conformance import CLIENTS, BrokerAdapter, OutageConformance, ReconnectConformance, Scenario
 from .conftest import EngineFactory, clients_gone, open_ws, url
 from .test_conformance_jms import fanout
 

@@ -32,12 +32,7 @@ from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 from tests.brokers import Tansu
 
-from .conformance.outage import (
-    BrokerAdapter,
-    OutageConformance,
-    ReconnectConformance,
-    Scenario,
-)
+from .conformance import BrokerAdapter, OutageConformance, ReconnectConformance, Scenario
 from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 from .test_conformance_kafka import FAST_GROUPS, group_members, new_topic
 
@@ -252,13 +247,10 @@ async def test_upstream_is_confirmed_by_the_broker_with_key_and_headers(
         {"source": "post", "target": name, "delivery_guarantee": "at_least_once"},
         {"source": "up", "target": name, "delivery_guarantee": "at_least_once", "key": "client_id"},
     ]
+    entry, tables = {"post": "http_post", "up": "websocket"}, {name: {"topic_out": topic}}
     async with (
         kafka_engine(
-            engine_with,
-            kafka,
-            entrypoints={"post": "http_post", "up": "websocket"},
-            routes=routes,
-            endpoints={name: {"topic_out": topic}},
+            engine_with, kafka, entrypoints=entry, routes=routes, endpoints=tables
         ) as engine,
         httpx.AsyncClient(timeout=WAIT) as client,
     ):

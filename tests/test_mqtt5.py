@@ -34,12 +34,7 @@ from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 
 from .brokers import Mosquitto
-from .conformance.outage import (
-    BrokerAdapter,
-    OutageConformance,
-    ReconnectConformance,
-    Scenario,
-)
+from .conformance import BrokerAdapter, OutageConformance, ReconnectConformance, Scenario
 from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 from .test_conformance_mqtt5 import HasSubscribers, mqtt_config, open_probe, running
 

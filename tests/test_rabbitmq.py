@@ -27,12 +27,7 @@ from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 from tests.brokers import QueueCounts, RabbitMQ
 
-from .conformance.outage import (
-    BrokerAdapter,
-    OutageConformance,
-    ReconnectConformance,
-    Scenario,
-)
+from .conformance import BrokerAdapter, OutageConformance, ReconnectConformance, Scenario
 from .conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 
 WAIT = 20.0

@@ -6,10 +6,23 @@ the real broker: subscribed on enter, ordering, ack, nack and redelivery, per-cl
 metadata, and broker resources released on every exit path. What differs between brokers by
 design (whether a nacked event comes back to the same consumer, or to the client's next consumer)
 is declared by the adapter and checked as declared.
+
+:mod:`.outage` does the same one level up, through the engine with real web clients: one broker
+outage and one client-reconnect scenario, each broker's engine tests providing a ``BrokerAdapter``.
 """
 
 from __future__ import annotations
 
+from .outage import CLIENTS, BrokerAdapter, OutageConformance, ReconnectConformance, Scenario
 from .suite import ClientResumeConformance, EndpointConformance, EndpointUnderTest
 
-__all__ = ["ClientResumeConformance", "EndpointConformance", "EndpointUnderTest"]
+__all__ = [
+    "CLIENTS",
+    "BrokerAdapter",
+    "ClientResumeConformance",
+    "EndpointConformance",
+    "EndpointUnderTest",
+    "OutageConformance",
+    "ReconnectConformance",
+    "Scenario",
+]

@@ -251,25 +251,29 @@ class ReconnectConformance:
     """A client that disconnects mid-stream and comes back with the same client id."""
 
     @staticmethod
-    def _engine(engine_with: EngineFactory, adapter: BrokerAdapter, guarantee: str) -> Any:
+    @asynccontextmanager
+    async def _engine(
+        engine_with: EngineFactory, adapter: BrokerAdapter, guarantee: str
+    ) -> AsyncIterator[MediationEngine]:
+        """One WebSocket entrypoint ``ws`` fed by the endpoint, once the endpoint is up."""
         route = {
             "source": adapter.name,
             "target": "ws",
             "delivery_guarantee": guarantee,
             "channel_size": 4,
         }
-        return engine_with(
-            entrypoints={"ws": "websocket"},
-            routes=[route],
-            endpoints={adapter.name: adapter.table("reconnect")},
-        )
+        endpoints = {adapter.name: adapter.table("reconnect")}
+        async with engine_with(
+            entrypoints={"ws": "websocket"}, routes=[route], endpoints=endpoints
+        ) as engine:
+            with trio.fail_after(WAIT):
+                await engine.endpoints[adapter.name].state.wait_value(EndpointState.UP)
+            yield engine
 
     async def test_at_least_once_client_that_reconnects_loses_nothing(
         self, engine_with: EngineFactory, adapter: BrokerAdapter
     ) -> None:
         async with self._engine(engine_with, adapter, "at_least_once") as engine:
-            with trio.fail_after(WAIT):
-                await engine.endpoints[adapter.name].state.wait_value(EndpointState.UP)
             async with open_client(engine, "ws", "alo") as first:
                 await adapter.publish("reconnect", *numbered(20))
                 for n in range(5):
@@ -307,8 +311,6 @@ class ReconnectConformance:
         self, engine_with: EngineFactory, adapter: BrokerAdapter
     ) -> None:
         async with self._engine(engine_with, adapter, "at_most_once") as engine:
-            with trio.fail_after(WAIT):
-                await engine.endpoints[adapter.name].state.wait_value(EndpointState.UP)
             # The events wait in the broker before the client comes (where the broker keeps
             # them for a client that has no session), so the first session can take no more
             # than it is sent; what it had taken but not sent is lost with it (at most once).
