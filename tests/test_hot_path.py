@@ -5,6 +5,7 @@ conformance suites against real brokers.)"""
 from __future__ import annotations
 
 import random
+import socket
 import uuid
 
 import pytest
@@ -15,7 +16,7 @@ from paho.mqtt.properties import Properties
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
-from mediation.endpoints._mqtt_wire import QuickProperties, ack_packets
+from mediation.endpoints._mqtt_wire import READ_AHEAD, QuickProperties, _ReadAhead, ack_packets
 from mediation.endpoints.rabbitmq import AckRanges
 from mediation.entrypoints.websocket import BINARY, TEXT, server_frame
 from mediation.events import new_event_id
@@ -139,3 +140,27 @@ def test_server_frames_are_byte_for_byte_what_wsproto_makes(size: int) -> None:
     assert server_frame(TEXT, text.encode()) == server.send(TextMessage(data=text))
     data = bytes(range(256)) * (size // 256) + b"\xff" * (size % 256)
     assert server_frame(BINARY, data) == server.send(BytesMessage(data=data))
+
+
+def test_read_ahead_serves_small_reads_from_one_recv_and_passes_eof_and_blocking_on() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        right.setblocking(False)
+        reader = _ReadAhead(right)
+        with pytest.raises(BlockingIOError):
+            reader.recv(1)
+        left.sendall(b"\x30\x05hello" + b"\x30\x02hi")
+        assert [reader.recv(1), reader.recv(1), reader.recv(5)] == [b"\x30", b"\x05", b"hello"]
+        assert reader.pending
+        assert reader.recv(1) + reader.recv(1) + reader.recv(10) == b"\x30\x02hi"
+        assert not reader.pending
+        left.sendall(b"x" * (READ_AHEAD + 10))
+        got = b""
+        while len(got) < READ_AHEAD + 10:
+            try:
+                got += reader.recv(7)
+            except BlockingIOError:
+                continue
+        assert got == b"x" * (READ_AHEAD + 10) and not reader.pending
+        left.shutdown(socket.SHUT_WR)
+        assert reader.recv(1) == b""

@@ -55,6 +55,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 # stopped answering one (paho's own loop uses the same one-second tick); for long keepalives
 # (a Server Keep Alive of 65535 s, say) a 60th of it is soon enough.
 KEEPALIVE_TICK = 1.0
+# The most a connection reads from its socket at once (see _ReadAhead).
+READ_AHEAD = 16384
 
 
 # The fixed header of the acks a consumer sends: PUBACK (QoS 1), PUBCOMP (QoS 2 after PUBREL).
@@ -109,6 +111,7 @@ class Wire:
         self.server_properties: Properties | None = None
         self._connack: ReasonCode | None = None
         self._sock: socket.socket | None = None
+        self._read_ahead: _ReadAhead | None = None
         self._lost: str | None = None
         self._write_lock = trio.Lock()
         client.on_connect = self._on_connect
@@ -149,6 +152,10 @@ class Wire:
             if not isinstance(sock, socket.socket):  # tcp only: no TLS or websocket wrappers
                 raise ConnectionLost(f"cannot connect to {host}:{port}: no socket")
             self._sock = sock
+            self._read_ahead = _ReadAhead(sock)
+            # paho reads through it from here on (it only calls recv, send, close and
+            # setblocking on its socket, and ``socket()`` returns it).
+            self.client._sock = self._read_ahead
             # From here on paho only runs in this thread: it may now call back into Trio.
             self.client.on_socket_close = self._on_socket_close
             await self.flush()
@@ -173,14 +180,16 @@ class Wire:
         sock = self._live_socket()
         keepalive = self.client.keepalive
         with trio.move_on_after(max(KEEPALIVE_TICK, keepalive / 60) if keepalive else math.inf):
-            try:
-                await trio.lowlevel.wait_readable(sock)
-            except trio.ClosedResourceError:
-                raise self._lost_error() from None
+            read_ahead = self._read_ahead
+            if read_ahead is None or not read_ahead.pending:
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    raise self._lost_error() from None
             for _ in range(max(1, budget)):
                 if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS or not self.alive:
                     raise self._lost_error()
-                if not _readable_now(sock):
+                if not (read_ahead is not None and read_ahead.pending) and not _readable_now(sock):
                     break
         if self.client.loop_misc() != mqtt.MQTT_ERR_SUCCESS or not self.alive:
             raise self._lost_error()
@@ -214,6 +223,8 @@ class Wire:
         self.client.on_socket_close = None
         self.client.on_connect = None
         self.client.on_disconnect = None
+        if isinstance(sock, _ReadAhead):
+            sock = sock.raw
         for owned in {sock, self._sock} - {None}:
             assert isinstance(owned, socket.socket)
             if owned.fileno() >= 0:
@@ -260,8 +271,59 @@ class Wire:
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # Wake whoever waits on the socket before paho closes it under them.
+        if isinstance(sock, _ReadAhead):
+            sock = sock.raw
         if isinstance(sock, socket.socket) and sock.fileno() >= 0:
             trio.lowlevel.notify_closing(sock)
+
+
+class _ReadAhead:
+    """A paho client's socket, read in chunks: paho asks for a packet's first byte, its length
+    bytes and its body in separate reads (and Wire looked for the next packet with a peek), four
+    system calls per message; this serves them from one ``recv`` of up to ``READ_AHEAD`` bytes.
+
+    It holds at most one such chunk, and only while paho has not read it: a consumer that stops
+    reading (its client is slow) leaves the rest in the kernel, as before.
+    """
+
+    __slots__ = ("_chunk", "_offset", "raw")
+
+    def __init__(self, raw: socket.socket) -> None:
+        self.raw = raw
+        self._chunk = b""
+        self._offset = 0
+
+    @property
+    def pending(self) -> bool:
+        """Bytes read from the socket and not yet handed to paho."""
+        return self._offset < len(self._chunk)
+
+    def recv(self, buffer_size: int) -> bytes:
+        size = buffer_size
+        if self._offset >= len(self._chunk):
+            data = self.raw.recv(max(size, READ_AHEAD))  # BlockingIOError, EOF: as paho expects
+            if len(data) <= size:
+                self._chunk, self._offset = b"", 0
+                return data
+            self._chunk, self._offset = data, 0
+        start = self._offset
+        self._offset = min(start + size, len(self._chunk))
+        if self._offset == len(self._chunk):
+            chunk, self._chunk, self._offset = self._chunk, b"", 0
+            return chunk[start:]
+        return self._chunk[start : self._offset]
+
+    def send(self, buffer: bytes | bytearray) -> int:
+        return self.raw.send(buffer)
+
+    def setblocking(self, flag: bool) -> None:
+        self.raw.setblocking(flag)
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 def _readable_now(sock: socket.socket) -> bool:
