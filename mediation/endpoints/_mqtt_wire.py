@@ -22,6 +22,10 @@ meets TCP backpressure on that one connection.
     while ...: await wire.receive_some()          # callbacks (on_message...) run in here
     wire.close()                                  # always; idempotent
 
+Reads: paho reads a packet's first byte, its length and its body with a ``recv`` each; once
+connected it reads through :class:`_ReadAhead`, which serves those from one ``recv`` of up to
+:data:`READ_AHEAD` bytes (held only until paho took them).
+
 Acks: :meth:`Wire.send_acks` writes a batch of PUBACK/PUBCOMP packets as one paho packet (one
 socket write), where ``client.ack`` makes a packet and a write each.
 
