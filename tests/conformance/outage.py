@@ -189,6 +189,7 @@ class OutageConformance:
                             # The consumers end: their clients are told (1011, error, 503).
                             with pytest.raises(ConnectionClosed) as closed:
                                 await ws.get_message()
+                        assert closed.value.reason is not None
                         assert closed.value.reason.code == 1011
                         assert time.monotonic() - noticed < NOTICED_WITHIN
                         with trio.fail_after(WAIT):
