@@ -136,6 +136,9 @@ POLL_INTERVAL = 0.1
 # A session that took no event for this long gets its partitions paused (prefetch dropped); while
 # paused (or full), the poller thread still polls this often to serve group callbacks and errors.
 STALL_PAUSE = 0.5
+# Events the poller thread keeps fetched beyond the session's credit, so that the session's next
+# event after a settle is taken on the Trio side without waking the thread (see module doc).
+READ_AHEAD = 32
 # Bounds on what the broker may take: closing a consumer (leave group), the committed offsets and
 # watermarks read on assignment, the producer's metadata probe, the final flush.
 CLOSE_TIMEOUT = 5.0
@@ -178,23 +181,27 @@ def _notify(token: trio.lowlevel.TrioToken, fn: Callable[[], object]) -> None:
 
 
 def event_from_message(message: Message) -> Event:
-    """The event a consumed Kafka message is: its id encodes its position (see module doc)."""
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    metadata: dict[str, str] = {}
-    headers = message.headers() or []
-    for name, value in headers.items() if isinstance(headers, dict) else headers:
-        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
-        if not _CONTROL.search(name) and not _CONTROL.search(text):
-            metadata[name] = text
-    metadata.update(topic=str(topic), partition=str(partition), offset=str(offset))
+    """The event a consumed Kafka message is: its id encodes its position (see module doc).
+
+    The consumer's hot path: one call per event, so no work that most messages do not need
+    (headers are usually absent; the offset is formatted once, for the id and the metadata).
+    """
+    topic, partition = str(message.topic()), str(message.partition())
+    offset = str(message.offset())
+    headers = message.headers()
+    metadata: dict[str, str] = {} if not headers else _header_metadata(headers)
+    metadata["topic"] = topic
+    metadata["partition"] = partition
+    metadata["offset"] = offset
     key = message.key()
     if key is not None:
         metadata["key"] = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
     kind, millis = message.timestamp()
-    timestamp = time.time()
     if kind != TIMESTAMP_NOT_AVAILABLE:
         metadata["timestamp"] = str(millis)
         timestamp = millis / 1000
+    else:
+        timestamp = time.time()
     value = message.value()
     return Event(
         payload=value if isinstance(value, bytes) else (value or "").encode(),
@@ -202,6 +209,18 @@ def event_from_message(message: Message) -> Event:
         metadata=metadata,
         timestamp=timestamp,
     )
+
+
+def _header_metadata(
+    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]],
+) -> dict[str, str]:
+    """Kafka headers as metadata: UTF-8 text, without control characters (not header-safe)."""
+    metadata: dict[str, str] = {}
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
+        if not _CONTROL.search(name) and not _CONTROL.search(text):
+            metadata[name] = text
+    return metadata
 
 
 def resume_position(event_id: str | None, topic: str) -> tuple[int, int] | None:
@@ -223,7 +242,7 @@ def resume_position(event_id: str | None, topic: str) -> tuple[int, int] | None:
 # -- consuming ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen __init__ costs a setattr per field
 class _Item:
     event: Event
     partition: int
@@ -274,14 +293,20 @@ class _SessionConsumer:
         self._sync_commits = sync_commits
         self._resume = resume
         self._token = token
+        # Fetched and unsettled events at most: the credit plus the read-ahead.
+        self._window = self._credit + READ_AHEAD
         # Shared, under _lock.
         self._lock = threading.Lock()
-        self._ready: deque[_Item] = deque()
+        self._ready: deque[_Item] = deque()  # fetched, not yet handed to the session
+        self._out = 0  # handed to the session and not settled by it: never above the credit
         self._settles: list[_Settle] = []
+        self._rewinding = 0  # nacks the thread has not applied yet: nothing is handed meanwhile
         self._failure: BrokerUnavailable | None = None
         self._subscribed = False
         self._stopping = False
         self._finished = False
+        self._thread_waits = False  # the thread sleeps on _wake until it may fetch again
+        self._trio_waits = False  # next_delivery is parked until the thread delivers
         self._wake = threading.Event()  # the thread waits on it for credit, settles or stop
         # Trio side.
         self._changed = trio.lowlevel.ParkingLot()
@@ -292,10 +317,11 @@ class _SessionConsumer:
         self._position: dict[int, int] = {}  # next offset to hand out
         self._rewound_to: dict[int, int] = {}  # where the current epoch started
         self._committed: dict[int, int] = {}
-        self._held = 0  # events handed to the session (or ready for it) and not settled
-        # Fetch again once this much credit is free (or the session took everything ready): one
-        # batch per refill instead of one round trip per settle. Never more than the credit held.
-        self._refill = max(1, self._credit // 4)
+        # Events in _ready, handed out, or settled but not yet applied here: at most _window.
+        self._held = 0
+        # Fetch again once this much of the window is free (or the session took everything
+        # ready): one batch per refill instead of one round trip per settle.
+        self._refill = max(1, self._window // 4)
         self._rebalances = 0  # assignments and revocations served, to spot one inside a batch
         self._commits_in_flight = 0  # asynchronous commits not yet answered
         self._dirty: set[int] = set()  # partitions settled since their last commit was issued
@@ -320,32 +346,41 @@ class _SessionConsumer:
         while True:
             with self._lock:
                 failure, finished = self._failure, self._finished
-                item = self._ready.popleft() if self._ready and failure is None else None
-                emptied = item is not None and not self._ready
+                item = None
+                wake = False
+                if failure is None and self._ready and self._out < self._credit:
+                    if not self._rewinding:
+                        item = self._ready.popleft()
+                        self._out += 1
+                        wake = self._thread_may_fetch()
+                elif failure is None:
+                    self._trio_waits = True  # for _deliver: wake us when events come
             if failure is not None:
                 raise failure
             if item is not None:
-                if emptied and self._refill > 1:
-                    self._wake.set()  # the thread may hold back a small refill until now
+                if wake:
+                    self._wake.set()
                 return Delivery(item.event, partial(self._settle, item))
             if finished:
                 raise BrokerUnavailable("kafka consumer closed")
+            # Woken by _deliver, by a settle that freed credit, or once a nack was applied.
             await self._changed.park()
 
     async def _settle(self, item: _Item, accepted: bool) -> None:
         waiter = _CommitWaiter() if accepted and self._sync_commits else None
         with self._lock:
             finished = self._finished
+            credit_freed = self._out == self._credit
+            self._out -= 1
             if not finished:
                 self._settles.append(_Settle(item, accepted, waiter))
-            # The thread needs this settle now if it waits for its commit, rewinds, frees enough
-            # credit for a batch, or nothing is left ready for the session (no stall, ever).
-            wake = (
-                waiter is not None
-                or not accepted
-                or len(self._settles) >= self._refill
-                or not self._ready
-            )
+                if not accepted:
+                    self._rewinding += 1
+            # The thread needs this settle now if it waits for its commit or rewinds; an ack
+            # wakes it only once it frees room for a batch (or nothing is left ready).
+            wake = waiter is not None or not accepted or self._thread_may_fetch()
+        if credit_freed:
+            self._changed.unpark_all()  # a next_delivery waiting for credit
         if finished:
             if waiter is not None:
                 raise BrokerUnavailable("kafka consumer closed before the ack was committed")
@@ -356,6 +391,20 @@ class _SessionConsumer:
             await waiter.done.wait()
             if waiter.error is not None:
                 raise waiter.error
+
+    def _thread_may_fetch(self) -> bool:
+        """Under ``_lock``: whether the sleeping thread would fetch once it applied the settles.
+
+        The thread's ``_held`` is then what is ready plus what is out (see ``_may_fetch``).
+        Clears ``_thread_waits``: one wake-up per sleep.
+        """
+        if not self._thread_waits:
+            return False
+        free = self._window - len(self._ready) - self._out
+        if free >= self._refill or (free > 0 and not self._ready):
+            self._thread_waits = False
+            return True
+        return False
 
     def stop(self) -> None:
         with self._lock:
@@ -438,12 +487,26 @@ class _SessionConsumer:
             now = time.monotonic()
             full_since = now if full_since is None else full_since
             if not self._paused and now - full_since < STALL_PAUSE:
-                self._wake.wait(STALL_PAUSE - (now - full_since))
+                self._sleep(STALL_PAUSE - (now - full_since))
                 continue
             self._pause(consumer)
             # Group callbacks and errors; paused partitions are quiet.
             self._deliver(consumer.consume(1, 0))
-            self._wake.wait(STALL_PAUSE)
+            self._sleep(STALL_PAUSE)
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait for the settles that let the thread fetch again (or stop, or a commit waiter).
+
+        Settles that do not free room for a batch do not wake it (``_thread_may_fetch``); they
+        are applied, and committed, when it wakes.
+        """
+        with self._lock:
+            if self._settles:
+                return  # came after this round applied the others: apply them first
+            self._thread_waits = True
+        self._wake.wait(timeout)
+        with self._lock:
+            self._thread_waits = False
 
     def _check_broker(self, consumer: Consumer) -> None:
         """After an ``_ALL_BROKERS_DOWN``: fail unless the cluster answers within PROBE_TIMEOUT."""
@@ -459,7 +522,7 @@ class _SessionConsumer:
             self._paused = True
 
     def _may_fetch(self) -> bool:
-        free = self._credit - self._held
+        free = self._window - self._held
         if free >= self._refill:
             return True
         if free <= 0:
@@ -475,7 +538,7 @@ class _SessionConsumer:
         rest is what librdkafka already holds (``timeout=0``).
         """
         messages = consumer.consume(1, POLL_INTERVAL)
-        room = self._credit - self._held - len(messages)
+        room = self._window - self._held - len(messages)
         if messages and room > 0:
             rebalances = self._rebalances
             more = consumer.consume(room, 0)
@@ -496,12 +559,15 @@ class _SessionConsumer:
                 consumer.seek(TopicPartition(self._topic, partition, self._position[partition]))
 
     def _deliver(self, messages: list[Message]) -> None:
-        """Hand fetched events to the session: one lock and one Trio wake-up per batch."""
+        """Hand fetched events to the session: one lock per batch, and a Trio wake-up only if
+        the session waits for them (a busy session finds them itself)."""
         items = [item for item in map(self._accept, messages) if item is not None]
         if items:
             with self._lock:
                 self._ready.extend(items)
-            self._wake_trio()
+                waiting, self._trio_waits = self._trio_waits, False
+            if waiting:
+                self._wake_trio()
 
     def _accept(self, message: Message) -> _Item | None:
         error = message.error()
@@ -514,7 +580,9 @@ class _SessionConsumer:
             return None  # from a partition this consumer no longer has
         epoch = self._epoch[partition]
         item = _Item(event_from_message(message), partition, offset, epoch)
-        self._unsettled[partition][offset, epoch] += 1
+        unsettled = self._unsettled[partition]
+        key = (offset, epoch)
+        unsettled[key] = unsettled.get(key, 0) + 1
         self._held += 1
         self._position[partition] = offset + 1
         return item
@@ -525,6 +593,7 @@ class _SessionConsumer:
             settles, self._settles = self._settles, []
         if not settles:
             return False
+        nacks = sum(1 for settle in settles if not settle.accepted)
         touched: set[int] = set()
         waiters: list[_CommitWaiter] = []
         for settle in settles:
@@ -549,6 +618,10 @@ class _SessionConsumer:
             if settle.waiter is not None:
                 waiters.append(settle.waiter)
         self._commit(consumer, touched, waiters)
+        if nacks:
+            with self._lock:
+                self._rewinding -= nacks
+            self._wake_trio()  # next_delivery waits while a nack is not applied
         return True
 
     def _rewind(self, consumer: Consumer, item: _Item) -> None:
@@ -580,7 +653,8 @@ class _SessionConsumer:
     def _commit_point(self, partition: int) -> int:
         unsettled = self._unsettled[partition]
         position = self._position[partition]
-        return min(position, min(offset for offset, _ in unsettled)) if unsettled else position
+        # min() of the (offset, epoch) keys runs in C: cheap even at credit 1024.
+        return min(position, min(unsettled)[0]) if unsettled else position
 
     def _commit(
         self,
@@ -777,6 +851,7 @@ class KafkaEndpoint:
         self._space = trio.lowlevel.ParkingLot()  # publishers waiting for room in the queue
         self._lost = trio.Event()
         self._generation = 0  # of the current producer: errors of retired ones are ignored
+        self._fatal = False  # the current producer had a fatal error: it must be replaced
         self._up_since = 0.0
 
     # -- connection ----------------------------------------------------------------------------
@@ -810,6 +885,7 @@ class KafkaEndpoint:
         until the messages time out). The old one is drained in the background meanwhile.
         """
         self._generation += 1
+        self._fatal = False
         config = self._producer_config(token, self._generation)
         producer = Producer(config)
         stop = threading.Event()
@@ -820,6 +896,7 @@ class KafkaEndpoint:
                 producer,
                 stop,
                 token,
+                self._generation,
                 abandon_on_cancel=True,
                 limiter=self._blocking,
             )
@@ -861,7 +938,8 @@ class KafkaEndpoint:
             self._lost = trio.Event()
             # librdkafka also says "all brokers down" for a moment while it moves from the
             # bootstrap connection to the brokers' own: down only if the cluster is silent.
-            if not await self._answers(producer):
+            # A fatal error is final for this producer, whatever the cluster says.
+            if self._fatal or not await self._answers(producer):
                 break
         self.state.value = EndpointState.DOWN
 
@@ -882,16 +960,32 @@ class KafkaEndpoint:
         try:
             while await trio.to_thread.run_sync(producer.flush, 0.5, limiter=self._blocking):
                 pass
+        except KafkaException as error:  # a fatal error: what it still holds is lost
+            log.warning(
+                "kafka producer not drained", extra={"endpoint": self.name, "error": str(error)}
+            )
         finally:
             stop.set()
             self._deliver_reports()
 
     def _poll_producer(
-        self, producer: Producer, stop: threading.Event, token: trio.lowlevel.TrioToken
+        self,
+        producer: Producer,
+        stop: threading.Event,
+        token: trio.lowlevel.TrioToken,
+        generation: int,
     ) -> None:
         """The producer's thread: serve delivery reports, hand them to Trio in batches."""
         while not stop.is_set():
-            if producer.poll(POLL_INTERVAL):
+            try:
+                served = producer.poll(POLL_INTERVAL)
+            except KafkaException as error:
+                # A fatal error (an idempotent producer out of sequence with a broker that lost
+                # its state, as a restarted tansu does): this producer is done, not the engine.
+                lost = partial(self._connection_lost, generation, time.monotonic(), str(error))
+                _notify(token, partial(lost, fatal=True))
+                return
+            if served:
                 _notify(token, self._deliver_reports)
 
     def _on_producer_error(
@@ -900,13 +994,17 @@ class KafkaEndpoint:
         """librdkafka's error callback (poll thread): the connection state goes to Trio."""
         if _broker_gone(error):
             lost = partial(self._connection_lost, generation, time.monotonic(), error.str())
-            _notify(token, lost)
+            _notify(token, partial(lost, fatal=error.fatal()))
         else:
             log.debug("kafka producer error", extra={"endpoint": self.name, "error": error.str()})
 
-    def _connection_lost(self, generation: int, at: float, reason: str) -> None:
-        if generation != self._generation or at < self._up_since:
-            return  # from a retired producer, or older than the probe that found the broker up
+    def _connection_lost(self, generation: int, at: float, reason: str, *, fatal: bool) -> None:
+        if generation != self._generation:
+            return  # from a retired producer
+        if fatal:
+            self._fatal = True
+        elif at < self._up_since:
+            return  # older than the probe that found the broker up
         log.warning("kafka broker unavailable", extra={"endpoint": self.name, "error": reason})
         self._lost.set()
 
