@@ -11,7 +11,6 @@ from .entrypoints._asgi import (
     Request,
     Scope,
     Send,
-    lifespan_or_http,
     respond,
     respond_json,
 )
@@ -23,8 +22,6 @@ PATHS = ("/healthz", "/readyz", "/metrics")
 
 def health_app(context: EngineContext) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if not await lifespan_or_http(scope, receive, send):
-            return
         request = Request(scope, receive)
         if request.path not in PATHS:
             await respond_json(send, 404, {"error": "not found"})

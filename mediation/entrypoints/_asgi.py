@@ -1,4 +1,5 @@
-"""The thin layer between hypercorn and our HTTP entrypoints: serving, requests, responses.
+"""The thin layer between our HTTP server (:mod:`._http11`) and the HTTP entrypoints: serving,
+requests, responses.
 
 We write plain ASGI apps rather than using a framework: each HTTP entrypoint has one to four paths,
 and streaming (SSE) needs direct control of the response (no framework response timeout, the final
@@ -9,32 +10,27 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from urllib.parse import parse_qs
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from ..config import EntrypointConfig
 from ..errors import (
     HeaderTooLarge,
-    ListenError,
     MediationError,
     MessageTooLarge,
     response_headers,
 )
 from ..session import EngineContext
+from ._http11 import ASGIApp as ASGIApp
+from ._http11 import Message as Message
+from ._http11 import Receive as Receive
+from ._http11 import Scope as Scope
+from ._http11 import Send as Send
+from ._http11 import serve_http
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
@@ -52,45 +48,30 @@ async def serve_asgi(
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening.
 
-    ``max_header_bytes`` bounds what hypercorn buffers of an incomplete request head (h11 answers
-    431 beyond it; HTTP/2 advertises it as SETTINGS_MAX_HEADER_LIST_SIZE); a head that arrives
-    whole in one read is measured by :func:`head_bytes` in :func:`serve_requests`.
-    ``header_timeout`` is hypercorn's keep-alive timeout: its clock runs from the connect (and
-    from each response's end) until a complete request head has been parsed, whatever arrives in
-    between, so a client trickling its headers is dropped when it runs out.
+    ``max_header_bytes`` bounds what the server buffers of an incomplete request head (431
+    beyond it); a head that arrives whole in one read is measured by :func:`head_bytes` in
+    :func:`serve_requests`. ``header_timeout`` runs from the connect (and from each response's
+    end) until a complete request head has been parsed, whatever arrives in between, so a
+    client trickling its headers is dropped when it runs out.
     """
-    config = HypercornConfig()
-    # We bind the socket ourselves: hypercorn leaks its socket when the bind fails.
-    config.bind = [f"fd://{_bound_socket(host, port).detach()}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("mediation.http")
-    config.graceful_timeout = 0  # the engine ends its sessions itself before it cancels servers
-    config.h11_max_incomplete_size = max_header_bytes
-    config.h2_max_header_list_size = max_header_bytes
-    config.keep_alive_timeout = header_timeout
-    await serve(app, config, task_status=_PortReporter(task_status))  # type: ignore[arg-type]
+    await serve_http(
+        app,
+        host,
+        port,
+        max_header_bytes=max_header_bytes,
+        header_timeout=header_timeout,
+        task_status=task_status,
+    )
 
 
 def head_bytes(scope: Scope) -> int:
     """The size of a request's head as sent over HTTP/1.1: request line, header lines, blank
-    line (for HTTP/2, the same measure of its header list)."""
+    line."""
     target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
     if scope.get("query_string"):
         target += 1  # the "?"
     size = len(scope["method"]) + 1 + target + len(" HTTP/1.1\r\n") + 2
     return size + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
-
-
-def _bound_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise ListenError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    return sock
 
 
 async def serve_requests(
@@ -107,15 +88,14 @@ async def serve_requests(
     limit = config.max_header_bytes
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if await lifespan_or_http(scope, receive, send):
-            if head_bytes(scope) > limit:
-                # As h11 does for a head too large to buffer: answer, then close the connection.
-                error = HeaderTooLarge(f"request head exceeds {limit} bytes")
-                log.info("request refused", extra={"status": 431, "reason": str(error)})
-                await respond_json(send, 431, {"error": str(error)}, {"connection": "close"})
-                return
-            with context.client_connection():
-                await handle(Request(scope, receive), send)
+        if head_bytes(scope) > limit:
+            # As for a head too large to buffer: answer, then close the connection.
+            error = HeaderTooLarge(f"request head exceeds {limit} bytes")
+            log.info("request refused", extra={"status": 431, "reason": str(error)})
+            await respond_json(send, 431, {"error": str(error)}, {"connection": "close"})
+            return
+        with context.client_connection():
+            await handle(Request(scope, receive), send)
 
     await serve_asgi(
         app,
@@ -127,16 +107,6 @@ async def serve_requests(
     )
 
 
-class _PortReporter:
-    """hypercorn reports its bound addresses (``http://127.0.0.1:8066``); we report the port."""
-
-    def __init__(self, task_status: trio.TaskStatus[int]) -> None:
-        self._task_status = task_status
-
-    def started(self, binds: list[str]) -> None:
-        self._task_status.started(int(binds[0].rsplit(":", 1)[1]))
-
-
 class Request:
     """The parts of an ASGI HTTP scope the entrypoints use."""
 
@@ -146,9 +116,8 @@ class Request:
         self.headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
-        self.query: dict[str, list[str]] = parse_qs(
-            scope.get("query_string", b"").decode("latin-1")
-        )
+        query = scope.get("query_string", b"")
+        self.query: dict[str, list[str]] = parse_qs(query.decode("latin-1")) if query else {}
         self._receive = receive
 
     def query_value(self, name: str) -> str | None:
@@ -214,16 +183,3 @@ async def respond_error(send: Send, error: MediationError) -> None:
         {"error": str(error) or type(error).__name__},
         response_headers(error),
     )
-
-
-async def lifespan_or_http(scope: Scope, receive: Receive, send: Send) -> bool:
-    """Answer ASGI lifespan messages; True when ``scope`` is an HTTP request to handle."""
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return False
-    return bool(scope["type"] == "http")

@@ -120,6 +120,8 @@ class _Stream:
         self._lock = trio.Lock()
         self._origin = origin
         self.started = False
+        # A write failed: the client went away (or stopped reading and was reset).
+        self.gone = False
         self.last_event_id: str | None = None
 
     async def start(self) -> None:
@@ -136,25 +138,38 @@ class _Stream:
         await self._send({"type": "http.response.start", "status": 200, "headers": headers})
         self.started = True
 
-    async def write(self, chunk: bytes) -> None:
-        async with self._lock:
-            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+    async def write(self, chunk: bytes) -> bool:
+        """One body chunk, one send; False when the client is gone (it is not written)."""
+        return await self._body(chunk, more=True)
 
     async def end(self) -> None:
+        await self._body(b"", more=False)
+
+    async def _body(self, chunk: bytes, *, more: bool) -> bool:
         async with self._lock:
-            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            if self.gone:
+                return False
+            try:
+                await self._send({"type": "http.response.body", "body": chunk, "more_body": more})
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.gone = True
+                return False
+            return True
 
 
 async def _stream_events(
     stream: _Stream, session: Session, request: Request, heartbeat_interval: float
 ) -> None:
     """Write events and heartbeats until the client goes away (or the session ends)."""
+    async with trio.open_nursery() as nursery:
 
-    async def write(batch: list[SessionDelivery]) -> None:
-        # A payload that is not UTF-8 cannot be an SSE event; it is sent with replacement marks.
-        # The batch goes out as one body chunk (one send to the socket).
-        await stream.write(
-            b"".join(
+        def client_gone() -> None:
+            nursery.cancel_scope.cancel(reason="client went away")
+
+        async def write(batch: list[SessionDelivery]) -> None:
+            # A payload that is not UTF-8 cannot be an SSE event; it is sent with replacement
+            # marks. The batch goes out as one body chunk (one send to the socket).
+            chunk = b"".join(
                 [
                     frame_event(
                         item.event.payload.decode("utf-8", "replace"), event_id=item.event.id
@@ -162,17 +177,21 @@ async def _stream_events(
                     for item in batch
                 ]
             )
-        )
-        stream.last_event_id = batch[-1].event.id
+            if not await stream.write(chunk):
+                client_gone()  # not written: the batch is not confirmed
+                await trio.sleep_forever()
+            stream.last_event_id = batch[-1].event.id
 
-    async def heartbeat() -> None:
-        while True:
-            await trio.sleep(heartbeat_interval)
-            await stream.write(frame_comment("keepalive"))
+        async def heartbeat() -> None:
+            while True:
+                await trio.sleep(heartbeat_interval)
+                if not await stream.write(frame_comment("keepalive")):
+                    client_gone()
+                    return
 
-    async with trio.open_nursery() as nursery:
         nursery.start_soon(heartbeat)
         nursery.start_soon(session.run_writer, write)
-        # hypercorn does not fail writes to a client that left; the disconnect message tells.
+        # A write fails once the client is gone, but a quiet stream has no writes for up to
+        # heartbeat_interval: the end of the connection tells at once.
         await request.wait_disconnect()
-        nursery.cancel_scope.cancel(reason="client went away")
+        client_gone()
