@@ -97,22 +97,45 @@ async def serve_http(
     """
     sock = trio.socket.from_stdlib_socket(bound_socket(host, port))
     sock.listen(socket.SOMAXCONN)
-    listener = trio.SocketListener(sock)
-    date = _Date()
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            connection = _Connection(stream, app, date, max_header_bytes)
-            if await connection.serve(header_timeout):
-                await _linger(stream)
-        except _GONE:
-            pass  # the client reset the connection
-        except Exception:
-            # A bug of ours: this connection ends, the server and the other connections go on.
-            log.exception("HTTP connection failed")
+            client = stream.socket.getpeername()[:2]
+            server = stream.socket.getsockname()[:2]
+        except OSError:  # already reset by the client
+            return
+        await serve_connection(
+            stream,
+            app,
+            max_header_bytes=max_header_bytes,
+            header_timeout=header_timeout,
+            client=client,
+            server=server,
+        )
 
     task_status.started(sock.getsockname()[1])
-    await trio.serve_listeners(handle, [listener])
+    await trio.serve_listeners(handle, [trio.SocketListener(sock)])
+
+
+async def serve_connection(
+    stream: trio.abc.HalfCloseableStream,
+    app: ASGIApp,
+    *,
+    max_header_bytes: int,
+    header_timeout: float,
+    client: tuple[str, int] | None = None,
+    server: tuple[str, int] | None = None,
+) -> None:
+    """Serve the requests of one connection until it is to be closed (the caller closes it)."""
+    try:
+        connection = _Connection(stream, app, max_header_bytes, client, server)
+        if await connection.serve(header_timeout):
+            await _linger(stream)
+    except _GONE:
+        pass  # the client reset the connection
+    except Exception:
+        # A bug of ours: this connection ends, the server and the other connections go on.
+        log.exception("HTTP connection failed")
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
@@ -128,7 +151,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _linger(stream: trio.SocketStream) -> None:
+async def _linger(stream: trio.abc.HalfCloseableStream) -> None:
     """Shut our side down, then drop what the client still sends until it closes (bounded)."""
     with trio.move_on_after(LINGER_TIMEOUT):
         try:
@@ -140,7 +163,7 @@ async def _linger(stream: trio.SocketStream) -> None:
 
 
 class _Date:
-    """The ``Date`` header value, formatted once a second."""
+    """The ``Date`` header value, formatted at most once a second."""
 
     def __init__(self) -> None:
         self._second = 0
@@ -158,18 +181,20 @@ class _Connection:
     """One client connection: the h11 state, and ``receive``/``send`` for the current request."""
 
     def __init__(
-        self, stream: trio.SocketStream, app: ASGIApp, date: _Date, max_header_bytes: int
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        app: ASGIApp,
+        max_header_bytes: int,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
     ) -> None:
         self._stream = stream
         self._app = app
-        self._date = date
+        self._date = _Date()
         self._max_header_bytes = max_header_bytes
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
-        try:
-            self._client: tuple[str, int] | None = stream.socket.getpeername()[:2]
-            self._server: tuple[str, int] | None = stream.socket.getsockname()[:2]
-        except OSError:  # already reset by the client
-            self._client = self._server = None
+        self._client = client
+        self._server = server
         self._receive = self.receive
         self._send = self.send
         # Per request (reset by _respond).
@@ -220,7 +245,7 @@ class _Connection:
             data = b""  # reset by the client: as good as closed
         if not data:
             self._eof = True
-        self._h11.receive_data(data)
+        self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
 
     async def _drain(self) -> bool:
         """Read and drop the rest of a body the app did not read; False past DRAIN_LIMIT."""
@@ -280,22 +305,27 @@ class _Connection:
             await self._app(scope, self._receive, self._send)
         except Exception:
             self._failed = True
-            if self._broken or self._eof:
-                log.debug("client went away during its request", exc_info=True)
+            if self._bad_body is not None or self._broken or self._eof:
+                # The app was told http.disconnect, or a write failed: not its fault.
+                log.debug("request ended by its client", exc_info=True)
             else:
                 log.exception("Error in ASGI Framework")
             if self._start is not None or not self._started:
-                # Nothing of the response went out: it can still be a 500.
-                await self._answer(500, "internal server error", head_only=self._head_only)
+                # Nothing of the response went out: it can still be an answer.
+                await self._answer_failure()
             return
         if not self._started:
             self._failed = True
-            if self._bad_body is not None:
-                status, reason = self._bad_body.error_status_hint, str(self._bad_body)
-            else:
+            if self._bad_body is None:
                 log.error("an HTTP handler returned without a response")
-                status, reason = 500, "internal server error"
-            await self._answer(status, reason, head_only=self._head_only)
+            await self._answer_failure()
+
+    async def _answer_failure(self) -> None:
+        if self._bad_body is not None:
+            status, reason = self._bad_body.error_status_hint, str(self._bad_body)
+        else:
+            status, reason = 500, "internal server error"
+        await self._answer(status, reason, head_only=self._head_only)
 
     async def _answer(self, status: int, reason: str, *, head_only: bool) -> None:
         """A JSON error response of our own, after which the connection is closed."""
@@ -358,7 +388,7 @@ class _Connection:
             if not data:
                 self._eof = True
             buffered += len(data)
-            self._h11.receive_data(data)
+            self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
         return _DISCONNECT
 
     async def send(self, message: Message) -> None:
