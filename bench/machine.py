@@ -11,7 +11,6 @@ from typing import Any
 LIBRARIES = (
     "trio",
     "trio-websocket",
-    "hypercorn",
     "h11",
     "wsproto",
     "confluent-kafka",

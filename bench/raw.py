@@ -1,8 +1,9 @@
 """The web leg alone: a server sending from memory, no broker (``python -m bench.raw ws|sse``).
 
 Each connection asks for ``?n=COUNT&size=BYTES`` and gets that many ``x...`` messages as fast as
-the server can send them: trio-websocket for WebSocket, a plain ASGI app on hypercorn (Trio
-worker) for SSE, the same servers the engine is built on. The bound port is written to
+the server can send them: trio-websocket for WebSocket, a plain ASGI app on the engine's own
+HTTP/1.1 server (``mediation.entrypoints._http11``) for SSE, the same servers the engine is built
+on. The bound port is written to
 ``--port-file`` once the server accepts connections.
 """
 
@@ -41,18 +42,9 @@ async def serve_ws(port_file: Path) -> None:
 
 
 async def serve_sse(port_file: Path) -> None:
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
+    from mediation.entrypoints._http11 import serve_http
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         n, size = _params(scope["query_string"].decode())
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -64,13 +56,13 @@ async def serve_sse(port_file: Path) -> None:
             await send({"type": "http.response.body", "body": event, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = None
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(partial(serve, app, config))  # type: ignore[arg-type]
-        port_file.write_text(f"{binds[0].rsplit(':', 1)[1]}\n")  # noqa: ASYNC240
+        port = await nursery.start(
+            partial(
+                serve_http, app, "127.0.0.1", 0, max_header_bytes=16384, header_timeout=10.0
+            )
+        )
+        port_file.write_text(f"{port}\n")  # noqa: ASYNC240 - once, at start
 
 
 def main() -> None:

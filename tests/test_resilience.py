@@ -237,8 +237,7 @@ async def test_disconnect_storm_leaks_nothing_and_leaves_the_engine_idle(
         idle_cpu = (cpu_seconds(process) - cpu_before) / (time.monotonic() - wall_before)
 
         with trio.fail_after(WAIT):
-            # Per-connection tasks end as the servers see the resets (hypercorn keeps a reset
-            # connection's idle-timeout task for keep_alive_timeout, 5 s).
+            # Per-connection tasks end as the servers see the resets.
             while trio_tasks() > tasks_before:  # noqa: ASYNC110
                 await trio.sleep(0.05)
         async with counted_gc():
