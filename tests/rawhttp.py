@@ -57,6 +57,53 @@ class RawClient:
         self.sock.close()
 
 
+class StreamReader:
+    """Bytes from a Trio stream, taken up to a marker or by size; HTTP responses parsed by hand
+    (tests that send what no client library would, and read exactly what came back)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def _fill(self) -> bool:
+        data = await self.stream.receive_some()
+        self.buffer += data
+        return bool(data)
+
+    async def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            if not await self._fill():
+                raise EOFError(bytes(self.buffer))
+        end = self.buffer.index(marker) + len(marker)
+        data = bytes(self.buffer[:end])
+        del self.buffer[:end]
+        return data
+
+    async def read_exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            if not await self._fill():
+                raise EOFError(bytes(self.buffer))
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    async def response_head(self) -> tuple[int, dict[str, str]]:
+        head = (await self.read_until(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = head.split("\r\n")
+        headers = {}
+        for line in lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        return int(status_line.split()[1]), headers
+
+    async def response(self, *, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and a ``Content-Length`` body (none for ``head_only``: HEAD)."""
+        status, headers = await self.response_head()
+        length = 0 if head_only else int(headers.get("content-length", "0"))
+        return status, headers, await self.read_exactly(length)
+
+
 def ws_upgrade(client_id: str) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (

@@ -28,6 +28,8 @@ from mediation.entrypoints._http11 import (
 )
 from mediation.errors import ListenError
 
+from .rawhttp import StreamReader
+
 HEADER_TIMEOUT = 5.0
 MAX_HEADER_BYTES = 1024
 WAIT = 10.0  # generous: the machine is shared
@@ -125,48 +127,8 @@ async def running_server(recorder: Recorder) -> AsyncIterator[int]:
         nursery.cancel_scope.cancel()
 
 
-class Client:
+class Client(StreamReader):
     """A plain TCP client: bytes out, responses parsed by hand."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    async def _fill(self) -> None:
-        data = await self.stream.receive_some()
-        if not data:
-            raise EOFError(bytes(self.buffer))
-        self.buffer += data
-
-    async def read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buffer:
-            await self._fill()
-        end = self.buffer.index(marker) + len(marker)
-        data = bytes(self.buffer[:end])
-        del self.buffer[:end]
-        return data
-
-    async def read_exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            await self._fill()
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return data
-
-    async def head(self) -> tuple[int, dict[str, str]]:
-        head = (await self.read_until(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
-        headers = {}
-        for line in lines:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        return int(status_line.split()[1]), headers
-
-    async def response(self, *, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
-        status, headers = await self.head()
-        length = 0 if head_only else int(headers.get("content-length", "0"))
-        return status, headers, await self.read_exactly(length)
 
     async def closed_by_peer(self) -> bool:
         """Read until the server closes the connection (True); False if it sent more first."""
@@ -263,7 +225,7 @@ async def test_100_continue_is_sent_when_the_app_reads_the_body(
             b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n"
             b"Expect: 100-continue\r\n\r\n"
         )
-        assert (await client.head())[0] == 100
+        assert (await client.response_head())[0] == 100
         await client.stream.send_all(b"hello")
         assert (await client.response())[::2] == (200, b"POST /echo? hello")
         # And the connection goes on.
@@ -429,7 +391,7 @@ async def test_header_timeout_does_not_limit_a_response(
     port, recorder = server
     async with connect(port) as client:
         await client.stream.send_all(request("GET", "/stream"))
-        assert (await client.head())[0] == 200
+        assert (await client.response_head())[0] == 200
         await trio.sleep(HEADER_TIMEOUT * 3)
         assert not recorder.disconnected.is_set()
         assert await client.read_until(b"tick\n")
@@ -444,7 +406,7 @@ async def test_a_client_leaving_mid_stream_is_seen_by_receive_and_send(
     port, recorder = server
     async with connect(port) as client:
         await client.stream.send_all(request("GET", "/stream"))
-        status, headers = await client.head()
+        status, headers = await client.response_head()
         assert (status, headers["transfer-encoding"]) == (200, "chunked")
         assert await client.read_until(b"tick\n")
     with trio.fail_after(WAIT):
@@ -473,7 +435,7 @@ async def test_an_app_failing_during_its_response_has_the_connection_cut(
     port, _ = server
     async with connect(port) as client:
         await client.stream.send_all(request("GET", "/fail-after"))
-        assert (await client.head())[0] == 200
+        assert (await client.response_head())[0] == 200
         assert await client.read_until(b"partial\r\n")
         assert await client.closed_by_peer()
     assert any(r.name == "mediation.http" and r.exc_info for r in caplog.records)
@@ -525,7 +487,7 @@ async def test_a_plain_response_is_one_send_a_streamed_one_one_send_per_message(
         assert (await client.response())[::2] == (200, b"plain")
         assert sends == 1
         await client_end.send_all(request("GET", "/streamed"))
-        assert (await client.head())[0] == 200
+        assert (await client.response_head())[0] == 200
         assert await client.read_until(b"0\r\n\r\n") == b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
         assert sends == 1 + 3  # head with the first chunk, the second, the end
         nursery.cancel_scope.cancel()

@@ -30,6 +30,7 @@ from mediation.envelope import SUBPROTOCOL
 from mediation.events import Event
 
 from .conftest import CLIENT_WAIT, EngineFactory, clients_gone, envelope, open_ws, url
+from .rawhttp import StreamReader
 from .test_engine import ROUTES
 
 KINDS = ["ws", "sse", "post", "poll"]
@@ -76,44 +77,8 @@ def request_head(kind: str, size: int | None = None, *, end: bool = True) -> byt
     return data
 
 
-class Raw:
+class Raw(StreamReader):
     """A plain TCP client: bytes out, a status line or WebSocket frames in."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-
-    async def _fill(self) -> bool:
-        data = await self.stream.receive_some()
-        self.buffer += data
-        return bool(data)
-
-    async def read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buffer:
-            if not await self._fill():
-                raise EOFError(bytes(self.buffer))
-        end = self.buffer.index(marker) + len(marker)
-        data = bytes(self.buffer[:end])
-        del self.buffer[:end]
-        return data
-
-    async def read_exactly(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            if not await self._fill():
-                raise EOFError(bytes(self.buffer))
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return data
-
-    async def response_head(self) -> tuple[int, dict[str, str]]:
-        head = (await self.read_until(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
-        headers = {}
-        for line in lines:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        return int(status_line.split()[1]), headers
 
     async def closed_by_peer(self) -> bool:
         """Read until the server closes the connection (True) or resets it (True too)."""
