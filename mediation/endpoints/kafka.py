@@ -311,8 +311,10 @@ class _SessionConsumer:
         self._sync_commits = sync_commits
         self._resume = resume
         self._token = token
-        # Fetched and unsettled events at most: the credit plus the read-ahead.
-        self._window = self._credit + READ_AHEAD
+        # Fetched and unsettled events at most: the credit plus the read-ahead. None on
+        # at_most_once: with it, a network partition lost its last event (tests/test_faults.py,
+        # not yet understood); each of its acks waits for a commit round trip anyway.
+        self._window = self._credit + (0 if sync_commits else READ_AHEAD)
         # Shared, under _lock.
         self._lock = threading.Lock()
         self._ready: deque[_Item] = deque()  # fetched, not yet handed to the session
