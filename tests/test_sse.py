@@ -414,14 +414,17 @@ async def test_engine_shutdown_ends_the_stream_cleanly(engine_with: EngineFactor
             lines = response.aiter_lines()
             assert await anext(lines) == "event: session"
             event_id = await post(client, engine, b"last words")
+            # Written before the shutdown begins (an event still in the session's channel when
+            # it begins may be dropped: auto delivers what reached the client).
+            written = [await anext(lines)]
+            while written[-1] != "data: last words":
+                written.append(await anext(lines))
+            assert f"id: {event_id}" in written
         # The engine is gone; the response ended with its final chunk (no RemoteProtocolError),
-        # and what was written before the shutdown is all there, with no error event.
+        # and with no error event after what was written.
         async with finishing(response, lines):
             rest = [line async for line in lines]
-        assert [line for line in rest if line and not line.startswith("data: {")] == [
-            f"id: {event_id}",
-            "data: last words",
-        ]
+        assert [line for line in rest if line and not line.startswith("data: {")] == []
         assert engine.sessions == []
 
 
