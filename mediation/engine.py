@@ -29,7 +29,7 @@ from .bridge import run_bridges
 from .config import Config
 from .endpoints import Endpoint, create_endpoint
 from .entrypoints import serve_entrypoint
-from .entrypoints._asgi import serve_asgi
+from .entrypoints._http11 import serve_http
 from .errors import ConfigError, EngineShuttingDown, RouteChanged, single_error
 from .health import health_app
 from .routing import RouteTable
@@ -97,7 +97,7 @@ class MediationEngine:
                 await nursery.start(endpoint.run)
             await nursery.start(run_bridges, self._context, self._bridge_routes)
             self.ports["health"] = await nursery.start(
-                serve_asgi, health_app(self._context), config.engine.host, config.engine.health_port
+                serve_http, health_app(self._context), config.engine.host, config.engine.health_port
             )
             for entrypoint in config.entrypoints:
                 self.ports[entrypoint.name] = await nursery.start(

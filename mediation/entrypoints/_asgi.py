@@ -33,37 +33,6 @@ from ._http11 import serve_http
 log = logging.getLogger(__name__)
 
 
-DEFAULT_MAX_HEADER_BYTES = 16 * 1024
-DEFAULT_HEADER_TIMEOUT = 10.0
-
-
-async def serve_asgi(
-    app: ASGIApp,
-    host: str,
-    port: int,
-    *,
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening.
-
-    ``max_header_bytes`` bounds what the server buffers of an incomplete request head (431
-    beyond it); a head that arrives whole in one read is measured by :func:`head_bytes` in
-    :func:`serve_requests`. ``header_timeout`` runs from the connect (and from each response's
-    end) until a complete request head has been parsed, whatever arrives in between, so a
-    client trickling its headers is dropped when it runs out.
-    """
-    await serve_http(
-        app,
-        host,
-        port,
-        max_header_bytes=max_header_bytes,
-        header_timeout=header_timeout,
-        task_status=task_status,
-    )
-
-
 def head_bytes(scope: Scope) -> int:
     """The size of a request's head as sent over HTTP/1.1: request line, header lines, blank
     line."""
@@ -84,7 +53,8 @@ async def serve_requests(
 ) -> None:
     """Serve ``handle(request, send)`` for every HTTP request on the entrypoint's port, each
     counted as a client connection (shutdown waits for it). A request whose head is over
-    ``max_header_bytes`` is answered 431 here."""
+    ``max_header_bytes`` is answered 431: by the server while the head is still incomplete, here
+    (:func:`head_bytes`) when it arrived whole in one read."""
     limit = config.max_header_bytes
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -97,7 +67,7 @@ async def serve_requests(
         with context.client_connection():
             await handle(Request(scope, receive), send)
 
-    await serve_asgi(
+    await serve_http(
         app,
         host,
         config.port,

@@ -84,14 +84,17 @@ _DISCONNECT: Final = {"type": "http.disconnect"}
 # What a write to a client that went away raises (and reads that find it gone).
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_HEADER_TIMEOUT = 10.0
+
 
 async def serve_http(
     app: ASGIApp,
     host: str,
     port: int,
     *,
-    max_header_bytes: int,
-    header_timeout: float,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening.
