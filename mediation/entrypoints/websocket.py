@@ -65,6 +65,11 @@ OCTET_STREAM = "application/octet-stream"
 # How long a closing handshake with the client may take before the connection is dropped.
 CLOSE_TIMEOUT = 5.0
 
+# Client messages read and not yet handled by the relay (see _Inbox): at most this many, and
+# beyond the first at most this many bytes.
+INBOX_MESSAGES = 64
+INBOX_BYTES = 64 * 1024
+
 
 async def serve(
     config: WebSocketEntrypoint,
@@ -93,6 +98,7 @@ async def serve(
         # The gate already waited for the head; this only bounds what trio-websocket waits.
         connect_timeout=config.header_timeout,
         disconnect_timeout=CLOSE_TIMEOUT,
+        message_queue_size=INBOX_MESSAGES,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
@@ -129,6 +135,7 @@ async def _handle(
             client_confirms=enveloped,
         ) as session:
             connection = await request.accept(subprotocol=SUBPROTOCOL if enveloped else None)
+            _Inbox.install(connection)
             await _converse(connection, session, config, enveloped)
     except MediationError as error:
         await _refuse_or_close(request, connection, error)
@@ -165,6 +172,101 @@ async def _refuse_or_close(
             await connection.aclose(
                 outcome.ws_close_code, outcome.reason.encode()[:120].decode(errors="ignore")
             )
+
+
+Message = str | bytes
+
+
+class _Inbox:
+    """The client messages trio-websocket's reader task has read and the relay not yet taken.
+
+    The reader hands each message over with ``await channel.send(message)``, a checkpoint per
+    message, so the reader and the relay took turns message by message: a run of 20 envelope
+    acks read in one ``recv`` cost 20 rounds of the scheduler (an ``epoll_wait`` each), and the
+    relay settled them one at a time. Installed on a connection (whose channel trio-websocket
+    opened with ``INBOX_MESSAGES`` places), the reader's ``send`` queues without a checkpoint
+    while the queue holds fewer than ``INBOX_MESSAGES`` messages and ``INBOX_BYTES`` bytes (any
+    one message fits an empty queue, as before), and otherwise waits until the relay took one,
+    so the relay finds the whole run at once. Memory per connection stays bounded as before:
+    ``INBOX_BYTES`` plus one message of at most ``max_message_bytes``.
+
+    The two ends stand in for trio-websocket's ``_send_channel`` and ``_recv_channel``, which
+    it uses only for ``send``, ``receive`` and ``aclose``; they wrap the channel it opened, so
+    its own closing of that channel (the reader's ``async with``) ends the relay as before.
+    """
+
+    __slots__ = ("_closed", "_receive", "_send", "_taken", "bytes", "count")
+
+    def __init__(
+        self, send: trio.MemorySendChannel[Message], receive: trio.MemoryReceiveChannel[Message]
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self._taken = trio.lowlevel.ParkingLot()  # the reader, waiting for room
+        self._closed = False
+        self.count = 0
+        self.bytes = 0
+
+    @staticmethod
+    def install(connection: WebSocketConnection) -> None:
+        inbox = _Inbox(connection._send_channel, connection._recv_channel)
+        connection._send_channel = inbox  # type: ignore[assignment]
+        connection._recv_channel = _InboxReceiver(inbox)  # type: ignore[assignment]
+
+    # -- the reader's side (trio-websocket's _send_channel) --
+
+    async def send(self, message: Message) -> None:
+        size = len(message)
+        while self.count and (self.count >= INBOX_MESSAGES or self.bytes + size > INBOX_BYTES):
+            if self._closed:
+                raise trio.BrokenResourceError("the relay is gone")
+            await self._taken.park()
+        self.count += 1
+        self.bytes += size
+        try:
+            try:
+                self._send.send_nowait(message)  # the relay's end closed: Broken/ClosedResource
+            except trio.WouldBlock:  # only if messages came before install(): wait as before
+                await self._send.send(message)
+        except BaseException:
+            self.took(message)
+            raise
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+
+    # -- the relay's side --
+
+    def took(self, message: Message) -> Message:
+        # Clamped: a message queued before install() was not counted.
+        self.count = max(0, self.count - 1)
+        self.bytes = max(0, self.bytes - len(message))
+        if self._taken:
+            self._taken.unpark_all()
+        return message
+
+    async def close_receiver(self) -> None:
+        self._closed = True
+        self._taken.unpark_all()
+        await self._receive.aclose()
+
+
+class _InboxReceiver:
+    """The relay's end of an :class:`_Inbox` (trio-websocket's ``_recv_channel``)."""
+
+    __slots__ = ("_inbox",)
+
+    def __init__(self, inbox: _Inbox) -> None:
+        self._inbox = inbox
+
+    async def receive(self) -> Message:
+        return self._inbox.took(await self._inbox._receive.receive())
+
+    def receive_nowait(self) -> Message:
+        return self._inbox.took(self._inbox._receive.receive_nowait())
+
+    async def aclose(self) -> None:
+        await self._inbox.close_receiver()
 
 
 class _Activity:
