@@ -82,6 +82,15 @@ def make_app(recorder: Recorder) -> Any:
             raise RuntimeError("during the response")
         elif path == "/stream":
             await stream(send, receive, recorder)
+        elif path == "/inject":  # a header value that would split the head
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"x-a", b"1\r\nx-b: 2")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
         else:
             await respond(send, 404, b"not found")
 
@@ -348,6 +357,70 @@ async def test_a_websocket_upgrade_is_400_another_upgrade_is_ignored(
         )
         assert (await client.response())[0] == 400
         assert await client.closed_by_peer()
+
+
+async def test_an_ignored_upgrade_with_a_body_is_served_and_the_connection_goes_on(
+    server: tuple[int, Recorder],
+) -> None:
+    """The parser stops at an Upgrade head; the body and what follows are still HTTP."""
+    port, _ = server
+    async with connect(port) as client:
+        upgrade = "Connection: Upgrade\r\nUpgrade: h2c\r\n"
+        await client.stream.send_all(
+            request("POST", "/echo?n=1", b"abc", headers=upgrade) + request("GET", "/echo?n=2")
+        )
+        assert (await client.response())[::2] == (200, b"POST /echo?n=1 abc")
+        assert (await client.response())[::2] == (200, b"GET /echo?n=2 ")
+        # The body split across reads.
+        await client.stream.send_all(request("POST", "/echo?n=3", b"abcdef", headers=upgrade)[:-4])
+        await client.stream.send_all(b"cdef")
+        assert (await client.response())[::2] == (200, b"POST /echo?n=3 abcdef")
+
+
+async def test_many_pipelined_requests_in_one_read_are_not_one_oversized_head(
+    server: tuple[int, Recorder],
+) -> None:
+    """Heads are counted one by one, however many arrive in one read."""
+    port, _ = server
+    count = 4 * MAX_HEADER_BYTES // len(request("POST", "/echo", b"x"))
+    async with connect(port) as client:
+        await client.stream.send_all(
+            b"".join(request("POST", "/echo", b"%d" % n) for n in range(count))
+        )
+        bodies = [(await client.response())[2] for _ in range(count)]
+        assert bodies == [b"POST /echo? %d" % n for n in range(count)]
+
+
+async def test_a_whole_head_over_max_header_bytes_in_one_read_is_431(
+    server: tuple[int, Recorder],
+) -> None:
+    port, _ = server
+    async with connect(port) as client:
+        padding = "X-Padding: " + "p" * MAX_HEADER_BYTES + "\r\n"
+        await client.stream.send_all(request("GET", "/echo", headers=padding))
+        status, headers, _ = await client.response()
+        assert (status, headers["connection"]) == (431, "close")
+        assert await client.closed_by_peer()
+
+
+async def test_a_request_without_host_is_400(server: tuple[int, Recorder]) -> None:
+    port, _ = server
+    async with connect(port) as client:
+        await client.stream.send_all(b"GET /echo HTTP/1.1\r\n\r\n")
+        assert (await client.response())[0] == 400
+        assert await client.closed_by_peer()
+
+
+async def test_a_response_header_with_a_line_break_is_a_500_not_an_injection(
+    server: tuple[int, Recorder], caplog: pytest.LogCaptureFixture
+) -> None:
+    port, _ = server
+    async with connect(port) as client:
+        await client.stream.send_all(request("GET", "/inject"))
+        status, headers, _ = await client.response()
+        assert (status, headers["connection"]) == (500, "close")
+        assert "x-b" not in headers
+    assert any(r.name == "mediation.http" and r.exc_info for r in caplog.records)
 
 
 # -- header_timeout -------------------------------------------------------------------------------

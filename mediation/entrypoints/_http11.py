@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 server on Trio over h11, serving plain ASGI-shaped apps.
+"""A small HTTP/1.1 server on Trio over httptools (llhttp), serving plain ASGI-shaped apps.
 
 Why not hypercorn: our HTTP entrypoints answer many small requests on keep-alive connections,
 and hypercorn's per-request machinery (an HTTPStream and a task spawned per request, a lock, the
@@ -6,33 +6,48 @@ idle timer restarted, two or three socket sends per response: head, body, end) w
 cost. Measured on the same shared 2-core machine, old and new alternately, 3 runs each: the
 HTTP POST entrypoint with a memory endpoint under 64 keep-alive connections (``python -m
 bench.load`` kind ``post``, 100 B bodies, 10 s) answered 2.0-2.6 k requests/s on hypercorn and
-4.0-6.7 k requests/s on this server (the rest is now mostly the app, h11's parsing and the one
-``send`` system call per response); memory -> one SSE client went from 19-20 k to 21-23 k
+4.0-6.7 k requests/s on this server; memory -> one SSE client went from 19-20 k to 21-23 k
 events/s.
+
+Why httptools rather than h11 (which this server used first): h11's pure-Python parsing and
+validation, and its state machine on every response, were about 30 % of the engine's CPU per
+POST (py-spy). httptools is the C parser (llhttp, Node's) under uvicorn; responses are written
+by hand (a status line, the app's headers, the framing h11 would have chosen). Measured as the
+engine process's CPU time per request (psutil, user + system) under the load above (64
+keep-alive connections, 100 B, memory endpoint, 3 s runs), the h11 and httptools servers
+alternated, 4 runs each: 145-176 us (median 168) per request with h11, 81-95 us (median 90)
+with httptools; 3.4-4.9 k vs 5.6-9.3 k requests/s.
 
 What it does, per connection (one task each, in the server's nursery, nothing per request):
 
-- h11 parses; requests are served one at a time in arrival order (keep-alive, pipelining),
-  HTTP/1.0 and ``Connection: close`` end the connection after the response; ``HEAD`` gets the
-  head without the body; ``Expect: 100-continue`` gets its ``100`` when the app first reads the
-  body (a final answer without reading it closes the connection instead).
+- httptools parses what one read brought (pushing heads, body pieces and ends onto a queue);
+  requests are served one at a time in arrival order (keep-alive, pipelining), HTTP/1.0 and
+  ``Connection: close`` end the connection after the response; ``HEAD`` gets the head without
+  the body; ``Expect: 100-continue`` gets its ``100`` when the app first reads the body (a final
+  answer without reading it closes the connection instead). An HTTP/1.1 request without
+  ``Host`` is a 400 (RFC 9112), as with h11, another version than 1.0 and 1.1 a 505; line ends
+  must be CRLF (llhttp is strict).
 - A response's head waits for its first body message, so a plain response is one send; a
-  streamed one (``more_body``) is chunked by h11, one send per body message. A write to a client
-  that went away raises ``trio.BrokenResourceError`` (or ``ClosedResourceError`` after a failed
-  or cancelled write) in the app.
+  streamed one (``more_body``) without ``content-length`` is chunked (HTTP/1.1) or ends with
+  the connection (HTTP/1.0), one send per body message. A header name or value holding a line
+  break is refused (the app's failure: a 500), never sent. A write to a client that went away
+  raises ``trio.BrokenResourceError`` (or ``ClosedResourceError`` after a failed or cancelled
+  write) in the app.
 - ``receive()`` gives the body (``http.request``), then ``http.disconnect`` once the client
   closes its side (read by whoever waits for it, while another task writes).
 - ``header_timeout`` runs from the connect and from the end of each response until a whole
   request head is in: a client trickling its headers is dropped when it runs out. One cancel
   scope per connection does it, by moving its deadline.
-- A head that h11 cannot buffer within ``max_header_bytes`` is answered 431, a malformed one
-  (or a body h11 cannot parse: bad chunking) 400, and the connection closed. An unread request
-  body is read and dropped up to :data:`DRAIN_LIMIT` bytes to keep the connection; past that,
-  the connection is closed.
+- A head over ``max_header_bytes`` is answered 431 (counted as the request line, the header
+  lines and the blank line; an incomplete one by the bytes read for it, so it is refused at the
+  limit without waiting for its end), a malformed one (or a body that cannot be parsed: bad
+  chunking) 400, and the connection closed. An unread request body is read and dropped up to
+  :data:`DRAIN_LIMIT` bytes to keep the connection; past that, the connection is closed.
 - An app that raises before its response started gets a 500 (and the connection is closed); after,
   the connection is just closed. Logged on ``mediation.http``, as hypercorn did.
 - A WebSocket upgrade is answered 400 (the WebSocket entrypoint has its own server); other
-  ``Upgrade`` proposals (``h2c``) are ignored, which RFC 9110 allows.
+  ``Upgrade`` proposals (``h2c``) are ignored, which RFC 9110 allows (llhttp stops at such a
+  head: its ``Content-Length`` body is taken by hand, a chunked one refused 400).
 
 What it does not do: HTTP/2 (hypercorn never offered it without TLS, and the engine sits behind
 a proxy that terminates TLS), TLS, lifespan events, trailers, request timeouts beyond the head.
@@ -49,13 +64,14 @@ import logging
 import math
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
 from urllib.parse import unquote
 
-import h11
+import httptools
 import trio
 
 from ..errors import ListenError
@@ -188,8 +204,77 @@ class _Date:
         return self._value
 
 
+class _Head:
+    """A request head, as the parser reported it (header names lower-cased)."""
+
+    __slots__ = (
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "target",
+        "version",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+        websocket: bool,
+        expect_continue: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.websocket = websocket
+        # Cleared once any of the body arrives, or the 100 (or the answer) went out.
+        self.expect_continue = expect_continue
+
+
+class _Refusal:
+    """A request the parser refused (malformed, or a head over the limit): answered, then the
+    connection closed."""
+
+    __slots__ = ("reason", "status")
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing with a refusal of ours."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.refusal = _Refusal(status, reason)
+
+
+# Queue markers (the other entries are _Head, body bytes and _Refusal).
+_END: Final = "end"  # the end of a request's body
+_CLOSED: Final = "closed"  # the client closed its side (never taken off the queue)
+_Event = _Head | bytes | _Refusal | str
+
+# What a head costs besides its method, target and header lines: the spaces and " HTTP/1.1\r\n"
+# of the request line, and the blank line (as :func:`._asgi.head_bytes` counts it).
+_REQUEST_LINE_EXTRA = 1 + len(" HTTP/1.1\r\n") + 2
+
+
 class _Connection:
-    """One client connection: the h11 state, and ``receive``/``send`` for the current request."""
+    """One client connection: the parser, the queue of what it parsed, and ``receive``/``send``
+    for the current request.
+
+    httptools parses whatever it is fed at once (push), the server serves requests one at a time
+    (pull): the parser's callbacks append heads, body pieces, ends and refusals to a queue that
+    the server and ``receive`` take from, reading the socket only when the queue is empty. So
+    what is parsed ahead is at most one read (:data:`RECEIVE_SIZE`).
+    """
 
     def __init__(
         self,
@@ -203,102 +288,247 @@ class _Connection:
         self._app = app
         self._date = _Date()
         self._max_header_bytes = max_header_bytes
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[_Event] = deque()
         self._client = client
         self._server = server
         self._receive = self.receive
         self._send = self.send
+        # Parser state.
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False  # a head has begun and is not complete yet
+        self._head_read = 0  # bytes of that head read in earlier reads
+        self._read_used = 0  # bytes of the current read accounted for (heads, bodies)
+        self._last_head: _Head | None = None
+        self._upgrade_body = -1  # bytes of an ignored upgrade's body still to come (-1: none)
+        self._dead = False  # the parser refused something: nothing more is parsed
+        self._pending = bytearray()  # read while a response was streaming, not parsed yet
+        self._eof = False  # the client closed its side (or reset the connection)
         # Per request (reset by _respond).
+        self._request: _Head | None = None
         self._head_only = False
         self._body_done = False
         self._start: Message | None = None  # the response start, held until the first body
         self._started = False  # the app sent http.response.start
+        self._chunked = False  # the response body goes in chunks
+        self._ended = False  # the response's last body message went out
+        self._keep_alive = False  # the connection may carry another request after this one
         self._broken = False  # a write failed or was cancelled midway: nothing more can be sent
         self._failed = False  # the app raised, or returned without a response
-        self._eof = False  # the client closed its side (or reset the connection)
-        self._bad_body: h11.RemoteProtocolError | None = None
+        self._bad_body: _Refusal | None = None
+
+    # -- the parser's callbacks (httptools) --------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._in_head = True
+        self._head_read = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        method = parser.get_method()
+        url = self._url
+        headers = self._headers
+        size = len(method) + len(url) + _REQUEST_LINE_EXTRA
+        host = websocket = expect = False
+        upgrade_seen = False
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name == b"host":
+                host = True
+            elif name == b"upgrade" and not upgrade_seen:
+                upgrade_seen = True
+                websocket = value.strip().lower() == b"websocket"
+            elif name == b"expect":
+                expect = value.strip().lower() == b"100-continue"
+        if size > self._max_header_bytes:
+            raise _Refused(431, f"request head exceeds {self._max_header_bytes} bytes")
+        version = parser.get_http_version()
+        if version == "1.1":
+            if not host:
+                raise _Refused(400, "Missing mandatory Host: header")
+            keep_alive = parser.should_keep_alive()
+        elif version == "1.0":
+            keep_alive = expect = False  # as h11 did: HTTP/1.0 is one request a connection
+        else:
+            raise _Refused(505, f"HTTP/{version} is not supported")
+        self._read_used += size - self._head_read
+        self._in_head = False
+        head = _Head(method, url, headers, version, keep_alive, websocket, expect)
+        self._last_head = head
+        self._events.append(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._read_used += len(body)
+        if self._last_head is not None:
+            self._last_head.expect_continue = False
+        self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self._parser.should_upgrade():
+            self._events.append(_END)
+        # Else the body, if any, follows the HttpParserUpgrade (see _feed).
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _next(self) -> _Event:
+        events = self._events
+        while not events:
+            await self._fill()
+        event = events[0]
+        if event is not _CLOSED:
+            events.popleft()
+        return event
+
+    async def _fill(self) -> None:
+        """Parse more: what was read meanwhile, else one read (the end, when there is no more)."""
+        data: bytes | bytearray
+        if self._pending:
+            data = bytes(self._pending)
+            self._pending.clear()
+        elif self._eof or self._dead:
+            self._events.append(_CLOSED)
+            return
+        else:
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except trio.BrokenResourceError:
+                data = b""  # reset by the client: as good as closed
+            if not data:
+                self._eof = True
+                self._events.append(_CLOSED)
+                return
+        self._feed(data)
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        if self._dead:
+            return
+        if self._upgrade_body > 0:
+            data = self._take_upgrade_body(data)
+        self._read_used = 0
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError as error:
+            context = error.__context__
+            if isinstance(context, _Refused):
+                self._refuse_parsing(context.refusal)
+            else:
+                self._refuse_parsing(_Refusal(400, str(error) or "malformed request"))
+            return
+        if self._in_head:
+            # A head not complete yet: what it has used of this read is what the earlier
+            # requests in it (heads, bodies) did not. Chunk-size lines of a chunked body before
+            # it count as head: a little strict for pipelined chunked bodies only.
+            self._head_read += len(data) - self._read_used
+            if self._head_read > self._max_header_bytes:
+                limit = self._max_header_bytes
+                self._refuse_parsing(_Refusal(431, f"request head exceeds {limit} bytes"))
+
+    def _refuse_parsing(self, refusal: _Refusal) -> None:
+        self._events.append(refusal)
+        self._dead = True
+
+    def _upgraded(self, rest: bytes | bytearray) -> None:
+        """An ``Upgrade`` request: llhttp stops at its head, the rest being another protocol's.
+        A WebSocket one is answered 400 and the connection closed (nothing more is parsed);
+        another (``h2c``) is ignored, which RFC 9110 allows: its body is taken as
+        ``Content-Length`` says, and parsing goes on after it."""
+        head = self._last_head
+        assert head is not None
+        if head.websocket:
+            self._events.append(_END)
+            self._dead = True
+            return
+        length = b"0"
+        for name, value in head.headers:
+            if name == b"transfer-encoding":
+                self._refuse_parsing(_Refusal(400, "a chunked body with an Upgrade"))
+                return
+            if name == b"content-length":
+                length = value.strip()
+        self._upgrade_body = int(length) if length.isdigit() else 0
+        rest = self._take_upgrade_body(rest)
+        if rest:
+            self._feed(rest)
+
+    def _take_upgrade_body(self, data: bytes | bytearray) -> bytes | bytearray:
+        taken = bytes(data[: self._upgrade_body])
+        if taken:
+            self._upgrade_body -= len(taken)
+            self._events.append(taken)
+        if self._upgrade_body == 0:
+            self._upgrade_body = -1
+            self._events.append(_END)
+        return data[len(taken) :]
+
+    # -- serving -------------------------------------------------------------------------------
 
     async def serve(self, header_timeout: float) -> bool:
         """Serve requests until the connection is to be closed; True to linger before closing."""
-        h = self._h11
         with trio.CancelScope(deadline=trio.current_time() + header_timeout) as head_timer:
             while True:
-                try:
-                    event = await self._next_event()
-                except h11.RemoteProtocolError as error:
-                    return await self._refuse(error.error_status_hint, str(error))
-                if type(event) is not h11.Request:
+                event = await self._next()
+                if type(event) is not _Head:
+                    if type(event) is _Refusal:
+                        return await self._refuse(event)
                     return False  # the client closed the connection between requests
                 head_timer.deadline = math.inf
                 await self._respond(event)
-                if h.our_state is not h11.DONE or self._failed or self._broken:
-                    # Connection: close or HTTP/1.0 (MUST_CLOSE), a failed app or write, or a
-                    # response that did not end: close, reading first what the client may
-                    # still be sending.
-                    return h.their_state is h11.SEND_BODY and not self._broken
+                if not (self._keep_alive and self._ended) or self._failed or self._broken:
+                    # Connection: close or HTTP/1.0, a failed app or write, or a response that
+                    # did not end: close, reading first what the client may still be sending.
+                    return not self._body_done and not self._broken
                 head_timer.deadline = trio.current_time() + header_timeout
-                if h.their_state is not h11.DONE and not await self._drain():
+                if not self._body_done and not await self._drain():
                     return True
-                h.start_next_cycle()
         return False  # header_timeout: the client gets nothing, not even a 408
-
-    async def _next_event(self) -> Any:
-        while True:
-            event = self._h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            await self._fill()
-
-    async def _fill(self) -> None:
-        try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
-        except trio.BrokenResourceError:
-            data = b""  # reset by the client: as good as closed
-        if not data:
-            self._eof = True
-        self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
 
     async def _drain(self) -> bool:
         """Read and drop the rest of a body the app did not read; False past DRAIN_LIMIT."""
         drained = 0
         while drained <= DRAIN_LIMIT:
-            try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError:
-                return False
-            if type(event) is h11.EndOfMessage:
+            event = await self._next()
+            if type(event) is bytes:
+                drained += len(event)
+            elif event is _END:
+                self._body_done = True
                 return True
-            if event is h11.NEED_DATA:
-                if self._eof:
-                    return False
-                await self._fill()
-            elif type(event) is h11.Data:
-                drained += len(event.data)
             else:
                 return False
         return False
 
-    async def _refuse(self, status: int, reason: str) -> bool:
-        """Answer a request h11 refused, if we still can; True to linger before closing."""
-        h = self._h11
-        if h.our_state is not h11.IDLE and h.our_state is not h11.SEND_RESPONSE:
-            return False
-        await self._answer(status, reason, head_only=False)
+    async def _refuse(self, refusal: _Refusal) -> bool:
+        """Answer a request the parser refused; True to linger before closing."""
+        await self._answer(refusal.status, refusal.reason, head_only=False)
         return not self._eof
 
-    async def _respond(self, request: h11.Request) -> None:
+    async def _respond(self, request: _Head) -> None:
+        self._request = request
         self._head_only = request.method == b"HEAD"
         self._body_done = False
         self._start = None
         self._started = False
+        self._ended = False
         self._failed = False
         self._bad_body = None
+        self._keep_alive = request.keep_alive
         path, _, query = request.target.partition(b"?")
         raw_path = path.decode("latin-1")
         scope: Scope = {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": "1.1" if self._h11.their_http_version == b"1.1" else "1.0",
+            "http_version": request.version,
             "method": request.method.decode("ascii"),
             "scheme": "http",
             "path": unquote(raw_path) if "%" in raw_path else raw_path,
@@ -309,7 +539,7 @@ class _Connection:
             "client": self._client,
             "server": self._server,
         }
-        if _is_websocket_upgrade(request):
+        if request.websocket:
             await self._answer(400, "this port serves HTTP, not WebSocket", head_only=False)
             return
         try:
@@ -333,60 +563,61 @@ class _Connection:
 
     async def _answer_failure(self) -> None:
         if self._bad_body is not None:
-            status, reason = self._bad_body.error_status_hint, str(self._bad_body)
+            status, reason = self._bad_body.status, self._bad_body.reason
         else:
             status, reason = 500, "internal server error"
         await self._answer(status, reason, head_only=self._head_only)
 
     async def _answer(self, status: int, reason: str, *, head_only: bool) -> None:
         """A JSON error response of our own, after which the connection is closed."""
-        h = self._h11
+        self._keep_alive = False
         body = json.dumps({"error": reason}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", b"%d" % len(body)),
-            (b"connection", b"close"),
-            (b"date", self._date.now()),
-        ]
-        parts = [h.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))]
+        data = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+            status,
+            _reason(status),
+            len(body),
+        )
+        data += b"connection: close\r\ndate: " + self._date.now() + b"\r\n\r\n"
         if not head_only:
-            parts.append(h.send(h11.Data(data=body)))
-        parts.append(h.send(h11.EndOfMessage()))
+            data += body
         with contextlib.suppress(*_GONE):
-            await self._write(b"".join(parts))
+            await self._write(data)
 
     async def receive(self) -> Message:
         """The next ASGI message: the body (``http.request``), then ``http.disconnect``."""
         if self._body_done:
             return await self._wait_disconnect()
-        h = self._h11
+        events = self._events
         chunks: list[bytes] = []
         while True:
-            try:
-                event = h.next_event()
-            except h11.RemoteProtocolError as error:
-                self._bad_body = error  # a body we cannot read (bad chunked encoding)
-                self._body_done = True
-                return _DISCONNECT
-            if type(event) is h11.Data:
-                chunks.append(event.data)
-            elif type(event) is h11.EndOfMessage:
-                self._body_done = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            elif event is h11.NEED_DATA:
+            if not events:
                 if chunks:
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": True}
-                if h.they_are_waiting_for_100_continue:
+                request = self._request
+                if request is not None and request.expect_continue and not self._started:
                     await trio.lowlevel.checkpoint_if_cancelled()  # as in send()
-                    continue_ = h11.InformationalResponse(status_code=100, headers=[])
-                    await self._write(h.send(continue_))
+                    request.expect_continue = False
+                    await self._write(b"HTTP/1.1 100 %s\r\n\r\n" % _reason(100))
                 await self._fill()
-            else:  # ConnectionClosed: the client left before its body ended
+                continue
+            event = events[0]
+            if type(event) is bytes:
+                events.popleft()
+                chunks.append(event)
+            elif event is _END:
+                events.popleft()
                 self._body_done = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            else:
+                self._body_done = True
+                if type(event) is _Refusal:  # a body we cannot read (bad chunked encoding)
+                    events.popleft()
+                    self._bad_body = event
+                # Else _CLOSED: the client left before its body ended.
                 return _DISCONNECT
 
     async def _wait_disconnect(self) -> Message:
-        # Whatever arrives meanwhile is the next (pipelined) request: h11 keeps it for later,
+        # Whatever arrives meanwhile is the next (pipelined) request: kept unparsed for later,
         # up to a head's worth; beyond that this waits without reading (writes still tell).
         buffered = 0
         while not self._eof:
@@ -399,7 +630,7 @@ class _Connection:
             if not data:
                 self._eof = True
             buffered += len(data)
-            self._h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
+            self._pending += data
         return _DISCONNECT
 
     async def send(self, message: Message) -> None:
@@ -412,34 +643,78 @@ class _Connection:
             return
         if self._broken:
             raise trio.ClosedResourceError("the connection to the client is broken")
-        # A cancelled send must leave the h11 state as it was, so cancellation is checked
-        # before h11 is told (send_all checks it again, with no yield in between: once it
-        # raises, bytes have been sent and the connection is really broken).
+        if self._ended:
+            raise RuntimeError("http.response.body after the response ended")
+        # A cancelled send must leave the state as it was, so cancellation is checked first
+        # (send_all checks it again, with no yield in between: once it raises, bytes have been
+        # sent and the connection is really broken).
         await trio.lowlevel.checkpoint_if_cancelled()
-        h = self._h11
-        parts = []
         start = self._start
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
         if start is not None:
+            data = self._response_head(start)  # may refuse it: then it can still be a 500
             self._start = None
-            status = start["status"]
-            headers = [*start.get("headers", ()), (b"date", self._date.now())]
-            if h.they_are_waiting_for_100_continue:
-                # The answer comes before the body was asked for: the client may send it or
-                # not, so the connection cannot carry another request.
-                headers.append((b"connection", b"close"))
-            parts.append(
-                h.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
-            )
         elif not self._started:
             raise RuntimeError("http.response.body before http.response.start")
-        body = message.get("body", b"")
-        if body and not self._head_only:
-            parts.append(h.send(h11.Data(data=body)))
-        if not message.get("more_body", False):
-            parts.append(h.send(h11.EndOfMessage()))
-        data = b"".join(parts)
+        else:
+            data = b""
+        if self._head_only:
+            pass
+        elif self._chunked:
+            if body:
+                data += b"%x\r\n%b\r\n" % (len(body), body)
+            if not more:
+                data += b"0\r\n\r\n"
+        else:
+            data += body
+        if not more:
+            self._ended = True
         if data:
             await self._write(data)
+
+    def _response_head(self, start: Message) -> bytes:
+        """The status line and headers, with the framing and ``connection`` headers h11 would
+        add: ``content-length`` as the app gives it, else chunked (HTTP/1.1) or the end of the
+        connection (HTTP/1.0)."""
+        status: int = start["status"]
+        request = self._request
+        assert request is not None
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+        length_given = close_given = False
+        for name, value in start.get("headers", ()):
+            lower = name.lower()
+            if lower == b"content-length":
+                length_given = True
+            elif lower == b"transfer-encoding":
+                continue  # the framing is ours
+            elif lower == b"connection":
+                if b"close" in value.lower():
+                    close_given = True
+                    self._keep_alive = False
+                else:
+                    continue  # keep-alive is ours to decide
+            lines.append(b"%b: %b\r\n" % (name, value))
+        self._chunked = False
+        if not (status < 200 or status == 204 or status == 304 or length_given):
+            if request.version == "1.1":
+                self._chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self._keep_alive = False  # the end of the body is the end of the connection
+        if request.expect_continue:
+            # The answer comes before the body was asked for: the client may send it or not,
+            # so the connection cannot carry another request.
+            request.expect_continue = False
+            self._keep_alive = False
+        if not self._keep_alive and not close_given:
+            lines.append(b"connection: close\r\n")
+        lines.append(b"date: %b\r\n\r\n" % self._date.now())
+        head = b"".join(lines)
+        # A CR or LF inside a name or value would end a line early (header injection).
+        if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:
+            raise RuntimeError("a response header holds a line break")
+        return head
 
     async def _write(self, data: bytes) -> None:
         # Broken until the write completes: after a failed or cancelled send_all, what reached
@@ -451,10 +726,3 @@ class _Connection:
 
 def _reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
-
-
-def _is_websocket_upgrade(request: h11.Request) -> bool:
-    for name, value in request.headers:
-        if name == b"upgrade":
-            return value.strip().lower() == b"websocket"
-    return False
