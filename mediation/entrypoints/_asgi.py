@@ -11,17 +11,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Final
 from urllib.parse import parse_qs
 
 import trio
 
 from ..config import EntrypointConfig
-from ..errors import (
-    HeaderTooLarge,
-    MediationError,
-    MessageTooLarge,
-    response_headers,
-)
+from ..errors import MediationError, MessageTooLarge, response_headers
 from ..session import EngineContext
 from ._http11 import ASGIApp as ASGIApp
 from ._http11 import Message as Message
@@ -31,16 +27,6 @@ from ._http11 import Send as Send
 from ._http11 import serve_http
 
 log = logging.getLogger(__name__)
-
-
-def head_bytes(scope: Scope) -> int:
-    """The size of a request's head as sent over HTTP/1.1: request line, header lines, blank
-    line."""
-    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-    if scope.get("query_string"):
-        target += 1  # the "?"
-    size = len(scope["method"]) + 1 + target + len(" HTTP/1.1\r\n") + 2
-    return size + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 async def serve_requests(
@@ -53,17 +39,10 @@ async def serve_requests(
 ) -> None:
     """Serve ``handle(request, send)`` for every HTTP request on the entrypoint's port, each
     counted as a client connection (shutdown waits for it). A request whose head is over
-    ``max_header_bytes`` is answered 431: by the server while the head is still incomplete, here
-    (:func:`head_bytes`) when it arrived whole in one read."""
-    limit = config.max_header_bytes
+    ``max_header_bytes`` is answered 431 by the server (:mod:`._http11`), whether it arrived
+    whole or not."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if head_bytes(scope) > limit:
-            # As for a head too large to buffer: answer, then close the connection.
-            error = HeaderTooLarge(f"request head exceeds {limit} bytes")
-            log.info("request refused", extra={"status": 431, "reason": str(error)})
-            await respond_json(send, 431, {"error": str(error)}, {"connection": "close"})
-            return
         with context.client_connection():
             await handle(Request(scope, receive), send)
 
@@ -71,7 +50,7 @@ async def serve_requests(
         app,
         host,
         config.port,
-        max_header_bytes=limit,
+        max_header_bytes=config.max_header_bytes,
         header_timeout=config.header_timeout,
         task_status=task_status,
     )
@@ -83,9 +62,13 @@ class Request:
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
-        self.headers: dict[str, str] = {}
+        # Names come lower-cased (ASGI); the first of a repeated header wins.
+        headers: dict[str, str] = {}
         for name, value in scope["headers"]:
-            self.headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+            key = name.decode("latin-1")
+            if key not in headers:
+                headers[key] = value.decode("latin-1")
+        self.headers = headers
         query = scope.get("query_string", b"")
         self.query: dict[str, list[str]] = parse_qs(query.decode("latin-1")) if query else {}
         self._receive = receive
@@ -123,25 +106,41 @@ def _encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, byt
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
 
 
+_JSON: Final = (b"content-type", b"application/json")
+
+
 async def respond(
     send: Send, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None
 ) -> None:
-    all_headers = {"content-length": str(len(body)), **(headers or {})}
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": _encode_headers(all_headers.items()),
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    if headers:
+        encoded = _encode_headers({"content-length": str(len(body)), **headers}.items())
+    else:
+        encoded = [(b"content-length", b"%d" % len(body))]
+    await _respond(send, status, body, encoded)
 
 
 async def respond_json(
     send: Send, status: int, document: object, headers: Mapping[str, str] | None = None
 ) -> None:
     body = json.dumps(document, separators=(",", ":")).encode()
-    await respond(send, status, body, {"content-type": "application/json", **(headers or {})})
+    await respond_encoded_json(send, status, body, headers)
+
+
+async def respond_encoded_json(
+    send: Send, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> None:
+    """A JSON answer already encoded (the hot paths format theirs without :mod:`json`)."""
+    encoded = [(b"content-length", b"%d" % len(body)), _JSON]
+    if headers:
+        encoded += _encode_headers(headers.items())
+    await _respond(send, status, body, encoded)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def respond_error(send: Send, error: MediationError) -> None:

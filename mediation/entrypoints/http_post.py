@@ -23,6 +23,7 @@ from ..session import EngineContext, publish_upstream
 from ._asgi import (
     Request,
     Send,
+    respond_encoded_json,
     respond_error,
     respond_json,
     serve_requests,
@@ -93,4 +94,7 @@ async def _handle(
     except MediationError as error:
         await respond_error(send, error)
     else:
-        await respond_json(send, 202, {"status": "accepted", "id": event.id})
+        # The id is ours (new_event_id: hex digits and dashes), so it needs no JSON escaping.
+        await respond_encoded_json(
+            send, 202, b'{"status":"accepted","id":"%s"}' % event.id.encode()
+        )
