@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,15 @@ class Publication:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+# One encoder for every event: json.dumps with these options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+# {"ack": id} / {"nack": id} as clients write them (json.dumps' spacing, or compact) with an id
+# that needs no unescaping (nor a lone surrogate check): taken without json.loads, as json.loads
+# would take it. Anything else goes through json.loads.
+_PLAIN_CONFIRMATION = re.compile(r'\{"(n?ack)": ?"([^"\\\x00-\x1f\ud800-\udfff]*)"\}')
+
+
 def encode_event(event_id: str, payload: bytes, metadata: Mapping[str, str]) -> str:
     document: dict[str, object] = {"id": event_id}
     try:
@@ -38,8 +48,8 @@ def encode_event(event_id: str, payload: bytes, metadata: Mapping[str, str]) -> 
     except UnicodeDecodeError:
         document["payload"] = base64.b64encode(payload).decode("ascii")
         document["encoding"] = "base64"
-    document["metadata"] = dict(metadata)
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    document["metadata"] = metadata if type(metadata) is dict else dict(metadata)
+    return _encode(document)
 
 
 def encode_reply(event_id: str, *, error: str | None = None) -> str:
@@ -50,6 +60,10 @@ def encode_reply(event_id: str, *, error: str | None = None) -> str:
 
 def decode_client_message(text: str | bytes) -> Confirmation | Publication:
     """Parse one client message; :class:`BadRequest` says what is wrong with it."""
+    if isinstance(text, str):
+        plain = _PLAIN_CONFIRMATION.fullmatch(text)
+        if plain is not None:
+            return Confirmation(plain[2], plain[1] == "ack")
     try:
         document = json.loads(text)
     except ValueError:  # UnicodeDecodeError included: bytes that are not UTF-8 (or -16, -32)
