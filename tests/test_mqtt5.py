@@ -605,3 +605,49 @@ async def test_cancelled_while_subscribing_leaves_no_subscription(
             assert endpoint.subscription_count(down) == 0
             assert not endpoint._consumers and not endpoint._client_ids
         assert not await has_subscribers(down)
+
+
+async def test_client_confirmations_are_written_at_once_by_the_last_one_out(
+    mosquitto: Mosquitto,
+) -> None:
+    """at_least_once: a confirmation that leaves nothing else handed out writes its PUBACK (and
+    any batched before it) from the confirming task, before ``ack`` returns; one with others
+    still out is left for the consumer task to write with the rest of the burst."""
+    down = topic()
+    endpoint = MQTT5Endpoint("acks", mqtt_config(mosquitto, topic_in=down))
+    route = RouteConfig(
+        source="acks",
+        target="clients",
+        direction="downstream",
+        channel_size=2,
+        delivery_guarantee="at_least_once",
+    )
+    subscription = Subscription(
+        client_id="c", session_id=str(uuid.uuid4()), entrypoint="clients", route=route
+    )
+    async with (
+        running(endpoint),
+        open_device(mosquitto) as device,
+        endpoint.consume(subscription) as deliveries,
+    ):
+        (consumer,) = endpoint._consumers
+        await device.publish(down, *numbered(3))
+        got: list[Any] = []
+        with trio.fail_after(WAIT):
+            async with trio.open_nursery() as nursery:
+
+                async def read(n: int) -> None:  # the consumer task (it reads the socket)
+                    for _ in range(n):
+                        got.append(await deliveries.__anext__())
+
+                nursery.start_soon(read, 2)
+            assert [d.event.payload for d in got] == numbered(2)
+            await got[0].ack()  # another still out: batched for the consumer task
+            assert consumer._acks and consumer.unsettled == 1
+            await got[1].ack()  # the last one out: both written now, in one packet
+            assert not consumer._acks and consumer.unsettled == 0
+            assert not consumer.wire.client.want_write()
+            # The broker had both acks: Receive Maximum 2 lets the third through.
+            third = await deliveries.__anext__()
+        assert third.event.payload == numbered(1, 2)[0]
+        await third.ack()

@@ -34,6 +34,11 @@ per received PUBLISH (a quarter of a consumer's CPU time at high rates). Importi
 makes paho's packet decoder use :class:`QuickProperties`, the same class with those tables shared
 (they are never changed), for every paho client of the process.
 
+Garbage: a connection without keepalive (every consumer's) waits for the broker without a
+cancel scope (it would never fire): one object graph fewer per wait, each alive as long as its
+wait, for the cyclic collector to promote and scan; with 1,000 consumers the engine's full
+collections took 250-400 ms each (bench S8), a process-wide matter of GC thresholds.
+
 Cancellation: every await is a wait on the socket; cancelling one loses nothing, the bytes stay
 in paho's buffers (or the kernel's) for the next call. :meth:`connect` waits for the worker thread's
 TCP connect to finish (bounded by ``client.connect_timeout``) before the cancellation takes effect.
@@ -42,7 +47,6 @@ TCP connect to finish (bounded by ``client.connect_timeout``) before the cancell
 from __future__ import annotations
 
 import functools
-import math
 import socket
 import struct
 from collections.abc import Iterable
@@ -183,18 +187,13 @@ class Wire:
         """
         sock = self._live_socket()
         keepalive = self.client.keepalive
-        with trio.move_on_after(max(KEEPALIVE_TICK, keepalive / 60) if keepalive else math.inf):
-            read_ahead = self._read_ahead
-            if read_ahead is None or not read_ahead.pending:
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                except trio.ClosedResourceError:
-                    raise self._lost_error() from None
-            for _ in range(max(1, budget)):
-                if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS or not self.alive:
-                    raise self._lost_error()
-                if not (read_ahead is not None and read_ahead.pending) and not _readable_now(sock):
-                    break
+        if keepalive:
+            with trio.move_on_after(max(KEEPALIVE_TICK, keepalive / 60)):
+                await self._read(sock, budget)
+        else:
+            # No keepalive (consumer connections): no deadline, so no cancel scope either (one
+            # per wait, and with a thousand connections waiting they fed the garbage collector).
+            await self._read(sock, budget)
         if self.client.loop_misc() != mqtt.MQTT_ERR_SUCCESS or not self.alive:
             raise self._lost_error()
         if self.client.want_write():
@@ -237,6 +236,19 @@ class Wire:
         self._sock = None
 
     # -- internals -----------------------------------------------------------------------------
+
+    async def _read(self, sock: socket.socket, budget: int) -> None:
+        read_ahead = self._read_ahead
+        if read_ahead is None or not read_ahead.pending:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                raise self._lost_error() from None
+        for _ in range(max(1, budget)):
+            if self.client.loop_read() != mqtt.MQTT_ERR_SUCCESS or not self.alive:
+                raise self._lost_error()
+            if not (read_ahead is not None and read_ahead.pending) and not _readable_now(sock):
+                break
 
     def _live_socket(self) -> socket.socket:
         if not self.alive:
