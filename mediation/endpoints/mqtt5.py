@@ -66,7 +66,8 @@ can join that burst before the broker sends more, and waking the consumer task f
 task switch and a cancellation per event. Measured (S3, MQTT, WebSocket envelope, client acks,
 channel_size 1, 3,000 x 100 B live, engine CPU per message from psutil, alternated old/new,
 ``/tmp``-driver around ``bench.scenarios.receive``; the machine shared with other benches):
-300-353 us -> 230-277 us per message, 1.8-2.3 k -> 2.1-3.2 k msgs/s (noisy: the publisher, the
+300-353 us -> 230-277 us per message, 1.8-2.3 k -> 2.1-3.2 k msgs/s; a second alternation on a
+busier machine 397-400 us -> 293-303 us, 1.2-1.3 k -> 1.6-1.7 k msgs/s (noisy: the publisher, the
 broker and the client share the 2 cores).
 A connection that breaks first loses what was not written yet: the broker resends it, which
 those guarantees allow. MQTT
