@@ -437,13 +437,19 @@ async def send_messages(connection: WebSocketConnection, messages: list[tuple[in
                 for opcode, payload in messages
             ]
         )
-    async with connection._stream_lock:
-        try:
-            await connection._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await connection._abort_web_socket()
-            assert connection._close_reason is not None
-            raise ConnectionClosed(connection._close_reason) from None
+    lock = connection._stream_lock
+    try:
+        lock.acquire_nowait()  # nearly always free: no extra round of the scheduler for it
+    except trio.WouldBlock:
+        await lock.acquire()
+    try:
+        await connection._stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await connection._abort_web_socket()
+        assert connection._close_reason is not None
+        raise ConnectionClosed(connection._close_reason) from None
+    finally:
+        lock.release()
 
 
 async def _close_when_idle(
