@@ -20,9 +20,11 @@ import trio.testing
 
 from mediation.entrypoints._http11 import (
     DRAIN_LIMIT,
+    YIELD_EVERY,
     Receive,
     Scope,
     Send,
+    _SocketStream,
     serve_connection,
     serve_http,
 )
@@ -600,3 +602,62 @@ async def test_many_connections_at_once_are_all_served(server: tuple[int, Record
             for n in range(50):
                 nursery.start_soon(one, n)
     assert answers == [200] * 250
+
+
+# -- the socket stream under the server ----------------------------------------------------------
+
+
+async def test_reads_that_never_wait_still_let_other_tasks_run() -> None:
+    """A client whose bytes are always there (pipelining) cannot hold the scheduler."""
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    with right:
+        right.sendall(b"x" * (YIELD_EVERY * 4))
+        async with _SocketStream(left) as stream, trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            await trio.lowlevel.checkpoint()  # other runs once
+            before = turns
+            for _ in range(YIELD_EVERY * 4):
+                assert await stream.receive_some(1) == b"x"
+            assert turns - before >= 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_write_larger_than_the_socket_buffer_waits_for_the_reader() -> None:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    data = bytes(range(256)) * 20_000  # 5 MB: far more than the kernel buffers
+    received = bytearray()
+    async with _SocketStream(left) as stream, _SocketStream(right) as reader:
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                while len(received) < len(data):
+                    received.extend(await reader.receive_some(65536))
+
+            nursery.start_soon(read)
+            await stream.send_all(data)
+        assert received == data
+        await stream.send_eof()
+        assert await reader.receive_some() == b""
+
+
+async def test_a_reset_connection_is_broken_a_closed_one_closed() -> None:
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.close()
+    async with _SocketStream(left) as stream:
+        with pytest.raises(trio.BrokenResourceError):
+            for _ in range(100):  # the first writes may still reach the kernel
+                await stream.send_all(b"x" * 65536)
+    with pytest.raises(trio.ClosedResourceError):
+        await stream.receive_some()
