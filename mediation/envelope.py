@@ -4,6 +4,11 @@ Downstream: ``{"id", "payload", "metadata"}`` (``"encoding": "base64"`` when the
 UTF-8). From the client: ``{"ack": id}``, ``{"nack": id}``, or an upstream event
 ``{"id", "payload"}`` (optionally ``"encoding": "base64"`` and ``"metadata"``), which the engine
 answers with ``{"ack": id}`` or ``{"nack": id, "error": ...}``.
+
+Hot path: a client confirms every event, so ``{"ack": id}`` as clients write it (json.dumps'
+spacing, or compact, an id without escapes) is matched by one regular expression instead of
+json.loads, with the same result (tests/test_envelope.py checks it against json.loads); events
+are encoded with one shared encoder (json.dumps with options builds one per call).
 """
 
 from __future__ import annotations

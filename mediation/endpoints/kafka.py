@@ -62,6 +62,23 @@ at_least_once with client acks credit 1 1.9 k -> 2.9 k/s, auto credit 64 49 k ->
 1024 67 k -> 77 k/s (spreads of 30-60 % at 64 and above; at_least_once credit 64 unchanged
 within the noise, 7.7 k vs 6.9 k).
 
+Where an acked event's time goes (S3: ``at_least_once``, WebSocket envelope, the client acking
+every event, credit 64, 100-byte events; per-thread CPU from psutil, cProfile of the Trio
+thread): this module's share is small, the poller thread 5-7 us per event (fetch, bookkeeping,
+coalesced commits: about one asynchronous commit per 24 acks) and librdkafka's threads about
+1 us, against 70 us on the Trio thread before the WebSocket side was reworked (38-45 us after:
+see :mod:`mediation.entrypoints.websocket`), which went to one scheduler round per ack, wsproto
+parsing each ack frame and json per ack. Tried and not kept: handing a session that used up its
+credit more events only once an eighth of it was free again (or 1 ms later), to send runs
+instead of one event per ack: no gain beyond the noise, and one round in four collapsed to
+1.5 k events/s.
+
+S9 (9 fast WebSocket sessions and one stalled, one topic): a stalled session costs nothing
+once its partitions are paused (engine CPU over 5 s with only a stalled client: 0.01 s), and
+with the order of the two runs alternated (the benchmark always runs "with" second) the fast
+sessions' medians were 55.7 k (with) and 56.4 k (without) events/s over 3 runs each, single
+runs between 41 k and 75 k: the 0.84 of the last full run is within its own +-20 % spread.
+
 Memory: a consumer costs about 600 KiB of RSS and 4 librdkafka threads whatever its settings
 (measured with 40 consumers in one process, each assigned and fed 3 events: smaller
 ``receive.message.max.bytes``/``fetch.max.bytes``/socket buffers, statistics off or
@@ -280,7 +297,7 @@ class _CommitWaiter:
         self.error: BrokerUnavailable | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per settle (see _Item)
 class _Settle:
     item: _Item
     accepted: bool
