@@ -84,6 +84,10 @@ def make_app(recorder: Recorder) -> Any:
             raise RuntimeError("during the response")
         elif path == "/stream":
             await stream(send, receive, recorder)
+        elif path == "/start-then-read":  # the response start is held until the body is read
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            body = await read_body(receive)
+            await send({"type": "http.response.body", "body": body or b""})
         elif path == "/inject":  # a header value that would split the head
             await send(
                 {
@@ -242,6 +246,24 @@ async def test_100_continue_is_sent_when_the_app_reads_the_body(
         # And the connection goes on.
         await client.stream.send_all(request("GET", "/echo"))
         assert (await client.response())[0] == 200
+
+
+async def test_100_continue_is_sent_when_the_app_reads_after_starting_its_response(
+    server: tuple[int, Recorder],
+) -> None:
+    """A held response start is not an answer yet: the client still gets its 100."""
+    port, _ = server
+    with trio.fail_after(WAIT):
+        async with connect(port) as client:
+            await client.stream.send_all(
+                b"POST /start-then-read HTTP/1.1\r\nHost: test\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            assert (await client.response_head())[0] == 100
+            await client.stream.send_all(b"hello")
+            status, headers = await client.response_head()
+            assert (status, headers["transfer-encoding"]) == (200, "chunked")
+            assert await client.read_until(b"0\r\n\r\n") == b"5\r\nhello\r\n0\r\n\r\n"
 
 
 async def test_an_answer_before_a_100_continue_body_closes_the_connection(

@@ -725,7 +725,7 @@ class _Connection:
                 if chunks:
                     return {"type": "http.request", "body": b"".join(chunks), "more_body": True}
                 request = self._request
-                if request is not None and request.expect_continue and not self._started:
+                if request is not None and request.expect_continue:  # no answer went out yet
                     await trio.lowlevel.checkpoint_if_cancelled()  # as in send()
                     request.expect_continue = False
                     await self._write(b"HTTP/1.1 100 %s\r\n\r\n" % _reason(100))
