@@ -88,6 +88,9 @@ def make_app(recorder: Recorder) -> Any:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             body = await read_body(receive)
             await send({"type": "http.response.body", "body": body or b""})
+        elif path == "/headers":  # the request's headers, one per line, as the app got them
+            lines = b"".join(b"%s=[%s]\n" % (name, value) for name, value in scope["headers"])
+            await respond(send, 200, lines)
         elif path == "/inject":  # a header value that would split the head
             await send(
                 {
@@ -226,6 +229,19 @@ async def test_head_gets_the_head_without_the_body(server: tuple[int, Recorder])
         assert (status, headers["content-length"]) == (200, str(len(b"HEAD /echo? ")))
         # No body came: the next bytes are the second response.
         assert (await client.response())[::2] == (200, b"GET /echo? ")
+
+
+async def test_header_names_come_lower_cased_and_values_without_surrounding_whitespace(
+    server: tuple[int, Recorder],
+) -> None:
+    port, _ = server
+    async with connect(port) as client:
+        await client.stream.send_all(
+            request("GET", "/headers", headers="X-Client-ID: \t abc \t \r\nX-Empty:\r\n")
+        )
+        status, _, body = await client.response()
+        assert status == 200
+        assert body.splitlines() == [b"host=[test]", b"x-client-id=[abc]", b"x-empty=[]"]
 
 
 # -- request bodies -------------------------------------------------------------------------------
@@ -427,10 +443,13 @@ async def test_a_whole_head_over_max_header_bytes_in_one_read_is_431(
         assert await client.closed_by_peer()
 
 
-async def test_a_request_without_host_is_400(server: tuple[int, Recorder]) -> None:
+@pytest.mark.parametrize("hosts", ["", "Host: a\r\nHost: b\r\n"])
+async def test_a_request_without_host_or_with_two_is_400(
+    server: tuple[int, Recorder], hosts: str
+) -> None:
     port, _ = server
     async with connect(port) as client:
-        await client.stream.send_all(b"GET /echo HTTP/1.1\r\n\r\n")
+        await client.stream.send_all(f"GET /echo HTTP/1.1\r\n{hosts}\r\n".encode())
         assert (await client.response())[0] == 400
         assert await client.closed_by_peer()
 

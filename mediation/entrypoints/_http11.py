@@ -31,8 +31,10 @@ What it does, per connection (one task each, in the server's nursery, nothing pe
   ``Connection: close`` end the connection after the response; ``HEAD`` gets the head without
   the body; ``Expect: 100-continue`` gets its ``100`` when the app first reads the body (a final
   answer without reading it closes the connection instead). An HTTP/1.1 request without
-  ``Host`` is a 400 (RFC 9112), as with h11, another version than 1.0 and 1.1 a 505; line ends
-  must be CRLF (llhttp is strict).
+  ``Host``, or with two, is a 400 (RFC 9112), as with h11, another version than 1.0 and 1.1 a
+  505. llhttp is stricter than h11 in a few ways, all answered 400: line ends must be CRLF,
+  methods are the registered ones in upper case, no control character in a header value, one
+  ``Content-Length``.
 - A response's head waits for its first body message, so a plain response is one send; a
   streamed one (``more_body``) without ``content-length`` is chunked (HTTP/1.1) or ends with
   the connection (HTTP/1.0), one send per body message. A header name or value holding a line
@@ -461,7 +463,8 @@ class _Connection:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
+        # llhttp leaves the whitespace after a value in it; RFC 9110 does not (nor did h11).
+        self._headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -469,12 +472,12 @@ class _Connection:
         url = self._url
         headers = self._headers
         size = len(method) + len(url) + _REQUEST_LINE_EXTRA
-        host = websocket = expect = False
-        upgrade_seen = False
+        hosts = 0
+        websocket = expect = upgrade_seen = False
         for name, value in headers:
             size += len(name) + len(value) + 4
             if name == b"host":
-                host = True
+                hosts += 1
             elif name == b"upgrade" and not upgrade_seen:
                 upgrade_seen = True
                 websocket = value.strip().lower() == b"websocket"
@@ -483,8 +486,10 @@ class _Connection:
         if size > self._max_header_bytes:
             raise _Refused(431, f"request head exceeds {self._max_header_bytes} bytes")
         version = parser.get_http_version()
+        if hosts > 1:
+            raise _Refused(400, "Found multiple Host: headers")
         if version == "1.1":
-            if not host:
+            if not hosts:
                 raise _Refused(400, "Missing mandatory Host: header")
             keep_alive = parser.should_keep_alive()
         elif version == "1.0":
