@@ -109,6 +109,9 @@ _DISCONNECT: Final = {"type": "http.disconnect"}
 # What a write to a client that went away raises (and reads that find it gone).
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
+# Linux's TCP_NOTSENT_LOWAT (25), which not every platform's socket module names.
+TCP_NOTSENT_LOWAT: Final = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+NOTSENT_LOWAT = 16 * 1024
 # Connections accepted in one go before the accept loop goes through the scheduler again.
 ACCEPT_BURST = 64
 # A connection's reads and writes that complete at once (no wait) between two yields.
@@ -147,6 +150,10 @@ async def serve_http(
         try:
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # As trio.SocketStream does: a write waits while 16 KiB are still unsent, so a
+                # client that does not read holds little in the kernel (the rest stays on the
+                # broker), not the megabytes send buffers grow to.
+                conn.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
                 client = conn.getpeername()[:2]
                 server = conn.getsockname()[:2]
             except OSError:  # already reset by the client
