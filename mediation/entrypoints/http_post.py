@@ -18,7 +18,7 @@ encoded directly, one head-size check instead of two, generated client ids from 
 =====================  ==========================  ==========================
 route                  before (h11 server)         after
 =====================  ==========================  ==========================
-memory, auto           145-176 us, 3.4-4.9 k/s     59-65 us, 10.5-15.2 k/s
+memory, auto           141-146 us, 6.7-7.1 k/s     54-56 us, 17.5-18.2 k/s
 Kafka, auto            161-216 us, 2.5-4.7 k/s     82-92 us, 5.2-7.9 k/s
 Kafka, at_least_once   163-195 us, 2.9-4.6 k/s     72-102 us, 4.9-7.7 k/s
 RabbitMQ, auto         203-239 us, 3.5-4.5 k/s     103-129 us, 6.2-7.7 k/s
@@ -27,7 +27,7 @@ MQTT, auto             341-345 us, 2.1-2.9 k/s     207-246 us, 3.6-4.6 k/s
 MQTT, at_least_once    313-343 us, 2.9-3.1 k/s     211-245 us, 3.9-4.7 k/s
 =====================  ==========================  ==========================
 
-(The memory row's "after" is from a separate run of the same kind.) What is left per request
+(The memory row is from a later, quieter run than the others.) What is left per request
 is mostly the kernel (the ``send`` of the answer alone is a quarter of the CPU on the memory
 route, the read and epoll another tenth), then the broker client: paho's ``Properties`` and a
 ``send`` per publish (MQTT), pika's ``send`` per publish on its I/O thread (RabbitMQ).
