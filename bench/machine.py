@@ -11,6 +11,7 @@ from typing import Any
 LIBRARIES = (
     "trio",
     "trio-websocket",
+    "httptools",
     "h11",
     "wsproto",
     "confluent-kafka",
