@@ -58,9 +58,7 @@ async def serve_sse(port_file: Path) -> None:
 
     async with trio.open_nursery() as nursery:
         port = await nursery.start(
-            partial(
-                serve_http, app, "127.0.0.1", 0, max_header_bytes=16384, header_timeout=10.0
-            )
+            partial(serve_http, app, "127.0.0.1", 0, max_header_bytes=16384, header_timeout=10.0)
         )
         port_file.write_text(f"{port}\n")  # noqa: ASYNC240 - once, at start
 
