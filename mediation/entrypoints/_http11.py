@@ -78,6 +78,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
@@ -347,48 +348,27 @@ class _Date:
         return self._value
 
 
+@dataclass(slots=True, eq=False)
 class _Head:
     """A request head, as the parser reported it (header names lower-cased)."""
 
-    __slots__ = (
-        "expect_continue",
-        "headers",
-        "keep_alive",
-        "method",
-        "target",
-        "version",
-        "websocket",
-    )
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        version: str,
-        keep_alive: bool,
-        websocket: bool,
-        expect_continue: bool,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.version = version
-        self.keep_alive = keep_alive
-        self.websocket = websocket
-        # Cleared once any of the body arrives, or the 100 (or the answer) went out.
-        self.expect_continue = expect_continue
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    version: str
+    keep_alive: bool
+    websocket: bool
+    # Cleared once any of the body arrives, or the 100 (or the answer) went out.
+    expect_continue: bool
 
 
+@dataclass(slots=True, eq=False)
 class _Refusal:
     """A request the parser refused (malformed, or a head over the limit): answered, then the
     connection closed."""
 
-    __slots__ = ("reason", "status")
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
+    status: int
+    reason: str
 
 
 class _Refused(Exception):
@@ -405,7 +385,7 @@ _CLOSED: Final = "closed"  # the client closed its side (never taken off the que
 _Event = _Head | bytes | _Refusal | str
 
 # What a head costs besides its method, target and header lines: the spaces and " HTTP/1.1\r\n"
-# of the request line, and the blank line (as :func:`._asgi.head_bytes` counts it).
+# of the request line, and the blank line.
 _REQUEST_LINE_EXTRA = 1 + len(" HTTP/1.1\r\n") + 2
 
 
