@@ -190,12 +190,11 @@ class _RoutePlan:
 class SessionDelivery:
     """A delivery inside a session, with the route it came along."""
 
-    __slots__ = ("delivery", "plan", "route")
+    __slots__ = ("delivery", "plan")
 
     def __init__(self, delivery: Delivery, plan: _RoutePlan) -> None:
         self.delivery = delivery
         self.plan = plan
-        self.route = plan.route
 
     @property
     def event(self) -> Event:
@@ -470,7 +469,7 @@ class Session:
             return
         except trio.WouldBlock:
             pass
-        route = item.route
+        route = item.plan.route
         timeout = route.slow_client_timeout if route.slow_client == "disconnect" else math.inf
         with self._context.watches[route.source].cancel_when_down() as down:
             with trio.move_on_after(timeout) as waiting:
