@@ -210,7 +210,7 @@ async def test_default_limit_is_16_kib_with_a_real_client(
 async def test_a_larger_max_header_bytes_admits_a_40_kib_head(
     engine_with: EngineFactory, kind: str
 ) -> None:
-    """Above the 16 KiB that h11 (our HTTP/1.1 server) and wsproto (trio-websocket) buffer by default."""
+    """Above the 16 KiB default of our HTTP/1.1 server and of wsproto (trio-websocket)."""
     entrypoints = all_entrypoints(max_header_bytes=64 * 1024)
     async with engine_with(entrypoints=entrypoints, routes=ROUTES) as engine:
         async with raw(engine, kind) as client:
