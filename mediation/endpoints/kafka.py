@@ -632,11 +632,13 @@ class _SessionConsumer:
             settles, self._settles = self._settles, []
         if not settles:
             return False
-        nacks = sum(1 for settle in settles if not settle.accepted)
+        nacks = 0  # each counted in _rewinding, revoked partition or not
         touched: set[int] = set()
         waiters: list[_CommitWaiter] = []
         for settle in settles:
             item = settle.item
+            if not settle.accepted:
+                nacks += 1
             unsettled = self._unsettled.get(item.partition)
             key = (item.offset, item.epoch)
             if unsettled is None or unsettled[key] <= 0:
