@@ -53,6 +53,22 @@ class Telemetry:
             ["route", "outcome"],
             registry=self.registry,
         )
+        # Unexpected failures contained to one client connection (a bug, or input no parser
+        # foresaw): the connection ended, the engine and the other clients went on.
+        self.connection_errors = Counter(
+            "mediation_connection_errors",
+            "Client connections ended by an unexpected error in their handler",
+            ["entrypoint"],
+            registry=self.registry,
+        )
+        # Broker messages the engine could not turn into an event (an undecodable header, a
+        # library error while converting), settled per the route's guarantee and not delivered.
+        self.undeliverable = Counter(
+            "mediation_undeliverable_messages",
+            "Broker messages that could not be converted into events (settled, not delivered)",
+            ["endpoint", "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_EndpointStateCollector(endpoint_states))
         self._moved: dict[tuple[str, str], tuple[Counter, Counter]] = {}
         self._settled: dict[tuple[str, bool], Counter] = {}
