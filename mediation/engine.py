@@ -10,8 +10,13 @@
 Start order: the packet log flusher and the endpoint watches (:class:`mediation.session.DownWatch`),
 endpoints (each reports started at once and connects in the background), the bridges
 (endpoint -> endpoint routes, :mod:`mediation.bridge`), the health server, then the entrypoints,
-so every port in ``engine.ports`` is bound when the block begins.
-Shutdown (leaving the block, or the CLI's SIGINT/SIGTERM): refuse new sessions, close every session
+so every port in ``engine.ports`` is bound when the block begins. ``engine.ports`` only ever holds
+ports that accept connections: each is added once its server listens. The health server comes
+first so that a load balancer can poll it during a slow start, but its ``/readyz`` says 503
+(``"entrypoints": "starting"``) until the last entrypoint listens, which the engine records in
+``EngineContext.entrypoints_listening``; after that, 200 whenever every endpoint is up.
+Shutdown (leaving the block, or the CLI's SIGINT/SIGTERM): refuse new sessions (``/readyz`` 503
+``"entrypoints": "shutting down"`` from then on), close every session
 with :class:`EngineShuttingDown` (WebSocket 1001, SSE stream ended, unconfirmed events nacked),
 wait for them up to ``shutdown_timeout``, then cancel the servers and disconnect the endpoints.
 """
@@ -103,6 +108,8 @@ class MediationEngine:
                 self.ports[entrypoint.name] = await nursery.start(
                     serve_entrypoint, entrypoint, self._context, config.engine.host
                 )
+            # Every entrypoint reported its port once listening: /readyz may now say 200.
+            self._context.entrypoints_listening = True
             if config.source_path is not None and config.engine.reload_interval > 0:
                 from .watcher import watch_config
 

@@ -1,4 +1,12 @@
-"""The health server: ``/healthz`` (alive), ``/readyz`` (every endpoint up), ``/metrics``."""
+"""The health server: ``/healthz`` (alive), ``/readyz`` (ready for traffic), ``/metrics``.
+
+``/readyz`` is 200 ``{"status": "ready", "endpoints": {name: "up", ...}}`` only while every
+entrypoint listens and every endpoint is up; else 503 ``{"status": "not ready", ...}`` with the
+reason: each endpoint's state, and ``"entrypoints": "starting"`` until the engine has started every
+entrypoint (the health server is started before them, so a load balancer polling it sees 503
+rather than ports that refuse connections), ``"entrypoints": "shutting down"`` once the engine
+refuses new sessions.
+"""
 
 from __future__ import annotations
 
@@ -30,12 +38,25 @@ def health_app(context: EngineContext) -> ASGIApp:
         elif request.path == "/healthz":
             await respond_json(send, 200, {"status": "ok", "sessions": len(context.sessions)})
         elif request.path == "/readyz":
-            states = {name: e.state.value.value for name, e in context.endpoints.items()}
-            ready = all(state == EndpointState.UP for state in states.values())
-            status = "ready" if ready else "not ready"
-            await respond_json(send, 200 if ready else 503, {"status": status, "endpoints": states})
+            await _readiness(context, send)
         else:
             body = generate_latest(context.telemetry.registry)
             await respond(send, 200, body, {"content-type": CONTENT_TYPE_LATEST})
 
     return app
+
+
+async def _readiness(context: EngineContext, send: Send) -> None:
+    states = {name: e.state.value.value for name, e in context.endpoints.items()}
+    if context.shutting_down:
+        entrypoints = "shutting down"
+    elif not context.entrypoints_listening:
+        entrypoints = "starting"
+    else:
+        entrypoints = None
+    ready = entrypoints is None and all(s == EndpointState.UP for s in states.values())
+    body: dict[str, object] = {"status": "ready" if ready else "not ready"}
+    if entrypoints is not None:
+        body["entrypoints"] = entrypoints  # said only when they are the reason (or one of them)
+    body["endpoints"] = states
+    await respond_json(send, 200 if ready else 503, body)

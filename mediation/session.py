@@ -92,6 +92,8 @@ class EngineContext:
     connections: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
     # Set once shutdown begins: no new sessions are admitted.
     shutting_down: bool = False
+    # Set by the engine once every entrypoint listens (/readyz waits for it).
+    entrypoints_listening: bool = False
     # One per endpoint, run by the engine (run_watches): see DownWatch.
     watches: dict[str, DownWatch] = field(init=False)
 
