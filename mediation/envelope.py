@@ -3,7 +3,10 @@
 Downstream: ``{"id", "payload", "metadata"}`` (``"encoding": "base64"`` when the payload is not
 UTF-8). From the client: ``{"ack": id}``, ``{"nack": id}``, or an upstream event
 ``{"id", "payload"}`` (optionally ``"encoding": "base64"`` and ``"metadata"``), which the engine
-answers with ``{"ack": id}`` or ``{"nack": id, "error": ...}``.
+answers with ``{"ack": id}`` or ``{"nack": id, "error": ...}``. An upstream event's id must obey
+the id rule (:func:`mediation.events.valid_event_id`: 1 to 256 printable ASCII characters, no
+space), else it is refused with :class:`InvalidEventId`; a confirmation's id is taken as it is
+(one that breaks the rule matches no event).
 
 Hot path: a client confirms every event, so ``{"ack": id}`` as clients write it (json.dumps'
 spacing, or compact, an id without escapes) is matched by one regular expression instead of
@@ -19,7 +22,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import BadRequest
+from .errors import BadRequest, InvalidEventId
+from .events import MAX_EVENT_ID, valid_event_id
 
 SUBPROTOCOL = "mediation.v1"
 
@@ -64,7 +68,12 @@ def encode_reply(event_id: str, *, error: str | None = None) -> str:
 
 
 def decode_client_message(text: str | bytes) -> Confirmation | Publication:
-    """Parse one client message; :class:`BadRequest` says what is wrong with it."""
+    """Parse one client message; :class:`BadRequest` says what is wrong with it.
+
+    An upstream event whose ``"id"`` is a string that breaks the id rule raises
+    :class:`InvalidEventId` (a :class:`BadRequest` carrying that id), checked before the rest
+    of the envelope, so that the refusal can name the event.
+    """
     if isinstance(text, str):
         plain = _PLAIN_CONFIRMATION.fullmatch(text)
         if plain is not None:
@@ -85,8 +94,14 @@ def decode_client_message(text: str | bytes) -> Confirmation | Publication:
                 raise BadRequest(f'"{verdict}" must be an event id string')
             return Confirmation(_unicode(event_id, verdict), accepted)
     event_id, payload = document.get("id"), document.get("payload")
-    if not isinstance(event_id, str) or not event_id:
-        raise BadRequest('envelope needs "id" (a non-empty string)')
+    if not isinstance(event_id, str):
+        raise BadRequest('envelope needs "id" (a string)')
+    if not valid_event_id(event_id):
+        # Lone surrogates included: they are not ASCII.
+        raise InvalidEventId(
+            f'"id" must be 1 to {MAX_EVENT_ID} printable ASCII characters without spaces',
+            event_id=event_id,
+        )
     if not isinstance(payload, str):
         raise BadRequest('envelope needs "payload" (a string)')
     metadata = document.get("metadata", {})
@@ -106,7 +121,7 @@ def decode_client_message(text: str | bytes) -> Confirmation | Publication:
         raise BadRequest('"encoding" must be "base64" when given')
     else:
         data = _unicode(payload, "payload").encode("utf-8")
-    return Publication(_unicode(event_id, "id"), data, metadata)
+    return Publication(event_id, data, metadata)
 
 
 def _unicode(value: str, what: str) -> str:

@@ -44,6 +44,18 @@ class BadRequest(MediationError):
     ws_close_code = 1008
 
 
+class InvalidEventId(BadRequest):
+    """A client's event id breaks the id rule (:func:`mediation.events.valid_event_id`).
+
+    ``event_id`` is the id as the client sent it, so that the refusal can name it
+    (``{"nack": id, "error": ...}``) and the connection go on.
+    """
+
+    def __init__(self, message: str, *, event_id: str) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+
+
 class OriginNotAllowed(MediationError):
     http_status = 403
     ws_close_code = 1008

@@ -1,11 +1,22 @@
-"""The data unit that flows through the engine, and the broker handle that travels with it."""
+"""The data unit that flows through the engine, the broker handle that travels with it, and
+the rule every event id obeys.
+
+The id rule (:func:`valid_event_id`): 1 to :data:`MAX_EVENT_ID` characters, each printable ASCII
+other than space (``0x21``-``0x7E``). Such an id can be written as it is everywhere an id goes:
+an SSE ``id:`` line, an HTTP header (``X-Event-ID``), a JSON string, a broker property, a log
+line. A client's id that breaks it is refused (:class:`mediation.errors.InvalidEventId`); a
+broker's is replaced by :func:`with_valid_id` in the session's consumer loop.
+"""
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from .metadata import MAX_VALUE
 
 # Version 4 and the RFC 4122 variant, in a 128-bit UUID as an integer.
 _UUID4_MASK = ~((0xF << 76) | (0x3 << 62))
@@ -26,12 +37,70 @@ def new_event_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+MAX_EVENT_ID = 256
+
+# Metadata key under which an event whose broker id broke the rule keeps that id (escaped).
+ORIGINAL_ID = "original-id"
+
+_ID_CHARACTERS = r"[\x21-\x7e]"
+_VALID_ID = re.compile(f"{_ID_CHARACTERS}{{1,{MAX_EVENT_ID}}}")
+_WRITABLE_ID = re.compile(f"{_ID_CHARACTERS}+")
+# What escape_event_id rewrites: anything but a printable ASCII character other than backslash.
+_ESCAPED = re.compile(r"[^\x21-\x5b\x5d-\x7e]")
+
+
+def valid_event_id(value: str) -> bool:
+    """Whether ``value`` may be an event id: 1 to :data:`MAX_EVENT_ID` characters, each
+    printable ASCII other than space (``0x21``-``0x7E``)."""
+    return _VALID_ID.fullmatch(value) is not None
+
+
+def writable_event_id(value: str) -> bool:
+    """Whether a writer (SSE ``id:``, ``X-Event-ID``) may put ``value`` out as it is: the rule's
+    characters, at least one, of any length.
+
+    The length is not a writer's concern: Kafka's ids are its resume positions
+    (``topic:partition:offset``, never replaced), and a topic name may have up to 249
+    characters, so such an id can exceed :data:`MAX_EVENT_ID`. An id that fails this is not
+    written raw (see :mod:`mediation.sse` and :mod:`mediation.entrypoints.http_get`).
+    """
+    return _WRITABLE_ID.fullmatch(value) is not None
+
+
+def escape_event_id(value: str) -> str:
+    """``value`` made of the rule's characters, for metadata and headers: a backslash doubled,
+    every other character outside ``0x21``-``0x7E`` written as ``\\xNN``, ``\\uNNNN`` or
+    ``\\UNNNNNNNN``, and cut (between two escapes) to at most metadata's ``MAX_VALUE``."""
+    escaped: list[str] = []
+    size = 0
+    for character in value[:MAX_VALUE]:  # each character is at least one of the result
+        piece = character if _ESCAPED.match(character) is None else _escape(character)
+        size += len(piece)
+        if size > MAX_VALUE:
+            break
+        escaped.append(piece)
+    return "".join(escaped)
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if character == "\\":
+        return "\\\\"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One message. Never stored: it is passed along bounded channels and then forgotten.
 
     ``id`` is what clients see (envelope ``id``, SSE ``id:``, ``X-Event-ID``); endpoints that can
-    resume from a position (Kafka) encode that position in it.
+    resume from a position (Kafka) encode that position in it. Nothing here checks it: a client's
+    id is checked by the envelope, a broker's in the session's consumer loop
+    (:func:`with_valid_id`).
     """
 
     payload: bytes
@@ -39,6 +108,20 @@ class Event:
     metadata: Mapping[str, str] = field(default_factory=dict)
     client_id: str | None = None
     timestamp: float = field(default_factory=time.time)
+
+
+def with_valid_id(event: Event) -> Event:
+    """``event`` if its id obeys the rule, else a copy under a new engine id
+    (:func:`new_event_id`) that keeps the broker's id, escaped (:func:`escape_event_id`), in
+    ``metadata[ORIGINAL_ID]``.
+
+    For events from brokers, whose ids nobody checked: the event is still delivered (dropping
+    it would lose a message for its label), and a client that needs the broker's id finds it.
+    """
+    if _VALID_ID.fullmatch(event.id) is not None:
+        return event
+    metadata = {**event.metadata, ORIGINAL_ID: escape_event_id(event.id)}
+    return replace(event, id=new_event_id(), metadata=metadata)
 
 
 Settle = Callable[[bool], Awaitable[None]]

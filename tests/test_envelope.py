@@ -8,8 +8,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mediation.envelope import Confirmation, decode_client_message, encode_event
-from mediation.errors import BadRequest
+from mediation.envelope import (
+    Confirmation,
+    Publication,
+    decode_client_message,
+    encode_event,
+    encode_reply,
+)
+from mediation.errors import BadRequest, InvalidEventId
+from mediation.events import MAX_EVENT_ID, valid_event_id
 
 
 def fast(text: str | bytes) -> Confirmation | object:
@@ -67,3 +74,70 @@ def test_encode_event_is_compact_json(
     assert encode_event(event_id, payload, metadata) == json.dumps(
         document, separators=(",", ":"), ensure_ascii=False
     )
+
+
+# -- event ids: a publication's must obey the rule, a confirmation's is taken as it is ----------
+
+BROKEN_IDS = [
+    "",
+    " ",
+    "a b",
+    "tab\there",
+    "evil\nid: x\ndata: injected",
+    "nul\x00id",
+    "vt\x0bid",
+    "del\x7f",
+    "caf\u00e9",
+    "\ud800",
+    "x" * (MAX_EVENT_ID + 1),
+]
+
+
+@pytest.mark.parametrize("event_id", BROKEN_IDS)
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_publication_whose_id_breaks_the_rule_is_refused_naming_it(
+    event_id: str, as_bytes: bool
+) -> None:
+    text = json.dumps({"id": event_id, "payload": "hi"})
+    with pytest.raises(InvalidEventId) as refused:
+        decode_client_message(text.encode() if as_bytes else text)
+    assert refused.value.event_id == event_id
+    assert isinstance(refused.value, BadRequest)  # a client error, 400 / 1008 where it ends one
+    # The nack that names it is valid JSON, whatever the id holds (a lone surrogate too).
+    assert json.loads(encode_reply(event_id, error=str(refused.value)))["nack"] == event_id
+
+
+def test_the_id_is_checked_before_the_rest_of_the_envelope() -> None:
+    with pytest.raises(InvalidEventId):
+        decode_client_message(json.dumps({"id": "a b", "payload": 5}))
+    with pytest.raises(BadRequest) as refused:
+        decode_client_message(json.dumps({"id": 5, "payload": "hi"}))
+    assert not isinstance(refused.value, InvalidEventId)  # no string to name
+
+
+@pytest.mark.parametrize("event_id", ["!", "~" * MAX_EVENT_ID, "orders:3:1234", "a/b?c=d&e#f"])
+def test_a_publication_whose_id_obeys_the_rule_is_taken(event_id: str) -> None:
+    text = json.dumps({"id": event_id, "payload": "hi"})
+    assert decode_client_message(text) == Publication(event_id, b"hi", {})
+
+
+@given(st.text(max_size=MAX_EVENT_ID + 4))
+def test_a_publication_is_taken_exactly_when_its_id_is_valid(event_id: str) -> None:
+    text = json.dumps({"id": event_id, "payload": "hi"})
+    try:
+        decode_client_message(text)
+    except InvalidEventId as refused:
+        assert not valid_event_id(event_id) and refused.event_id == event_id
+    else:
+        assert valid_event_id(event_id)
+
+
+@pytest.mark.parametrize("event_id", [i for i in BROKEN_IDS if i != "\ud800"])
+@pytest.mark.parametrize("verdict", ["ack", "nack"])
+def test_a_confirmation_with_a_broken_id_decodes_on_both_paths(event_id: str, verdict: str) -> None:
+    """It matches no event (the session ignores it); decoding it must not fail either way."""
+    for written in (
+        json.dumps({verdict: event_id}),
+        json.dumps({verdict: event_id}, ensure_ascii=False),
+    ):
+        assert fast(written) == general(written) == Confirmation(event_id, verdict == "ack")
