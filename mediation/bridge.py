@@ -5,6 +5,8 @@ source per the route's guarantee, read from the same ack policy as client sessio
 ``at_most_once`` ack before publishing, ``auto`` once the target's producer took the event,
 ``at_least_once`` only after the target confirmed it (a refusal nacks it, so the source
 redelivers). A bridge whose source or target fails waits for both to be up again and resumes.
+Source messages that cannot be converted into events are settled by the source endpoint and
+counted in ``mediation_undeliverable_messages_total``, as for client sessions.
 
 :func:`run_bridges` keeps the running bridges equal to the bridge routes of the current route
 table: a reload stops the removed ones and starts the new ones, and leaves the others alone.
@@ -73,7 +75,13 @@ async def _move_events(context: EngineContext, route: RouteConfig) -> None:
     source = context.endpoints[route.source]
     bridge_id = f"bridge-{route.source}-{route.target}"
     subscription = Subscription(
-        client_id=bridge_id, session_id=str(uuid.uuid4()), entrypoint=route.source, route=route
+        client_id=bridge_id,
+        session_id=str(uuid.uuid4()),
+        entrypoint=route.source,
+        route=route,
+        undeliverable=lambda reason: context.telemetry.undeliverable.labels(
+            route.source, reason
+        ).inc(),
     )
     async with source.consume(subscription) as deliveries:
         log.info("bridge running", extra={"route": route.name})

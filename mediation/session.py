@@ -445,6 +445,9 @@ class Session:
             entrypoint=self.entrypoint,
             route=route,
             resume_after=resume_after,
+            undeliverable=lambda reason: self._context.telemetry.undeliverable.labels(
+                route.source, reason
+            ).inc(),
         )
         plan = _RoutePlan(route)
         async with endpoint.consume(subscription) as deliveries:

@@ -20,6 +20,14 @@ An endpoint is three things:
 
 Entering ``consume`` and leaving it are the per-client subscribe and unsubscribe of the lifecycle
 (DESIGN section 8): the session manager does both exactly once per client session.
+
+Hostile or unusual broker messages: converting a broker message into an :class:`Event` never
+raises out of a consumer. What can be carried safely is (text decoded with replacement
+characters, odd values stringified); a message that still cannot be converted is settled so
+that the broker does not hand it out again (rejected without requeue where the broker can
+reject, else acknowledged and dropped; each endpoint's docstring says which), logged once
+(without its payload), and reported to ``subscription.undeliverable(reason)``. It ends neither
+the consumer, nor the connection that other sessions share, nor the engine.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -43,9 +51,27 @@ class EndpointState(enum.StrEnum):
     DOWN = "down"
 
 
+def _not_counted(reason: str) -> None:
+    """The default ``Subscription.undeliverable``: nobody counts."""
+
+
+# ``Subscription.undeliverable`` reasons (a small fixed set: they are metric labels).
+UNDECODABLE = "undecodable"  # the broker's bytes could not be read as a message
+OVERSIZE = "oversize"  # larger than the endpoint accepts
+UNSUPPORTED = "unsupported"  # a well-formed message of a kind no client can be given
+CONVERSION_ERROR = "conversion_error"  # the client library or our code failed converting it
+
+
 @dataclass(frozen=True)
 class Subscription:
-    """What one session's consumer is for: whose it is and how much it may hold."""
+    """What one session's consumer is for: whose it is and how much it may hold.
+
+    ``undeliverable(reason)`` is told of every broker message the consumer could not convert
+    and settled without handing it out (``reason`` is one of :data:`UNDECODABLE`,
+    :data:`OVERSIZE`, :data:`UNSUPPORTED`, :data:`CONVERSION_ERROR`). It may be called from a
+    broker library's thread, so it must be thread-safe, never block and never raise (a
+    Prometheus counter's ``inc`` is all three).
+    """
 
     client_id: str
     session_id: str
@@ -53,6 +79,7 @@ class Subscription:
     route: RouteConfig
     # Last event id the client saw (SSE ``Last-Event-ID``); endpoints that can resume use it.
     resume_after: str | None = None
+    undeliverable: Callable[[str], None] = field(default=_not_counted, compare=False)
 
     @property
     def credit(self) -> int:
