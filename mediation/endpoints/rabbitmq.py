@@ -86,6 +86,17 @@ Events: the id is the ``message_id`` property when there is one, else a new UUID
 headers (as strings), ``content-type``, ``message_id``, ``correlation_id``, ``exchange``,
 ``routing_key``, ``redelivered`` (``true``/``false``).
 
+Hostile messages: pika leaves a short string that is not UTF-8 (a ``message_id``, a header name)
+as bytes and a header value may be any AMQP field type (tables, arrays, bytes, decimals); all of
+them become text (UTF-8 with replacement characters, ``str()`` otherwise), and header names or
+values with control characters are left out. A message that still cannot be converted (pika
+cannot decode its content header at all, such as a timestamp header beyond the year 9999, which
+would otherwise end the connection of every session; or an error converting it) is rejected
+with ``basic_nack(requeue=False)`` from the I/O thread, whatever the route's guarantee: the
+broker drops it or dead-letters it (a queue's ``x-dead-letter-exchange``) rather than
+delivering it again; it is logged and counted (``subscription.undeliverable``). The connection
+and the other sessions carry on.
+
 Publishing
 ----------
 One channel per connection in confirm mode carries every publish, to ``queue_out`` (default
@@ -121,6 +132,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import struct
 import threading
 import time
 from collections import deque
@@ -132,6 +144,7 @@ from typing import Any
 
 import pika  # type: ignore[import-untyped]
 import pika.exceptions  # type: ignore[import-untyped]
+import pika.frame  # type: ignore[import-untyped]
 import pika.spec  # type: ignore[import-untyped]
 import trio
 from pika.adapters.select_connection import IOLoop  # type: ignore[import-untyped]
@@ -146,7 +159,14 @@ from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
 from ._written import Written
-from .base import Deliveries, EndpointState, Outbound, Subscription
+from .base import (
+    CONVERSION_ERROR,
+    UNDECODABLE,
+    Deliveries,
+    EndpointState,
+    Outbound,
+    Subscription,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,27 +194,49 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+    """Any AMQP field value as text (pika gives bytes for strings that are not UTF-8)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
+class _UndecodableProperties(pika.spec.BasicProperties):  # type: ignore[misc]
+    """Stands for a content header pika could not decode (see :class:`_SelectConnection`)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = f"{type(error).__name__}: {error}"
+
+
+class Unconvertible(Exception):
+    """A consumed message that cannot become an event; ``reason`` is the metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 def event_from_message(method: Any, properties: Any, body: bytes) -> Event:
-    """The event a consumed message is (see the module docstring for ids and metadata)."""
+    """The event a consumed message is (see the module docstring for ids and metadata).
+
+    Total for whatever pika decoded; :class:`Unconvertible` for a content header it could not.
+    """
+    if isinstance(properties, _UndecodableProperties):
+        raise Unconvertible(UNDECODABLE, f"content header not decodable: {properties.error}")
     metadata: dict[str, str] = {}
     for name, value in (properties.headers or {}).items():
-        text = _text(value)
-        if isinstance(name, str) and not _CONTROL.search(name) and not _CONTROL.search(text):
-            metadata[name] = text
+        key, text = _text(name), _text(value)
+        if not _CONTROL.search(key) and not _CONTROL.search(text):
+            metadata[key] = text
     for key, value in (
         ("content-type", properties.content_type),
         ("message_id", properties.message_id),
         ("correlation_id", properties.correlation_id),
     ):
-        if value and not _CONTROL.search(value):
-            metadata[key] = value
+        if value is not None and (text := _text(value)) and not _CONTROL.search(text):
+            metadata[key] = text
     metadata["exchange"] = _text(method.exchange)
     metadata["routing_key"] = _text(method.routing_key)
     metadata["redelivered"] = _text(bool(method.redelivered))
@@ -248,22 +290,23 @@ class AckRanges:
         self.floor = 0
         self.above: set[int] = set()
 
-    def plan(self, batch: Iterable[tuple[int, bool]]) -> list[tuple[str, int, bool]]:
-        """The frames for a batch of ``(tag, accepted)``: ``("ack" | "nack", tag, multiple)``.
+    def plan(self, batch: Iterable[tuple[int, bool | None]]) -> list[tuple[str, int, bool]]:
+        """The frames for a batch of ``(tag, accepted)``: ``("ack" | "nack" | "reject", tag,
+        multiple)``; ``accepted`` None is a message rejected for good (nack without requeue).
 
-        Nacks go first (one each, requeued): a multiple ack sent before a nack of a lower tag
+        Nacks and rejects go first (one each): a multiple ack sent before a nack of a lower tag
         would ack that one too. Then one multiple ack for the acks that close the gap above
         ``floor``, and single acks for the rest.
         """
         frames: list[tuple[str, int, bool]] = []
         acks: list[int] = []
-        for tag, accepted in sorted(batch):
+        for tag, accepted in sorted(batch, key=lambda settle: settle[0]):
             if tag <= self.floor or tag in self.above:
                 continue  # settled already: say nothing twice
             if accepted:
                 acks.append(tag)
             else:
-                frames.append(("nack", tag, False))
+                frames.append(("nack" if accepted is False else "reject", tag, False))
             self.above.add(tag)
         while self.floor + 1 in self.above:
             self.floor += 1
@@ -384,11 +427,18 @@ class _Consumer:
     """One session's consumer, Trio side. The I/O thread reaches it only through ``_ToTrio``."""
 
     def __init__(
-        self, link: _Link, credit: int, queue: str = "", written: Written | None = None
+        self,
+        link: _Link,
+        credit: int,
+        queue: str = "",
+        written: Written | None = None,
+        undeliverable: Callable[[str], None] | None = None,
     ) -> None:
         self.link = link
         self.credit = credit
         self.queue = queue
+        # Told (on the I/O thread) of each message rejected because it could not be converted.
+        self.undeliverable = undeliverable
         # Set on at_most_once sessions: acks are remembered there, redeliveries of them dropped.
         self.written = written
         self.dropped = 0
@@ -607,7 +657,8 @@ class _Link:
         self._waiting: deque[_Publish] = deque()  # publishes while the publisher (re)opens
         self._channels: dict[_Consumer, Any] = {}
         self._acked: dict[_Consumer, AckRanges] = {}  # per consumer channel
-        self._to_settle: dict[_Consumer, list[tuple[int, bool]]] = {}  # this batch's settles
+        # This batch's settles; None: rejected without requeue (see _on_message).
+        self._to_settle: dict[_Consumer, list[tuple[int, bool | None]]] = {}
         self._writer: _Writer | None = None
 
     # -- Trio side -------------------------------------------------------------------------------
@@ -665,7 +716,7 @@ class _Link:
         try:
             parameters = pika.URLParameters(self._config.url)
             parameters.client_properties = {"connection_name": f"mediation {self.name}"}
-            self._connection = pika.SelectConnection(
+            self._connection = _SelectConnection(
                 parameters,
                 on_open_callback=self._guarded(self._on_open),
                 on_open_error_callback=self._guarded(self._on_open_error),
@@ -923,8 +974,29 @@ class _Link:
     def _on_message(
         self, consumer: _Consumer, channel: Any, method: Any, properties: Any, body: bytes
     ) -> None:
-        event = event_from_message(method, properties, body)
+        try:
+            event = event_from_message(method, properties, body)
+        except Exception as error:  # one message, never the connection (module docstring)
+            self._reject(consumer, method, error)
+            return
         self._to_trio.post(partial(consumer.push, method.delivery_tag, event))
+
+    def _reject(self, consumer: _Consumer, method: Any, error: Exception) -> None:
+        """A message that cannot become an event: rejected for good at once, logged, counted."""
+        reason = error.reason if isinstance(error, Unconvertible) else CONVERSION_ERROR
+        log.warning(
+            "rabbitmq message rejected: it cannot be converted into an event",
+            extra={
+                "endpoint": self.name,
+                "queue": consumer.queue,
+                "reason": reason,
+                "error": str(error) or type(error).__name__,
+            },
+        )
+        self.settle_on_thread(consumer, method.delivery_tag, None)
+        self._say_settled()  # not at the end of a Trio batch: this came from the broker
+        if consumer.undeliverable is not None:
+            consumer.undeliverable(reason)
 
     def _on_consumer_cancelled(self, consumer: _Consumer, frame: Any) -> None:
         """The broker cancelled the consumer (its queue was deleted, say)."""
@@ -950,9 +1022,9 @@ class _Link:
         elif not (channel.is_closing or channel.is_closed):
             channel.close()  # cancels the consumer; the broker requeues what is unacked
 
-    def settle_on_thread(self, consumer: _Consumer, tag: int, accepted: bool) -> None:
-        """Collect an ack or nack; :meth:`_say_settled` sends it at the end of this batch (or
-        before, when the batch closes the channel or the connection)."""
+    def settle_on_thread(self, consumer: _Consumer, tag: int, accepted: bool | None) -> None:
+        """Collect an ack, nack or (None) reject; :meth:`_say_settled` sends it at the end of
+        this batch (or before, when the batch closes the channel or the connection)."""
         self._to_settle.setdefault(consumer, []).append((tag, accepted))
 
     def _say_settled(self) -> None:
@@ -968,7 +1040,48 @@ class _Link:
                 if verdict == "ack":
                     channel.basic_ack(tag, multiple=multiple)
                 else:
-                    channel.basic_nack(tag, requeue=True)
+                    channel.basic_nack(tag, requeue=verdict == "nack")
+
+
+class _SelectConnection(pika.SelectConnection):  # type: ignore[misc]
+    """pika's ``SelectConnection``, where a content header that pika cannot decode is one bad
+    message rather than the end of the connection.
+
+    pika decodes each frame as it arrives; a content header it cannot decode (a timestamp
+    header beyond the year 9999 raises ``OverflowError`` in ``datetime``, for one) raised out of
+    its frame reader and closed the connection, every session's; the broker then delivered the
+    message again on the next connection, and the connection ended again. Here that frame is
+    read as a content header of :class:`_UndecodableProperties`, so that the message (its method
+    frame came before, its body frames follow) reaches ``_on_message`` and is rejected alone.
+    Anything else that cannot be decoded (a method frame, broken framing) still ends the
+    connection. (``_read_frame`` is pika's private API, as the other hooks of this module.)
+    """
+
+    def _read_frame(self) -> tuple[int, Any]:
+        try:
+            return super()._read_frame()  # type: ignore[no-any-return]
+        except Exception as error:
+            frame = _undecodable_header(self._frame_buffer, error)
+            if frame is None:
+                raise
+            return frame
+
+
+def _undecodable_header(data: bytes, error: BaseException) -> tuple[int, Any] | None:
+    """``(bytes used, Header frame)`` for a complete content header frame at the start of
+    ``data`` whose properties could not be decoded, else None."""
+    if len(data) < 7 + 12:
+        return None
+    frame_type, channel, size = struct.unpack_from(">BHL", data)
+    end = 7 + size + 1
+    if frame_type != pika.spec.FRAME_HEADER or len(data) < end:
+        return None
+    if data[end - 1] != pika.spec.FRAME_END:
+        return None
+    class_id, _weight, body_size = struct.unpack_from(">HHQ", data, 7)
+    if class_id != pika.spec.BasicProperties.INDEX:
+        return None
+    return end, pika.frame.Header(channel, body_size, _UndecodableProperties(error))
 
 
 class _Writer:
@@ -1141,7 +1254,7 @@ class RabbitMQEndpoint:
             raise BrokerUnavailable(f"endpoint {self.name} is {self.state.value}")
         at_most_once = subscription.route.delivery_guarantee is Guarantee.AT_MOST_ONCE
         written = self._written if at_most_once else None
-        consumer = _Consumer(link, plan.prefetch, plan.queue, written)
+        consumer = _Consumer(link, plan.prefetch, plan.queue, written, subscription.undeliverable)
         link.consumers.add(consumer)
         try:
             link.post(partial(link.open_consumer, consumer, plan))
