@@ -33,6 +33,12 @@ published afterwards is received.
   session that keeps up costs at most that, and once a session has been full for
   ``STALL_PAUSE`` seconds its partitions are paused, which drops librdkafka's prefetch too: a
   stalled client then holds nothing beyond its own session channel.
+- A record that cannot be converted into an event (header values that are not UTF-8 are not
+  such: they are decoded with replacement characters; but confluent-kafka fails on a header
+  name that is not UTF-8, and any error converting a record counts) is skipped, whatever the
+  route's guarantee: Kafka has no reject, and handing it out again would fail again, so the
+  consumer's position passes it and the next commit covers it (at-most-once routes: the next
+  ack's commit). It is logged and counted (``subscription.undeliverable``); the session goes on.
 - A topic that does not exist fails the subscription (503 / close 1011): topics are created by
   the operator, or by the cluster when a producer first uses them (``allow.auto.create.topics``
   may be set in the librdkafka table for consumers where the cluster allows it).
@@ -162,7 +168,7 @@ from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
 from ._backoff import Backoff
-from .base import Deliveries, EndpointState, Outbound, Subscription
+from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
@@ -322,9 +328,11 @@ class _SessionConsumer:
         sync_commits: bool,
         resume: tuple[int, int] | None,
         token: trio.lowlevel.TrioToken,
+        undeliverable: Callable[[str], None],
     ) -> None:
         self._config = config
         self._topic = topic
+        self._undeliverable = undeliverable  # called on the poller thread (see _accept)
         self._credit = max(1, credit)
         self._latest = latest
         self._sync_commits = sync_commits
@@ -618,13 +626,34 @@ class _SessionConsumer:
         if partition is None or offset is None or partition not in self._position:
             return None  # from a partition this consumer no longer has
         epoch = self._epoch[partition]
-        item = _Item(event_from_message(message), partition, offset, epoch)
+        try:
+            event = event_from_message(message)
+        except Exception as failure:  # one record, never the session (see the module doc)
+            self._skip(partition, offset, failure)
+            return None
+        item = _Item(event, partition, offset, epoch)
         unsettled = self._unsettled[partition]
         key = (offset, epoch)
         unsettled[key] = unsettled.get(key, 0) + 1
         self._held += 1
         self._position[partition] = offset + 1
         return item
+
+    def _skip(self, partition: int, offset: int, error: Exception) -> None:
+        """A record that cannot become an event: passed over as if acked, logged, counted."""
+        log.warning(
+            "kafka record skipped: it cannot be converted into an event",
+            extra={
+                "topic": self._topic,
+                "partition": partition,
+                "offset": offset,
+                "reason": CONVERSION_ERROR,
+                "error": str(error) or type(error).__name__,
+            },
+        )
+        self._position[partition] = offset + 1
+        self._dirty.add(partition)  # committed with the next commit
+        self._undeliverable(CONVERSION_ERROR)
 
     def _apply_settles(self, consumer: Consumer) -> bool:
         """Apply the session's acks and nacks; whether there were any."""
@@ -1093,6 +1122,7 @@ class KafkaEndpoint:
             sync_commits=subscription.route.delivery_guarantee is Guarantee.AT_MOST_ONCE,
             resume=resume_position(subscription.resume_after, topic),
             token=trio.lowlevel.current_trio_token(),
+            undeliverable=subscription.undeliverable,
         )
         trio.lowlevel.start_thread_soon(
             consumer.run, consumer.thread_exited, name=f"kafka consumer {group}"
