@@ -32,7 +32,12 @@ socket write), where ``client.ack`` makes a packet and a write each.
 Decoding: paho builds the name and type tables of its ``Properties`` anew in every instance, once
 per received PUBLISH (a quarter of a consumer's CPU time at high rates). Importing this module
 makes paho's packet decoder use :class:`QuickProperties`, the same class with those tables shared
-(they are never changed), for every paho client of the process.
+(they are never changed), for every paho client of the process. It also reads the UTF-8 strings
+of properties leniently: paho raised on a user property (or content type, ...) that is not
+UTF-8, or holds U+0000 or U+FEFF, which the MQTT spec forbids but Mosquitto forwards; paho then
+dropped the connection (or, for bad UTF-8, let ``UnicodeDecodeError`` out of ``loop_read``), and
+the broker sent the message again to the client's next connection. Such strings are decoded
+with replacement characters and kept as they are otherwise: one odd message, not a lost session.
 
 Garbage: a connection without keepalive (every consumer's) waits for the broker without a
 cancel scope (it would never fire): one object graph fewer per wait, each alive as long as its
@@ -55,6 +60,7 @@ from typing import Any, ClassVar
 import paho.mqtt._packet as paho_packet
 import paho.mqtt.client as mqtt
 import trio
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -100,6 +106,31 @@ class QuickProperties(Properties):
         # paho's clear() looks up every known property name; only the set ones are attributes.
         for name in [n for n in vars(self) if n != "packetType" and n not in _PROPERTY_TABLES]:
             delattr(self, name)
+
+    def readProperty(self, buffer: bytes, type: int, propslen: int) -> tuple[object, int]:
+        """paho's, with UTF-8 strings read leniently (see the module docstring)."""
+        if type == _UTF8_STRING:
+            return _lenient_utf8(buffer, propslen)
+        if type == _UTF8_PAIR:
+            name, used = _lenient_utf8(buffer, propslen)
+            text, more = _lenient_utf8(buffer[used:], propslen - used)
+            return (name, text), used + more
+        read: tuple[object, int] = Properties.readProperty(self, buffer, type, propslen)  # type: ignore[no-untyped-call]
+        return read
+
+
+_UTF8_STRING = 5  # indexes in paho's Properties.types
+_UTF8_PAIR = 6
+
+
+def _lenient_utf8(buffer: bytes, maxlen: int) -> tuple[str, int]:
+    """paho's ``readUTF`` without refusing what a broker forwarded: ``(text, bytes used)``."""
+    if maxlen < 2:
+        raise MalformedPacket("Not enough data to read string length")
+    (length,) = struct.unpack_from("!H", buffer)
+    if length > maxlen - 2:
+        raise MalformedPacket("Length delimited string too long")
+    return bytes(buffer[2 : 2 + length]).decode("utf-8", "replace"), length + 2
 
 
 if getattr(paho_packet, "Properties", None) is Properties:  # paho 2.x

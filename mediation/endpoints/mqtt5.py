@@ -100,6 +100,12 @@ Consumed: user properties as metadata, Content Type as ``content-type``, and fro
 ``topic``, ``qos``, ``retain`` (``"true"`` for a retained message sent on subscribing) and
 ``redelivered`` (``"true"`` when DUP), which win over user properties of those names. The user
 property ``event_id`` becomes the event id (new one otherwise), ``client_id`` the event's client.
+Property strings that are not UTF-8, or hold characters MQTT forbids, are decoded with replacement
+characters (:mod:`._mqtt_wire`) and a topic that is not UTF-8 becomes ``""``, so such messages are
+delivered. A message that still cannot be converted is acknowledged (PUBACK/PUBCOMP: MQTT has no
+reject, and the broker would resend an unacknowledged one to the client's next connection, to
+fail again), whatever the route's guarantee; it is logged, counted in ``stats["undeliverable"]``
+and reported to ``subscription.undeliverable``, and the session goes on.
 Published: ``event_id``, ``client_id`` and the metadata (minus the consumed keys) as user
 properties, ``content-type`` as Content Type, at ``qos``. ``confirm`` waits for the PUBACK or
 PUBCOMP (QoS 0: for the write); a reason code >= 0x80 or a lost connection raises
@@ -140,7 +146,7 @@ from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
 from ._mqtt_wire import ConnectionLost, Wire
 from ._written import Written
-from .base import Deliveries, EndpointState, Outbound, Subscription
+from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +270,7 @@ class _Consumer:
         at_most_once = subscription.route.delivery_guarantee is Guarantee.AT_MOST_ONCE
         # Acks of at_most_once sessions are remembered there; redeliveries of them dropped.
         self.written = endpoint._written if at_most_once else None
+        self.undeliverable = subscription.undeliverable
         self.client = endpoint._new_client(mqtt_client_id, manual_ack=True)
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_acknowledged
@@ -329,24 +336,25 @@ class _Consumer:
                 held = self.returned.popleft()
             elif self.arrived:
                 message = self.arrived.popleft()
-                held = _Held(message.mid, message.qos, consumed_event(message))
-                if self.written is not None and held.qos:
-                    held.key = Written.key(
-                        self.mqtt_client_id,
-                        message.topic,
-                        repr(getattr(message.properties, "UserProperty", None)),
-                        held.event.payload,
+                try:
+                    held = self._held(message)
+                except Exception as error:  # one message, never the session (module doc)
+                    await self._drop(message, error)
+                    continue
+                written = self.written
+                if held.key and message.dup and written is not None and held.key in written:
+                    # Written once already; its PUBACK was lost with a connection.
+                    self.endpoint.stats["dropped_redelivered"] += 1
+                    log.info(
+                        "mqtt5 redelivered a message already written (at_most_once): dropped",
+                        extra={
+                            "endpoint": self.endpoint.name,
+                            "topic": held.event.metadata["topic"],
+                        },
                     )
-                    if message.dup and held.key in self.written:
-                        # Written once already; its PUBACK was lost with a connection.
-                        self.endpoint.stats["dropped_redelivered"] += 1
-                        log.info(
-                            "mqtt5 redelivered a message already written (at_most_once): dropped",
-                            extra={"endpoint": self.endpoint.name, "topic": message.topic},
-                        )
-                        self.client.ack(held.mid, held.qos)
-                        await self._guarded(self.wire.flush)
-                        continue
+                    self.client.ack(held.mid, held.qos)
+                    await self._guarded(self.wire.flush)
+                    continue
             else:
                 # About to wait for the broker: first the acks the session gave meanwhile.
                 self._send_acks()
@@ -355,6 +363,34 @@ class _Consumer:
             self.endpoint.stats["delivered"] += 1
             self.unsettled += 1
             return self._delivery(held)
+
+    def _held(self, message: mqtt.MQTTMessage) -> _Held:
+        held = _Held(message.mid, message.qos, consumed_event(message))
+        if self.written is not None and held.qos:
+            held.key = Written.key(
+                self.mqtt_client_id,
+                message.topic,
+                repr(getattr(message.properties, "UserProperty", None)),
+                held.event.payload,
+            )
+        return held
+
+    async def _drop(self, message: mqtt.MQTTMessage, error: Exception) -> None:
+        """A message that cannot become an event: acked (MQTT has no reject), logged, counted."""
+        self.endpoint.stats["undeliverable"] += 1
+        log.warning(
+            "mqtt5 message dropped: it cannot be converted into an event",
+            extra={
+                "endpoint": self.endpoint.name,
+                "reason": CONVERSION_ERROR,
+                "error": str(error) or type(error).__name__,
+            },
+        )
+        self.undeliverable(CONVERSION_ERROR)
+        if message.qos and self.wire.alive:
+            self._acks.append((message.mid, message.qos))
+            self._send_acks()
+            await self._guarded(self.wire.flush)
 
     async def close(self) -> None:
         """Leave: UNSUBSCRIBE and DISCONNECT (keeping the MQTT session), then close the socket.
@@ -535,7 +571,8 @@ class MQTT5Endpoint:
         self.name = name
         self.config = config
         self.state = AsyncValue(EndpointState.CONNECTING)
-        self.stats: Counter[str] = Counter()  # published, delivered, acked, nacked, ...
+        # published, delivered, acked, nacked, undeliverable, ...
+        self.stats: Counter[str] = Counter()
         self._written = Written()
         self._host, self._port = broker_address(config.broker)
         self._link: _Link | None = None
