@@ -3,8 +3,12 @@
 One AMQP connection per endpoint. Each consumer (one per client session) is a receiver link on an
 AMQP session of its own, with link credit = ``subscription.credit``; accept = ack, ``released`` =
 nack (the broker redelivers), ``rejected`` for a message that can never be delivered (undecodable,
-larger than ``max_message_bytes``, or a body that is neither data nor text: a JMS MapMessage or
-StreamMessage). ``modified`` is never sent: RabbitMQ's plugin crashes the session on it. Leaving a
+larger than ``max_message_bytes``, a body that is neither data nor text: a JMS MapMessage or
+StreamMessage, or any other error while converting it). Such a message is rejected as it arrives,
+whatever the route's guarantee (the broker drops or dead-letters it rather than redelivering it),
+logged and counted (``subscription.undeliverable``); the connection every session shares goes on.
+Properties of any AMQP type become text (binary: UTF-8, else hex). ``modified`` is never sent:
+RabbitMQ's plugin crashes the session on it. Leaving a
 consumer ends its AMQP session (RabbitMQ never answers the detach of a single link), and the broker
 puts back whatever the session left unsettled.
 
@@ -65,7 +69,7 @@ import logging
 import math
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import cast
 from urllib.parse import unquote, urlsplit
@@ -104,7 +108,16 @@ from ..config import JMSConfig
 from ..errors import BrokerUnavailable, ConfigError
 from ..events import Delivery, Event, Settle, new_event_id
 from ._backoff import Backoff
-from .base import Deliveries, EndpointState, Outbound, Subscription
+from .base import (
+    CONVERSION_ERROR,
+    OVERSIZE,
+    UNDECODABLE,
+    UNSUPPORTED,
+    Deliveries,
+    EndpointState,
+    Outbound,
+    Subscription,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +152,14 @@ _HANDLED = frozenset(
 
 
 class Undeliverable(Exception):
-    """A consumed message that no client could ever be given (it is rejected, not redelivered)."""
+    """A consumed message that no client could ever be given (it is rejected, not redelivered).
+
+    ``reason`` is the ``subscription.undeliverable`` label.
+    """
+
+    def __init__(self, detail: str, reason: str = UNDECODABLE) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 # -- messages <-> events (no I/O) --------------------------------------------------------------
@@ -167,7 +187,9 @@ def message_from_event(event: Event, *, durable: bool) -> Message:
 def event_from_message(encoded: bytes, *, max_bytes: int) -> Event:
     """Decode one transferred message; :class:`Undeliverable` if no client could be given it."""
     if len(encoded) > max_bytes:
-        raise Undeliverable(f"{len(encoded)} bytes, more than max_message_bytes ({max_bytes})")
+        raise Undeliverable(
+            f"{len(encoded)} bytes, more than max_message_bytes ({max_bytes})", OVERSIZE
+        )
     message = Message()
     try:
         message.decode(encoded)
@@ -184,7 +206,9 @@ def event_from_message(encoded: bytes, *, max_bytes: int) -> Event:
     elif isinstance(body, str):
         payload = body.encode()
     else:
-        raise Undeliverable(f"the body is an AMQP {type(body).__name__}, not data or text")
+        raise Undeliverable(
+            f"the body is an AMQP {type(body).__name__}, not data or text", UNSUPPORTED
+        )
     properties = cast("dict[object, object] | None", message.properties)
     metadata = {str(key): _text(value) for key, value in (properties or {}).items()}
     for name, value in (
@@ -230,9 +254,17 @@ def _text(value: object) -> str:
 class _Consumer:
     """One receiver link on an AMQP session of its own, and its bounded buffer of deliveries."""
 
-    def __init__(self, wire: _Wire, address: str, name: str, credit: int) -> None:
+    def __init__(
+        self,
+        wire: _Wire,
+        address: str,
+        name: str,
+        credit: int,
+        undeliverable: Callable[[str], None],
+    ) -> None:
         self.wire = wire
         self.credit = credit
+        self.undeliverable = undeliverable
         self.max_message_bytes = wire.endpoint.config.max_message_bytes
         self.session: Session = wire.connection.session()
         self.receiver: Receiver = self.session.receiver(name)
@@ -276,15 +308,18 @@ class _Consumer:
         stats = self.wire.endpoint.stats
         try:
             event = event_from_message(encoded, max_bytes=self.max_message_bytes)
-        except Undeliverable as error:
-            delivery.local.condition = Condition("amqp:decode-error", str(error))
+        except Exception as error:  # proton's decoder may raise anything: one message only
+            reason = error.reason if isinstance(error, Undeliverable) else CONVERSION_ERROR
+            detail = str(error) or type(error).__name__
+            delivery.local.condition = Condition("amqp:decode-error", detail[:200])
             delivery.update(ProtonDelivery.REJECTED)
             delivery.settle()
             stats["rejected"] += 1
             log.warning(
                 "message rejected: it can never be delivered",
-                extra={"endpoint": self.wire.endpoint.name, "error": str(error)},
+                extra={"endpoint": self.wire.endpoint.name, "reason": reason, "error": detail},
             )
+            self.undeliverable(reason)
         else:
             if self.unsettled >= self.credit:
                 delivery.update(ProtonDelivery.RELEASED)
@@ -652,8 +687,10 @@ class _Wire:
 
     # -- what consumers and publishers ask -------------------------------------------------------
 
-    def consumer(self, address: str, name: str, credit: int) -> _Consumer:
-        consumer = _Consumer(self, address, name, credit)
+    def consumer(
+        self, address: str, name: str, credit: int, undeliverable: Callable[[str], None]
+    ) -> _Consumer:
+        consumer = _Consumer(self, address, name, credit, undeliverable)
         self.consumers[name] = consumer
         self.sessions[consumer.session] = consumer
         consumer.open()
@@ -826,7 +863,7 @@ class JMSEndpoint:
         self._links += 1
         name = f"{self.name}:{subscription.client_id}:{subscription.session_id}:{self._links}"
         address = subscription.fill(self.config.queue_in)
-        consumer = wire.consumer(address, name, subscription.credit)
+        consumer = wire.consumer(address, name, subscription.credit, subscription.undeliverable)
         try:
             with trio.fail_after(self.config.open_timeout):
                 await consumer.attached.wait()
