@@ -47,6 +47,14 @@ redelivered to the client's next consumer). When the API gives up (service inter
 endpoint is ``down``, and ``run`` builds a new service after ``retry_interval`` (doubling up to
 30 s, each wait jittered between half and all of it). Pending publish receipts fail on either event.
 
+Hostile messages: property names and values of any type become text (bytes as UTF-8 with
+replacement characters, others with ``str()``), and so do the ids, destination and text payload.
+A message that still cannot be converted (the API or this module raising while reading it) is
+not handed out, whatever the route's guarantee: a persistent one is settled ``REJECTED`` (the
+broker discards it or moves it to the dead message queue, not redelivering it; acknowledged, with
+an API that has no ``settle``), a direct one is dropped; either is logged and counted
+(``stats["undeliverable"]``, ``subscription.undeliverable``), and the session goes on.
+
 Metadata of a delivered event: the message's user properties, and ``solace-destination``,
 ``solace-application-message-id``, ``solace-correlation-id``, ``solace-redelivered``
 (``true``/``false``), ``solace-broker-discard`` (the broker discarded messages before this one),
@@ -81,7 +89,7 @@ from ..config import SolaceConfig
 from ..errors import BrokerUnavailable, ClientTooSlow, MediationError
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
-from .base import Deliveries, EndpointState, Outbound, Subscription
+from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +207,11 @@ def _describe(event: Any) -> str:
 
 
 def _text(value: Any) -> str:
+    """Any property value as text (bytes as UTF-8 with replacement characters)."""
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode()  # lone surrogates, say
     return str(value)
 
 
@@ -216,6 +227,7 @@ class _Consumer:
 
     def __init__(self, endpoint: SolaceEndpoint, subscription: Subscription) -> None:
         self.guarantee = subscription.route.delivery_guarantee
+        self.undeliverable = subscription.undeliverable
         self.persistent = self.guarantee is Guarantee.AT_LEAST_ONCE
         credit = subscription.credit
         self.capacity = credit if self.persistent else max(credit, endpoint.config.direct_buffer)
@@ -309,25 +321,30 @@ class _Consumer:
                 if not self.persistent:
                     with self._lock:
                         self._held -= 1
+                try:
+                    event = self._event(message, dropped)
+                except Exception as error:  # one message, never the session (module doc)
+                    self._reject(message, error)
+                    continue
                 self._endpoint._count("delivered")
-                return Delivery(self._event(message, dropped), self._settler(message))
+                return Delivery(event, self._settler(message))
             await self._waiting.park()
 
     def _event(self, message: Any, dropped: int) -> Event:
         payload = message.get_payload_as_bytes()
         if payload is None:
             text = message.get_payload_as_string()
-            payload = b"" if text is None else text.encode()
-        metadata = {str(k): _text(v) for k, v in (message.get_properties() or {}).items()}
+            payload = b"" if text is None else _text(text).encode("utf-8", "replace")
+        metadata = {_text(k): _text(v) for k, v in (message.get_properties() or {}).items()}
         destination = message.get_destination_name()
         if destination:
-            metadata["solace-destination"] = destination
+            metadata["solace-destination"] = _text(destination)
         application_id = message.get_application_message_id()
         if application_id:
-            metadata["solace-application-message-id"] = application_id
+            application_id = metadata["solace-application-message-id"] = _text(application_id)
         correlation_id = message.get_correlation_id()
         if correlation_id:
-            metadata["solace-correlation-id"] = correlation_id
+            metadata["solace-correlation-id"] = _text(correlation_id)
         metadata["solace-redelivered"] = "true" if message.is_redelivered() else "false"
         discard = message.get_message_discard_notification()
         if discard is not None and discard.has_broker_discard_indication():
@@ -338,15 +355,33 @@ class _Consumer:
         event_id = application_id or (str(replication_id) if replication_id else new_event_id())
         return Event(bytes(payload), id=event_id, metadata=metadata)
 
+    def _reject(self, message: Any, error: Exception) -> None:
+        """A message that cannot become an event: settled for good, logged, counted."""
+        endpoint = self._endpoint
+        endpoint._count("undeliverable")
+        log.warning(
+            "solace message dropped: it cannot be converted into an event",
+            extra={
+                "endpoint": endpoint.name,
+                "source": self.description,
+                "reason": CONVERSION_ERROR,
+                "error": str(error) or type(error).__name__,
+            },
+        )
+        self.undeliverable(CONVERSION_ERROR)
+        if self.persistent:
+            self._settle(message, True, rejected=True)
+
     def _settler(self, message: Any) -> Callable[[bool], Any]:
         async def settle(accepted: bool) -> None:
             self._settle(message, accepted)
 
         return settle
 
-    def _settle(self, message: Any, accepted: bool) -> None:
+    def _settle(self, message: Any, accepted: bool, *, rejected: bool = False) -> None:
         endpoint = self._endpoint
-        endpoint._count("acked" if accepted else "nacked")
+        if not rejected:
+            endpoint._count("acked" if accepted else "nacked")
         if not self.persistent:
             if not accepted:
                 endpoint._count("lost")
@@ -356,7 +391,9 @@ class _Consumer:
                 )
             return
         try:
-            if accepted:
+            if rejected and self._api.Outcome is not None:
+                self.receiver.settle(message, self._api.Outcome.REJECTED)
+            elif accepted:
                 self.receiver.ack(message)
             elif self._api.Outcome is not None:
                 self.receiver.settle(message, self._api.Outcome.FAILED)
@@ -643,7 +680,9 @@ class SolaceEndpoint:
                 builder = connection.service.create_persistent_message_receiver_builder()
                 builder = builder.with_message_client_acknowledgement()
                 if api.Outcome is not None:
-                    builder = builder.with_required_message_outcome_support(api.Outcome.FAILED)
+                    builder = builder.with_required_message_outcome_support(
+                        api.Outcome.FAILED, api.Outcome.REJECTED
+                    )
                 if self.config.create_queues:
                     builder = builder.with_missing_resources_creation_strategy(
                         api.MissingResourcesCreationStrategy.CREATE_ON_START
