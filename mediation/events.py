@@ -5,14 +5,17 @@ The id rule (:func:`valid_event_id`): 1 to :data:`MAX_EVENT_ID` characters, each
 other than space (``0x21``-``0x7E``). Such an id can be written as it is everywhere an id goes:
 an SSE ``id:`` line, an HTTP header (``X-Event-ID``), a JSON string, a broker property, a log
 line. A client's id that breaks it is refused (:class:`mediation.errors.InvalidEventId`); a
-broker's is replaced by :func:`with_valid_id` in the session's consumer loop.
+broker's is replaced by :func:`with_valid_id` in the session's consumer loop (except Kafka's,
+which are its resume positions and always made of the rule's characters).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -111,17 +114,31 @@ class Event:
 
 
 def with_valid_id(event: Event) -> Event:
-    """``event`` if its id obeys the rule, else a copy under a new engine id
-    (:func:`new_event_id`) that keeps the broker's id, escaped (:func:`escape_event_id`), in
+    """``event`` if its id obeys the rule, else a copy under an engine id derived from the
+    broker's (:func:`replacement_id`), which it keeps, escaped (:func:`escape_event_id`), in
     ``metadata[ORIGINAL_ID]``.
 
     For events from brokers, whose ids nobody checked: the event is still delivered (dropping
-    it would lose a message for its label), and a client that needs the broker's id finds it.
+    it would lose a message for its id's sake), and a client that needs the broker's id finds it.
     """
     if _VALID_ID.fullmatch(event.id) is not None:
         return event
     metadata = {**event.metadata, ORIGINAL_ID: escape_event_id(event.id)}
-    return replace(event, id=new_event_id(), metadata=metadata)
+    return replace(event, id=replacement_id(event.id), metadata=metadata)
+
+
+# The namespace of replacement_id's UUIDs: uuid5(NAMESPACE_URL, "urn:mediation:event-id").
+_REPLACEMENT_NAMESPACE = uuid.UUID("23271bd1-40fd-5dd4-8093-4a43c93ef3ae")
+
+
+def replacement_id(broker_id: str) -> str:
+    """The engine id of an event whose broker id breaks the rule: a name-based (version 5) UUID
+    of that id, not a random one, so that the same message has the same id in every session it
+    reaches (a memory topic's subscribers each replace it) and after every redelivery (a client
+    can still tell a redelivery from a new event)."""
+    name = broker_id.encode("utf-8", "surrogatepass")  # uuid.uuid5 refuses a lone surrogate
+    digest = hashlib.sha1(_REPLACEMENT_NAMESPACE.bytes + name, usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 Settle = Callable[[bool], Awaitable[None]]
