@@ -1,7 +1,9 @@
 """The Server-Sent Events entrypoint: ``GET`` with ``Accept: text/event-stream``, broker -> client.
 
 The stream opens with ``event: session`` carrying ``{"client_id", "session_id"}``, sent once the
-session's consumers are subscribed. Each event is framed by :mod:`mediation.sse`; a
+session's consumers are subscribed. Each event is framed by :mod:`mediation.sse`, which no event
+content can make fail (an id SSE cannot carry as it is is left out of its frame; the consumer
+loop has given every broker event an id that obeys the id rule already); a
 ``: keepalive`` comment every ``heartbeat_interval`` keeps proxies from cutting idle streams. A
 completed write is the confirmation ``at_least_once`` waits for (SSE has no way back from the
 client). ``Last-Event-ID`` is passed to the endpoints as the resume position. The session's end
@@ -168,7 +170,8 @@ async def _stream_events(
 
         async def write(batch: list[SessionDelivery]) -> None:
             # A payload that is not UTF-8 cannot be an SSE event; it is sent with replacement
-            # marks. The batch goes out as one body chunk (one send to the socket).
+            # marks. Framing never raises (see mediation.sse): no event ends the stream. The
+            # batch goes out as one body chunk (one send to the socket).
             chunk = b"".join(
                 [
                     frame_event(
