@@ -14,10 +14,17 @@ requests ``410``.
 Every request is admitted like a connect elsewhere: ``Origin`` against ``allowed_origins`` (403),
 then, with ``auth = "bearer"``, the token (401), whose identity claim then names the client
 instead of ``X-Client-ID``. Metadata is passed as ``X-Meta-*`` only where it can be a header
-safely (see :func:`mediation.metadata.header_safe`).
+safely (see :func:`mediation.metadata.header_safe`), and the id as ``X-Event-ID`` only when it
+is printable ASCII without spaces (:func:`mediation.events.writable_event_id`; the consumer loop
+gives every broker event such an id, so a response without one is an engine bug, never a
+header made of event content).
 
 The sessions run in this entrypoint's own nursery, beside its HTTP server, since they outlive the
-requests that touch them.
+requests that touch them. A session that fails unexpectedly (a bug: not a
+:class:`MediationError`) ends alone: logged with its traceback, counted in
+``mediation_connection_errors``, remembered as ended (``410``); the entrypoint and the other
+sessions go on. A request that fails unexpectedly is answered ``500`` by the HTTP server and
+ends nothing else.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from ..errors import (
     SessionClosed,
     SessionNotFound,
 )
+from ..events import writable_event_id
 from ..identity import admit
 from ..metadata import header_safe
 from ..session import EngineContext, Session, open_session
@@ -109,17 +117,30 @@ class _PollingEntrypoint:
             except MediationError as error:
                 if polled is None:
                     raise  # refused at subscribe time: the /subscribe request answers it
-                self.ended[client_id] = error
-                while len(self.ended) > ENDED_MEMORY:
-                    self.ended.popitem(last=False)
+                self._remember_ended(client_id, error)
                 log.info(
                     "polling session ended", extra={"client_id": client_id, "reason": str(error)}
                 )
+            except Exception:
+                if polled is None:
+                    raise  # before it started: the /subscribe request fails with it (a 500)
+                # A bug, or input nothing foresaw. The sessions share this entrypoint's nursery:
+                # raised on, it would end the entrypoint, every other session and the engine.
+                # (trio.Cancelled is no Exception: cancellation still goes through.)
+                log.exception("polling session failed", extra={"client_id": client_id})
+                self.context.telemetry.connection_errors.labels(self.config.name).inc()
+                self._remember_ended(client_id, SessionClosed("internal error"))
             finally:
                 if polled is not None:
                     if self.live.get(client_id) is polled:
                         del self.live[client_id]
                     polled.ended.set()
+
+    def _remember_ended(self, client_id: str, reason: MediationError) -> None:
+        """Later requests of the client are told the session ended (410 or 503), not 404."""
+        self.ended[client_id] = reason
+        while len(self.ended) > ENDED_MEMORY:
+            self.ended.popitem(last=False)
 
     async def _expire_when_idle(self, polled: _Polled) -> None:
         timeout = self.config.session_idle_timeout
@@ -212,11 +233,16 @@ class _PollingEntrypoint:
             await session.before_write(item)
             # Metadata comes from the broker, set by whoever produced the event: only what can
             # be an HTTP header safely (a token name, a printable Latin-1 value) is passed on.
+            # So is the id: one that could not be a header as it is (never one of ours) is left
+            # out rather than written raw (a line break would be a 500, a NUL or a vertical tab
+            # would go out).
+            event_id = item.event.id
             metadata = dict(header_safe(item.event.metadata.items()))
-            headers = {
-                "x-event-id": item.event.id,
-                "content-type": metadata.pop("content-type", "application/octet-stream"),
-            }
+            headers = {"content-type": metadata.pop("content-type", "application/octet-stream")}
+            if writable_event_id(event_id):
+                headers["x-event-id"] = event_id
+            else:
+                log.error("event id not written: not header-safe", extra={"event_id": event_id})
             for key, value in metadata.items():
                 headers[f"x-meta-{key}"] = value
             await respond(send, 200, item.event.payload, headers)
