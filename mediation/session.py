@@ -49,7 +49,7 @@ import trio
 from trio_util import AsyncValue
 
 from .ack_policy import Step, acks_at, needs_client_confirmation, upstream_awaits_confirm
-from .config import RouteConfig
+from .config import KafkaConfig, RouteConfig
 from .endpoints.base import Endpoint, EndpointState, Outbound, Subscription
 from .errors import (
     BrokerUnavailable,
@@ -61,7 +61,7 @@ from .errors import (
     UnknownEvent,
     single_error,
 )
-from .events import Delivery, Event, new_event_id
+from .events import Delivery, Event, new_event_id, valid_event_id, with_valid_id
 from .routing import EntrypointRoutes, RouteTable
 from .telemetry import PacketSource, Telemetry
 
@@ -453,6 +453,15 @@ class Session:
         async with endpoint.consume(subscription) as deliveries:
             task_status.started()
             async for delivery in deliveries:
+                if not valid_event_id(delivery.event.id) and not isinstance(
+                    getattr(endpoint, "config", None), KafkaConfig
+                ):
+                    # A broker's id, which nobody checked (RabbitMQ message_id, an MQTT or AMQP
+                    # property): one that breaks the id rule gets replaced here, once for every
+                    # entrypoint, the original kept (escaped) in metadata "original-id". Kafka's
+                    # ids are its resume positions (topic:partition:offset, printable; over the
+                    # rule's length only for a topic name over 224 characters): never replaced.
+                    delivery.event = with_valid_id(delivery.event)
                 item = SessionDelivery(delivery, plan)
                 self._in_hand[item] = None
                 if plan.acks_received:
