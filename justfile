@@ -48,6 +48,11 @@ bench *ARGS: _system-deps (_venv "all,dev,bench")
 soak *ARGS: (_venv "all,dev")
     {{venv}}/bin/python scripts/soak.py "$@"
 
+# Fuzz every entrypoint with random seeds (`just fuzz --seconds 3600`); `just test` runs one fixed seed.
+[positional-arguments]
+fuzz *ARGS: (_venv "all,dev")
+    {{venv}}/bin/python scripts/fuzz.py "$@"
+
 # Start the test brokers on loopback, for working by hand against them.
 brokers: _system-deps (_venv "all,dev")
     {{venv}}/bin/python scripts/brokers.py

@@ -1,0 +1,761 @@
+"""Hostile inputs for the entrypoints, made from valid requests. Pure: no I/O, no clock.
+
+::
+
+    inputs = Mutations(seed=1234)
+    first = inputs.make(0)      # a FuzzInput: target entrypoint, bytes, mutations applied
+    again = Mutations(seed=1234).make(0)
+    assert first == again       # input i depends on (seed, i) only: reproducible alone
+
+Each input starts as a valid request for one entrypoint (an SSE ``GET``, a webhook ``POST`` with
+``Content-Length`` or a chunked body with trailers, a pipelined polling cycle
+``/subscribe``-``/poll``-``/ack``-``/unsubscribe``, a WebSocket handshake with its first frames,
+enveloped or not), then goes through up to a few mutations: structural ones (duplicated, dropped
+and reordered header lines, another method, version, target, client id or framing, bad chunk
+sizes and trailers, bad WebSocket frames and envelopes) and byte ones (flips, inserted
+NUL/CR/LF/0x80-0xff, truncations, deletions, duplications). About one in eight is sent as made.
+
+The targets are entrypoint names of the driver's configuration (:data:`TARGETS`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Entrypoint name -> its type, as the driver configures them.
+TARGETS: dict[str, str] = {
+    "ws": "websocket",  # frame_type auto, routes auto
+    "ws-text": "websocket",  # frame_type text, routes at_least_once
+    "sse": "sse",
+    "hook": "http_post",  # auto
+    "hook-ack": "http_post",  # at_least_once
+    "poll": "http_get",  # at_least_once
+}
+
+# What the driver configures, and what the inputs aim just past.
+MAX_HEADER_BYTES = 4096
+MAX_MESSAGE_BYTES = 8192
+MAX_BODY = 8192
+
+CRLF = b"\r\n"
+
+
+@dataclass(frozen=True)
+class FuzzInput:
+    """One hostile connection: ``data`` sent to the entrypoint ``target`` at once."""
+
+    seed: int
+    index: int
+    target: str
+    kind: str  # the valid request it was made from
+    data: bytes
+    mutations: tuple[str, ...]
+    # Shut the sending side down after ``data`` (the server sees EOF), or leave it open (the
+    # server's own timeouts must end the connection).
+    half_close: bool
+    # The WebSocket handshake's key, to check Sec-WebSocket-Accept; None for plain HTTP.
+    websocket_key: str | None = None
+
+    @property
+    def mutated(self) -> bool:
+        return bool(self.mutations)
+
+    def describe(self, limit: int = 400) -> str:
+        """The input for a report: everything but the bytes past ``limit`` (``make(index)``
+        gives them all again)."""
+        data = repr(self.data[:limit])
+        if len(self.data) > limit:
+            data += f" ... ({len(self.data)} bytes)"
+        return (
+            f"seed={self.seed} index={self.index} target={self.target} kind={self.kind} "
+            f"half_close={self.half_close} mutations={list(self.mutations)}\n"
+            f"    data={data}"
+        )
+
+
+# -- valid requests -----------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    """One HTTP/1.1 request, kept in pieces so that mutations can work on lines and framing."""
+
+    method: bytes
+    target: bytes
+    version: bytes = b"HTTP/1.1"
+    headers: list[bytes] = field(default_factory=list)  # whole lines, without CRLF
+    body: bytes = b""
+    # A chunked body: (size line, data) per chunk, then the trailer lines. None: ``body``.
+    chunks: list[tuple[bytes, bytes]] | None = None
+    trailers: list[bytes] = field(default_factory=list)
+    line_end: bytes = CRLF
+
+    def header_index(self, name: bytes) -> int | None:
+        for i, line in enumerate(self.headers):
+            if line.split(b":", 1)[0].strip().lower() == name.lower():
+                return i
+        return None
+
+    def set_header(self, name: bytes, value: bytes) -> None:
+        i = self.header_index(name)
+        if i is None:
+            self.headers.append(name + b": " + value)
+        else:
+            self.headers[i] = name + b": " + value
+
+    def encode(self) -> bytes:
+        end = self.line_end
+        head = b" ".join(p for p in (self.method, self.target, self.version) if p is not None)
+        out = bytearray(head + end)
+        for line in self.headers:
+            out += line + end
+        out += end
+        if self.chunks is None:
+            out += self.body
+        else:
+            for size, data in self.chunks:
+                out += size + CRLF + data + CRLF
+            out += b"0" + CRLF
+            for line in self.trailers:
+                out += line + CRLF
+            out += CRLF
+        return bytes(out)
+
+
+@dataclass
+class Frame:
+    """One WebSocket frame from the client (masked unless told otherwise)."""
+
+    opcode: int
+    payload: bytes
+    fin: bool = True
+    rsv: int = 0  # the three RSV bits, 0-7
+    masked: bool = True
+    mask_key: bytes = b"\x12\x34\x56\x78"
+    length: int | None = None  # a length field that lies about the payload
+
+    def encode(self) -> bytes:
+        first = (0x80 if self.fin else 0) | (self.rsv & 7) << 4 | (self.opcode & 0x0F)
+        length = len(self.payload) if self.length is None else self.length
+        mask_bit = 0x80 if self.masked else 0
+        if length < 126:
+            head = bytes([first, mask_bit | length])
+        elif length < 1 << 16:
+            head = bytes([first, mask_bit | 126]) + length.to_bytes(2, "big")
+        else:
+            head = bytes([first, mask_bit | 127]) + (length % (1 << 64)).to_bytes(8, "big")
+        if not self.masked:
+            return head + self.payload
+        key = self.mask_key
+        return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(self.payload))
+
+
+@dataclass
+class Seed:
+    target: str
+    kind: str
+    requests: list[Request]
+    frames: list[Frame] = field(default_factory=list)
+    websocket_key: str | None = None
+
+    def encode(self) -> bytes:
+        return b"".join(r.encode() for r in self.requests) + b"".join(
+            f.encode() for f in self.frames
+        )
+
+
+def _client_id(rng: random.Random) -> bytes:
+    # Never the bystanders' ids (the driver's start with "bystander-").
+    return f"fz-{rng.randrange(10**6)}".encode()
+
+
+def _payload(rng: random.Random) -> bytes:
+    choice = rng.randrange(6)
+    if choice == 0:
+        return b""
+    if choice == 1:
+        return b"hello fuzz"
+    if choice == 2:
+        return json.dumps({"type": "order", "n": rng.randrange(1000)}).encode()
+    if choice == 3:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64)))
+    if choice == 4:
+        return "line one\nline two\r\nthree\u00e9\u2603".encode()
+    return b"x" * rng.choice([MAX_BODY - 1, MAX_BODY, MAX_BODY + 1, 300])
+
+
+def _host(rng: random.Random) -> bytes:
+    return rng.choice([b"Host: 127.0.0.1", b"Host: localhost:8080", b"host: example.com"])
+
+
+def sse_seed(rng: random.Random) -> Seed:
+    headers = [_host(rng), b"Accept: text/event-stream"]
+    target = b"/"
+    if rng.random() < 0.5:
+        headers.append(b"X-Client-ID: " + _client_id(rng))
+    elif rng.random() < 0.5:
+        target = b"/?client_id=" + _client_id(rng)
+    if rng.random() < 0.3:
+        headers.append(b"Last-Event-ID: " + rng.choice([b"42", b"abc", b"0.deadbeef"]))
+    if rng.random() < 0.3:
+        headers.append(b"Cache-Control: no-cache")
+    if rng.random() < 0.3:
+        headers.append(b"Origin: http://example.com")
+    rng.shuffle(headers)
+    return Seed("sse", "sse-get", [Request(b"GET", target, headers=headers)])
+
+
+def post_seed(rng: random.Random) -> Seed:
+    target = rng.choice(["hook", "hook-ack"])
+    body = _payload(rng)
+    headers = [_host(rng)]
+    if rng.random() < 0.7:
+        headers.append(
+            b"Content-Type: "
+            + rng.choice([b"application/json", b"text/plain; charset=utf-8", b"application/x"])
+        )
+    if rng.random() < 0.5:
+        headers.append(b"X-Client-ID: " + _client_id(rng))
+    if rng.random() < 0.5:
+        headers.append(b"X-Trace: " + str(rng.randrange(10**9)).encode())
+    framing = rng.choice(["length", "length", "chunked", "chunked-trailers", "expect", "http10"])
+    request = Request(b"POST", b"/", headers=headers)
+    if framing == "chunked" or framing == "chunked-trailers":
+        request.headers.append(b"Transfer-Encoding: chunked")
+        chunks = []
+        rest = body
+        while rest:
+            n = rng.randrange(1, 40)
+            size = format(len(rest[:n]), "x").encode()
+            if rng.random() < 0.2:
+                size += b";ext=" + rng.choice([b"1", b'"q"', b"a"])
+            chunks.append((size, rest[:n]))
+            rest = rest[n:]
+        request.chunks = chunks
+        if framing == "chunked-trailers":
+            request.headers.append(b"Trailer: X-Checksum")
+            request.trailers = [b"X-Checksum: " + str(len(body)).encode()]
+    else:
+        request.headers.append(b"Content-Length: " + str(len(body)).encode())
+        request.body = body
+        if framing == "expect":
+            request.headers.append(b"Expect: 100-continue")
+        if framing == "http10":
+            request.version = b"HTTP/1.0"
+    if rng.random() < 0.2:
+        request.headers.append(b"Connection: close")
+    return Seed(target, f"post-{framing}", [request])
+
+
+def poll_seed(rng: random.Random) -> Seed:
+    client = b"X-Client-ID: " + _client_id(rng)
+    host = _host(rng)
+
+    def request(method: bytes, path: bytes, *extra: bytes) -> Request:
+        return Request(method, path, headers=[host, client, *extra])
+
+    subscribe = request(b"POST", b"/subscribe", b"Content-Length: 0")
+    poll = request(b"GET", b"/poll")
+    ack = request(
+        b"POST",
+        b"/ack",
+        b"X-Event-ID: " + rng.choice([b"1", b"unknown", b"mem-1", b"-"]),
+        b"Content-Length: 0",
+    )
+    unsubscribe = request(b"DELETE", b"/unsubscribe")
+    shape = rng.randrange(4)
+    if shape == 0:
+        requests = [subscribe, poll, ack, unsubscribe]
+    elif shape == 1:
+        requests = [subscribe, unsubscribe]
+    elif shape == 2:
+        requests = [poll]  # not subscribed: 404
+    else:
+        requests = [subscribe, poll]
+    return Seed("poll", "poll-" + "-".join(r.target[1:].decode() for r in requests), requests)
+
+
+def _websocket_key(rng: random.Random) -> str:
+    return base64.b64encode(bytes(rng.randrange(256) for _ in range(16))).decode()
+
+
+def _envelope(rng: random.Random) -> bytes:
+    choice = rng.randrange(5)
+    if choice == 0:
+        return json.dumps({"id": f"u{rng.randrange(100)}", "payload": "hi"}).encode()
+    if choice == 1:
+        return json.dumps(
+            {"id": "b1", "payload": base64.b64encode(b"\xff\x00").decode(), "encoding": "base64"}
+        ).encode()
+    if choice == 2:
+        return json.dumps({"ack": f"mem-{rng.randrange(100)}"}).encode()
+    if choice == 3:
+        return json.dumps({"nack": "nobody"}).encode()
+    return json.dumps({"id": "m1", "payload": "x", "metadata": {"k": "v"}}).encode()
+
+
+def websocket_seed(rng: random.Random) -> Seed:
+    target = rng.choice(["ws", "ws-text"])
+    key = _websocket_key(rng)
+    headers = [
+        _host(rng),
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: " + key.encode(),
+        b"Sec-WebSocket-Version: 13",
+    ]
+    enveloped = rng.random() < 0.5
+    if enveloped:
+        headers.append(b"Sec-WebSocket-Protocol: mediation.v1")
+    if rng.random() < 0.5:
+        headers.append(b"X-Client-ID: " + _client_id(rng))
+    if rng.random() < 0.2:
+        headers.append(b"Origin: http://example.com")
+    frames = []
+    for _ in range(rng.randrange(4)):
+        kind = rng.randrange(6)
+        key4 = bytes(rng.randrange(256) for _ in range(4))
+        if kind <= 1:
+            payload = _envelope(rng) if enveloped else _payload(rng)[:200]
+            frames.append(Frame(0x1, payload if _is_utf8(payload) else b"text", mask_key=key4))
+        elif kind == 2:
+            frames.append(Frame(0x2, _payload(rng)[:200], mask_key=key4))
+        elif kind == 3:
+            frames.append(Frame(0x9, b"ping", mask_key=key4))
+        elif kind == 4:  # a fragmented text message
+            frames.append(Frame(0x1, b"frag", fin=False, mask_key=key4))
+            frames.append(Frame(0x0, b"ment", mask_key=key4))
+        else:
+            frames.append(Frame(0x8, (1000).to_bytes(2, "big") + b"bye", mask_key=key4))
+    kind = "ws-envelope" if enveloped else "ws-plain"
+    return Seed(target, kind, [Request(b"GET", b"/", headers=headers)], frames, key)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+SEEDS: list[Callable[[random.Random], Seed]] = [sse_seed, post_seed, poll_seed, websocket_seed]
+
+
+# -- structural mutations -----------------------------------------------------------------------
+# Each takes the seed and the generator, changes the seed in place and returns a short name for
+# the report, or None when it does not apply to this seed.
+
+
+def _pick(rng: random.Random, seed: Seed) -> Request:
+    return rng.choice(seed.requests)
+
+
+def duplicate_header(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    if not request.headers:
+        return None
+    i = rng.randrange(len(request.headers))
+    request.headers.insert(rng.randrange(len(request.headers) + 1), request.headers[i])
+    return f"duplicate-header {request.headers[i][:30]!r}"
+
+
+def reorder_headers(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    rng.shuffle(request.headers)
+    return "reorder-headers"
+
+
+def drop_header(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    if not request.headers:
+        return None
+    line = request.headers.pop(rng.randrange(len(request.headers)))
+    return f"drop-header {line[:30]!r}"
+
+
+def mangle_header_line(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    if not request.headers:
+        return None
+    i = rng.randrange(len(request.headers))
+    name, _, value = request.headers[i].partition(b":")
+    how = rng.randrange(8)
+    if how == 0:
+        request.headers[i] = name + b" :" + value  # whitespace before the colon: 400 (RFC 9112)
+    elif how == 1:
+        request.headers[i] = name.swapcase() + b":" + value
+    elif how == 2:
+        request.headers[i] = name + b":" + value + CRLF + b" folded"  # obs-fold
+    elif how == 3:
+        request.headers[i] = name + value  # no colon
+    elif how == 4:
+        request.headers[i] = b" " + request.headers[i]  # leading whitespace
+    elif how == 5:
+        request.headers[i] = name + b":" + value + rng.choice([b"\x00", b"\x7f", b"\xff", b"\t"])
+    elif how == 6:
+        request.headers[i] = name + b"\x80\xfe:" + value
+    else:
+        request.headers[i] = b":" + value  # empty name
+    return f"mangle-header {request.headers[i][:40]!r}"
+
+
+def long_header(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    size = rng.choice([MAX_HEADER_BYTES - 200, MAX_HEADER_BYTES, MAX_HEADER_BYTES + 1, 70_000])
+    request.headers.insert(rng.randrange(len(request.headers) + 1), b"X-Long: " + b"a" * size)
+    return f"long-header {size}"
+
+
+def many_headers(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    n = rng.choice([50, 300, 2000])
+    request.headers.extend(b"X-H%d: v" % i for i in range(n))
+    return f"many-headers {n}"
+
+
+def bare_line_ends(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    request.line_end = rng.choice([b"\n", b"\r", b"\r\r\n", b"\n\r"])
+    return f"line-end {request.line_end!r}"
+
+
+METHODS = [b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT"]
+
+
+def change_method(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    request.method = rng.choice(
+        [*METHODS, b"get", b"PRI", b"G ET", b"", b"XYZZY", b"GET\x00", b"P\xd3ST", b"M" * 300]
+    )
+    return f"method {request.method[:20]!r}"
+
+
+def change_version(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    request.version = rng.choice(
+        [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9", b"http/1.1", b"HTTP/11", b"", b"HTTP/"]
+    )
+    return f"version {request.version!r}"
+
+
+def change_target(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    request.target = rng.choice(
+        [
+            b"*",
+            b"//",
+            b"/%00",
+            b"/%",
+            b"/../../etc/passwd",
+            b"http://127.0.0.1/",
+            b"/?client_id=%ff%fe",
+            b"/?client_id=" + b"a" * 200,
+            b"/?client_id=a%20b",
+            b"/?client_id=&client_id=x",
+            b"/" + b"a" * 5000,
+            b"",
+            b"/poll?x=1#frag",
+            b"/subscribe",
+            b"/\xff\xfe",
+            request.target + b"?" + b"&" * 100,
+        ]
+    )
+    return f"target {request.target[:40]!r}"
+
+
+def bad_client_id(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    value = rng.choice([b"", b"a b", b"x" * 129, b"\xc3\xa9", b"a/b", b"<script>", b"a\tb", b"%41"])
+    request.set_header(b"X-Client-ID", value)
+    return f"client-id {value[:20]!r}"
+
+
+def content_length(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    n = len(request.body)
+    value = rng.choice(
+        [
+            b"-1",
+            b"1e3",
+            b"99999999999999999999999",
+            b"0x10",
+            b" 5",
+            str(n).encode() + b", " + str(n).encode(),
+            str(n).encode() + b"," + str(n + 1).encode(),
+            b"",
+            str(n + rng.randrange(1, 100)).encode(),  # more than is sent: a truncated body
+            str(max(0, n - 1)).encode(),  # less: the rest is a second, broken request
+            str(MAX_BODY + 1).encode(),
+        ]
+    )
+    if rng.random() < 0.3:
+        request.headers.append(b"Content-Length: " + value)
+        return f"second-content-length {value!r}"
+    request.set_header(b"Content-Length", value)
+    return f"content-length {value!r}"
+
+
+def transfer_encoding(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    value = rng.choice(
+        [
+            b"chunked, gzip",
+            b"gzip",
+            b"gzip, chunked",
+            b"identity",
+            b"Chunked",
+            b"chunked\x00",
+            b"chunked;q=1",
+            b" chunked",
+            b"xchunked",
+        ]
+    )
+    if rng.random() < 0.3:
+        request.headers.append(b"Transfer-Encoding: " + value)
+        return f"second-transfer-encoding {value!r}"
+    request.set_header(b"Transfer-Encoding", value)
+    return f"transfer-encoding {value!r}"
+
+
+def chunking(seed: Seed, rng: random.Random) -> str | None:
+    request = _pick(rng, seed)
+    if request.chunks is None:
+        # Make it chunked, keeping a Content-Length if there is one (both: 400 or TE wins).
+        request.chunks = [(format(len(request.body), "x").encode(), request.body)]
+        request.body = b""
+        request.headers.append(b"Transfer-Encoding: chunked")
+        return "to-chunked"
+    how = rng.randrange(7)
+    chunks = request.chunks
+    if how == 0 or not chunks:
+        chunks.append((rng.choice([b"fffffffffffffffffff", b"-1", b"0x5", b"", b"g", b" 5"]), b"x"))
+    elif how == 1:
+        i = rng.randrange(len(chunks))
+        data = chunks[i][1]
+        chunks[i] = (format(len(data) + rng.choice([-1, 1, 100]), "x").encode(), data)
+    elif how == 2:
+        i = rng.randrange(len(chunks))
+        chunks[i] = (
+            chunks[i][0] + b";" + rng.choice([b"", b"=", b"a=\x00", b"a" * 5000]),
+            chunks[i][1],
+        )
+    elif how == 3:
+        request.trailers.append(
+            rng.choice(
+                [
+                    b"Content-Length: 5",
+                    b"X-T: \x00",
+                    b"bad trailer",
+                    b"X-T : v",
+                    b"X-" * 3000 + b": v",
+                ]
+            )
+        )
+    elif how == 4:
+        request.trailers = [b"X-T%d: v" % i for i in range(500)]
+    elif how == 5:
+        chunks.extend([(b"1", b"y")] * 2000)  # many tiny chunks
+    else:
+        chunks.insert(0, (b"0", b""))  # an early last chunk: the rest is garbage
+    return f"chunking {how}"
+
+
+def _frames(seed: Seed) -> list[Frame] | None:
+    return seed.frames if seed.websocket_key is not None else None
+
+
+def websocket_frames(seed: Seed, rng: random.Random) -> str | None:
+    frames = _frames(seed)
+    if frames is None:
+        return None
+    key4 = bytes(rng.randrange(256) for _ in range(4))
+    how = rng.randrange(13)
+    if how == 0:
+        frames.insert(0, Frame(0x1, b"unmasked", masked=False))
+    elif how == 1:
+        frames.insert(0, Frame(0x1, b"rsv", rsv=rng.randrange(1, 8), mask_key=key4))
+    elif how == 2:
+        frames.insert(0, Frame(rng.choice([3, 4, 5, 6, 7, 0xB, 0xC, 0xF]), b"op", mask_key=key4))
+    elif how == 3:
+        frames.insert(0, Frame(0x2, b"huge", length=rng.choice([1 << 63, (1 << 64) - 1, 1 << 40])))
+    elif how == 4:
+        frames.insert(0, Frame(0x2, b"short", length=rng.choice([200, 70_000, 3])))
+    elif how == 5:
+        frames.insert(0, Frame(0x9, b"p" * 126, mask_key=key4))  # control frame > 125
+    elif how == 6:
+        frames.insert(0, Frame(0x9, b"frag-ping", fin=False, mask_key=key4))
+    elif how == 7:
+        frames.insert(0, Frame(0x0, b"continuation first", mask_key=key4))
+    elif how == 8:
+        code = rng.choice([0, 999, 1004, 1005, 1006, 1015, 2999, 5000, 65535])
+        payload = code.to_bytes(2, "big") + rng.choice([b"", b"\xff\xfe"])
+        frames.insert(0, Frame(0x8, rng.choice([payload, b"\x03"]), mask_key=key4))
+    elif how == 9:
+        frames.insert(
+            0, Frame(0x1, rng.choice([b"\xff\xfe", b"\xed\xa0\x80", b"ok\xc3"]), mask_key=key4)
+        )
+    elif how == 10:
+        size = rng.choice([MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES + 1, 70_000])
+        frames.insert(0, Frame(0x2, b"b" * size, mask_key=key4))
+    elif how == 11:  # a message over the limit in fragments
+        frames[:0] = [Frame(0x2, b"f" * 4000, fin=False, mask_key=key4)] + [
+            Frame(0x0, b"f" * 4000, fin=False, mask_key=key4) for _ in range(3)
+        ]
+    else:  # a text message interleaved into an unfinished one
+        frames[:0] = [Frame(0x1, b"a", fin=False, mask_key=key4), Frame(0x1, b"b", mask_key=key4)]
+    return f"frame {how}"
+
+
+ENVELOPES = [
+    b"[" * 100_000,
+    b'{"id": 1, "payload": "x"}',
+    b'{"id": "x", "payload": 5}',
+    b'{"id": "x", "payload": "!!!", "encoding": "base64"}',
+    b'{"id": "x", "payload": "x", "encoding": "rot13"}',
+    b'{"id": "x", "payload": "x", "metadata": {"k": [1]}}',
+    b'{"id": "x", "payload": "x", "metadata": "m"}',
+    b'{"id": "' + b"i" * 5000 + b'", "payload": "x"}',
+    b'{"id": "\\ud800", "payload": "\\udfff"}',
+    b'{"ack": null}',
+    b'{"ack": "a", "nack": "b"}',
+    b'{"subscribe": {"symbol": "C"}}',
+    b'{"resume": "1.abc"}',
+    b"[]",
+    b"null",
+    b'{"id": "x"',
+    b'{"id": 1e999999, "payload": "x"}',
+    b'{"id": "x", "payload": "' + b"\\u0000" * 1000 + b'"}',
+    b'{"ack": "\\u0000"}',
+    b'{"id": "dup", "id": "dup2", "payload": "x"}',
+]
+
+
+def envelope(seed: Seed, rng: random.Random) -> str | None:
+    frames = _frames(seed)
+    if frames is None:
+        return None
+    payload = rng.choice(ENVELOPES)
+    opcode = 0x1 if _is_utf8(payload) and rng.random() < 0.8 else 0x2
+    frames.insert(rng.randrange(len(frames) + 1), Frame(opcode, payload))
+    return f"envelope {payload[:30]!r}"
+
+
+def websocket_handshake(seed: Seed, rng: random.Random) -> str | None:
+    if seed.websocket_key is None:
+        return None
+    request = seed.requests[0]
+    name, value = rng.choice(
+        [
+            (b"Sec-WebSocket-Version", rng.choice([b"8", b"", b"13, 13", b"99"])),
+            (b"Sec-WebSocket-Key", rng.choice([b"", b"short", b"!!!!", b"a" * 200])),
+            (b"Upgrade", rng.choice([b"websocket2", b"", b"h2c", b"WebSocket"])),
+            (b"Connection", rng.choice([b"keep-alive", b"upgrade, close", b"", b"UPGRADE"])),
+            (
+                b"Sec-WebSocket-Protocol",
+                rng.choice([b"mediation.v2", b"mediation.v1, mediation.v1", b",,,", b"\xff"]),
+            ),
+            (b"Sec-WebSocket-Extensions", rng.choice([b"permessage-deflate", b"x; y=\x01"])),
+        ]
+    )
+    request.set_header(name, value)
+    return f"handshake {name.decode()}: {value[:20]!r}"
+
+
+STRUCTURAL: list[Callable[[Seed, random.Random], str | None]] = [
+    duplicate_header,
+    reorder_headers,
+    drop_header,
+    mangle_header_line,
+    long_header,
+    many_headers,
+    bare_line_ends,
+    change_method,
+    change_version,
+    change_target,
+    bad_client_id,
+    content_length,
+    transfer_encoding,
+    chunking,
+    websocket_frames,
+    websocket_frames,
+    envelope,
+    envelope,
+    websocket_handshake,
+]
+
+
+# -- byte mutations -----------------------------------------------------------------------------
+
+SPECIAL = [0x00, 0x0D, 0x0A, 0x20, 0x3A, 0x09, 0x7F]
+
+
+def _position(rng: random.Random, data: bytes) -> int:
+    # Half of them in the head, where the parser's decisions are.
+    head = data.find(b"\r\n\r\n")
+    if head > 0 and rng.random() < 0.5:
+        return rng.randrange(head + 4)
+    return rng.randrange(len(data) + 1)
+
+
+def byte_mutation(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    if not data:
+        return b"\x00", "insert 0x00 at 0"
+    how = rng.randrange(6)
+    at = min(_position(rng, data), len(data) - 1)
+    if how == 0:
+        bit = 1 << rng.randrange(8)
+        return data[:at] + bytes([data[at] ^ bit]) + data[at + 1 :], f"flip 0x{bit:02x} at {at}"
+    if how == 1:
+        byte = rng.choice(SPECIAL) if rng.random() < 0.6 else rng.randrange(0x80, 0x100)
+        return data[:at] + bytes([byte]) + data[at:], f"insert 0x{byte:02x} at {at}"
+    if how == 2:
+        return data[:at], f"truncate at {at}"
+    if how == 3:
+        n = rng.randrange(1, 16)
+        return data[:at] + data[at + n :], f"delete {n} at {at}"
+    if how == 4:
+        n = rng.randrange(1, 64)
+        return data[:at] + data[at : at + n] * 2 + data[at + n :], f"duplicate {n} at {at}"
+    byte = rng.randrange(256)
+    return data[:at] + bytes([byte]) + data[at + 1 :], f"set 0x{byte:02x} at {at}"
+
+
+# -- the generator ------------------------------------------------------------------------------
+
+
+class Mutations:
+    """The inputs of one seed; :meth:`make` depends only on ``(seed, index)``."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def make(self, index: int) -> FuzzInput:
+        rng = random.Random(f"{self.seed}:{index}")
+        seed = rng.choice(SEEDS)(rng)
+        names: list[str] = []
+        if rng.random() >= 0.125:
+            for _ in range(rng.choice([1, 1, 1, 2, 2, 3])):
+                if rng.random() < 0.55:
+                    name = rng.choice(STRUCTURAL)(seed, rng)
+                    if name is not None:
+                        names.append(name)
+        data = seed.encode()
+        if rng.random() >= 0.125 and (not names or rng.random() < 0.5):
+            for _ in range(rng.choice([1, 1, 2, 3])):
+                data, name = byte_mutation(data, rng)
+                names.append(name)
+        return FuzzInput(
+            seed=self.seed,
+            index=index,
+            target=seed.target,
+            kind=seed.kind,
+            data=data,
+            mutations=tuple(names),
+            half_close=rng.random() < 0.5,
+            websocket_key=seed.websocket_key,
+        )
