@@ -69,6 +69,9 @@ class _EntrypointConfig(_Table):
     # keep-alive HTTP connection, from the previous response; it is also how long an idle
     # keep-alive connection is kept). A client that trickles its headers (slowloris) is dropped.
     header_timeout: Seconds = 10.0
+    # Seconds a client has to send a whole request body, counted from the end of its head; past
+    # it the connection is closed (408 if nothing was answered yet) and nothing is published.
+    body_timeout: Seconds = 30.0
     # "bearer": a client must present a JWT (Authorization: Bearer, or ?access_token= if
     # access_token_query), checked on connect, 401 otherwise; its identity_claim is the client
     # id. Unnecessary behind Envoy, which authenticates and sets X-Client-ID itself.

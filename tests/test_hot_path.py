@@ -18,7 +18,7 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from mediation.endpoints._mqtt_wire import READ_AHEAD, QuickProperties, _ReadAhead, ack_packets
 from mediation.endpoints.rabbitmq import AckRanges
-from mediation.entrypoints.websocket import BINARY, TEXT, server_frame
+from mediation.entrypoints._wsframes import BINARY, TEXT, server_frame
 from mediation.events import new_event_id
 
 

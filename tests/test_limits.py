@@ -20,12 +20,9 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
-from hypothesis import strategies as st
 
 from mediation.endpoints import Outbound
 from mediation.engine import MediationEngine
-from mediation.entrypoints._head import HeaderTooLarge, HeadScanner
 from mediation.envelope import SUBPROTOCOL
 from mediation.events import Event
 
@@ -606,32 +603,3 @@ async def test_broker_metadata_that_cannot_be_a_header_is_not_polled(
         assert polled_metadata(polled) == {"x-meta-x-ok": "kept"}
         assert "injected" not in polled.headers
         assert polled.headers["content-type"] == "text/plain"
-
-
-# -- the head scanner (pure) -------------------------------------------------------------------
-
-
-@given(
-    head=st.binary(max_size=300).filter(lambda b: b"\n\n" not in b and b"\n\r\n" not in b),
-    end=st.sampled_from([b"\r\n\r\n", b"\n\n", b"\n\r\n", b"\r\n\n"]),
-    rest=st.binary(max_size=50),
-    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=20),
-    limit=st.integers(min_value=1, max_value=400),
-)
-def test_head_scanner_finds_the_same_end_however_the_bytes_arrive(
-    head: bytes, end: bytes, rest: bytes, cuts: list[int], limit: int
-) -> None:
-    data = head + end + rest
-    # h11's rule: the head ends at the first empty line (CRLF or bare LF line ends).
-    expected = min(i + len(m) for m in (b"\n\n", b"\n\r\n") if (i := data.find(m)) >= 0)
-    scanner = HeadScanner(limit)
-    found: int | str | None = None
-    for cut in [*sorted(c for c in cuts if c < len(data)), len(data)]:
-        try:
-            found = scanner.end(data[:cut])
-        except HeaderTooLarge:
-            found = "too large"
-            break
-        if found is not None:
-            break
-    assert found == (expected if expected <= limit else "too large")

@@ -52,8 +52,28 @@ async def serve_requests(
         config.port,
         max_header_bytes=config.max_header_bytes,
         header_timeout=config.header_timeout,
+        body_timeout=config.body_timeout,
+        on_error=context.telemetry.connection_errors.labels(config.name).inc,
         task_status=task_status,
     )
+
+
+def header_map(scope: Scope) -> dict[str, str]:
+    """A request's headers by name (lower case). The headers that must not be repeated
+    (identity, authorization, origin, ...) were refused by the server if they were; of the
+    others, the first wins. Values are ASCII (the server refuses other bytes)."""
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = name.decode("latin-1")
+        if key not in headers:
+            headers[key] = value.decode("latin-1")
+    return headers
+
+
+def query_map(scope: Scope) -> dict[str, list[str]]:
+    """A request's query parameters, as :func:`urllib.parse.parse_qs` gives them."""
+    query: bytes = scope.get("query_string", b"")
+    return parse_qs(query.decode("latin-1")) if query else {}
 
 
 class Request:
@@ -62,15 +82,8 @@ class Request:
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
-        # Names come lower-cased (ASGI); the first of a repeated header wins.
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            key = name.decode("latin-1")
-            if key not in headers:
-                headers[key] = value.decode("latin-1")
-        self.headers = headers
-        query = scope.get("query_string", b"")
-        self.query: dict[str, list[str]] = parse_qs(query.decode("latin-1")) if query else {}
+        self.headers = header_map(scope)
+        self.query = query_map(scope)
         self._receive = receive
 
     def query_value(self, name: str) -> str | None:

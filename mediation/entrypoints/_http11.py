@@ -69,6 +69,7 @@ than a reset.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import json
@@ -125,6 +126,25 @@ _ACCEPT_IGNORED_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPER
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+
+# Headers a request may carry once: two of them are ambiguous (which identity, which length,
+# which origin?), and two parts of a system choosing differently is how requests get smuggled.
+SINGLE_HEADERS = frozenset(
+    {
+        b"host",
+        b"x-client-id",
+        b"authorization",
+        b"origin",
+        b"content-length",
+        b"sec-websocket-key",
+    }
+)
+# Each chunk of a chunked body may bring this much framing (its size line, extensions and line
+# ends) besides its data, and the trailers as much as a head, before the request is refused.
+CHUNK_FRAMING_ALLOWANCE = 64
+
+WebSocketHandler = Callable[["Upgrade"], Awaitable[None]]
 
 
 async def serve_http(
@@ -134,13 +154,21 @@ async def serve_http(
     *,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    websocket: WebSocketHandler | None = None,
+    on_error: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening.
 
-    :class:`ListenError` when the address cannot be bound. Cancellation closes every
-    connection at once (the engine ends its sessions before it cancels its servers).
+    ``websocket``: the handler of WebSocket handshakes (an :class:`Upgrade` each, after the
+    same head rules as every request and the handshake's own); without it they are a 400.
+    ``on_error`` is called once for every connection an unexpected exception ended (the
+    engine counts them). :class:`ListenError` when the address cannot be bound.
+    Cancellation closes every connection at once (the engine ends its sessions before it
+    cancels its servers).
     """
+    limits = _Limits(max_header_bytes, header_timeout, body_timeout)
     sock = bound_socket(host, port)
     try:
         sock.listen(socket.SOMAXCONN)
@@ -162,14 +190,7 @@ async def serve_http(
                 server = conn.getsockname()[:2]
             except OSError:  # already reset by the client
                 return
-            await serve_connection(
-                stream,
-                app,
-                max_header_bytes=max_header_bytes,
-                header_timeout=header_timeout,
-                client=client,
-                server=server,
-            )
+            await _serve_connection(stream, app, limits, websocket, on_error, client, server)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -205,19 +226,45 @@ async def serve_connection(
     *,
     max_header_bytes: int,
     header_timeout: float,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    websocket: WebSocketHandler | None = None,
+    on_error: Callable[[], None] | None = None,
     client: tuple[str, int] | None = None,
     server: tuple[str, int] | None = None,
 ) -> None:
     """Serve the requests of one connection until it is to be closed (the caller closes it)."""
+    limits = _Limits(max_header_bytes, header_timeout, body_timeout)
+    await _serve_connection(stream, app, limits, websocket, on_error, client, server)
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_header_bytes: int
+    header_timeout: float
+    body_timeout: float
+
+
+async def _serve_connection(
+    stream: trio.abc.HalfCloseableStream,
+    app: ASGIApp,
+    limits: _Limits,
+    websocket: WebSocketHandler | None,
+    on_error: Callable[[], None] | None,
+    client: tuple[str, int] | None,
+    server: tuple[str, int] | None,
+) -> None:
+    """The barrier around one connection: whatever its requests raise ends it alone."""
+    connection = _Connection(stream, app, limits, websocket, on_error, client, server)
     try:
-        connection = _Connection(stream, app, max_header_bytes, client, server)
-        if await connection.serve(header_timeout):
+        if await connection.serve():
             await _linger(stream)
     except _GONE:
         pass  # the client reset the connection
     except Exception:
-        # A bug of ours: this connection ends, the server and the other connections go on.
+        # A bug of ours, or input nothing foresaw: this connection ends, the server and the
+        # other connections go on.
         log.exception("HTTP connection failed")
+        connection.failed()
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
@@ -379,6 +426,74 @@ class _Refused(Exception):
         self.refusal = _Refusal(status, reason)
 
 
+def handshake_problem(head: _Head) -> str | None:
+    """Why a request with ``Upgrade: websocket`` is not a WebSocket handshake (RFC 6455,
+    4.2.1), or None. Pure."""
+    if head.method != b"GET" or head.version != "1.1":
+        return "a WebSocket handshake is an HTTP/1.1 GET"
+    connection = key = version = None
+    for name, value in head.headers:
+        if name == b"connection":
+            connection = value if connection is None else connection + b"," + value
+        elif name == b"sec-websocket-key":
+            key = value
+        elif name == b"sec-websocket-version":
+            version = value if version is None else b"-"  # two of them: none valid
+        elif name in (b"content-length", b"transfer-encoding"):
+            return "a WebSocket handshake has no body"
+    tokens = {token.strip().lower() for token in (connection or b"").split(b",")}
+    if b"upgrade" not in tokens:
+        return "Connection: Upgrade is missing"
+    if version != b"13":
+        return "Sec-WebSocket-Version must be 13"
+    if key is None or not _valid_websocket_key(key):
+        return "Sec-WebSocket-Key must be 16 bytes in base64"
+    return None
+
+
+def _valid_websocket_key(key: bytes) -> bool:
+    if len(key) != 24:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:  # binascii.Error
+        return False
+
+
+class Upgrade:
+    """A WebSocket handshake that passed the server's checks, handed to the WebSocket handler,
+    which answers it: :meth:`refuse`, or the ``101`` written to :attr:`stream` (then
+    :attr:`accepted` set). The connection is closed when the handler returns.
+
+    ``scope`` is as an HTTP request's (``path``, ``query_string``, ``headers``, ``client``);
+    ``head`` the request head re-made from what the server parsed (what wsproto's handshake
+    reads); ``rest`` what the client sent after the head in the same read: its first frames,
+    to be processed before anything read later.
+    """
+
+    def __init__(self, scope: Scope, request: _Head, rest: bytes, connection: _Connection) -> None:
+        self.scope = scope
+        self.rest = rest
+        self.stream: trio.abc.HalfCloseableStream = connection._stream
+        self.accepted = False
+        self._request = request
+        self._connection = connection
+
+    @property
+    def head(self) -> bytes:
+        request = self._request
+        lines = [b"%b %b HTTP/1.1\r\n" % (request.method, request.target)]
+        lines.extend(b"%b: %b\r\n" % (name, value) for name, value in request.headers)
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def refuse(
+        self, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """Answer the handshake with ``status`` and a JSON body saying why (then closed)."""
+        await self._connection._answer(status, reason, head_only=False, headers=headers)
+
+
 # Queue markers (the other entries are _Head, body bytes and _Refusal).
 _END: Final = "end"  # the end of a request's body
 _CLOSED: Final = "closed"  # the client closed its side (never taken off the queue)
@@ -403,14 +518,20 @@ class _Connection:
         self,
         stream: trio.abc.HalfCloseableStream,
         app: ASGIApp,
-        max_header_bytes: int,
+        limits: _Limits,
+        websocket: WebSocketHandler | None,
+        on_error: Callable[[], None] | None,
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
     ) -> None:
         self._stream = stream
         self._app = app
         self._date = _Date()
-        self._max_header_bytes = max_header_bytes
+        self._limits = limits
+        self._max_header_bytes = limits.max_header_bytes
+        self._websocket = websocket
+        self._on_error = on_error
+        self._error_counted = False
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[_Event] = deque()
         self._client = client
@@ -420,9 +541,16 @@ class _Connection:
         # Parser state.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0  # header lines of the head being parsed, as received
         self._in_head = False  # a head has begun and is not complete yet
         self._head_read = 0  # bytes of that head read in earlier reads
         self._read_used = 0  # bytes of the current read accounted for (heads, bodies)
+        self._read_body = 0  # body bytes in the current read
+        self._read_heads = 0  # heads begun in the current read
+        self._chunks = 0  # chunks of the current message's body so far (0: not chunked)
+        self._framing = 0  # bytes of its chunk framing and trailers so far, as received
+        self._trailer_bytes = 0  # of its trailer lines, as parsed
+        self._upgrade_rest = b""  # what followed a WebSocket handshake's head in its read
         self._last_head: _Head | None = None
         self._upgrade_body = -1  # bytes of an ignored upgrade's body still to come (-1: none)
         self._dead = False  # the parser refused something: nothing more is parsed
@@ -440,6 +568,14 @@ class _Connection:
         self._broken = False  # a write failed or was cancelled midway: nothing more can be sent
         self._failed = False  # the app raised, or returned without a response
         self._bad_body: _Refusal | None = None
+        self._body_deadline = math.inf
+
+    def failed(self) -> None:
+        """Count this connection as ended by an unexpected error (once)."""
+        if not self._error_counted:
+            self._error_counted = True
+            if self._on_error is not None:
+                self._on_error()
 
     # -- the parser's callbacks (httptools) --------------------------------------------------
 
@@ -448,36 +584,57 @@ class _Connection:
         self._headers = []
         self._in_head = True
         self._head_read = 0
+        self._read_heads += 1
+        self._chunks = 0
+        self._framing = 0
+        self._trailer_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # llhttp leaves the whitespace after a value in it; RFC 9110 does not (nor did h11).
+        if not self._in_head:
+            # A trailer (after a chunked body): read and dropped, never one of the request's
+            # headers (those were fixed when the head ended), within the head's limit.
+            self._trailer_bytes += len(name) + len(value) + 4
+            if self._trailer_bytes > self._max_header_bytes:
+                raise _Refused(431, f"trailers exceed {self._max_header_bytes} bytes")
+            return
+        # Counted with the whitespace after the value, which llhttp leaves in it and RFC 9110
+        # takes out (as h11 did).
+        self._head_size += len(name) + len(value) + 4
         self._headers.append((name.lower(), value.rstrip(b" \t")))
+
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         method = parser.get_method()
         url = self._url
         headers = self._headers
-        size = len(method) + len(url) + _REQUEST_LINE_EXTRA
-        hosts = 0
+        size = len(method) + len(url) + _REQUEST_LINE_EXTRA + self._head_size
+        self._head_size = 0
+        if size > self._max_header_bytes:
+            raise _Refused(431, f"request head exceeds {self._max_header_bytes} bytes")
+        if not url.startswith(b"/") or not url.isascii():
+            raise _Refused(400, "the request target must be a path (origin-form)")
         websocket = expect = upgrade_seen = False
+        seen: set[bytes] = set()
         for name, value in headers:
-            size += len(name) + len(value) + 4
-            if name == b"host":
-                hosts += 1
+            if not value.isascii():
+                raise _Refused(400, "a header value holds a byte outside ASCII")
+            if name in SINGLE_HEADERS:
+                if name in seen:
+                    raise _Refused(400, f"more than one {name.decode()} header")
+                seen.add(name)
             elif name == b"upgrade" and not upgrade_seen:
                 upgrade_seen = True
                 websocket = value.strip().lower() == b"websocket"
             elif name == b"expect":
                 expect = value.strip().lower() == b"100-continue"
-        if size > self._max_header_bytes:
-            raise _Refused(431, f"request head exceeds {self._max_header_bytes} bytes")
         version = parser.get_http_version()
-        if hosts > 1:
-            raise _Refused(400, "Found multiple Host: headers")
+        hosts = b"host" in seen
         if version == "1.1":
             if not hosts:
                 raise _Refused(400, "Missing mandatory Host: header")
@@ -494,6 +651,7 @@ class _Connection:
 
     def on_body(self, body: bytes) -> None:
         self._read_used += len(body)
+        self._read_body += len(body)
         if self._last_head is not None:
             self._last_head.expect_continue = False
         self._events.append(body)
@@ -539,11 +697,16 @@ class _Connection:
             return
         if self._upgrade_body > 0:
             data = self._take_upgrade_body(data)
-        self._read_used = 0
+        self._read_used = self._read_body = self._read_heads = 0
+        carried = self._head_read if self._in_head else -1  # a head begun in an earlier read
+        chunked = self._chunks > 0  # a chunked body was under way
+        queued = len(self._events)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._upgraded(data[upgrade.args[0] :])
+            used = upgrade.args[0]
+            if not self._head_too_large(used - self._read_body, carried, queued):
+                self._upgraded(data[used:])
             return
         except httptools.HttpParserError as error:
             context = error.__context__
@@ -551,6 +714,17 @@ class _Connection:
                 self._refuse_parsing(context.refusal)
             else:
                 self._refuse_parsing(_Refusal(400, str(error) or "malformed request"))
+            return
+        # What this read brought besides body data: heads, chunk framing and trailers, counted
+        # as received (whitespace the parser skips included).
+        framing = len(data) - self._read_body
+        if chunked or self._chunks:
+            self._framing += framing
+            if self._framing > self._max_header_bytes + CHUNK_FRAMING_ALLOWANCE * self._chunks:
+                self._unqueue(queued)
+                self._refuse_parsing(_Refusal(431, "chunk framing and trailers too large"))
+                return
+        elif self._head_too_large(framing, carried, queued):
             return
         if self._in_head:
             # A head not complete yet: what it has used of this read is what the earlier
@@ -560,6 +734,24 @@ class _Connection:
             if self._head_read > self._max_header_bytes:
                 limit = self._max_header_bytes
                 self._refuse_parsing(_Refusal(431, f"request head exceeds {limit} bytes"))
+
+    def _head_too_large(self, head_bytes: int, carried: int, queued: int) -> bool:
+        """Whether the heads of this read, ``head_bytes`` as received (plus ``carried`` bytes of
+        one begun in an earlier read, or -1), are over the limit; if so, what this read queued
+        is replaced by a 431. One head per read (the usual): exactly its size as received;
+        pipelined heads in one read share their allowance."""
+        heads = self._read_heads + (carried >= 0)
+        if not heads or head_bytes + max(carried, 0) <= self._max_header_bytes * heads:
+            return False
+        self._unqueue(queued)
+        limit = self._max_header_bytes
+        self._refuse_parsing(_Refusal(431, f"request head exceeds {limit} bytes"))
+        return True
+
+    def _unqueue(self, queued: int) -> None:
+        """Take back what the current read queued (it held an oversized head)."""
+        while len(self._events) > queued:
+            self._events.pop()
 
     def _refuse_parsing(self, refusal: _Refusal) -> None:
         self._events.append(refusal)
@@ -573,6 +765,8 @@ class _Connection:
         head = self._last_head
         assert head is not None
         if head.websocket:
+            # What follows is the client's first frames: kept for the WebSocket handler.
+            self._upgrade_rest = bytes(rest)
             self._events.append(_END)
             self._dead = True
             return
@@ -600,8 +794,9 @@ class _Connection:
 
     # -- serving -------------------------------------------------------------------------------
 
-    async def serve(self, header_timeout: float) -> bool:
+    async def serve(self) -> bool:
         """Serve requests until the connection is to be closed; True to linger before closing."""
+        header_timeout = self._limits.header_timeout
         with trio.CancelScope(deadline=trio.current_time() + header_timeout) as head_timer:
             while True:
                 event = await self._next()
@@ -648,6 +843,7 @@ class _Connection:
         self._ended = False
         self._failed = False
         self._bad_body = None
+        self._body_deadline = trio.current_time() + self._limits.body_timeout
         self._keep_alive = request.keep_alive
         path, _, query = request.target.partition(b"?")
         raw_path = path.decode("latin-1")
@@ -666,7 +862,7 @@ class _Connection:
             "server": self._server,
         }
         if request.websocket:
-            await self._answer(400, "this port serves HTTP, not WebSocket", head_only=False)
+            await self._upgrade(request, scope)
             return
         try:
             await self._app(scope, self._receive, self._send)
@@ -676,7 +872,8 @@ class _Connection:
                 # The app was told http.disconnect, or a write failed: not its fault.
                 log.debug("request ended by its client", exc_info=True)
             else:
-                log.exception("Error in ASGI Framework")
+                log.exception("HTTP request handler failed")
+                self.failed()
             if self._start is not None or not self._started:
                 # Nothing of the response went out: it can still be an answer.
                 await self._answer_failure()
@@ -687,6 +884,24 @@ class _Connection:
                 log.error("an HTTP handler returned without a response")
             await self._answer_failure()
 
+    async def _upgrade(self, request: _Head, scope: Scope) -> None:
+        """A WebSocket handshake: checked, then the connection is the handler's until it
+        returns (the connection is closed after it)."""
+        self._keep_alive = False
+        if self._websocket is None:
+            await self._answer(400, "this port serves HTTP, not WebSocket", head_only=False)
+            return
+        problem = handshake_problem(request)
+        if problem is not None:
+            await self._answer(400, problem, head_only=False)
+            return
+        self._started = self._ended = True  # the handler answers, by the upgrade or a refusal
+        upgrade = Upgrade(scope, request, self._upgrade_rest, self)
+        self._upgrade_rest = b""
+        await self._websocket(upgrade)
+        # Once upgraded, the WebSocket closing handshake was the goodbye: no lingering.
+        self._body_done = upgrade.accepted
+
     async def _answer_failure(self) -> None:
         if self._bad_body is not None:
             status, reason = self._bad_body.status, self._bad_body.reason
@@ -694,7 +909,14 @@ class _Connection:
             status, reason = 500, "internal server error"
         await self._answer(status, reason, head_only=self._head_only)
 
-    async def _answer(self, status: int, reason: str, *, head_only: bool) -> None:
+    async def _answer(
+        self,
+        status: int,
+        reason: str,
+        *,
+        head_only: bool,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         """A JSON error response of our own, after which the connection is closed."""
         self._keep_alive = False
         body = json.dumps({"error": reason}).encode()
@@ -703,6 +925,10 @@ class _Connection:
             _reason(status),
             len(body),
         )
+        for name, value in headers or ():
+            if b"\r" in name + value or b"\n" in name + value:
+                raise RuntimeError("a response header holds a line break")
+            data += b"%b: %b\r\n" % (name, value)
         data += b"connection: close\r\ndate: " + self._date.now() + b"\r\n\r\n"
         if not head_only:
             data += body
@@ -724,8 +950,15 @@ class _Connection:
                     await trio.lowlevel.checkpoint_if_cancelled()  # as in send()
                     request.expect_continue = False
                     await self._write(b"HTTP/1.1 100 %s\r\n\r\n" % _reason(100))
-                await self._fill()
-                continue
+                with trio.move_on_at(self._body_deadline):
+                    await self._fill()
+                    continue
+                # body_timeout: what came of the body is dropped, the request answered 408
+                # (by whoever failed on the disconnect) and the connection closed.
+                self._body_done = self._dead = True
+                timeout = self._limits.body_timeout
+                self._bad_body = _Refusal(408, f"request body not received within {timeout:g} s")
+                return _DISCONNECT
             event = events[0]
             if type(event) is bytes:
                 events.popleft()
