@@ -75,6 +75,7 @@ import errno
 import json
 import logging
 import math
+import re
 import socket
 import time
 from collections import deque
@@ -145,6 +146,11 @@ SINGLE_HEADERS = frozenset(
 CHUNK_FRAMING_ALLOWANCE = 64
 
 WebSocketHandler = Callable[["Upgrade"], Awaitable[None]]
+
+# The path of an origin-form request target (RFC 9112 3.2.1, RFC 3986 3.3): "/" and path
+# characters, "%" only as an escape. (The query may hold any visible ASCII: llhttp refuses the
+# rest, and clients leave "|", "{", '"' and the like unescaped there.)
+_ORIGIN_FORM_PATH = re.compile(rb"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 
 async def serve_http(
@@ -617,8 +623,8 @@ class _Connection:
         self._head_size = 0
         if size > self._max_header_bytes:
             raise _Refused(431, f"request head exceeds {self._max_header_bytes} bytes")
-        if not url.startswith(b"/") or not url.isascii():
-            raise _Refused(400, "the request target must be a path (origin-form)")
+        if _ORIGIN_FORM_PATH.fullmatch(url.partition(b"?")[0]) is None or not url.isascii():
+            raise _Refused(400, "malformed request target (a path is expected)")
         websocket = expect = upgrade_seen = False
         seen: set[bytes] = set()
         for name, value in headers:
