@@ -34,6 +34,7 @@ RESERVED = frozenset(
         "qos",
         "retain",
         "mediation-event",
+        "original-id",  # a broker id the engine replaced (mediation.events.with_valid_id)
     }
 )
 
