@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
 from trio_util import AsyncValue
@@ -102,7 +103,13 @@ class MediationEngine:
                 await nursery.start(endpoint.run)
             await nursery.start(run_bridges, self._context, self._bridge_routes)
             self.ports["health"] = await nursery.start(
-                serve_http, health_app(self._context), config.engine.host, config.engine.health_port
+                partial(
+                    serve_http,
+                    on_error=self._context.telemetry.connection_errors.labels("health").inc,
+                ),
+                health_app(self._context),
+                config.engine.host,
+                config.engine.health_port,
             )
             for entrypoint in config.entrypoints:
                 self.ports[entrypoint.name] = await nursery.start(
