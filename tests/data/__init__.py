@@ -1,0 +1,1 @@
+"""Test data kept as Python modules (with where it came from)."""
