@@ -60,10 +60,10 @@ def start(monkeypatch: pytest.MonkeyPatch) -> Start:
     serve_http = mediation.engine.serve_http
 
     async def serve_health(
-        *args: Any, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+        *args: Any, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED, **kwargs: Any
     ) -> None:
         async def serve(*, task_status: trio.TaskStatus[int]) -> None:
-            await serve_http(*args, task_status=task_status)
+            await serve_http(*args, task_status=task_status, **kwargs)
 
         async with trio.open_nursery() as nursery:
             watched.health_port = await nursery.start(serve)
