@@ -627,6 +627,7 @@ class _Connection:
             raise _Refused(400, "malformed request target (a path is expected)")
         websocket = expect = upgrade_seen = False
         seen: set[bytes] = set()
+        codings: list[bytes] | None = None
         for name, value in headers:
             if not value.isascii():
                 raise _Refused(400, "a header value holds a byte outside ASCII")
@@ -639,6 +640,12 @@ class _Connection:
                 websocket = value.strip().lower() == b"websocket"
             elif name == b"expect":
                 expect = value.strip().lower() == b"100-continue"
+            elif name == b"transfer-encoding":
+                codings = (codings or []) + value.lower().split(b",")
+        if codings is not None and [c.strip(b" \t") for c in codings] != [b"chunked"]:
+            # The only coding we read is chunked, alone (RFC 9112 6.1, 6.3: any other body
+            # framing cannot be known: refused before the head reaches an app).
+            raise _Refused(400, "Transfer-Encoding must be chunked")
         version = parser.get_http_version()
         hosts = b"host" in seen
         if version == "1.1":
