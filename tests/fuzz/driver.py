@@ -537,8 +537,9 @@ def _parse_head(data: bytes) -> tuple[_Head | None, list[str]]:
         return None, []
     lines = head.split(b"\r\n")
     problems = []
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
+    # Single spaces, or any run of whitespace: RFC 9112 3 lets a server accept both.
+    parts = re.split(rb"[ \t\x0b\x0c]+", lines[0].strip(b" \t\x0b\x0c"))
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
         problems.append(f"request line {lines[0][:60]!r}")
         parts = [b"", b"", b""]
     if parts[2] not in (b"HTTP/1.0", b"HTTP/1.1", b""):
@@ -559,8 +560,11 @@ def _parse_head(data: bytes) -> tuple[_Head | None, list[str]]:
     lengths = {x.strip() for n, v in fields if n == b"content-length" for x in v.split(b",")}
     if lengths and (len(lengths) > 1 or not all(x.isdigit() for x in lengths)):
         problems.append(f"Content-Length {sorted(lengths)}")
-    codings = [
-        x.strip().lower() for n, v in fields if n == b"transfer-encoding" for x in v.split(b",")
+    codings = [  # the coding names, without parameters
+        x.split(b";")[0].strip(b" \t").lower()
+        for n, v in fields
+        if n == b"transfer-encoding"
+        for x in v.split(b",")
     ]
     if codings and codings[-1] != b"chunked":
         problems.append(f"Transfer-Encoding {codings} (chunked not last)")
@@ -602,7 +606,7 @@ def must_refuse(item: FuzzInput) -> str:
     if TARGETS[item.target] == "http_post" and head.method == b"POST":
         codings = [v.lower() for n, v in head.fields if n == b"transfer-encoding"]
         lengths = [v for n, v in head.fields if n == b"content-length"]
-        if codings and codings[-1].endswith(b"chunked"):
+        if codings and codings[-1].split(b",")[-1].split(b";")[0].strip() == b"chunked":
             body, problem = _chunked_body(head.rest)
             if problem:
                 problems.append(problem)

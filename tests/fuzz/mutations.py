@@ -695,11 +695,14 @@ SPECIAL = [0x00, 0x0D, 0x0A, 0x20, 0x3A, 0x09, 0x7F]
 
 
 def _position(rng: random.Random, data: bytes) -> int:
-    # Half of them in the head, where the parser's decisions are.
+    # Half of them in the first head, where the parser's decisions are, half after it (bodies,
+    # pipelined requests, WebSocket frames: reached only past a head that still parses).
     head = data.find(b"\r\n\r\n")
-    if head > 0 and rng.random() < 0.5:
+    if head < 0 or head + 4 >= len(data):
+        return rng.randrange(len(data) + 1)
+    if rng.random() < 0.5:
         return rng.randrange(head + 4)
-    return rng.randrange(len(data) + 1)
+    return rng.randrange(head + 4, len(data) + 1)
 
 
 def byte_mutation(data: bytes, rng: random.Random) -> tuple[bytes, str]:
@@ -745,7 +748,7 @@ class Mutations:
                     if name is not None:
                         names.append(name)
         data = seed.encode()
-        if rng.random() >= 0.125 and (not names or rng.random() < 0.5):
+        if rng.random() >= 0.125 and (not names or rng.random() < 0.3):
             for _ in range(rng.choice([1, 1, 2, 3])):
                 data, name = byte_mutation(data, rng)
                 names.append(name)
