@@ -985,7 +985,8 @@ class _Connection:
                 if type(event) is _Refusal:  # a body we cannot read (bad chunked encoding)
                     events.popleft()
                     self._bad_body = event
-                # Else _CLOSED: the client left before its body ended.
+                else:  # _CLOSED: the client left (or shut its side) before its body ended
+                    self._bad_body = _Refusal(400, "the request body ended early")
                 return _DISCONNECT
 
     async def _wait_disconnect(self) -> Message:
