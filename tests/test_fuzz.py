@@ -7,6 +7,7 @@ lists the offending inputs; ``python scripts/fuzz.py --seed SEED --index I`` sen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,18 @@ MAX_INPUTS = 3000
 
 
 @pytest.mark.parametrize("seed", [SEED], ids=lambda seed: f"seed={seed}")
-async def test_fuzz_every_entrypoint(tmp_path: Path, seed: int) -> None:
+async def test_fuzz_every_entrypoint(
+    tmp_path: Path, seed: int, report_figures: Callable[..., None]
+) -> None:
     print(f"fuzz seed {seed}")
     result = await run_fuzz(seed, workdir=tmp_path, seconds=SECONDS, max_inputs=MAX_INPUTS)
+    report_figures(
+        seed=seed,
+        inputs=result.inputs,
+        seconds=round(result.elapsed, 1),
+        failures=len(result.failures),
+        engine_deaths=sum("not alive" in f.what or "exited" in f.what for f in result.failures),
+        connection_errors=result.connection_errors,
+    )
     assert result.inputs > 0, result.report()
     assert not result.failures, result.report()

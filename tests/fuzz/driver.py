@@ -747,11 +747,14 @@ class FuzzResult:
     elapsed: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # mediation_connection_errors_total at the end, all entrypoints (None: not read).
+    connection_errors: float | None = None
 
     def report(self, limit: int = 40) -> str:
         lines = [
             f"fuzz seed {self.seed}: {self.inputs} inputs in {self.batches} batches, "
-            f"{self.elapsed:.1f} s, {len(self.failures)} failures"
+            f"{self.elapsed:.1f} s, {len(self.failures)} failures, "
+            f"connection errors counted {self.connection_errors}"
         ]
         lines += [f"note: {note}" for note in self.notes]
         lines += [failure.describe() for failure in self.failures[:limit]]
@@ -870,6 +873,8 @@ async def run_fuzz(
                         out(f"fuzz: oracle failed after batch {result.batches}: {problems}")
                         if not engine.alive():
                             await _blame(config, batch, limits, result, out)
+                if engine.alive():
+                    result.connection_errors = await connection_errors(engine, client)
             nursery.cancel_scope.cancel()
         result.notes += summarize_errors(engine.error_records)
         if engine.stderr:
@@ -877,6 +882,20 @@ async def run_fuzz(
     result.elapsed = trio.current_time() - start
     out(result.report())
     return result
+
+
+async def connection_errors(engine: EngineProcess, client: httpx.AsyncClient) -> float | None:
+    """The engine's count of connections an unexpected error ended (contained, but each one a
+    bug to look at), from /metrics."""
+    try:
+        metrics = await client.get(f"http://{HOST}:{engine.ports['health']}/metrics")
+    except httpx.HTTPError:
+        return None
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.text.splitlines()
+        if line.startswith("mediation_connection_errors_total{")
+    )
 
 
 def summarize_errors(records: list[dict[str, Any]]) -> list[str]:
