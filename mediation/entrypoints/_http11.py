@@ -34,10 +34,14 @@ What it does, per connection (one task each, in the server's nursery, nothing pe
   ``Connection: close`` end the connection after the response; ``HEAD`` gets the head without
   the body; ``Expect: 100-continue`` gets its ``100`` when the app first reads the body (a final
   answer without reading it closes the connection instead). An HTTP/1.1 request without
-  ``Host``, or with two, is a 400 (RFC 9112), as with h11, another version than 1.0 and 1.1 a
-  505. llhttp is stricter than h11 in a few ways, all answered 400: line ends must be CRLF,
-  methods are the registered ones in upper case, no control character in a header value, one
-  ``Content-Length``.
+  ``Host`` is a 400 (RFC 9112), another version than 1.0 and 1.1 a 505. llhttp refuses (400)
+  line ends other than CRLF, methods other than the registered ones in upper case, control
+  characters in a header value. On top of it, when a head is complete (400 each): a header value
+  with a byte outside ASCII, a second ``Host``, ``X-Client-ID``, ``Authorization``, ``Origin``,
+  ``Content-Length`` or ``Sec-WebSocket-Key`` (:data:`SINGLE_HEADERS`: which copy a part of a
+  system takes is how requests get smuggled), a target that is not an origin-form path, a
+  ``Transfer-Encoding`` other than ``chunked`` alone. The header list is fixed then: trailers
+  are read and dropped, within ``max_header_bytes``.
 - A response's head waits for its first body message, so a plain response is one send; a
   streamed one (``more_body``) without ``content-length`` is chunked (HTTP/1.1) or ends with
   the connection (HTTP/1.0), one send per body message. A header name or value holding a line
@@ -48,20 +52,28 @@ What it does, per connection (one task each, in the server's nursery, nothing pe
   closes its side (read by whoever waits for it, while another task writes).
 - ``header_timeout`` runs from the connect and from the end of each response until a whole
   request head is in: a client trickling its headers is dropped when it runs out. One cancel
-  scope per connection does it, by moving its deadline.
-- A head over ``max_header_bytes`` is answered 431 (counted as the request line, the header
-  lines and the blank line; an incomplete one by the bytes read for it, so it is refused at the
-  limit without waiting for its end), a malformed one (or a body that cannot be parsed: bad
-  chunking) 400, and the connection closed. An unread request body is read and dropped up to
+  scope per connection does it, by moving its deadline. ``body_timeout`` runs from the end of a
+  head until its body is in: past it the app is told ``http.disconnect`` and the request is
+  answered 408 (a body the client cut short by closing its side: 400).
+- A head over ``max_header_bytes`` is answered 431 (counted on the bytes received: what a read
+  brought besides body data, so whitespace llhttp skips counts too; pipelined heads in one read
+  share their allowance; an incomplete one is refused at the limit without waiting for its end),
+  as are trailers over it and chunk framing beyond :data:`CHUNK_FRAMING_ALLOWANCE` bytes a chunk;
+  a malformed one (or a body that cannot be parsed: bad chunking) 400, and the connection
+  closed. An unread request body is read and dropped up to
   :data:`DRAIN_LIMIT` bytes to keep the connection; past that, the connection is closed.
-- An app that raises before its response started gets a 500 (and the connection is closed); after,
-  the connection is just closed. Logged on ``mediation.http``, as hypercorn did.
-- A WebSocket upgrade is answered 400 (the WebSocket entrypoint has its own server); other
-  ``Upgrade`` proposals (``h2c``) are ignored, which RFC 9110 allows (llhttp stops at such a
-  head: its ``Content-Length`` body is taken by hand, a chunked one refused 400).
+- The barrier: an app (or WebSocket handler) that raises before its response started gets a 500
+  (and the connection is closed); after, the connection is just closed. Logged once with its
+  traceback on ``mediation.http`` and counted (``on_error``); the server and every other
+  connection go on.
+- A WebSocket handshake goes to the ``websocket`` handler once :func:`handshake_problem` finds
+  nothing wrong with it (else 400; without a handler, 400 too), as an :class:`Upgrade` holding
+  what the client sent after its head. Other ``Upgrade`` proposals (``h2c``) are ignored, which
+  RFC 9110 allows (llhttp stops at such a head: its ``Content-Length`` body is taken by hand, a
+  chunked one refused 400).
 
 What it does not do: HTTP/2 (hypercorn never offered it without TLS, and the engine sits behind
-a proxy that terminates TLS), TLS, lifespan events, trailers, request timeouts beyond the head.
+a proxy that terminates TLS), TLS, lifespan events, trailers for the app.
 When closing with request bytes possibly still on their way, it shuts its side down and reads
 for up to :data:`LINGER_TIMEOUT` before closing, so that the client reads the answer rather
 than a reset.
