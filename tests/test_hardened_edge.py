@@ -20,16 +20,8 @@ import trio.testing
 from mediation.engine import MediationEngine
 
 from .conftest import CLIENT_WAIT, EngineFactory, clients_gone, envelope, open_ws, url
+from .test_engine import ROUTES  # a route from the webhook to every downstream client
 from .test_limits import ACCEPTED, KINDS, Raw, all_entrypoints, raw, request_head
-
-# Every entrypoint type, and a route from the webhook to every downstream client.
-ROUTES = [
-    {"source": "ws", "target": "mem"},
-    {"source": "post", "target": "mem"},
-    {"source": "mem", "target": "ws"},
-    {"source": "mem", "target": "sse"},
-    {"source": "mem", "target": "poll"},
-]
 
 
 @asynccontextmanager

@@ -23,16 +23,9 @@ from mediation.config import Config
 from mediation.engine import MediationEngine, open_mediation_engine
 
 from .conftest import make_config
+from .test_engine import ENTRYPOINTS, ROUTES
 
 # One entrypoint of each type, all on the memory endpoint.
-ENTRYPOINTS = {"ws": "websocket", "sse": "sse", "post": "http_post", "poll": "http_get"}
-ROUTES = [
-    {"source": "ws", "target": "mem"},
-    {"source": "post", "target": "mem"},
-    {"source": "mem", "target": "ws"},
-    {"source": "mem", "target": "sse"},
-    {"source": "mem", "target": "poll"},
-]
 ALL_PORTS = {*ENTRYPOINTS, "health"}
 
 

@@ -46,6 +46,7 @@ import trio
 
 from .conftest import EngineFactory
 from .data.smuggler_gadgets import CONFIGS
+from .test_engine import ENTRYPOINTS, ROUTES
 
 # -- a strict RFC 9112 message splitter (pure) -------------------------------------------------
 
@@ -387,14 +388,6 @@ def judge(split_: Split, kinds: list[str], exchanged: Exchange, port: Port) -> s
 
 # -- the test ------------------------------------------------------------------------------------
 
-ENTRYPOINTS = {"ws": "websocket", "sse": "sse", "post": "http_post", "poll": "http_get"}
-ROUTES = [
-    {"source": "ws", "target": "mem"},
-    {"source": "post", "target": "mem"},
-    {"source": "mem", "target": "ws"},
-    {"source": "mem", "target": "sse"},
-    {"source": "mem", "target": "poll"},
-]
 CONNECTIONS = 48
 # How long a probe waits for answers the splitter says are due (only a server that waits for
 # bytes the strict reading does not expect takes that long: it is then reported).
