@@ -416,9 +416,10 @@ async def _read_responses(reader: _Reader, item: FuzzInput, outcome: Outcome) ->
         if status == 200 and headers.get(b"content-type", b"").startswith(b"text/event-stream"):
             outcome.stopped = "an SSE stream"
             return
-        if item.data.startswith(b"HEAD ") and len(outcome.statuses) == 1:
-            # The answer to a HEAD has no body whatever its Content-Length says; which of the
-            # pipelined requests after it are HEADs too is not known here: read to the close.
+        if b"HEAD " in item.data:
+            # The answer to a HEAD has no body whatever its Content-Length says, and which of
+            # the pipelined requests are HEADs is not known here: after this answer (which may
+            # be one), read to the close.
             outcome.closed = await _drain(reader)
             return
         if b"content-length" in headers:
