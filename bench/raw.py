@@ -1,9 +1,10 @@
 """The web leg alone: a server sending from memory, no broker (``python -m bench.raw ws|sse``).
 
 Each connection asks for ``?n=COUNT&size=BYTES`` and gets that many ``x...`` messages as fast as
-the server can send them: trio-websocket for WebSocket, a plain ASGI app on the engine's own
-HTTP/1.1 server (``mediation.entrypoints._http11``) for SSE, the same servers the engine is built
-on. The bound port is written to
+the server can send them, one message a send: the engine's own HTTP/1.1 server
+(``mediation.entrypoints._http11``) with its WebSocket connection
+(``mediation.entrypoints._wsconnection``) for WebSocket, a plain ASGI app on the same server for
+SSE: what the engine is built on. The bound port is written to
 ``--port-file`` once the server accepts connections.
 """
 
@@ -24,21 +25,34 @@ def _params(query: str) -> tuple[int, int]:
 
 
 async def serve_ws(port_file: Path) -> None:
-    from trio_websocket import WebSocketRequest, serve_websocket
+    from mediation.entrypoints._http11 import Upgrade, serve_http
+    from mediation.entrypoints._wsconnection import WebSocket
 
-    async def handler(request: WebSocketRequest) -> None:
-        n, size = _params(request.path.partition("?")[2])
-        ws = await request.accept()
+    async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 426, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def handler(upgrade: Upgrade) -> None:
+        n, size = _params(upgrade.scope["query_string"].decode())
+        ws = await WebSocket.accept(upgrade, subprotocol=None, max_message_bytes=1 << 20)
         message = "x" + "." * (size - 1)
         for _ in range(n):
             await ws.send_message(message)
         await ws.aclose()
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
+        port = await nursery.start(
+            partial(
+                serve_http,
+                refuse,
+                "127.0.0.1",
+                0,
+                max_header_bytes=16384,
+                header_timeout=10.0,
+                websocket=handler,
+            )
         )
-        port_file.write_text(f"{server.port}\n")  # noqa: ASYNC240 - once, at start
+        port_file.write_text(f"{port}\n")  # noqa: ASYNC240 - once, at start
 
 
 async def serve_sse(port_file: Path) -> None:
