@@ -35,7 +35,7 @@ Shape of a session (the same for every broker, as the engine's session):
   Writes wait for the socket to drain (uvicorn's flow control), so a slow client stalls its own
   session and nothing else.
 - No handicaps that a team would notice and remove: no compression
-  (``ws_per_message_deflate=False``; the engine's WebSocket entrypoint does not compress, and clients
+  (``ws_per_message_deflate=False``; the engine's WebSocket does not compress, and clients
   offering permessage-deflate would otherwise make the bridge compress every frame); no access
   log and no aiomqtt "pending publish calls" warning per request (the engine logs no line per
   message either); ``TCP_NODELAY`` on every connection (asyncio sets it only on sockets whose
