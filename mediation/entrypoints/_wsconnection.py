@@ -191,8 +191,16 @@ class WebSocket:
     # -- writing -------------------------------------------------------------------------------
 
     async def send_messages(self, messages: list[tuple[int, bytes]]) -> None:
-        """Send several messages, each ``(TEXT or BINARY, data)``, in one write."""
+        """Send several messages, each ``(TEXT or BINARY, data)``, in one write; then one round
+        of the scheduler.
+
+        The server's stream goes through the scheduler only when a write has to wait, so a
+        writer with a full session channel would otherwise write batch after batch while the
+        consumer that refills the channel (and the relay taking acks) wait: the round after
+        each write keeps them in step, as trio's own socket stream did (docs/performance.md).
+        """
         await self._write(lambda: b"".join([server_frame(op, data) for op, data in messages]))
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_message(self, message: Message) -> None:
         if isinstance(message, str):
