@@ -142,6 +142,13 @@ class KafkaConfig(_Table):
     # Short enough that a group join (which waits half of it on some brokers) stays quick.
     session_timeout_ms: Annotated[int, Field(ge=1000)] = 6000
     heartbeat_interval_ms: Annotated[int, Field(ge=100)] = 500
+    # Off by default: topics belong to the operator (a cluster's own defaults, ACLs and retention
+    # decide how they look), and a session on a topic that does not exist yet simply waits for
+    # it. True: the endpoint creates topic_in and topic_out (unless they hold a {placeholder})
+    # through the admin API each time it connects, when missing, with these two settings.
+    create_topics: bool = False
+    partitions: Annotated[int, Field(ge=1)] = 1
+    replication_factor: Annotated[int, Field(ge=1)] = 1
     # Passed to librdkafka as is (SASL, TLS, tuning), to the producer and every consumer. It
     # overrides the endpoint's tuning defaults (queue sizes, message.timeout.ms); the keys set from
     # the fields above and those the semantics need (group.id, enable.auto.commit,

@@ -370,3 +370,57 @@ async def test_a_bridge_moves_every_event_from_topic_to_topic(
     assert [m.value() for m in moved] == numbered(10)
     assert [m.key() for m in moved] == [f"{source}:0:{n}".encode() for n in range(10)]
     assert all(dict(m.headers() or [])["x-batch"] == b"b-1" for m in moved)
+
+
+# -- topics that do not exist yet ----------------------------------------------------------------
+
+
+async def test_a_session_on_a_missing_topic_starts_and_receives_once_it_appears(
+    engine_with: EngineFactory, kafka: Kafka
+) -> None:
+    """Issue 18: an SSE client of a topic nobody created yet gets its stream (not an error), and
+    receives from the moment the topic appears, including the produce that created it (tansu
+    creates a topic on first use, with 4 partitions: "latest" must not skip that event)."""
+    topic = unique("not-yet")
+    name = unique("k")
+    routes = [{"source": "hook", "target": name}, {"source": name, "target": "sse"}]
+    async with (
+        kafka_engine(
+            engine_with,
+            kafka,
+            entrypoints={"hook": "http_post", "sse": "sse"},
+            routes=routes,
+            endpoints={name: {"topic_in": topic, "topic_out": topic}},
+        ) as engine,
+        httpx.AsyncClient(timeout=WAIT) as client,
+        sse_events(client, engine, "sse") as sse,  # the session event came: it started
+    ):
+        posted = await client.post(url(engine, "hook"), content=b"first")
+        assert posted.status_code == 202, posted.text
+        event = await next_sse(sse)
+        assert (event.event or "message", event.data) == ("message", "first")
+        assert event.id is not None and event.id.startswith(f"{topic}:")
+
+
+async def test_create_topics_creates_the_missing_topics_when_the_endpoint_starts(
+    engine_with: EngineFactory, kafka: Kafka
+) -> None:
+    topic_in, topic_out = unique("made-in"), unique("made-out")
+    name = unique("k")
+    config = {
+        "topic_in": topic_in,
+        "topic_out": topic_out,
+        "create_topics": True,
+        "partitions": 2,
+    }
+    async with kafka_engine(
+        engine_with,
+        kafka,
+        entrypoints={"sse": "sse"},
+        routes=[{"source": name, "target": "sse"}],
+        endpoints={name: config},
+    ):
+        # The endpoint is up only once its topics were asked for.
+        listed = await trio.to_thread.run_sync(lambda: kafka.admin.list_topics(timeout=10).topics)
+    assert len(listed[topic_in].partitions) == 2
+    assert len(listed[topic_out].partitions) == 2

@@ -39,9 +39,17 @@ published afterwards is received.
   route's guarantee: Kafka has no reject, and handing it out again would fail again, so the
   consumer's position passes it and the next commit covers it (at-most-once routes: the next
   ack's commit). It is logged and counted (``subscription.undeliverable``); the session goes on.
-- A topic that does not exist fails the subscription (503 / close 1011): topics are created by
-  the operator, or by the cluster when a producer first uses them (``allow.auto.create.topics``
-  may be set in the librdkafka table for consumers where the cluster allows it).
+- A topic that does not exist yet is a normal state, not a failure: librdkafka reports it
+  (``UNKNOWN_TOPIC_OR_PART``, "Subscribed topic not available") and never assigns anything, so
+  the session starts at once, without partitions, and waits. The group picks the topic up on a
+  metadata refresh once it exists (``topic.metadata.refresh.interval.ms``, 3 s by default here;
+  measured on tansu: 4-7 s after the produce that created it, 3 s of which is the group join),
+  and a partition without a committed offset then starts at its beginning whatever
+  ``auto_offset_reset`` says: all of it was written after the session started, and the produce
+  that created the topic (tansu creates one on first use) is in it.
+  Topics come from the operator, from the cluster on first produce, or from the endpoint itself
+  when it starts (``create_topics = true``: topic_in and topic_out, unless they hold a
+  ``{placeholder}``, through the admin API; one that exists already is left as it is).
 - Failures: a fatal error, or an ``_ALL_BROKERS_DOWN`` (librdkafka reports it within ~1 s of
   losing the broker) confirmed by a metadata request that gets no answer within
   ``PROBE_TIMEOUT``, ends the consumer with :class:`BrokerUnavailable`.
@@ -161,6 +169,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from trio_util import AsyncValue
 
 from ..ack_policy import Guarantee
@@ -201,6 +210,11 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     # is "full": measured 290 events/s for one session; 10 ms gives 4.3 k (1 ms: 5.9 k, at ten
     # times the wake-ups of a slow session's fetcher).
     "fetch.queue.backoff.ms": 10,
+    # How soon a session waiting for a topic that does not exist yet sees it appear. librdkafka's
+    # default (5 minutes) is what a consumer got on tansu once the cluster held other topics (it
+    # refreshed at once only on an empty cluster); 3 s measured 4-7 s from the creating produce
+    # to the assignment. It costs one metadata request per session every 3 s.
+    "topic.metadata.refresh.interval.ms": 3000,
     "log.connection.close": False,
 }
 _PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -209,6 +223,9 @@ _PRODUCER_DEFAULTS: dict[str, Any] = {
     "message.timeout.ms": 15_000,
     "log.connection.close": False,
 }
+
+# What poll() says while the subscribed topic does not exist: a waiting state (see module doc).
+_MISSING_TOPIC = frozenset({KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART})
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -374,6 +391,7 @@ class _SessionConsumer:
         self._dirty: set[int] = set()  # partitions settled since their last commit was issued
         self._paused = False
         self._suspect: str | None = None  # an _ALL_BROKERS_DOWN not yet checked
+        self._waiting_for_topic = False  # subscribed to a topic that does not exist yet
 
     # -- Trio side -----------------------------------------------------------------------------
 
@@ -619,7 +637,9 @@ class _SessionConsumer:
     def _accept(self, message: Message) -> _Item | None:
         error = message.error()
         if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
+            if error.code() in _MISSING_TOPIC:
+                self._topic_missing(error)
+            elif error.code() != KafkaError._PARTITION_EOF:
                 self._fail(f"kafka consumer: {error.str()}")
             return None
         partition, offset = message.partition(), message.offset()
@@ -638,6 +658,19 @@ class _SessionConsumer:
         self._held += 1
         self._position[partition] = offset + 1
         return item
+
+    def _topic_missing(self, error: KafkaError) -> None:
+        """The topic does not exist (yet): the session starts without partitions and waits."""
+        if not self._waiting_for_topic:
+            log.info(
+                "kafka topic does not exist yet; the session waits for it",
+                extra={"topic": self._topic, "error": error.str()},
+            )
+        self._waiting_for_topic = True
+        with self._lock:
+            subscribed, self._subscribed = self._subscribed, True
+        if not subscribed:
+            self._wake_trio()
 
     def _skip(self, partition: int, offset: int, error: Exception) -> None:
         """A record that cannot become an event: passed over as if acked, logged, counted."""
@@ -810,7 +843,8 @@ class _SessionConsumer:
                 low, high = consumer.get_watermark_offsets(
                     TopicPartition(self._topic, tp.partition), timeout=ASSIGN_TIMEOUT
                 )
-                start = high if self._latest else low
+                # A topic that appeared while the session waited holds only newer events.
+                start = high if self._latest and not self._waiting_for_topic else low
             if self._resume is not None and self._resume[0] == tp.partition:
                 start = self._resume[1]
                 self._resume = None
@@ -829,6 +863,8 @@ class _SessionConsumer:
             self._rewound_to[partition] = tp.offset
             self._committed[partition] = tp.offset
         self._rebalances += 1
+        if starts:
+            self._waiting_for_topic = False
         if to_commit:
             # The group's resume point from now on, even if this session never acks anything.
             self._commits_in_flight += 1
@@ -999,6 +1035,8 @@ class KafkaEndpoint:
         while not await self._answers(producer):
             await trio.sleep(backoff.next())
             self._lost = trio.Event()  # what happened before this attempt is old news
+        if self.config.create_topics:
+            await self._create_topics()
         self._up_since = time.monotonic()
         self._producer = producer
         self.state.value = EndpointState.UP
@@ -1012,6 +1050,52 @@ class KafkaEndpoint:
             if self._fatal or not await self._answers(producer):
                 break
         self.state.value = EndpointState.DOWN
+
+    async def _create_topics(self) -> None:
+        """``create_topics``: topic_in and topic_out, where missing (a failure is only logged:
+        sessions on a missing topic wait for it, and the producer's cluster may create it)."""
+        names = {self.config.topic_in, self.config.topic_out} - {None}
+        topics = sorted(name for name in names if name is not None and "{" not in name)
+        if not topics:
+            return
+
+        def create() -> list[tuple[str, KafkaError | None]]:
+            config: dict[str, Any] = {
+                **self.config.librdkafka,
+                "bootstrap.servers": self.config.brokers,
+                "logger": librdkafka_log,
+            }
+            admin = AdminClient(config)
+            new = [
+                NewTopic(topic, self.config.partitions, self.config.replication_factor)
+                for topic in topics
+            ]
+            answers: list[tuple[str, KafkaError | None]] = []
+            for topic, future in admin.create_topics(new, request_timeout=PROBE_TIMEOUT).items():
+                try:
+                    future.result(PROBE_TIMEOUT)
+                    answers.append((topic, None))
+                except KafkaException as error:
+                    answers.append((topic, error.args[0]))
+            return answers
+
+        try:
+            answers = await trio.to_thread.run_sync(
+                create, abandon_on_cancel=True, limiter=self._blocking
+            )
+        except Exception as failure:  # a timeout, a bad admin config: the endpoint goes on
+            log.warning(
+                "kafka topics not created", extra={"endpoint": self.name, "error": str(failure)}
+            )
+            return
+        for topic, error in answers:
+            if error is None:
+                log.info("kafka topic created", extra={"endpoint": self.name, "topic": topic})
+            elif error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                log.warning(
+                    "kafka topic not created",
+                    extra={"endpoint": self.name, "topic": topic, "error": error.str()},
+                )
 
     async def _answers(self, producer: Producer) -> bool:
         try:
