@@ -640,6 +640,9 @@ class _Wire:
             owner.fail(failure)
             owner.session.close()  # complete the handshake; close() frees it
         else:
+            # The broker's reason (a refused declaration names the queue and the argument) is
+            # what publishers waiting for the attach are told, not just "closed".
+            owner.fail(failure)
             self._fail_confirms(owner, failure)  # their wrappers go before close() frees them
             owner.close()
 
