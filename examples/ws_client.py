@@ -24,6 +24,9 @@ async def main(url: str, envelope: bool) -> None:
         open_websocket_url(url, subprotocols=subprotocols) as ws,
         trio.open_nursery() as nursery,
     ):
+        # The engine answers 101 once the session's consumer is subscribed: from here on,
+        # nothing published is missed.
+        print(f"connected to {url}", flush=True)
 
         async def show() -> None:
             try:
