@@ -1,4 +1,5 @@
-"""Every example, tried the way its header comment tells a new user to (issue 18).
+"""Every example, tried the way its header comment tells a new user to (issue 18); and the
+README's "Try it" section, the same way, on the embedded default (mediation.toml).
 
 Each file in ``examples/`` runs against one set of test brokers, one after another, first in
 alphabetical order and then in reverse, so that every example also meets what the others (and its
@@ -10,12 +11,13 @@ own first run) left in the brokers. For each:
   --config`` runs, as ``just run examples/NAME.toml`` would. The ports come from its "listening"
   log line; once ``/readyz`` answers 200 the user's commands start (the ``just brokers`` and
   ``just run`` lines are what the harness and this test do instead).
-- Every command line of the header (``#   curl ...``, ``#   python ...``, ``#   export ...``) is
-  run by bash in the repository with ``.venv/bin`` first on PATH (so ``python`` is the
-  virtualenv's), after replacing each ``localhost:PORT`` of the file by the address the engine or
-  broker got, and in an ack line ``ID`` by the X-Event-ID the poll before it answered. ``curl -N``
-  and ``examples/ws_client.py`` keep running in the background, as in terminals of their own, and
-  what they print is read as it comes.
+- Every command line of the header (``#   curl ...``, ``#   .venv/bin/python ...``,
+  ``#   export ...``), or of the README section's ``sh`` blocks, is run by bash in the
+  repository (with the virtualenv first on PATH, as an activated one would be), after replacing
+  each ``localhost:PORT`` of the file by the address the engine or broker got, and in an ack line
+  ``ID`` by the X-Event-ID the poll before it answered. ``curl -N`` and ``examples/ws_client.py``
+  keep running in the background, as in terminals of their own, and what they print is read as
+  it comes.
 - The outcome documented next to each line (the status, "event: session", "connected", the event
   showing on the streams) is checked, in the order the header's text gives, including the line
   typed into the WebSocket client where the header says what it does.
@@ -47,11 +49,22 @@ from tests.brokers import Mosquitto, RabbitMQ, Tansu
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+README = REPO / "README.md"
 WAIT = 30.0  # for one outcome; a Kafka session on a new topic takes a few seconds
 
 # A command line of a header: four characters of indent, then the command, then an optional
 # comment two or more spaces on.
 _COMMAND = re.compile(r"^#   (?P<command>(curl|\.venv/bin/python|export|just) \S.*?)(\s{2,}#.*)?$")
+
+
+def try_it_commands() -> list[str]:
+    """The command lines of the README's "Try it" section (its ``sh`` blocks)."""
+    text = README.read_text()
+    section = text[text.index("\n## Try it\n") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    lines = [line for block in blocks for line in block.splitlines()]
+    return [re.sub(r"\s{2,}#.*$", "", line) for line in lines if line.strip()]
 
 
 def header_commands(path: Path) -> list[str]:
@@ -193,14 +206,39 @@ SCENARIOS: dict[str, list[Step]] = {
 }
 
 
+# README "Try it", on the embedded default (mediation.toml, the memory broker).
+TRY_IT: list[Step] = [
+    Terminal("sse", SSE, "event: session"),
+    Command("curl -d 'hello, world' http://localhost:8068/"),
+    Shows("sse", "data: hello, world"),
+    Terminal("ws", WS, "connected to"),
+    Terminal("ws-envelope", WS + " --envelope", "connected to"),
+    Type("typed in the websocket"),
+    Shows("sse", "data: typed in the websocket"),
+    Shows("ws-envelope", "typed in the websocket"),
+    Http("curl -i -X POST -H 'X-Client-ID: me' http://localhost:8069/subscribe", 201),
+    Http("curl -i -d 'a job' http://localhost:8068/", 202),
+    Http("curl -i -H 'X-Client-ID: me' http://localhost:8069/poll", 200, "a job"),
+    Http("curl -i -X DELETE -H 'X-Client-ID: me' http://localhost:8069/unsubscribe", 200),
+    Shows("ws", "a job"),
+]
+
+
+def commands_of(steps: list[Step]) -> list[str]:
+    run = [s.command for s in steps if isinstance(s, Http | Terminal | Command)]
+    return list(dict.fromkeys(run))
+
+
+def test_the_readme_try_it_section_is_the_scenario() -> None:
+    assert commands_of(TRY_IT) == try_it_commands()
+
+
 def test_every_example_has_a_scenario_following_its_header() -> None:
     """The commands a header shows are the ones the scenario runs, in the header's order."""
     assert sorted(p.name for p in EXAMPLES.glob("*.toml")) == sorted(SCENARIOS)
     for name, steps in SCENARIOS.items():
-        run = [s.command for s in steps if isinstance(s, Http | Terminal | Command)]
-        first_seen = list(dict.fromkeys(run))
         shown = [c for c in header_commands(EXAMPLES / name) if not c.startswith("just ")]
-        assert first_seen == shown, name
+        assert commands_of(steps) == shown, name
         if steps:
             assert f"just run examples/{name}" in header_commands(EXAMPLES / name)
 
@@ -342,12 +380,13 @@ def parse_response(text: str) -> tuple[int, dict[str, str], str]:
     return status, headers, body
 
 
-async def run_example(name: str, brokers: Brokers, tmp_path: Path) -> None:
-    steps = SCENARIOS[name]
-    source = tomllib.loads((EXAMPLES / name).read_text())
+async def run_example(
+    name: str, steps: list[Step], file: Path, brokers: Brokers, tmp_path: Path
+) -> None:
+    source = tomllib.loads(await trio.Path(file).read_text())
     original = copy.deepcopy(source)  # the ports of the file, before port 0
-    config = tmp_path / name
-    config.write_text(toml_document(on_test_brokers(source, brokers)))
+    config = tmp_path / file.name
+    await trio.Path(config).write_text(toml_document(on_test_brokers(source, brokers)))
     env = environment()
     terminals: dict[str, tuple[trio.Process, Output]] = {}
     seen: dict[str, int] = {}
@@ -407,7 +446,7 @@ async def run_example(name: str, brokers: Brokers, tmp_path: Path) -> None:
                     output = terminals[step.name][1]
                     seen[step.name] = await shown(output, step.text, seen[step.name], context)
                 else:
-                    ws = terminals["ws"][0]
+                    ws = terminals["ws"][0]  # the plain client of the example
                     assert ws.stdin is not None
                     await ws.stdin.send_all(step.text.encode() + b"\n")
             await stack.aclose()  # the terminals first: their sessions end
@@ -483,9 +522,10 @@ async def test_every_example_works_in_sequence_and_in_reverse(
     tansu: Tansu, rabbitmq: RabbitMQ, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     brokers = Brokers(tansu, rabbitmq, mosquitto)
+    await run_example("README Try it", TRY_IT, REPO / "mediation.toml", brokers, tmp_path)
     names = sorted(SCENARIOS)
     for round_, order in enumerate([names, names[::-1]]):
         for name in order:
             directory = tmp_path / f"{round_}-{name}"
             directory.mkdir()
-            await run_example(name, brokers, directory)
+            await run_example(name, SCENARIOS[name], EXAMPLES / name, brokers, directory)
