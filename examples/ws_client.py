@@ -3,8 +3,10 @@
     .venv/bin/python examples/ws_client.py ws://localhost:8066/
     .venv/bin/python examples/ws_client.py ws://localhost:8066/ --envelope   # mediation.v1, acks
 
-With ``--envelope`` every event arrives as ``{"id", "payload", "metadata"}`` and is acked back, and
-each line you type is sent as ``{"id", "payload"}`` and answered ``{"ack": id}`` by the engine.
+It prints "connected to URL" once the engine accepted the connection (on a broker: once the
+session's consumer is subscribed, from then on nothing published is missed), then "< ..." for each
+message. With ``--envelope`` every event arrives as ``{"id", "payload", "metadata"}`` and is acked
+back, and each line you type is sent as ``{"id", "payload"}`` and answered ``{"ack": id}``.
 """
 
 from __future__ import annotations

@@ -521,6 +521,8 @@ async def ready(health_port: int) -> None:
 async def test_every_example_works_in_sequence_and_in_reverse(
     tansu: Tansu, rabbitmq: RabbitMQ, mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
+    for broker in (tansu, rabbitmq, mosquitto):
+        broker.ensure_running()  # a test before may have stopped one and failed
     brokers = Brokers(tansu, rabbitmq, mosquitto)
     await run_example("README Try it", TRY_IT, REPO / "mediation.toml", brokers, tmp_path)
     names = sorted(SCENARIOS)

@@ -1251,7 +1251,7 @@ class KafkaEndpoint:
                 await self._space.park()  # until delivery reports made room (or we went down)
                 continue
             except KafkaException as error:
-                raise BrokerUnavailable(f"kafka refused the event: {error}") from None
+                raise BrokerUnavailable(f"kafka refused the event for {topic}: {error}") from None
             break
         if confirmation is None:
             await trio.lowlevel.checkpoint()
@@ -1262,7 +1262,10 @@ class KafkaEndpoint:
         finally:
             self._pending.discard(confirmation)
         if confirmation.error is not None:
-            raise BrokerUnavailable(f"kafka did not confirm the event: {confirmation.error}")
+            # Names the topic: "Unknown topic or partition" alone does not say which is missing.
+            raise BrokerUnavailable(
+                f"kafka did not confirm the event for {topic}: {confirmation.error}"
+            )
 
     def _unconfirmed(self, error: KafkaError | None, message: Message) -> None:
         """Delivery callback of unconfirmed publishes (poll thread): failures are only logged."""
