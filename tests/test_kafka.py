@@ -314,8 +314,9 @@ class KafkaAdapter(BrokerAdapter):
         await trio.to_thread.run_sync(self.kafka.tansu.start)
 
     async def recovered(self) -> None:
-        # tansu came back empty: the topic is created again, as an operator would (a consumer
-        # of a topic that does not exist is refused: "Unknown topic or partition").
+        # tansu came back empty: the topic is created again, as an operator would, with one
+        # partition (a consumer of a missing topic would wait for it; tansu's own creation on
+        # the first produce would give it 4 partitions, and this suite's order is per topic).
         topic = self.topics["outage"]
 
         def create() -> None:
