@@ -220,6 +220,36 @@ async def test_post_at_least_once_answers_202_once_the_broker_accepted(
         assert message.properties == {"x-trace": "t-9"}
 
 
+async def test_a_publish_the_broker_refuses_is_answered_with_its_reason(
+    engine_with: EngineFactory, rabbitmq: RabbitMQ
+) -> None:
+    """A ``/queue/`` address declares a non-durable queue; RabbitMQ refuses that for a durable
+    queue of the same name: the POST says so, naming the address, not just "sender closed"."""
+    queue = rabbitmq.unique_name("jms-durable")
+    with rabbitmq.channel() as channel:
+        channel.queue_declare(queue, durable=True)  # type: ignore[attr-defined]
+    try:
+        table = endpoints(rabbitmq, "unused", queue_out=f"/queue/{queue}")
+        async with (
+            engine_with(
+                entrypoints={"post": "http_post"},
+                endpoints=table,
+                routes=[{"source": "post", "target": "jms", "delivery_guarantee": "at_least_once"}],
+            ) as engine,
+            httpx.AsyncClient() as client,
+        ):
+            await connected(engine)
+            with trio.fail_after(WAIT):
+                response = await client.post(url(engine, "post"), content=b"refused")
+            assert response.status_code == 503
+            error = response.json()["error"]
+            assert f"/queue/{queue}" in error
+            assert "sender closed" not in error
+    finally:
+        with rabbitmq.channel() as channel:
+            channel.queue_delete(queue)  # type: ignore[attr-defined]
+
+
 # -- broker outage and client reconnects (the shared scenario) ---------------------------------
 
 
