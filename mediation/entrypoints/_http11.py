@@ -208,7 +208,7 @@ async def serve_http(
                 server = conn.getsockname()[:2]
             except OSError:  # already reset by the client
                 return
-            await _serve_connection(stream, app, limits, websocket, on_error, client, server)
+            await _serve(_Connection(stream, app, limits, websocket, on_error, client, server))
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -252,7 +252,7 @@ async def serve_connection(
 ) -> None:
     """Serve the requests of one connection until it is to be closed (the caller closes it)."""
     limits = _Limits(max_header_bytes, header_timeout, body_timeout)
-    await _serve_connection(stream, app, limits, websocket, on_error, client, server)
+    await _serve(_Connection(stream, app, limits, websocket, on_error, client, server))
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,20 +262,11 @@ class _Limits:
     body_timeout: float
 
 
-async def _serve_connection(
-    stream: trio.abc.HalfCloseableStream,
-    app: ASGIApp,
-    limits: _Limits,
-    websocket: WebSocketHandler | None,
-    on_error: Callable[[], None] | None,
-    client: tuple[str, int] | None,
-    server: tuple[str, int] | None,
-) -> None:
+async def _serve(connection: _Connection) -> None:
     """The barrier around one connection: whatever its requests raise ends it alone."""
-    connection = _Connection(stream, app, limits, websocket, on_error, client, server)
     try:
         if await connection.serve():
-            await _linger(stream)
+            await _linger(connection._stream)
     except _GONE:
         pass  # the client reset the connection
     except Exception:
