@@ -17,17 +17,13 @@ consumers, nacks every delivery the client did not get or did not confirm, and p
 Per event the session does no work that could be done once per route (``_RoutePlan``: the
 route's name, the ack steps of its guarantee, its packet counters), and ``receive`` hands the
 writer a ready event without a checkpoint: before, the window's and the channel's checkpoints
-cost the writer two rounds of the scheduler per batch. Measured with the WebSocket changes of the
-same round (S3, Kafka, at_least_once with envelope acks, channel_size 64: the engine's CPU per
-acked event 75-80 -> 38-45 us; see :mod:`mediation.entrypoints.websocket` for the command).
+cost the writer two rounds of the scheduler per batch (every caller checkpoints when it writes).
 
 While the client has events to confirm, a batch smaller than ``COALESCE_BELOW`` waits one round
 of the scheduler before it is written (``run_writer``). Without it, a client confirming event
 by event could pull the engine into answering each confirmation with a write of one event, and
-both sides then spent twice the CPU per event: S3 Kafka channel_size 64, alternated with the
-commit before over 9 rounds each, drain rate medians 6.5 k -> 19.6 k/s (single rounds
-2.9-18.8 k before, 6.1-26.3 k after), engine CPU per event medians 57-135 -> 31 us.
-Routes without client confirmation never wait.
+both sides then spent twice the CPU per event. Routes without client confirmation never wait.
+The measurements are in docs/performance.md.
 
 Errors: a consumer that fails (broker gone) cancels the session and its ``MediationError`` is
 raised out of the ``async with``; so is the reason given to :meth:`Session.close` (engine shutdown,

@@ -42,8 +42,7 @@ published afterwards is received.
 - A topic that does not exist yet is a normal state, not a failure: librdkafka reports it
   (``UNKNOWN_TOPIC_OR_PART``, "Subscribed topic not available") and never assigns anything, so
   the session starts at once, without partitions, and waits. The group picks the topic up on a
-  metadata refresh once it exists (``topic.metadata.refresh.interval.ms``, 3 s by default here;
-  measured on tansu: 4-7 s after the produce that created it, 3 s of which is the group join),
+  metadata refresh once it exists (``topic.metadata.refresh.interval.ms``, 3 s by default here),
   and a partition without a committed offset then starts at its beginning whatever
   ``auto_offset_reset`` says: all of it was written after the session started, and the produce
   that created the topic (tansu creates one on first use) is in it.
@@ -210,10 +209,9 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     # is "full": measured 290 events/s for one session; 10 ms gives 4.3 k (1 ms: 5.9 k, at ten
     # times the wake-ups of a slow session's fetcher).
     "fetch.queue.backoff.ms": 10,
-    # How soon a session waiting for a topic that does not exist yet sees it appear. librdkafka's
-    # default (5 minutes) is what a consumer got on tansu once the cluster held other topics (it
-    # refreshed at once only on an empty cluster); 3 s measured 4-7 s from the creating produce
-    # to the assignment. It costs one metadata request per session every 3 s.
+    # How soon a session waiting for a topic that does not exist yet sees it appear (librdkafka's
+    # default, 5 minutes, is what a consumer got on tansu once the cluster held other topics). It
+    # costs one metadata request per session every 3 s.
     "topic.metadata.refresh.interval.ms": 3000,
     "log.connection.close": False,
 }

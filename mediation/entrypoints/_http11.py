@@ -3,29 +3,14 @@
 Why not hypercorn: our HTTP entrypoints answer many small requests on keep-alive connections,
 and hypercorn's per-request machinery (an HTTPStream and a task spawned per request, a lock, the
 idle timer restarted, two or three socket sends per response: head, body, end) was most of the
-cost. Measured on the same shared 2-core machine, old and new alternately, 3 runs each: the
-HTTP POST entrypoint with a memory endpoint under 64 keep-alive connections (``python -m
-bench.load`` kind ``post``, 100 B bodies, 10 s) answered 2.0-2.6 k requests/s on hypercorn and
-4.0-6.7 k requests/s on this server; memory -> one SSE client went from 19-20 k to 21-23 k
-events/s.
-
-Why httptools rather than h11 (which this server used first): h11's pure-Python parsing and
-validation, and its state machine on every response, were about 30 % of the engine's CPU per
-POST (py-spy). httptools is the C parser (llhttp, Node's) under uvicorn; responses are written
-by hand (a status line, the app's headers, the framing h11 would have chosen). Measured as the
-engine process's CPU time per request (psutil, user + system) under the load above (64
-keep-alive connections, 100 B, memory endpoint, 3 s runs), the h11 and httptools servers
-alternated, 4 runs each: 145-176 us (median 168) per request with h11, 81-95 us (median 90)
-with httptools; 3.4-4.9 k vs 5.6-9.3 k requests/s.
-
-Why not ``trio.SocketStream`` (nor ``trio.serve_listeners``) under it: each of its reads and
-writes is a full checkpoint through the scheduler inside a few context managers, a tenth of
-the CPU per POST; :class:`_SocketStream` drives the socket itself and only yields when a call
-had to wait (or every :data:`YIELD_EVERY` calls). Same load, alternated, 5 runs each: 69-88 us
-(median 71) per request before, 59-65 us (median 64) after. Streaming gains more: the SSE raw
-leg (``python -m bench.raw sse``, one client receiving 200,000 events of 100 B, httpx) went from
-76-80 k events/s at 12.5-13 us of server CPU per event (h11 and trio.SocketStream) to 136-143 k
-at 2.8-4.7 us, alternated, 3 runs each.
+cost. Why httptools rather than h11 (which this server used first): h11's pure-Python parsing
+and its state machine on every response were about a third of the engine's CPU per POST;
+httptools is the C parser (llhttp, Node's) under uvicorn, and responses are written by hand (a
+status line, the app's headers, the framing h11 would have chosen). Why not ``trio.SocketStream``
+under it: each of its reads and writes is a full checkpoint through the scheduler inside a few
+context managers; :class:`_SocketStream` drives the socket itself and only yields when a call
+had to wait (or every :data:`YIELD_EVERY` calls). The measurements behind each choice are in
+docs/performance.md.
 
 What it does, per connection (one task each, in the server's nursery, nothing per request):
 

@@ -8,29 +8,9 @@ published); ``405`` for any other method; ``502`` with no route; ``403`` for an 
 ``allowed_origins``; ``401`` without a valid token (``auth = "bearer"``); ``431`` for a request head
 over ``max_header_bytes``.
 
-Cost per request (benchmark S4's load: ``python -m bench.load`` kind ``post``, 64 keep-alive
-connections, 100 B bodies, closed loop, 3 s runs; the engine process's CPU time (psutil user +
-system) per answered request, the engine before and after alternated 4 times in one run on the
-shared 2-core machine, medians with ranges). The changes: the HTTP server on httptools and its
-own socket stream (:mod:`._http11`), the 202 formatted without :mod:`json`, response headers
-encoded directly, one head-size check instead of two, generated client ids from the PRNG.
-
-=====================  ==========================  ==========================
-route                  before (h11 server)         after
-=====================  ==========================  ==========================
-memory, auto           141-146 us, 6.7-7.1 k/s     54-56 us, 17.5-18.2 k/s
-Kafka, auto            161-216 us, 2.5-4.7 k/s     82-92 us, 5.2-7.9 k/s
-Kafka, at_least_once   163-195 us, 2.9-4.6 k/s     72-102 us, 4.9-7.7 k/s
-RabbitMQ, auto         203-239 us, 3.5-4.5 k/s     103-129 us, 6.2-7.7 k/s
-RabbitMQ, alo          194-232 us, 2.8-3.6 k/s     116-142 us, 3.9-5.7 k/s
-MQTT, auto             341-345 us, 2.1-2.9 k/s     207-246 us, 3.6-4.6 k/s
-MQTT, at_least_once    313-343 us, 2.9-3.1 k/s     211-245 us, 3.9-4.7 k/s
-=====================  ==========================  ==========================
-
-(The memory row is from a later, quieter run than the others.) What is left per request
-is mostly the kernel (the ``send`` of the answer alone is a quarter of the CPU on the memory
-route, the read and epoll another tenth), then the broker client: paho's ``Properties`` and a
-``send`` per publish (MQTT), pika's ``send`` per publish on its I/O thread (RabbitMQ).
+What is left per request is mostly the kernel (the ``send`` of the answer, the read and
+epoll), then the broker client (docs/performance.md has the cost per request before and after the
+HTTP server's rewrite).
 """
 
 from __future__ import annotations
