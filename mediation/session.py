@@ -45,7 +45,7 @@ import trio
 from trio_util import AsyncValue
 
 from .ack_policy import Step, acks_at, needs_client_confirmation, upstream_awaits_confirm
-from .config import KafkaConfig, RouteConfig
+from .config import RouteConfig
 from .endpoints.base import Endpoint, EndpointState, Outbound, Subscription
 from .errors import (
     BrokerUnavailable,
@@ -449,9 +449,7 @@ class Session:
         async with endpoint.consume(subscription) as deliveries:
             task_status.started()
             async for delivery in deliveries:
-                if not valid_event_id(delivery.event.id) and not isinstance(
-                    getattr(endpoint, "config", None), KafkaConfig
-                ):
+                if not endpoint.ids_are_positions and not valid_event_id(delivery.event.id):
                     # A broker's id, which nobody checked (RabbitMQ message_id, an MQTT or AMQP
                     # property): one that breaks the id rule gets replaced here, once for every
                     # entrypoint, the original kept (escaped) in metadata "original-id". Kafka's

@@ -135,6 +135,9 @@ class Deliveries:
 class Endpoint(Protocol):
     name: str
     state: AsyncValue[EndpointState]
+    # The event ids this endpoint makes are its resume positions (Kafka's topic:partition:offset):
+    # never replaced by the session, even where they break the id rule (only by length).
+    ids_are_positions: bool
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

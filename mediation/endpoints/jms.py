@@ -778,6 +778,8 @@ def _reason(condition: Condition | None) -> str:
 
 
 class JMSEndpoint:
+    ids_are_positions = False
+
     def __init__(self, name: str, config: JMSConfig) -> None:
         parts = urlsplit(config.url)
         if parts.scheme != "amqp":

@@ -943,6 +943,8 @@ class _Confirmation:
 
 
 class KafkaEndpoint:
+    ids_are_positions = True
+
     def __init__(self, name: str, config: KafkaConfig) -> None:
         self.name = name
         self.config = config

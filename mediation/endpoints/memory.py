@@ -83,6 +83,8 @@ class _Subscriber:
 
 
 class MemoryEndpoint:
+    ids_are_positions = False
+
     def __init__(self, name: str, config: MemoryConfig) -> None:
         self.name = name
         self.config = config

@@ -567,6 +567,8 @@ class _Link:
 
 
 class MQTT5Endpoint:
+    ids_are_positions = False
+
     def __init__(self, name: str, config: MQTT5Config) -> None:
         self.name = name
         self.config = config

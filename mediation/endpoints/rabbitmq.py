@@ -1151,6 +1151,8 @@ def _pipeline(steps: list[Callable[..., None]], done: Callable[[Any], None]) -> 
 
 
 class RabbitMQEndpoint:
+    ids_are_positions = False
+
     def __init__(self, name: str, config: RabbitMQConfig) -> None:
         self.name = name
         self.config = config

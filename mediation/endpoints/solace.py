@@ -443,6 +443,8 @@ class _Connection:
 
 
 class SolaceEndpoint:
+    ids_are_positions = False
+
     def __init__(self, name: str, config: SolaceConfig, api: SolaceAPI | None = None) -> None:
         self.name = name
         self.config = config
