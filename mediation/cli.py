@@ -54,13 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def tune_garbage_collector() -> None:
     """Make the collector's pauses rare and short for a process holding many sessions.
 
-    With 1,000 live MQTT sessions the engine tracks about 420 k objects, and a full collection
-    took 250-400 ms, every session stalled meanwhile; with the default thresholds one came about
-    every 0.7 s under load (one event to 1,000 SSE clients, ``python -m bench --scenario S8``:
-    386-664 ms with the defaults, 272-359 ms with these). Startup's objects (modules, config)
-    never become garbage, so they are left out of every collection (``gc.freeze``), and the
-    young generation is collected every 50,000 allocations instead of 700. Only the command line
-    does this: an application embedding the engine keeps its own settings.
+    A process with many live sessions tracks hundreds of thousands of objects, and with the
+    default thresholds a full collection, which stalls every session, comes often under load
+    (measured: docs/performance.md, "Garbage collector thresholds"). Startup's objects (modules,
+    config) never become garbage, so they are left out of every collection (``gc.freeze``), and
+    the young generation is collected every 50,000 allocations instead of 700. Only the command
+    line does this: an application embedding the engine keeps its own settings.
     """
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)
