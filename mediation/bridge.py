@@ -1,4 +1,6 @@
-"""Bridges: routes from one endpoint to another, run as engine-owned sessions (DESIGN 6.4).
+"""Bridges: routes from one endpoint to another, run as engine-owned sessions.
+
+The contract: docs/design.md, "Bridges".
 
 A bridge consumes from its source endpoint and publishes each event to its target, acking the
 source per the route's guarantee, read from the same ack policy as client sessions: ``none`` and

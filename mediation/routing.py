@@ -1,9 +1,9 @@
 """The route table: which routes a client of each entrypoint sends along and receives from.
 
 Pure. A client connecting to entrypoint E sends upstream along every route whose source is E and
-receives downstream along every route whose target is E (DESIGN section 3); a route between two
-endpoints is a bridge. The engine holds one table and replaces it whole on reload, so a session
-always sees one consistent version.
+receives downstream along every route whose target is E (docs/design.md, "Configuration"); a
+route between two endpoints is a bridge. The engine holds one table and replaces it whole on
+reload, so a session always sees one consistent version.
 """
 
 from __future__ import annotations

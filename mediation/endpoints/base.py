@@ -19,7 +19,8 @@ An endpoint is three things:
   :class:`BrokerUnavailable`.
 
 Entering ``consume`` and leaving it are the per-client subscribe and unsubscribe of the lifecycle
-(DESIGN section 8): the session manager does both exactly once per client session.
+(docs/design.md, "Lifecycle events"): the session manager does both exactly once per client
+session.
 
 Hostile or unusual broker messages: converting a broker message into an :class:`Event` never
 raises out of a consumer. What can be carried safely is (text decoded with replacement
