@@ -26,8 +26,7 @@ published afterwards is received.
   fetched (taken from librdkafka's queue, which holds them anyway) on the Trio side: after a
   settle the session's next event is handed out at once, without a round trip through the
   thread; they count as unsettled for the commit point, and nothing is handed out while a nack
-  waits for its seek. Not on ``at_most_once`` routes: with a read-ahead, a network partition
-  lost the stream's last event in tests/test_faults.py (not yet explained). librdkafka
+  waits for its seek. Not on ``at_most_once`` routes (README, "Known issues"). librdkafka
   prefetches on its own; its queue is capped small
   (``queued.min.messages`` = credit, ``queued.max.messages.kbytes`` = 64, 64 KiB fetches) so a
   session that keeps up costs at most that, and once a session has been full for
@@ -67,61 +66,16 @@ The thread polls with ``POLL_INTERVAL`` while the session has credit and otherwi
 event, polling every ``STALL_PAUSE`` only to serve group callbacks and errors. Each side wakes
 the other only when it sleeps, and the thread only once settles free a quarter of the window
 (credit + read-ahead): a busy session costs about one thread wake-up and one Trio wake-up per
-batch, not per event. Measured with a Kafka-only driver (bench's drain: tansu prefilled, the
-engine in its own process, one client; 100-byte events, before/after alternating, 3 rounds each,
-medians, on a machine loaded by other work), before -> after the read-ahead and wake-up rules:
-WebSocket auto credit 1 11.4 k -> 16.0 k/s, SSE auto credit 1 6.1 k -> 18.2 k/s, WebSocket
-at_least_once with client acks credit 1 1.9 k -> 2.9 k/s, auto credit 64 49 k -> 75 k/s, credit
-1024 67 k -> 77 k/s (spreads of 30-60 % at 64 and above; at_least_once credit 64 unchanged
-within the noise, 7.7 k vs 6.9 k).
+batch, not per event. A stalled session costs nothing once its partitions are paused.
 
-Where an acked event's time goes (S3: ``at_least_once``, WebSocket envelope, the client acking
-every event, credit 64, 100-byte events; per-thread CPU from psutil, cProfile of the Trio
-thread): this module's share is small, the poller thread 5-7 us per event (fetch, bookkeeping,
-coalesced commits: about one asynchronous commit per 24 acks) and librdkafka's threads about
-1 us, against 70 us on the Trio thread before the WebSocket side was reworked (38-45 us after:
-see :mod:`mediation.entrypoints.websocket`), which went to one scheduler round per ack, wsproto
-parsing each ack frame and json per ack. Tried and not kept: handing a session that used up its
-credit more events only once an eighth of it was free again (or 1 ms later), to send runs
-instead of one event per ack: no gain beyond the noise, and one round in four collapsed to
-1.5 k events/s.
-
-S9 (9 fast WebSocket sessions and one stalled, one topic): a stalled session costs nothing
-once its partitions are paused (engine CPU over 5 s with only a stalled client: 0.01 s), and
-with the order of the two runs alternated (the benchmark always runs "with" second) the fast
-sessions' medians were 55.7 k (with) and 56.4 k (without) events/s over 3 runs each, single
-runs between 41 k and 75 k: the 0.84 of the last full run is within its own +-20 % spread.
-
-Memory: a consumer costs about 600 KiB of RSS and 4 librdkafka threads whatever its settings
-(measured with 40 consumers in one process, each assigned and fed 3 events: smaller
-``receive.message.max.bytes``/``fetch.max.bytes``/socket buffers, statistics off or
-``MALLOC_ARENA_MAX=2`` changed nothing beyond the noise), so they are not tuned here.
-
-The alternative, ``trio.to_thread.run_sync(consumer.poll, ...)`` per ``__anext__`` (and per
-commit) under a per-endpoint ``CapacityLimiter``, was measured against it: tansu on loopback,
-2 cores, 100-byte events, one session reading and acking as fast as it can, then 100 idle
-sessions (each with its own group) receiving one event (ranges are repeated runs; the machine is
-noisy; the script, ``bench_kafka.py``, awaits a home under ``just bench``):
-
-==============================================  ================  ==========================
-                                                poller thread     to_thread + limiter
-==============================================  ================  ==========================
-1 session, auto, credit 1 (events/s)            5.3 k - 8.8 k     3.2 k - 5.2 k
-1 session, at_least_once, credit 16             23 k - 29 k
-1 session, at_most_once (sync commit each)      2.2 k - 2.7 k
-100 idle sessions: CPU (of one core)            10 %              19 % (limiter 40),
-                                                                  27 % (limiter 100)
-100 idle sessions: one event reaches all in     245 ms            371 ms (limiter 40)
-threads per session                             5 (librdkafka 4)  4, plus a pool worker
-                                                                  while it polls
-==============================================  ================  ==========================
-
-``to_thread`` holds a worker and the consumer's gate for the whole poll, so every settle waits for
-a poll to end, an idle session needs a limiter token to notice anything, and a limiter smaller
-than the number of sessions delays everybody; it saves one thread per session and nothing else.
-The poller thread also keeps serving the group (rebalances, ``max.poll.interval.ms``, errors)
-while a client is slow. Most of the idle CPU is librdkafka's own (a 0.5 s poll interval saved
-only 1 point of the 10 %).
+Why a poller thread rather than ``trio.to_thread.run_sync(consumer.poll, ...)`` per event under a
+per-endpoint ``CapacityLimiter``: ``to_thread`` holds a worker and the consumer's gate for the
+whole poll, so every settle waits for a poll to end, an idle session needs a limiter token to
+notice anything, and a limiter smaller than the number of sessions delays everybody; it saves one
+thread per session and nothing else. The poller thread also keeps serving the group (rebalances,
+``max.poll.interval.ms``, errors) while a client is slow. A consumer's memory and threads are
+librdkafka's own and did not move with its buffer settings, so they are not tuned here. The
+measurements behind these choices: docs/performance.md, "The Kafka endpoint".
 
 Producing
 ---------
@@ -354,8 +308,8 @@ class _SessionConsumer:
         self._resume = resume
         self._token = token
         # Fetched and unsettled events at most: the credit plus the read-ahead. None on
-        # at_most_once: with it, a network partition lost its last event (tests/test_faults.py,
-        # not yet understood); each of its acks waits for a commit round trip anyway.
+        # at_most_once (README, "Known issues"); each of its acks waits for a commit round trip
+        # anyway.
         self._window = self._credit + (0 if sync_commits else READ_AHEAD)
         # Shared, under _lock.
         self._lock = threading.Lock()
