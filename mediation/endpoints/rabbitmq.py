@@ -17,14 +17,8 @@ Writes: pika's transport never writes when asked (it buffers each frame, turns o
 write watch and sends on the ioloop's next pass: two ``epoll_ctl``, an ``epoll_wait`` and a
 ``send`` per frame). What a Trio -> thread batch emits is collected instead and written at the end
 of the batch in one ``send`` (:class:`_Writer`), behind nothing pika still holds; what the socket
-does not take, TLS, and pika's own frames (heartbeats, handshakes) keep pika's path. Measured old
-vs new alternated, 6 rounds each, one WebSocket client, ``channel_size = 1``, 4,000 messages of
-100 B from a prefilled queue, engine CPU (psutil user+sys) per message, medians (machine shared
-with two other benchmarking helpers, rates varied up to 2x; the CPU figures within 10 %):
-``auto`` 2.74 k -> 3.18 k msgs/s, 216 -> 196 us/msg; ``at_least_once`` with envelope acks
-1.72 k -> 1.89 k msgs/s, 349 -> 315 us/msg (two engines, from git worktrees at the old and new
-commit, each drained in turn: ``bench.brokers.prefill``, then ``bench.scenarios.receive`` with a
-``ws_recv`` client).
+does not take, TLS, and pika's own frames (heartbeats, handshakes) keep pika's path. The figures
+for this and for the comparisons below: docs/performance.md, "The RabbitMQ endpoint".
 
 So a slow session never blocks the thread: a session's channel has ``basic_qos(prefetch_count =
 credit)``, and what the thread hands a session is unacked on the broker, so the session's buffer
@@ -35,25 +29,9 @@ Why not a ``BlockingConnection``: its ``confirm_delivery`` waits for each confir
 consumers need ``process_data_events`` polling, so one thread could not serve publishes and many
 sessions at once; with ``SelectConnection`` many confirms are in flight and nothing polls.
 
-Measured on the 2-core test machine against the harness's RabbitMQ 3.10, 100-byte messages,
-msg/s, medians of 3 runs with raw pika in the same run (raw: ``BlockingConnection``, and a
-``SelectConnection`` for asynchronous confirms; runs differed by up to 30 %):
-
-=====================================  =====================  ==========================
-leg                                    pika alone             this endpoint
-=====================================  =====================  ==========================
-publish, no confirms                   21.8 k                 17.1 k (``confirm=False``)
-one confirmed publish at a time        1.6 k                  1.1 k
-confirms in flight: 100 / 1000         13.6 k / 17.2 k        7.8 k / 9.4 k (publishers)
-consume + ack, prefetch 1              5.3 k                  2.6 k
-consume + ack, prefetch 100 / 1000     12.9 k / 15.6 k        10.8 k / 14.0 k
-=====================================  =====================  ==========================
-
-``confirm=False`` is timed until the broker confirmed everything. ``confirm=True`` publishes are
-persistent, so the broker's disk sets their pace (transient ones: 4.7 k/s one at a time, 36.9 k/s
-with 1000 in flight, raw). The thread hops cost most at prefetch 1, where every message waits for
-the previous ack to travel Trio -> thread -> broker: a session with ``channel_size = 1`` gets
-~2.6 k/s; with a channel of a few dozen it comes close to raw pika.
+The thread hops cost most at prefetch 1, where every message waits for the previous ack to travel
+Trio -> thread -> broker; with a channel of a few dozen the endpoint comes close to raw pika.
+``confirm=True`` publishes are persistent, so the broker's disk sets their pace.
 
 Consuming
 ---------
@@ -76,8 +54,7 @@ answer, so an ack that was still on its way when the connection broke (or that a
 with SIGKILL had not yet written down) is lost, and the broker delivers the message again, flagged
 ``redelivered``. The endpoint remembers what it acked on ``at_most_once`` sessions (queue,
 ``message_id`` and body, see :mod:`._written`) and acks such a redelivery without handing it to
-the session; the fault tests saw 1-10 such duplicates per
-broker SIGKILL before this. Memory only: it does not survive an engine restart.
+the session (the fault tests saw such duplicates after a broker SIGKILL before this). Memory only: it does not survive an engine restart.
 
 There is no resuming from an SSE ``Last-Event-ID`` (a queue has no positions): on a shared queue a
 client's next session gets what the last one left unacked; a broadcast queue ends with its session.
@@ -111,13 +88,7 @@ growing a queue.
 
 A confirmed publish takes its window slot without a checkpoint when there is room (waiting for
 the confirm is its checkpoint): under load the scheduler round before the hand-off was most of
-the time from ``publish`` to the I/O thread (instrumented, 64 POST connections at half the
-maximum rate: p50 1.7 -> 0.7 ms, p99 7-29 -> 3-6 ms). ``python -m bench --scenario S4``'s
-RabbitMQ ``at_least_once`` leg, this alone old vs new alternated, 12 rounds each over two runs
-on the shared machine: p99 at 50 % of max 43 -> 26 ms (medians; single rounds 11-166 ms, so
-noisy), max 4.78 k -> 5.02 k req/s, engine CPU per request unchanged (135 vs 137 us). The rest of
-that p99 is the broker's: persistent messages are confirmed once written to disk (the broker
-side, ``basic_publish`` to the confirm, was 2-5 ms p50 and 12-43 ms p99 in the same runs).
+the time from ``publish`` to the I/O thread.
 
 Connection
 ----------
