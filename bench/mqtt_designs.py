@@ -1,4 +1,4 @@
-"""Raw MQTT leg: the designs the mqtt5 endpoint chose between (numbers in its docstring).
+"""Raw MQTT leg: the designs the mqtt5 endpoint chose between (figures: docs/performance.md).
 
 ::
 

@@ -41,8 +41,8 @@ with replacement characters and kept as they are otherwise: one odd message, not
 
 Garbage: a connection without keepalive (every consumer's) waits for the broker without a
 cancel scope (it would never fire): one object graph fewer per wait, each alive as long as its
-wait, for the cyclic collector to promote and scan; with 1,000 consumers the engine's full
-collections took 250-400 ms each (bench S8), a process-wide matter of GC thresholds.
+wait, for the cyclic collector to promote and scan (with many consumers, full collections are
+long: see ``tune_garbage_collector`` in :mod:`mediation.cli`).
 
 Cancellation: every await is a wait on the socket; cancelling one loses nothing, the bytes stay
 in paho's buffers (or the kernel's) for the next call. :meth:`connect` waits for the worker thread's

@@ -32,20 +32,11 @@ task owns the socket (reader, writer and idle-timeout ticker tasks) and dispatch
 Consumers and publishers call the engine synchronously between checkpoints, all on the Trio thread,
 which is all proton's single-threaded rule asks. The alternative, proton's ``Container`` reactor
 in a dedicated thread with ``EventInjector`` requests and ``TrioToken.run_sync_soon`` replies, was
-built as a prototype with the same legs and measured against this endpoint in the same session
-(RabbitMQ 3.10 on loopback, messages/s, ranges of 3 runs on a shared, noisy 2-core machine)::
-
-                                         this endpoint          Container thread prototype
-                                         100 B      4 KiB       100 B      4 KiB
-    publish + await accepted, one by one 2.5-3.3 k  2.3-3.3 k   1.6-1.9 k  1.5-1.8 k
-    same, 100 publishers in flight       6.8-9.6 k  8.0-9.7 k   8.3 k      6.5-7.1 k
-    publish pre-settled                  6.8-11 k   6.5-9.3 k   3.2-3.5 k  2.6-3.4 k
-    consume, credit 100, ack each        12-14 k    6.9-7.9 k   5.1-7.2 k  3.1-3.3 k
-
-The thread variant also crashed once in six runs (``free(): invalid next size``): every proton
-object that crosses to Trio (a delivery to settle) must be released on the proton thread, a rule
-that is easy to break. Here there is no thread to join, no cross-thread hand-off, and the hand-off
-to a consumer is a plain bounded buffer that the I/O code appends to without ever waiting.
+built as a prototype and measured slower on every leg but one (docs/performance.md, "The AMQP 1.0
+endpoint"), and it crashed once in six runs (``free(): invalid next size``): every proton object
+that crosses to Trio (a delivery to settle) must be released on the proton thread, a rule that is
+easy to break. Here there is no thread to join, no cross-thread hand-off, and the hand-off to a
+consumer is a plain bounded buffer that the I/O code appends to without ever waiting.
 
 Credit with RabbitMQ before 4.0: its plugin adds up the credit of flow frames that cross its
 transfers (rabbitmq-server#2597), so the usual "flow(1) per settlement" let it send thousands of

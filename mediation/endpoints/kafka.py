@@ -160,8 +160,8 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     "queued.max.messages.kbytes": 64,
     "fetch.message.max.bytes": 64 * 1024,
     # With queues this small librdkafka's default (1000 ms) stalls every fetch once the queue
-    # is "full": measured 290 events/s for one session; 10 ms gives 4.3 k (1 ms: 5.9 k, at ten
-    # times the wake-ups of a slow session's fetcher).
+    # is "full" (docs/performance.md, "The Kafka endpoint"); 1 ms would cost ten times the
+    # wake-ups of a slow session's fetcher.
     "fetch.queue.backoff.ms": 10,
     # How soon a session waiting for a topic that does not exist yet sees it appear (librdkafka's
     # default, 5 minutes, is what a consumer got on tansu once the cluster held other topics). It

@@ -23,34 +23,15 @@ per client: beyond it Mosquitto drops that client's messages, never anybody else
 
 Why not one shared connection
 -----------------------------
-Measured with 200 sessions, each subscribed to a topic of its own at QoS 1 with manual acks, 50
-(or 5) 100-byte messages each from a publisher in another process; RSS, threads and descriptors
-added by holding the sessions; deliveries/s from first to last delivery, everything acked.
-Command: ``.venv/bin/python -m mediation.endpoints._mqtt_measure -n 200 -m 50`` (and ``-m 5``).
-Two runs each on the shared 2-core machine, Mosquitto 2.0.11; throughput spread is wide (the
-publisher, the broker and the consumers share the cores), the resource figures are steady.
-
-================================  ==========  =======  ===  =========  ========================
-design                            RSS/session threads  fds  subscribe  deliveries/s
-================================  ==========  =======  ===  =========  ========================
-connection per session, driven    18.6 KiB    0 (1)    200  0.2 s      2.6-5.4 k (x50),
-by Trio's I/O (this module)                                            1.8-5.6 k (x5)
-connection per session, paho      36 KiB      200      600  0.2 s      2.9-3.3 k (x50, x5)
-``loop_start()``
-one shared connection, routed by  1.2 KiB     0 (1)    1    0.03 s     6.3-9.1 k (x5);
-subscription identifier (Trio)                                         x50: messages lost
-================================  ==========  =======  ===  =========  ========================
-
-(1) Plus Trio's cached worker thread for TCP connects (idle, shared, gone after 10 s idle).
-
-The shared connection is the cheapest to hold, but it is one MQTT session: one Receive Maximum,
-one broker queue for every client. At 50 messages per session Mosquitto's per-client queue
-overflowed and it dropped messages for all of them ("Outgoing messages are being dropped"); and
-the engine can only stop reading the shared socket (stalling every client for the slowest), buffer
-without bound, or ack before clients confirmed, none of which the design allows. Per-session
-connections keep flow control, the broker's queue and the MQTT session (resume, below) per client,
-for ~19 KiB, one descriptor and one broker connection per session, and Trio's I/O beats a network
-thread per connection on memory, threads and (within the noise) speed.
+A shared connection is the cheapest to hold, but it is one MQTT session: one Receive Maximum, one
+broker queue for every client. Measured (docs/performance.md, "The MQTT 5 endpoint"; ``python -m
+bench.mqtt_designs``), Mosquitto's per-client queue overflowed and it dropped messages for all of
+them ("Outgoing messages are being dropped"); and the engine can only stop reading the shared
+socket (stalling every client for the slowest), buffer without bound, or ack before clients
+confirmed, none of which the design allows. Per-session connections keep flow control, the
+broker's queue and the MQTT session (resume, below) per client, for one descriptor and one broker
+connection per session, and Trio's I/O beats a network thread per connection on memory and
+threads, at the same speed.
 
 Acks, nacks, redelivery
 -----------------------
@@ -63,12 +44,7 @@ waits) and before UNSUBSCRIBE; ``at_most_once`` acks are written at once, before
 A client confirmation that leaves nothing else handed out (always so at ``channel_size`` 1) is
 written at once by the confirming task, with any acks batched before it: no other confirmation
 can join that burst before the broker sends more, and waking the consumer task for it cost a
-task switch and a cancellation per event. Measured (S3, MQTT, WebSocket envelope, client acks,
-channel_size 1, 3,000 x 100 B live, engine CPU per message from psutil, alternated old/new,
-``/tmp``-driver around ``bench.scenarios.receive``; the machine shared with other benches):
-300-353 us -> 230-277 us per message, 1.8-2.3 k -> 2.1-3.2 k msgs/s; a second alternation on a
-busier machine 397-400 us -> 293-303 us, 1.2-1.3 k -> 1.6-1.7 k msgs/s (noisy: the publisher, the
-broker and the client share the 2 cores).
+task switch and a cancellation per event.
 A connection that breaks first loses what was not written yet: the broker resends it, which
 those guarantees allow. MQTT
 has no nack: a nacked event stays unacknowledged (still counted against the credit by the broker)
@@ -88,7 +64,7 @@ has nothing to add: the MQTT session is the resume.
 ``at_most_once``: the session acks just before writing, but a PUBACK still on its way when the
 connection broke is lost and the broker resends the message (DUP). The endpoint remembers what its
 ``at_most_once`` sessions acked (:mod:`._written`) and acks such a redelivery without handing it
-out (the fault tests saw ~10 duplicates per TCP reset before this).
+out (the fault tests saw such duplicates after a TCP reset before this).
 
 ``at_least_once`` routes subscribe with QoS at most 1: paho answers a QoS 2 PUBLISH with PUBREC on
 receipt, after which the broker may only resend the PUBREL, never the message, so an unconfirmed

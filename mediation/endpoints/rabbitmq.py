@@ -54,7 +54,8 @@ answer, so an ack that was still on its way when the connection broke (or that a
 with SIGKILL had not yet written down) is lost, and the broker delivers the message again, flagged
 ``redelivered``. The endpoint remembers what it acked on ``at_most_once`` sessions (queue,
 ``message_id`` and body, see :mod:`._written`) and acks such a redelivery without handing it to
-the session (the fault tests saw such duplicates after a broker SIGKILL before this). Memory only: it does not survive an engine restart.
+the session (the fault tests saw such duplicates after a broker SIGKILL before this). Memory
+only: it does not survive an engine restart.
 
 There is no resuming from an SSE ``Last-Event-ID`` (a queue has no positions): on a shared queue a
 client's next session gets what the last one left unacked; a broadcast queue ends with its session.
@@ -1270,9 +1271,9 @@ class RabbitMQEndpoint:
             window=self._window,
         )
         if confirm:
-            # No scheduler round before the hand-off when the window has room (under load with
-            # 64 POST connections that round was most of the time from here to the I/O thread:
-            # p50 1.7 -> 0.7 ms); waiting for the confirm below is the checkpoint.
+            # No scheduler round before the hand-off when the window has room (under load that
+            # round was most of the time from here to the I/O thread); waiting for the confirm
+            # below is the checkpoint.
             try:
                 self._window.acquire_nowait()
             except trio.WouldBlock:
