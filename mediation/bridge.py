@@ -22,7 +22,7 @@ import uuid
 import trio
 from trio_util import AsyncValue
 
-from .ack_policy import Step, acks_at, upstream_awaits_confirm
+from .ack_policy import BridgeAck
 from .config import RouteConfig
 from .endpoints.base import EndpointState, Outbound, Subscription
 from .errors import BrokerUnavailable
@@ -100,14 +100,14 @@ async def _move_events(context: EngineContext, route: RouteConfig) -> None:
 async def _forward(
     context: EngineContext, route: RouteConfig, delivery: Delivery, bridge_id: str
 ) -> None:
-    guarantee = route.delivery_guarantee
-    if acks_at(guarantee, Step.RECEIVED) or acks_at(guarantee, Step.BEFORE_WRITE):
+    plan = route.ack_plan
+    if plan.bridge_acks is BridgeAck.BEFORE_PUBLISH:
         await delivery.ack()
     message = Outbound(
         event=delivery.event, route=route, client_id=bridge_id, entrypoint=route.source
     )
     await context.endpoints[route.target].publish(
-        message, confirm=upstream_awaits_confirm(guarantee)
+        message, confirm=plan.bridge_acks is BridgeAck.CONFIRMED
     )
     await delivery.ack()  # idempotent: nothing more where it was acked first
     context.telemetry.settled(route.name, True)

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .ack_policy import Guarantee
+from .ack_policy import AckPlan, Guarantee, plan_for
 from .errors import ConfigError
 
 MiB = 1024 * 1024
@@ -305,6 +305,11 @@ class RouteConfig(_Table):
     def name(self) -> str:
         return f"{self.source}->{self.target}"
 
+    @property
+    def ack_plan(self) -> AckPlan:
+        """What the route's guarantee means for the session, bridge and endpoints (ack_policy)."""
+        return plan_for(self.delivery_guarantee)
+
 
 class Config(_Table):
     engine: EngineConfig = EngineConfig()
@@ -500,7 +505,7 @@ def _check_route_ends(
         _require(endpoints, position[route.target], _PUBLISHES_TO, "publish to", index, fail)
     if route.source in position:
         source = endpoints[position[route.source]]
-        if source.type == "solace" and route.delivery_guarantee is Guarantee.AT_LEAST_ONCE:
+        if source.type == "solace" and route.ack_plan.redelivers_unconfirmed:
             return
         _require(endpoints, position[route.source], _CONSUMES_FROM, "consume from", index, fail)
 

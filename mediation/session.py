@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import trio
 from trio_util import AsyncValue
 
-from .ack_policy import Step, acks_at, needs_client_confirmation, upstream_awaits_confirm
+from .ack_policy import Step
 from .config import RouteConfig
 from .endpoints.base import Endpoint, EndpointState, Outbound, Subscription
 from .errors import (
@@ -175,13 +175,13 @@ class _RoutePlan:
     )
 
     def __init__(self, route: RouteConfig) -> None:
-        guarantee = route.delivery_guarantee
+        plan = route.ack_plan
         self.route = route
         self.name = route.name
-        self.acks_received = acks_at(guarantee, Step.RECEIVED)
-        self.acks_entered = acks_at(guarantee, Step.CHANNEL_ENTERED)
-        self.acks_before_write = acks_at(guarantee, Step.BEFORE_WRITE)
-        self.confirms = needs_client_confirmation(guarantee)
+        self.acks_received = plan.acks_at(Step.RECEIVED)
+        self.acks_entered = plan.acks_at(Step.CHANNEL_ENTERED)
+        self.acks_before_write = plan.acks_at(Step.BEFORE_WRITE)
+        self.confirms = plan.keeps_until_confirmed
         self.packets: PacketSource | None = None  # made on the first write
 
 
@@ -222,11 +222,7 @@ class Session:
         )
         # The at-least-once window: events written to the client and not yet confirmed, counted
         # against the routes' channel_size, so a client that never confirms stops its consumers.
-        window = sum(
-            r.channel_size
-            for r in routes.downstream
-            if needs_client_confirmation(r.delivery_guarantee)
-        )
+        window = sum(r.channel_size for r in routes.downstream if r.ack_plan.keeps_until_confirmed)
         self._window = trio.Semaphore(window) if window else None
         # With broker credit equal to channel_size, a client that stops confirming never makes a
         # consumer wait on the channel: the slow-client policy also watches the window.
@@ -234,7 +230,7 @@ class Session:
             (
                 r.slow_client_timeout
                 for r in routes.downstream
-                if needs_client_confirmation(r.delivery_guarantee) and r.slow_client == "disconnect"
+                if r.ack_plan.keeps_until_confirmed and r.slow_client == "disconnect"
             ),
             default=math.inf,
         )
@@ -369,7 +365,7 @@ class Session:
         of one per event. Each event still goes through :meth:`before_write` before the write
         and :meth:`written` after it, in order.
         """
-        if any(acks_at(r.delivery_guarantee, Step.BEFORE_WRITE) for r in self.routes.downstream):
+        if not all(r.ack_plan.writes_in_batches for r in self.routes.downstream):
             # at_most_once acks each event right before its own write: batched, the acks of a
             # burst would all come before its first write (and a Kafka at_most_once session then
             # lost its successor's events in tests/test_kafka.py).
@@ -548,7 +544,7 @@ async def publish_upstream(
     for route in routes:
         endpoint = context.endpoints[route.target]
         message = Outbound(event=event, route=route, client_id=client_id, entrypoint=entrypoint)
-        await endpoint.publish(message, confirm=upstream_awaits_confirm(route.delivery_guarantee))
+        await endpoint.publish(message, confirm=route.ack_plan.upstream_awaits_confirm)
         context.telemetry.packet(
             event=event,
             source_id=entrypoint,

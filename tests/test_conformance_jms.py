@@ -21,7 +21,12 @@ from mediation.endpoints.base import EndpointState
 from mediation.endpoints.jms import JMSEndpoint
 
 from .brokers import RabbitMQ
-from .conformance import ClientResumeConformance, EndpointConformance, EndpointUnderTest
+from .conformance import (
+    ClientResumeConformance,
+    DeliveryConformance,
+    EndpointConformance,
+    EndpointUnderTest,
+)
 
 # The client ids the suite uses.
 CLIENTS = ("c1", "stalled", "reading")
@@ -45,7 +50,7 @@ def fanout(rabbitmq: RabbitMQ, clients: tuple[str, ...]) -> Iterator[str]:
             channel.exchange_delete(base)  # type: ignore[attr-defined]
 
 
-class TestJMSConformance(EndpointConformance, ClientResumeConformance):
+class TestJMSConformance(DeliveryConformance, EndpointConformance, ClientResumeConformance):
     @pytest.fixture
     async def under_test(self, rabbitmq: RabbitMQ) -> AsyncIterator[EndpointUnderTest]:
         with fanout(rabbitmq, CLIENTS) as base:

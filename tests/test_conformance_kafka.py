@@ -20,7 +20,12 @@ from mediation.endpoints import EndpointState
 from mediation.endpoints.kafka import KafkaEndpoint
 from tests.brokers import Tansu
 
-from .conformance import ClientResumeConformance, EndpointConformance, EndpointUnderTest
+from .conformance import (
+    ClientResumeConformance,
+    DeliveryConformance,
+    EndpointConformance,
+    EndpointUnderTest,
+)
 
 # A group join on tansu takes session.timeout.ms / 2.
 FAST_GROUPS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
@@ -73,7 +78,7 @@ async def running_endpoint(
     return endpoint
 
 
-class TestKafkaConformance(EndpointConformance, ClientResumeConformance):
+class TestKafkaConformance(DeliveryConformance, EndpointConformance, ClientResumeConformance):
     @pytest.fixture
     async def under_test(self, tansu: Tansu) -> AsyncIterator[EndpointUnderTest]:
         admin = AdminClient(tansu.client_config())

@@ -10,10 +10,10 @@ import trio
 from mediation.config import MemoryConfig
 from mediation.endpoints.memory import MemoryEndpoint
 
-from .conformance import EndpointConformance, EndpointUnderTest
+from .conformance import DeliveryConformance, EndpointConformance, EndpointUnderTest
 
 
-class TestMemoryConformance(EndpointConformance):
+class TestMemoryConformance(DeliveryConformance, EndpointConformance):
     @pytest.fixture
     async def under_test(self) -> AsyncIterator[EndpointUnderTest]:
         endpoint = MemoryEndpoint("mem", MemoryConfig(topic_in="t", topic_out="t", capacity=16))

@@ -30,7 +30,12 @@ from mediation.endpoints._mqtt_wire import Wire
 from mediation.endpoints.mqtt5 import MQTT5Endpoint
 
 from .brokers import Mosquitto
-from .conformance import ClientResumeConformance, EndpointConformance, EndpointUnderTest
+from .conformance import (
+    ClientResumeConformance,
+    DeliveryConformance,
+    EndpointConformance,
+    EndpointUnderTest,
+)
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 
@@ -90,7 +95,7 @@ async def running(endpoint: MQTT5Endpoint) -> AsyncIterator[MQTT5Endpoint]:
         nursery.cancel_scope.cancel()
 
 
-class TestMQTT5Conformance(EndpointConformance, ClientResumeConformance):
+class TestMQTT5Conformance(DeliveryConformance, EndpointConformance, ClientResumeConformance):
     @pytest.fixture
     async def under_test(self, mosquitto: Mosquitto) -> AsyncIterator[EndpointUnderTest]:
         topic = f"conformance/{uuid.uuid4().hex}"

@@ -19,7 +19,12 @@ from mediation.endpoints import EndpointState
 from mediation.endpoints.rabbitmq import RabbitMQEndpoint
 from tests.brokers import RabbitMQ
 
-from .conformance import ClientResumeConformance, EndpointConformance, EndpointUnderTest
+from .conformance import (
+    ClientResumeConformance,
+    DeliveryConformance,
+    EndpointConformance,
+    EndpointUnderTest,
+)
 from .conformance.suite import receive
 
 
@@ -69,7 +74,9 @@ def _delete_exchange(rabbitmq: RabbitMQ, exchange: str) -> None:
         channel.exchange_delete(exchange)  # type: ignore[attr-defined]
 
 
-class TestRabbitMQSharedQueueConformance(EndpointConformance, ClientResumeConformance):
+class TestRabbitMQSharedQueueConformance(
+    DeliveryConformance, EndpointConformance, ClientResumeConformance
+):
     @pytest.fixture
     async def under_test(self, rabbitmq: RabbitMQ) -> AsyncIterator[EndpointUnderTest]:
         queue = rabbitmq.unique_name("conformance")
@@ -109,7 +116,7 @@ class TestRabbitMQSharedQueueConformance(EndpointConformance, ClientResumeConfor
             await delivery.ack()
 
 
-class TestRabbitMQBroadcastConformance(EndpointConformance):
+class TestRabbitMQBroadcastConformance(DeliveryConformance, EndpointConformance):
     @pytest.fixture
     async def under_test(self, rabbitmq: RabbitMQ) -> AsyncIterator[EndpointUnderTest]:
         exchange = rabbitmq.unique_name("conformance-x")

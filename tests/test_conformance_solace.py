@@ -4,7 +4,8 @@ Twice: with direct messaging (chosen by the guarantees ``none``, ``auto`` and ``
 these consumers use ``auto``), where nothing is redelivered, and with persistent messaging
 (``at_least_once``, the suite's default), where each client has a queue of its own, so a nacked
 message comes back in the same session and what a consumer left unsettled goes to the client's
-next one.
+next one. The guarantee picks the receiver, so either endpoint has ``queue_in`` for
+``at_least_once`` and ``topic_in`` for the others (what the delivery cases need of both).
 """
 
 from __future__ import annotations
@@ -13,23 +14,51 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from mediation.ack_policy import AckPlan
 from mediation.config import RouteConfig
+from mediation.endpoints.solace import SolaceEndpoint
 
-from .conformance import ClientResumeConformance, EndpointConformance, EndpointUnderTest
+from .conformance import (
+    ClientResumeConformance,
+    DeliveryConformance,
+    EndpointConformance,
+    EndpointUnderTest,
+)
 from .solace_fake import open_broker
 from .solace_fake.harness import running_endpoint
 
+# A direct consumer's buffer: beyond what the suite's tests publish at once (10), small enough
+# for the overflow case to pass it quickly.
+DIRECT_BUFFER = 16
 
-class DirectUnderTest(EndpointUnderTest):
+
+class SolaceUnderTest(EndpointUnderTest):
+    """Direct receivers (none, auto, at_most_once) keep nothing for a client and have no flow
+    control; a persistent one (at_least_once) reads the client's queue, paused at its credit."""
+
+    def resumes(self, plan: AckPlan) -> bool:
+        return plan.redelivers_unconfirmed
+
+    def flow_controlled(self, plan: AckPlan) -> bool:
+        return plan.redelivers_unconfirmed
+
+    def buffered(self, credit: int) -> int:
+        assert isinstance(self.endpoint, SolaceEndpoint)
+        return max(credit, self.endpoint.config.direct_buffer)
+
+
+class DirectUnderTest(SolaceUnderTest):
     def route(self, guarantee: str = "auto", channel_size: int = 4) -> RouteConfig:
         return super().route(guarantee, channel_size)
 
 
-class TestSolaceDirectConformance(EndpointConformance):
+class TestSolaceDirectConformance(DeliveryConformance, EndpointConformance):
     @pytest.fixture
     async def under_test(self) -> AsyncIterator[EndpointUnderTest]:
         with open_broker() as broker:
-            async with running_endpoint(broker) as endpoint:
+            async with running_endpoint(
+                broker, queue_in="q/{client_id}", direct_buffer=DIRECT_BUFFER
+            ) as endpoint:
 
                 async def subscriptions() -> int:
                     return broker.receiver_count()
@@ -39,7 +68,9 @@ class TestSolaceDirectConformance(EndpointConformance):
                 )
 
 
-class TestSolacePersistentConformance(EndpointConformance, ClientResumeConformance):
+class TestSolacePersistentConformance(
+    DeliveryConformance, EndpointConformance, ClientResumeConformance
+):
     @pytest.fixture
     async def under_test(self) -> AsyncIterator[EndpointUnderTest]:
         with open_broker() as broker:
@@ -48,6 +79,6 @@ class TestSolacePersistentConformance(EndpointConformance, ClientResumeConforman
                 async def subscriptions() -> int:
                     return broker.receiver_count()
 
-                yield EndpointUnderTest(
+                yield SolaceUnderTest(
                     endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=True
                 )

@@ -1,4 +1,4 @@
-"""The pure modules: SSE framing, envelope codec, ack policy, routing, identity."""
+"""The pure modules: SSE framing, envelope codec, routing, identity (ack policy: test_ack_policy)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mediation.ack_policy import Guarantee, Step, acks_at, needs_client_confirmation
 from mediation.config import RouteConfig
 from mediation.envelope import (
     Confirmation,
@@ -104,18 +103,6 @@ def test_envelope_client_messages() -> None:
 def test_malformed_envelopes_are_bad_requests(message: str) -> None:
     with pytest.raises(BadRequest):
         decode_client_message(message)
-
-
-def test_each_guarantee_acks_at_exactly_one_step() -> None:
-    expected = {
-        Guarantee.NONE: Step.RECEIVED,
-        Guarantee.AUTO: Step.CHANNEL_ENTERED,
-        Guarantee.AT_MOST_ONCE: Step.BEFORE_WRITE,
-        Guarantee.AT_LEAST_ONCE: Step.CONFIRMED,
-    }
-    for guarantee, step in expected.items():
-        assert [s for s in Step if acks_at(guarantee, s)] == [step]
-    assert [g for g in Guarantee if needs_client_confirmation(g)] == [Guarantee.AT_LEAST_ONCE]
 
 
 def route(source: str, target: str, direction: str) -> RouteConfig:

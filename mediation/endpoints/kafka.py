@@ -125,7 +125,6 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from trio_util import AsyncValue
 
-from ..ack_policy import Guarantee
 from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
@@ -295,6 +294,7 @@ class _SessionConsumer:
         credit: int,
         latest: bool,
         sync_commits: bool,
+        read_ahead: bool,
         resume: tuple[int, int] | None,
         token: trio.lowlevel.TrioToken,
         undeliverable: Callable[[str], None],
@@ -307,10 +307,9 @@ class _SessionConsumer:
         self._sync_commits = sync_commits
         self._resume = resume
         self._token = token
-        # Fetched and unsettled events at most: the credit plus the read-ahead. None on
-        # at_most_once (README, "Known issues"); each of its acks waits for a commit round trip
-        # anyway.
-        self._window = self._credit + (0 if sync_commits else READ_AHEAD)
+        # Fetched and unsettled events at most: the credit plus the read-ahead, where the route's
+        # plan allows one (not at_most_once: README, "Known issues").
+        self._window = self._credit + (READ_AHEAD if read_ahead else 0)
         # Shared, under _lock.
         self._lock = threading.Lock()
         self._ready: deque[_Item] = deque()  # fetched, not yet handed to the session
@@ -1157,7 +1156,8 @@ class KafkaEndpoint:
             topic,
             credit=credit,
             latest=self.config.auto_offset_reset == "latest",
-            sync_commits=subscription.route.delivery_guarantee is Guarantee.AT_MOST_ONCE,
+            sync_commits=subscription.route.ack_plan.ack_awaits_broker,
+            read_ahead=subscription.route.ack_plan.reads_ahead,
             resume=resume_position(subscription.resume_after, topic),
             token=trio.lowlevel.current_trio_token(),
             undeliverable=subscription.undeliverable,

@@ -6,6 +6,8 @@ a publisher waits for a full subscriber, so a stalled client with ``slow_client 
 slows the
 publishers of its topic (the memory endpoint is a demo and a reference, not a store).
 
+Like a broker's prefetch, a consumer is handed at most ``subscription.credit`` unsettled events.
+
 Acks and nacks mean what they mean on a broker: an acked event is done; a nacked one is put back at
 the head of the same subscriber's buffer and delivered again. A subscription that has ended has
 nowhere to redeliver to, so events nacked after that are counted in ``stats.lost`` and logged.
@@ -39,10 +41,14 @@ class _Subscriber:
 
     The bound applies to new events only; redeliveries are already counted in the consumer's
     credit, so putting them back can neither block nor grow memory beyond credit + capacity.
+    At most ``credit`` events are handed out and unsettled at a time (``out``), like a broker's
+    prefetch: ``get`` waits for a settle beyond that.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, credit: int) -> None:
         self.capacity = capacity
+        self.credit = max(1, credit)
+        self.out = 0  # handed out, not settled
         self.events: deque[Event] = deque()
         self.redeliveries: deque[Event] = deque()
         self.not_empty = trio.lowlevel.ParkingLot()
@@ -62,17 +68,25 @@ class _Subscriber:
         self.redeliveries.append(event)
         self.not_empty.unpark()
 
+    def settled(self) -> None:
+        self.out -= 1
+        if self.not_empty:
+            self.not_empty.unpark()
+
     async def get(self) -> Event:
         while True:
             if self.failure is not None:
                 raise self.failure
-            if self.redeliveries:
-                return self.redeliveries.popleft()
-            if self.events:
-                event = self.events.popleft()
-                if self.not_full:
-                    self.not_full.unpark()
-                return event
+            if self.out < self.credit:
+                if self.redeliveries:
+                    self.out += 1
+                    return self.redeliveries.popleft()
+                if self.events:
+                    event = self.events.popleft()
+                    if self.not_full:
+                        self.not_full.unpark()
+                    self.out += 1
+                    return event
             await self.not_empty.park()
 
     def close(self, failure: BrokerUnavailable | None = None) -> None:
@@ -113,7 +127,7 @@ class MemoryEndpoint:
     async def consume(self, subscription: Subscription) -> AsyncIterator[AsyncIterator[Delivery]]:
         self._check_up()
         topic = subscription.fill(self.config.topic_in)
-        subscriber = _Subscriber(self.config.capacity)
+        subscriber = _Subscriber(self.config.capacity, subscription.credit)
         subscribers = self._topics.setdefault(topic, set())
         subscribers.add(subscriber)
         try:
@@ -143,6 +157,7 @@ class MemoryEndpoint:
 
     def _settler(self, subscriber: _Subscriber, event: Event) -> Settle:
         async def settle(accepted: bool) -> None:
+            subscriber.settled()
             if accepted:
                 self.stats["acked"] += 1
                 return

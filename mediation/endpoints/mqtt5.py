@@ -115,7 +115,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from trio_util import AsyncValue
 
-from ..ack_policy import Guarantee
 from ..config import MQTT5Config
 from ..errors import BrokerUnavailable
 from ..events import Delivery, Event, new_event_id
@@ -241,11 +240,13 @@ class _Consumer:
         self.mqtt_client_id = mqtt_client_id
         self.persistent = persistent
         self.credit = max(1, min(subscription.credit, 65535))
-        at_least_once = subscription.route.delivery_guarantee is Guarantee.AT_LEAST_ONCE
-        self.qos = min(config.qos, 1) if at_least_once else config.qos
-        at_most_once = subscription.route.delivery_guarantee is Guarantee.AT_MOST_ONCE
+        plan = subscription.route.ack_plan
+        # QoS 2 is answered with PUBREC on receipt: the message itself could never come back.
+        self.qos = min(config.qos, 1) if plan.redelivers_unconfirmed else config.qos
         # Acks of at_most_once sessions are remembered there; redeliveries of them dropped.
-        self.written = endpoint._written if at_most_once else None
+        self.written = endpoint._written if plan.drops_acked_redeliveries else None
+        # at_most_once: each PUBACK is written at once, before the event is.
+        self.ack_at_once = plan.ack_awaits_broker
         self.undeliverable = subscription.undeliverable
         self.client = endpoint._new_client(mqtt_client_id, manual_ack=True)
         self.client.on_message = self._on_message
@@ -461,7 +462,7 @@ class _Consumer:
                     # writes every ack of the burst first, in one packet: one write per burst
                     # instead of one per event. (Leaving writes them too, before UNSUBSCRIBE.)
                     return
-                if self.written is None:
+                if not self.ack_at_once:
                     # Confirmed by the client (at_least_once), from its relay task.
                     if not self.unsettled:
                         # The last one out: no other confirmation can join this burst before

@@ -125,7 +125,6 @@ from pika.adapters.utils.io_services_utils import (  # type: ignore[import-untyp
 )
 from trio_util import AsyncValue
 
-from ..ack_policy import Guarantee
 from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
@@ -1226,8 +1225,8 @@ class RabbitMQEndpoint:
         link = self._link
         if link is None:
             raise BrokerUnavailable(f"endpoint {self.name} is {self.state.value}")
-        at_most_once = subscription.route.delivery_guarantee is Guarantee.AT_MOST_ONCE
-        written = self._written if at_most_once else None
+        drops = subscription.route.ack_plan.drops_acked_redeliveries
+        written = self._written if drops else None
         consumer = _Consumer(link, plan.prefetch, plan.queue, written, subscription.undeliverable)
         link.consumers.add(consumer)
         try:

@@ -84,7 +84,6 @@ from typing import Any, TypeVar
 import trio
 from trio_util import AsyncValue
 
-from ..ack_policy import Guarantee
 from ..config import SolaceConfig
 from ..errors import BrokerUnavailable, ClientTooSlow, MediationError
 from ..events import Delivery, Event, new_event_id
@@ -226,9 +225,11 @@ class _Consumer:
     """
 
     def __init__(self, endpoint: SolaceEndpoint, subscription: Subscription) -> None:
-        self.guarantee = subscription.route.delivery_guarantee
+        plan = subscription.route.ack_plan
         self.undeliverable = subscription.undeliverable
-        self.persistent = self.guarantee is Guarantee.AT_LEAST_ONCE
+        self.persistent = plan.redelivers_unconfirmed
+        # Direct only: a client too far behind loses the newest messages, or ends its session.
+        self.drops_when_behind = plan.drops_when_behind
         credit = subscription.credit
         self.capacity = credit if self.persistent else max(credit, endpoint.config.direct_buffer)
         self.description = ""
@@ -265,7 +266,7 @@ class _Consumer:
 
     def _overflow(self) -> None:
         """A direct message the buffer cannot take (called holding ``_lock``)."""
-        if self.guarantee is Guarantee.AUTO:
+        if not self.drops_when_behind:
             self._closed = True
             error = DirectConsumerOverflow(
                 f"client too slow: fell {self.capacity} messages behind {self.description} "

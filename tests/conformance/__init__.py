@@ -13,6 +13,7 @@ outage and one client-reconnect scenario, each broker's engine tests providing a
 
 from __future__ import annotations
 
+from .delivery import DeliveryConformance
 from .outage import CLIENTS, BrokerAdapter, OutageConformance, ReconnectConformance, Scenario
 from .suite import ClientResumeConformance, EndpointConformance, EndpointUnderTest
 
@@ -20,6 +21,7 @@ __all__ = [
     "CLIENTS",
     "BrokerAdapter",
     "ClientResumeConformance",
+    "DeliveryConformance",
     "EndpointConformance",
     "EndpointUnderTest",
     "OutageConformance",

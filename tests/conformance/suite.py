@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from mediation.ack_policy import Guarantee
+from mediation.ack_policy import AckPlan, Guarantee
 from mediation.config import RouteConfig
 from mediation.endpoints import Endpoint, Outbound, Subscription
 from mediation.events import Delivery, Event
@@ -32,6 +32,19 @@ class EndpointUnderTest:
     # A client's next consumer gets what its last one left unacked (Kafka group, shared queues).
     resumes_for_client: bool
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def resumes(self, plan: AckPlan) -> bool:
+        """Whether a client's next consumer on a route with ``plan`` gets what its last one left
+        unsettled (``resumes_for_client``, unless the guarantee picks how the endpoint consumes)."""
+        return self.resumes_for_client
+
+    def flow_controlled(self, plan: AckPlan) -> bool:
+        """Whether the broker stops at the consumer's credit on a route with ``plan``."""
+        return True
+
+    def buffered(self, credit: int) -> int:
+        """Without flow control: how many messages a consumer buffers for a client."""
+        return credit
 
     def route(self, guarantee: str = "at_least_once", channel_size: int = 4) -> RouteConfig:
         return RouteConfig(
