@@ -35,9 +35,9 @@ from .bridge import run_bridges
 from .config import Config
 from .endpoints import Endpoint, create_endpoint
 from .entrypoints import serve_entrypoint
-from .entrypoints._http11 import serve_http
 from .errors import ConfigError, EngineShuttingDown, RouteChanged, single_error
 from .health import health_app
+from .http.server import serve_http
 from .routing import RouteTable
 from .session import EngineContext, SessionInfo
 from .telemetry import Telemetry

@@ -13,7 +13,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .endpoints.base import EndpointState
-from .entrypoints._asgi import (
+from .http.asgi import (
     ASGIApp,
     Receive,
     Request,

@@ -46,17 +46,11 @@ from ..errors import (
     SessionNotFound,
 )
 from ..events import writable_event_id
+from ..http.asgi import Request, Send, respond, respond_error, respond_json
 from ..identity import admit
 from ..metadata import header_safe
 from ..session import EngineContext, Session, open_session
-from ._asgi import (
-    Request,
-    Send,
-    respond,
-    respond_error,
-    respond_json,
-    serve_requests,
-)
+from ._requests import serve_requests
 
 log = logging.getLogger(__name__)
 
