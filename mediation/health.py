@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .context import EngineContext
 from .endpoints.base import EndpointState
 from .http.asgi import (
     ASGIApp,
@@ -22,7 +23,6 @@ from .http.asgi import (
     respond,
     respond_json,
 )
-from .session import EngineContext
 
 # An unknown path is 404 whatever the method; a known one answers GET and HEAD only (405).
 PATHS = ("/healthz", "/readyz", "/metrics")

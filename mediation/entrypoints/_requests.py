@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ..config import EntrypointConfig
+from ..context import EngineContext
 from ..http.asgi import Receive, Request, Scope, Send
 from ..http.server import serve_http
-from ..session import EngineContext
 
 
 async def serve_requests(

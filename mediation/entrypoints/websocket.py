@@ -39,6 +39,7 @@ import trio
 
 from ..auth import BearerVerifier
 from ..config import WebSocketEntrypoint
+from ..context import EngineContext
 from ..envelope import SUBPROTOCOL, Confirmation, decode_client_message, encode_event, encode_reply
 from ..errors import (
     BrokerUnavailable,
@@ -57,7 +58,7 @@ from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
 from ..http.wsframes import BINARY, TEXT
 from ..identity import admit
 from ..metadata import client_metadata
-from ..session import EngineContext, Session, SessionDelivery, open_session
+from ..session import Session, SessionDelivery, open_session
 
 log = logging.getLogger(__name__)
 
