@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import trio
 from trio_util import AsyncValue
 
-from .endpoints.base import Endpoint, EndpointState
+from .endpoint_state import EndpointState
+from .endpoints.base import Endpoint
 from .routing import RouteTable
 from .telemetry import Telemetry
 

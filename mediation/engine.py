@@ -36,7 +36,8 @@ from .config import Config
 from .context import EngineContext
 from .endpoints import Endpoint, create_endpoint
 from .entrypoints import serve_entrypoint
-from .errors import ConfigError, EngineShuttingDown, RouteChanged, single_error
+from .errors import ConfigError, EngineShuttingDown, RouteChanged
+from .exception_groups import single_error
 from .health import health_app
 from .http.server import serve_http
 from .routing import RouteTable

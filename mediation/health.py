@@ -13,7 +13,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .context import EngineContext
-from .endpoints.base import EndpointState
+from .endpoint_state import EndpointState
 from .http.asgi import (
     ASGIApp,
     Receive,

@@ -55,9 +55,9 @@ from .errors import (
     NoRoute,
     TooManySessions,
     UnknownEvent,
-    single_error,
 )
 from .events import Delivery, Event, new_event_id, valid_event_id, with_valid_id
+from .exception_groups import single_error
 from .routing import EntrypointRoutes
 from .telemetry import PacketSource
 
