@@ -33,10 +33,11 @@ check CONFIG=default_config: (_venv "")
 test *ARGS: _system-deps (_venv "all,dev,bench")
     {{venv}}/bin/pytest -q "$@"
 
-# ruff, and mypy in strict mode.
+# ruff, mypy in strict mode, and the layer contracts (import-linter, see pyproject.toml).
 lint: (_venv "all,dev")
     {{venv}}/bin/ruff check mediation tests
     {{venv}}/bin/mypy --strict mediation
+    {{venv}}/bin/lint-imports
 
 # Benchmarks against the baselines (bench/): `just bench --quick` for a smoke run.
 [positional-arguments]

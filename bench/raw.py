@@ -1,11 +1,10 @@
 """The web leg alone: a server sending from memory, no broker (``python -m bench.raw ws|sse``).
 
-Each connection asks for ``?n=COUNT&size=BYTES`` and gets that many ``x...`` messages as fast as
-the server can send them, one message a send: the engine's own HTTP/1.1 server
-(``mediation.entrypoints._http11``) with its WebSocket connection
-(``mediation.entrypoints._wsconnection``) for WebSocket, a plain ASGI app on the same server for
-SSE: what the engine is built on. The bound port is written to
-``--port-file`` once the server accepts connections.
+Each connection asks for ``?n=COUNT&size=BYTES`` and gets that many ``x...`` messages as fast as the
+server can send them, one message a send: the engine's own HTTP/1.1 server
+(``mediation.http.server``) with its WebSocket connection (``mediation.http.websocket``) for
+WebSocket, a plain ASGI app on the same server for SSE: what the engine is built on. The bound port
+is written to ``--port-file`` once the server accepts connections.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ def _params(query: str) -> tuple[int, int]:
 
 
 async def serve_ws(port_file: Path) -> None:
-    from mediation.entrypoints._http11 import Upgrade, serve_http
-    from mediation.entrypoints._wsconnection import WebSocket
+    from mediation.http.server import Upgrade, serve_http
+    from mediation.http.websocket import WebSocket
 
     async def refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 426, "headers": []})
@@ -56,7 +55,7 @@ async def serve_ws(port_file: Path) -> None:
 
 
 async def serve_sse(port_file: Path) -> None:
-    from mediation.entrypoints._http11 import serve_http
+    from mediation.http.server import serve_http
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         n, size = _params(scope["query_string"].decode())

@@ -24,10 +24,11 @@ from trio_util import AsyncValue
 
 from .ack_policy import BridgeAck
 from .config import RouteConfig
+from .context import EngineContext
 from .endpoints.base import EndpointState, Outbound, Subscription
 from .errors import BrokerUnavailable
 from .events import Delivery
-from .session import SETTLE_TIMEOUT, EngineContext
+from .session import SETTLE_TIMEOUT
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
         print(engine.sessions)       # [SessionInfo(...), ...]
         await engine.reload(new_config)
 
-Start order: the packet log flusher and the endpoint watches (:class:`mediation.session.DownWatch`),
+Start order: the packet log flusher and the endpoint watches (:class:`mediation.context.DownWatch`),
 endpoints (each reports started at once and connects in the background), the bridges
 (endpoint -> endpoint routes, :mod:`mediation.bridge`), the health server, then the entrypoints,
 so every port in ``engine.ports`` is bound when the block begins. ``engine.ports`` only ever holds
@@ -33,13 +33,15 @@ from trio_util import AsyncValue
 
 from .bridge import run_bridges
 from .config import Config
+from .context import EngineContext
 from .endpoints import Endpoint, create_endpoint
 from .entrypoints import serve_entrypoint
-from .entrypoints._http11 import serve_http
-from .errors import ConfigError, EngineShuttingDown, RouteChanged, single_error
+from .errors import ConfigError, EngineShuttingDown, RouteChanged
+from .exception_groups import single_error
 from .health import health_app
+from .http.server import serve_http
 from .routing import RouteTable
-from .session import EngineContext, SessionInfo
+from .session import SessionInfo
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .endpoints.base import EndpointState
-from .entrypoints._asgi import (
+from .context import EngineContext
+from .endpoint_state import EndpointState
+from .http.asgi import (
     ASGIApp,
     Receive,
     Request,
@@ -22,7 +23,6 @@ from .entrypoints._asgi import (
     respond,
     respond_json,
 )
-from .session import EngineContext
 
 # An unknown path is 404 whatever the method; a known one answers GET and HEAD only (405).
 PATHS = ("/healthz", "/readyz", "/metrics")

@@ -37,16 +37,16 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import trio
-from trio_util import AsyncValue
 
 from .ack_policy import Step
 from .config import RouteConfig
-from .endpoints.base import Endpoint, EndpointState, Outbound, Subscription
+from .context import EngineContext
+from .endpoints.base import Endpoint, Outbound, Subscription
 from .errors import (
     BrokerUnavailable,
     ClientTooSlow,
@@ -55,11 +55,11 @@ from .errors import (
     NoRoute,
     TooManySessions,
     UnknownEvent,
-    single_error,
 )
 from .events import Delivery, Event, new_event_id, valid_event_id, with_valid_id
-from .routing import EntrypointRoutes, RouteTable
-from .telemetry import PacketSource, Telemetry
+from .exception_groups import single_error
+from .routing import EntrypointRoutes
+from .telemetry import PacketSource
 
 log = logging.getLogger(__name__)
 
@@ -73,80 +73,6 @@ COALESCE_BELOW = 8
 
 # How long a session's last words to the broker (nacks, the disconnect presence event) may take.
 SETTLE_TIMEOUT = 5.0
-
-
-@dataclass
-class EngineContext:
-    """What sessions and entrypoints share: the endpoints, the current routes, the live sessions."""
-
-    endpoints: Mapping[str, Endpoint]
-    telemetry: Telemetry
-    routes: RouteTable
-    sessions: dict[str, Session] = field(default_factory=dict)
-    # Client connections being handled (sessions, and requests like a POST): shutdown waits for
-    # them to have told their client, which happens after their session ended.
-    connections: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))
-    # Set once shutdown begins: no new sessions are admitted.
-    shutting_down: bool = False
-    # Set by the engine once every entrypoint listens (/readyz waits for it).
-    entrypoints_listening: bool = False
-    # One per endpoint, run by the engine (run_watches): see DownWatch.
-    watches: dict[str, DownWatch] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.watches = {name: DownWatch(endpoint) for name, endpoint in self.endpoints.items()}
-
-    async def run_watches(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        async with trio.open_nursery() as nursery:
-            for watch in self.watches.values():
-                nursery.start_soon(watch.run)
-            task_status.started()
-
-    @contextmanager
-    def client_connection(self) -> Iterator[None]:
-        """Count one client's handler for its whole duration, including its goodbye."""
-        self.connections.value += 1
-        try:
-            yield
-        finally:
-            self.connections.value -= 1
-
-    def session_count(self, entrypoint: str) -> int:
-        return sum(1 for s in self.sessions.values() if s.entrypoint == entrypoint)
-
-
-class DownWatch:
-    """Cancels the waits registered with it when its endpoint goes down.
-
-    One task per endpoint watches the endpoint's state for every consumer waiting on a full
-    session channel, so such a wait costs a cancel scope, not a task of its own.
-    """
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self._endpoint = endpoint
-        self._waits: set[trio.CancelScope] = set()
-
-    async def run(self) -> None:
-        state = self._endpoint.state
-        while True:
-            await state.wait_value(EndpointState.DOWN)
-            for wait in self._waits:
-                wait.cancel()
-            await state.wait_value(lambda value: value is not EndpointState.DOWN)
-
-    @contextmanager
-    def cancel_when_down(self) -> Iterator[trio.CancelScope]:
-        """A cancel scope cancelled if the endpoint is or goes down while it is entered."""
-        with trio.CancelScope() as wait:
-            if self._endpoint.state.value is EndpointState.DOWN:
-                wait.cancel()
-            self._waits.add(wait)
-            try:
-                yield wait
-            finally:
-                self._waits.discard(wait)
 
 
 @dataclass(frozen=True)

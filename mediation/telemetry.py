@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .endpoints.base import EndpointState
+from .endpoint_state import EndpointState
 from .events import Event
 from .logs import packet_lines
 

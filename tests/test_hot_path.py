@@ -18,8 +18,8 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from mediation.endpoints._mqtt_wire import READ_AHEAD, QuickProperties, _ReadAhead, ack_packets
 from mediation.endpoints.rabbitmq import AckRanges
-from mediation.entrypoints._wsframes import BINARY, TEXT, server_frame
 from mediation.events import new_event_id
+from mediation.http.wsframes import BINARY, TEXT, server_frame
 
 
 def broker_after(frames: list[tuple[str, int, bool]], unacked: set[int]) -> tuple[set, set]:

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 server under the HTTP entrypoints (:mod:`mediation.entrypoints._http11`), on its
+"""The HTTP/1.1 server under the HTTP entrypoints (:mod:`mediation.http.server`), on its
 own: a small test app behind :func:`serve_http` on a loopback port, clients speaking HTTP/1.1 by
 hand over plain TCP (keep-alive, pipelining, 100-continue, oversized and malformed heads, slow
 heads on Trio's autojump clock, clients that leave mid-stream, bodies nobody reads).
@@ -18,7 +18,8 @@ import pytest
 import trio
 import trio.testing
 
-from mediation.entrypoints._http11 import (
+from mediation.errors import ListenError
+from mediation.http.server import (
     DRAIN_LIMIT,
     YIELD_EVERY,
     Receive,
@@ -28,7 +29,6 @@ from mediation.entrypoints._http11 import (
     serve_connection,
     serve_http,
 )
-from mediation.errors import ListenError
 
 from .rawhttp import StreamReader
 

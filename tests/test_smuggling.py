@@ -275,7 +275,7 @@ PORTS = {
         lambda status, body: status == 400 and b"X-Client-ID header required" in body,
     ),
     # Every plain HTTP request is refused (426, or 400 and closed before the WebSocket
-    # entrypoint was served by mediation.entrypoints._http11).
+    # entrypoint was served by mediation.http.server).
     "ws": Port(
         b"POST / HTTP/1.1\r\n",
         b"GET /request-2 HTTP/1.1\r\nHost: " + HOST + b"\r\n\r\n",

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping, TextMessage
 
-from mediation.entrypoints._wsframes import (
+from mediation.http.wsframes import (
     ClientFrames,
     ForWsproto,
     MessageTooBig,

@@ -33,7 +33,6 @@ the consumer, nor the connection that other sessions share, nor the engine.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -43,13 +42,8 @@ import trio
 from trio_util import AsyncValue
 
 from ..config import RouteConfig
+from ..endpoint_state import EndpointState as EndpointState
 from ..events import Delivery, Event
-
-
-class EndpointState(enum.StrEnum):
-    CONNECTING = "connecting"
-    UP = "up"
-    DOWN = "down"
 
 
 def _not_counted(reason: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import trio
 
 from ..config import EntrypointConfig
-from ..session import EngineContext
+from ..context import EngineContext
 
 
 async def serve_entrypoint(

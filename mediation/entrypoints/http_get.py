@@ -37,6 +37,7 @@ import trio
 
 from ..auth import BearerVerifier
 from ..config import HTTPGetEntrypoint
+from ..context import EngineContext
 from ..errors import (
     BadRequest,
     BrokerUnavailable,
@@ -46,17 +47,11 @@ from ..errors import (
     SessionNotFound,
 )
 from ..events import writable_event_id
+from ..http.asgi import Request, Send, respond, respond_error, respond_json
 from ..identity import admit
 from ..metadata import header_safe
-from ..session import EngineContext, Session, open_session
-from ._asgi import (
-    Request,
-    Send,
-    respond,
-    respond_error,
-    respond_json,
-    serve_requests,
-)
+from ..session import Session, open_session
+from ._requests import serve_requests
 
 log = logging.getLogger(__name__)
 

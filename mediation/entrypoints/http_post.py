@@ -19,19 +19,14 @@ import trio
 
 from ..auth import BearerVerifier
 from ..config import HTTPPostEntrypoint
+from ..context import EngineContext
 from ..errors import MediationError, NoRoute, SessionNotFound, TooManySessions
 from ..events import Event
+from ..http.asgi import Request, Send, respond_encoded_json, respond_error, respond_json
 from ..identity import admit
 from ..metadata import client_metadata
-from ..session import EngineContext, publish_upstream
-from ._asgi import (
-    Request,
-    Send,
-    respond_encoded_json,
-    respond_error,
-    respond_json,
-    serve_requests,
-)
+from ..session import publish_upstream
+from ._requests import serve_requests
 
 
 async def serve(

@@ -20,17 +20,13 @@ import trio
 
 from ..auth import BearerVerifier
 from ..config import SSEEntrypoint
+from ..context import EngineContext
 from ..errors import EngineShuttingDown, MediationError, SessionNotFound, outcome_of
+from ..http.asgi import Request, Send, respond_error, respond_json
 from ..identity import admit
-from ..session import EngineContext, Session, SessionDelivery, open_session
+from ..session import Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
-from ._asgi import (
-    Request,
-    Send,
-    respond_error,
-    respond_json,
-    serve_requests,
-)
+from ._requests import serve_requests
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,16 @@ waits for; an upstream event whose id breaks the id rule is answered ``{"nack": 
 and the connection goes on.
 
 The handshake is read and checked by the same HTTP server, head limits and header rules as every
-HTTP entrypoint (:mod:`._http11`: ``max_header_bytes``, ``header_timeout``, one ``Host``, ASCII
-header values, a valid ``Sec-WebSocket-Key``, version 13, HTTP/1.1 GET), then admitted here
-(path, origin, token, identity, routes, ``max_sessions``) and refused before the upgrade with
-the documented status. It is answered ``101`` only after the session's consumers are subscribed,
-so whatever is published after the client saw ``101`` reaches it; frames the client sent with its
-handshake are processed first, in order. A request without ``Upgrade: websocket`` gets ``426``.
+HTTP entrypoint (:mod:`mediation.http.server`: ``max_header_bytes``, ``header_timeout``, one
+``Host``, ASCII header values, a valid ``Sec-WebSocket-Key``, version 13, HTTP/1.1 GET), then
+admitted here (path, origin, token, identity, routes, ``max_sessions``) and refused before the
+upgrade with the documented status. It is answered ``101`` only after the session's consumers are
+subscribed, so whatever is published after the client saw ``101`` reaches it; frames the client
+sent with its handshake are processed first, in order. A request without ``Upgrade: websocket``
+gets ``426``.
 Once upgraded, the session's end is told with a close code (1001 shutdown, 1009 too big, 1011
 broker failure or an unexpected error, 1013 too slow, 1001 "idle"). The connection is wsproto's
-(through its public API, :mod:`._wsconnection`); compression is never negotiated.
+(through its public API, :mod:`mediation.http.websocket`); compression is never negotiated.
 
 A client silent for ``idle_timeout`` (no message, ack or pong, and nothing written to it; the
 engine pings it half way) is closed with 1001 "idle".
@@ -38,6 +39,7 @@ import trio
 
 from ..auth import BearerVerifier
 from ..config import WebSocketEntrypoint
+from ..context import EngineContext
 from ..envelope import SUBPROTOCOL, Confirmation, decode_client_message, encode_event, encode_reply
 from ..errors import (
     BrokerUnavailable,
@@ -50,13 +52,13 @@ from ..errors import (
     outcome_of,
     response_headers,
 )
+from ..http.asgi import Receive, Scope, Send, header_map, query_map, respond_json
+from ..http.server import Upgrade, serve_http
+from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
+from ..http.wsframes import BINARY, TEXT
 from ..identity import admit
 from ..metadata import client_metadata
-from ..session import EngineContext, Session, SessionDelivery, open_session
-from ._asgi import Receive, Scope, Send, header_map, query_map, respond_json
-from ._http11 import Upgrade, serve_http
-from ._wsconnection import ConnectionClosed, HandshakeFailed, WebSocket
-from ._wsframes import BINARY, TEXT
+from ..session import Session, SessionDelivery, open_session
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,10 @@ import pytest
 import trio
 
 from mediation.ack_policy import Guarantee, Step
+from mediation.context import EngineContext
 from mediation.errors import ClientTooSlow
 from mediation.routing import RouteTable
-from mediation.session import EngineContext, Session, SessionDelivery, open_session
+from mediation.session import Session, SessionDelivery, open_session
 from mediation.telemetry import Telemetry
 
 from .suite import WAIT, EndpointUnderTest, receive

@@ -1,16 +1,16 @@
 """One accepted WebSocket connection: wsproto, through its public API, on the HTTP server's stream.
 
-The HTTP server (:mod:`._http11`) reads and checks the handshake like any request head and hands
-it over as an :class:`~._http11.Upgrade`; :meth:`WebSocket.accept` answers it with wsproto's
+The HTTP server (:mod:`.server`) reads and checks the handshake like any request head and hands
+it over as an :class:`~.server.Upgrade`; :meth:`WebSocket.accept` answers it with wsproto's
 ``AcceptConnection`` and processes whatever the client sent with its head (its first frames)
 before anything read later. Then :meth:`WebSocket.run_reader` (one task) reads the stream:
-frames go through :class:`._wsframes.ClientFrames` (small whole data frames taken directly, the
+frames go through :class:`.wsframes.ClientFrames` (small whole data frames taken directly, the
 rest to wsproto in order, ``max_message_bytes`` enforced from frame headers: 1009), pings are
 answered, a close is answered and ends the reader. Client messages wait in a bounded inbox for
 whoever calls :meth:`get_message`.
 
 Writes (messages, pongs, pings, the close) go out one at a time under one lock, each as one
-``send_all``; data frames are made by :func:`._wsframes.server_frame` while the connection is open.
+``send_all``; data frames are made by :func:`.wsframes.server_frame` while the connection is open.
 A write that fails marks the connection closed (1006) and raises :class:`ConnectionClosed`.
 
 Cancellation: cancelling :meth:`run_reader` stops reading (the connection stays as it is);
@@ -40,8 +40,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import ProtocolError
 
-from ._http11 import RECEIVE_SIZE, Upgrade
-from ._wsframes import BINARY, TEXT, ClientFrames, ForWsproto, MessageTooBig, server_frame
+from .server import RECEIVE_SIZE, Upgrade
+from .wsframes import BINARY, TEXT, ClientFrames, ForWsproto, MessageTooBig, server_frame
 
 # How long a closing handshake with the client may take before the connection is dropped.
 CLOSE_TIMEOUT = 5.0

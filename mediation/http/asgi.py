@@ -1,61 +1,30 @@
-"""The thin layer between our HTTP server (:mod:`._http11`) and the HTTP entrypoints: serving,
-requests, responses.
+"""Requests and responses for the ASGI-shaped apps on our HTTP server (:mod:`.server`): the
+HTTP entrypoints and the health server.
 
 We write plain ASGI apps rather than using a framework: each HTTP entrypoint has one to four paths,
 and streaming (SSE) needs direct control of the response (no framework response timeout, the final
-chunk on shutdown).
+chunk on shutdown). How an entrypoint serves its apps (a client connection counted per request)
+is :func:`mediation.entrypoints._requests.serve_requests`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import parse_qs
 
 import trio
 
-from ..config import EntrypointConfig
 from ..errors import MediationError, MessageTooLarge, response_headers
-from ..session import EngineContext
-from ._http11 import ASGIApp as ASGIApp
-from ._http11 import Message as Message
-from ._http11 import Receive as Receive
-from ._http11 import Scope as Scope
-from ._http11 import Send as Send
-from ._http11 import serve_http
+from .server import ASGIApp as ASGIApp
+from .server import Message as Message
+from .server import Receive as Receive
+from .server import Scope as Scope
+from .server import Send as Send
 
 log = logging.getLogger(__name__)
-
-
-async def serve_requests(
-    handle: Callable[[Request, Send], Awaitable[None]],
-    context: EngineContext,
-    host: str,
-    config: EntrypointConfig,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve ``handle(request, send)`` for every HTTP request on the entrypoint's port, each
-    counted as a client connection (shutdown waits for it). A request whose head is over
-    ``max_header_bytes`` is answered 431 by the server (:mod:`._http11`), whether it arrived
-    whole or not."""
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        with context.client_connection():
-            await handle(Request(scope, receive), send)
-
-    await serve_http(
-        app,
-        host,
-        config.port,
-        max_header_bytes=config.max_header_bytes,
-        header_timeout=config.header_timeout,
-        body_timeout=config.body_timeout,
-        on_error=context.telemetry.connection_errors.labels(config.name).inc,
-        task_status=task_status,
-    )
 
 
 def header_map(scope: Scope) -> dict[str, str]:
