@@ -34,7 +34,7 @@ test *ARGS: _system-deps (_venv "all,dev,bench")
     {{venv}}/bin/pytest -q "$@"
 
 # ruff, mypy in strict mode, and the layer contracts (import-linter, see pyproject.toml).
-lint: (_venv "all,dev")
+lint: _system-deps (_venv "all,dev")
     {{venv}}/bin/ruff check mediation tests
     {{venv}}/bin/mypy --strict mediation
     {{venv}}/bin/lint-imports
