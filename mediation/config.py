@@ -87,6 +87,19 @@ class _EntrypointConfig(_Table):
     # Accept the token from ?access_token= (browsers cannot set headers on WebSocket or
     # EventSource); such URLs can end up in proxy logs, so prefer short-lived tokens.
     access_token_query: bool = True
+    # TLS (HTTPS, and WSS on a websocket entrypoint), for use without a proxy in front: a PEM
+    # certificate (chain, the server's first) and its unencrypted PEM key, both or neither;
+    # paths relative to the config file. Reread when they change: the next connection gets the
+    # new certificate, established ones keep theirs.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Mutual TLS: a PEM file of the CAs whose client certificates are accepted; a client
+    # without one (or with one from another CA) is refused during the handshake.
+    tls_client_ca_file: str | None = None
+    # Where the client id comes from. "request": X-Client-ID, else ?client_id=, else new (the
+    # token's identity_claim with auth = "bearer"). "certificate": the verified client
+    # certificate's subject CN, else its first DNS SAN (needs tls_client_ca_file).
+    identity: Literal["request", "certificate"] = "request"
 
 
 class WebSocketEntrypoint(_EntrypointConfig):
@@ -403,7 +416,12 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
                 raise fail([table, i, "name"], f'duplicate name "{item.name}"')
             kinds[item.name] = table
     entrypoints = [
-        _check_auth(entrypoint, ["entrypoints", i], filename, fail)
+        _check_tls(
+            _check_auth(entrypoint, ["entrypoints", i], filename, fail),
+            ["entrypoints", i],
+            filename,
+            fail,
+        )
         for i, entrypoint in enumerate(entrypoints)
     ]
     resolved_routes = []
@@ -475,6 +493,109 @@ def _check_auth(
     except ValueError as error:
         raise fail([*path, "jwt_public_key"], str(error)) from None
     return entrypoint.model_copy(update={"jwt_public_key": pem})
+
+
+def _check_tls(
+    entrypoint: EntrypointConfig, path: list[str | int], filename: str, fail: Any
+) -> EntrypointConfig:
+    """The TLS keys agree with each other and their files load (the config then holds their
+    paths resolved against the config file's directory)."""
+    cert, key, ca = entrypoint.tls_cert_file, entrypoint.tls_key_file, entrypoint.tls_client_ca_file
+    if (cert is None) != (key is None):
+        missing = "tls_key_file" if key is None else "tls_cert_file"
+        given = "tls_cert_file" if key is None else "tls_key_file"
+        raise fail([*path, missing], f"missing (needed with {given})")
+    if ca is not None and cert is None:
+        raise fail([*path, "tls_client_ca_file"], "needs tls_cert_file and tls_key_file")
+    if entrypoint.identity == "certificate":
+        if ca is None:
+            raise fail([*path, "identity"], '"certificate" needs tls_client_ca_file')
+        if entrypoint.auth != "none":
+            raise fail(
+                [*path, "identity"], '"certificate" and auth = "bearer" both name the client'
+            )
+    if cert is None or key is None:
+        return entrypoint
+    base = Path(".") if filename.startswith("<") else Path(filename).parent
+    files = {
+        name: str(base / value)
+        for name, value in (
+            ("tls_cert_file", cert),
+            ("tls_key_file", key),
+            ("tls_client_ca_file", ca),
+        )
+        if value is not None
+    }
+    problem = tls_files_problem(
+        files["tls_cert_file"], files["tls_key_file"], files.get("tls_client_ca_file")
+    )
+    if problem is not None:
+        which, reason = problem
+        raise fail([*path, f"tls_{which}_file"], reason)
+    return entrypoint.model_copy(update=files)
+
+
+def tls_files_problem(
+    cert_file: str, key_file: str | None, ca_file: str | None
+) -> tuple[Literal["cert", "key", "client_ca"], str] | None:
+    """What is wrong with a set of TLS files, naming the file at fault ("cert", "key",
+    "client_ca"), or None when they load: each readable, PEM, the key unencrypted and matching
+    the certificate, and all of it accepted by the ``ssl`` module."""
+    import ssl
+
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    files: tuple[tuple[Literal["cert", "key", "client_ca"], str | None], ...] = (
+        ("cert", cert_file),
+        ("key", key_file),
+        ("client_ca", ca_file),
+    )
+    contents: dict[str, bytes] = {}
+    for which, name in files:
+        if name is None:
+            continue
+        try:
+            contents[which] = Path(name).read_bytes()
+        except (OSError, ValueError) as error:  # ValueError: a path with a NUL in it
+            return which, f"cannot read {name}: {getattr(error, 'strerror', None) or error}"
+    try:
+        certificate = x509.load_pem_x509_certificates(contents["cert"])[0]
+    except ValueError:
+        return "cert", f"no PEM certificate in {cert_file}"
+    if "key" in contents:
+        try:
+            private_key = load_pem_private_key(contents["key"], password=None)
+        except TypeError:
+            return "key", f"{key_file} is encrypted (give an unencrypted key)"
+        except (ValueError, UnsupportedAlgorithm):
+            return "key", f"no PEM private key in {key_file}"
+        spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        if private_key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(
+            *spki
+        ):
+            return "key", f"does not match the certificate in {cert_file}"
+    if ca_file is not None:
+        try:
+            x509.load_pem_x509_certificates(contents["client_ca"])
+        except ValueError:
+            return "client_ca", f"no PEM certificate in {ca_file}"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert_file, key_file, password="")
+    except (OSError, ssl.SSLError) as error:
+        return "cert", f"refused by the ssl module: {error}"
+    if ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as error:
+            return "client_ca", f"refused by the ssl module: {error}"
+    return None
 
 
 # What each endpoint type needs to be consumed from (downstream) and published to (upstream),

@@ -2,14 +2,17 @@
 
 Pure. Identity is trusted as given (Envoy in front of the engine authenticates); it is only checked
 for shape, so it can go into topic names and logs safely. An entrypoint with ``auth = "bearer"``
-takes it from a verified token instead (:mod:`mediation.auth`). :func:`admit` is the one order
-of checks every entrypoint applies before a session: origin (403), token (401), identity (400).
+takes it from a verified token instead (:mod:`mediation.auth`), and one with ``identity =
+"certificate"`` from the client certificate the TLS handshake verified
+(:func:`certificate_client_id`). :func:`admit` is the one order of checks every entrypoint
+applies before a session: origin (403), token (401), identity (400).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from .auth import BearerVerifier
 from .errors import BadRequest, OriginNotAllowed
@@ -33,6 +36,33 @@ def client_identity(headers: Mapping[str, str], query_client_id: str | None) -> 
     return given
 
 
+def certificate_client_id(certificate: Mapping[str, Any] | None) -> str:
+    """The client id in a verified client certificate (as ``ssl.SSLSocket.getpeercert()`` gives
+    it): its subject's common name, else its first DNS subject alternative name.
+    :class:`BadRequest` without one (which the handshake refuses already) or if the name is not
+    a client id."""
+    if not certificate:
+        raise BadRequest("a client certificate is required")
+    name = next(
+        (
+            value
+            for rdn in certificate.get("subject", ())
+            for key, value in rdn
+            if key == "commonName"
+        ),
+        None,
+    )
+    if name is None:
+        name = next((v for k, v in certificate.get("subjectAltName", ()) if k == "DNS"), None)
+    if name is None:
+        raise BadRequest("the client certificate names no one (no subject CN, no DNS name)")
+    if not CLIENT_ID.fullmatch(name):
+        raise BadRequest(
+            "the client certificate's name is not a client id ([A-Za-z0-9._:@-]{1,128})"
+        )
+    return str(name)
+
+
 def check_origin(allowed: tuple[str, ...], origin: str | None) -> None:
     """Refuse a browser origin not in ``allowed``; an empty list allows every origin."""
     if allowed and origin is not None and origin not in allowed and "*" not in allowed:
@@ -46,13 +76,19 @@ def admit(
     allowed_origins: tuple[str, ...],
     verifier: BearerVerifier | None,
     client_id_header_required: bool = False,
+    identity: str = "request",
+    certificate: Mapping[str, Any] | None = None,
 ) -> str:
     """The client id of a request that may proceed; else the error that refuses it.
 
     ``headers`` are keyed in lower case, ``query`` as :func:`urllib.parse.parse_qs` gives it.
     ``client_id_header_required``: without a verifier, ``X-Client-ID`` must be given (polling).
+    ``identity`` is the entrypoint's key: with ``"certificate"`` the client id is the one in
+    ``certificate``, the client certificate its TLS handshake verified.
     """
     check_origin(allowed_origins, headers.get("origin"))
+    if identity == "certificate":
+        return certificate_client_id(certificate)
     if verifier is not None:
         return verifier.client_id(verifier.token(headers, _first(query, "access_token")))
     if client_id_header_required and "x-client-id" not in headers:

@@ -11,6 +11,7 @@ from ..config import EntrypointConfig
 from ..context import EngineContext
 from ..http.asgi import Receive, Request, Scope, Send
 from ..http.server import serve_http
+from ..http.tls import ServerTLS
 
 
 async def serve_requests(
@@ -38,5 +39,6 @@ async def serve_requests(
         header_timeout=config.header_timeout,
         body_timeout=config.body_timeout,
         on_error=context.telemetry.connection_errors.labels(config.name).inc,
+        tls=ServerTLS.from_config(config),
         task_status=task_status,
     )

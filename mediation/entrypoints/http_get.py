@@ -175,6 +175,8 @@ class _PollingEntrypoint:
                 allowed_origins=self.config.allowed_origins,
                 verifier=self.verifier,
                 client_id_header_required=True,
+                identity=self.config.identity,
+                certificate=request.peer_certificate,
             )
             if request.path == "/subscribe":
                 polled = await self.subscribe(client_id, nursery)

@@ -77,6 +77,8 @@ async def _handle(
             request.query,
             allowed_origins=config.allowed_origins,
             verifier=verifier,
+            identity=config.identity,
+            certificate=request.peer_certificate,
         )
         routes = context.routes.for_entrypoint(config.name).upstream
         if not routes:

@@ -75,6 +75,8 @@ async def _handle(
             request.query,
             allowed_origins=config.allowed_origins,
             verifier=verifier,
+            identity=config.identity,
+            certificate=request.peer_certificate,
         )
         async with open_session(
             context,

@@ -52,8 +52,17 @@ from ..errors import (
     outcome_of,
     response_headers,
 )
-from ..http.asgi import Receive, Scope, Send, header_map, query_map, respond_json
+from ..http.asgi import (
+    Receive,
+    Scope,
+    Send,
+    header_map,
+    peer_certificate,
+    query_map,
+    respond_json,
+)
 from ..http.server import Upgrade, serve_http
+from ..http.tls import ServerTLS
 from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
 from ..http.wsframes import BINARY, TEXT
 from ..identity import admit
@@ -96,6 +105,7 @@ async def serve(
         body_timeout=config.body_timeout,
         websocket=handle,
         on_error=count_error,
+        tls=ServerTLS.from_config(config),
         task_status=task_status,
     )
 
@@ -129,6 +139,8 @@ async def _handle(
             query_map(scope),
             allowed_origins=config.allowed_origins,
             verifier=verifier,
+            identity=config.identity,
+            certificate=peer_certificate(scope),
         )
         enveloped = SUBPROTOCOL in offered_subprotocols(scope)
         activity = _Activity()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 import trio
@@ -45,6 +45,16 @@ def query_map(scope: Scope) -> dict[str, list[str]]:
     return parse_qs(query.decode("latin-1")) if query else {}
 
 
+def peer_certificate(scope: Scope) -> dict[str, Any] | None:
+    """The client certificate the TLS handshake verified (as ``ssl.SSLSocket.getpeercert()``
+    gives it), or None: plain HTTP, or TLS without mutual authentication."""
+    extensions = scope.get("extensions")
+    if extensions is None or "tls" not in extensions:
+        return None
+    certificate: dict[str, Any] | None = extensions["tls"]["peer_certificate"]
+    return certificate
+
+
 class Request:
     """The parts of an ASGI HTTP scope the entrypoints use."""
 
@@ -53,6 +63,7 @@ class Request:
         self.path: str = scope["path"]
         self.headers = header_map(scope)
         self.query = query_map(scope)
+        self.peer_certificate = peer_certificate(scope)
         self._receive = receive
 
     def query_value(self, name: str) -> str | None:

@@ -57,8 +57,16 @@ What it does, per connection (one task each, in the server's nursery, nothing pe
   RFC 9110 allows (llhttp stops at such a head: its ``Content-Length`` body is taken by hand, a
   chunked one refused 400).
 
-What it does not do: HTTP/2 (hypercorn never offered it without TLS, and the engine sits behind
-a proxy that terminates TLS), TLS, lifespan events, trailers for the app.
+- TLS (``tls``, a :class:`.tls.ServerTLS`): the accepted socket is wrapped in a
+  ``trio.SSLStream`` in the connection's own task (never in the accept loop), and everything
+  above is the same: the handshake is done by the first read, so it counts against
+  ``header_timeout`` like the head it precedes; one that fails (garbage, no client certificate
+  or one from another CA) ends that connection as a client closing it would. The scope says
+  ``"scheme": "https"`` and carries ``extensions["tls"]``: the TLS ``version``, the ``cipher``
+  and the verified ``peer_certificate`` (as ``ssl.SSLSocket.getpeercert()`` gives it, or
+  None). The plaintext path is untouched: no wrapper, no check per read.
+
+What it does not do: HTTP/2, lifespan events, trailers for the app.
 When closing with request bytes possibly still on their way, it shuts its side down and reads
 for up to :data:`LINGER_TIMEOUT` before closing, so that the client reads the answer rather
 than a reset.
@@ -87,6 +95,7 @@ import httptools
 import trio
 
 from ..errors import ListenError
+from .tls import ServerTLS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -160,6 +169,7 @@ async def serve_http(
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     websocket: WebSocketHandler | None = None,
     on_error: Callable[[], None] | None = None,
+    tls: ServerTLS | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled; reports the bound port when listening.
@@ -167,7 +177,8 @@ async def serve_http(
     ``websocket``: the handler of WebSocket handshakes (an :class:`Upgrade` each, after the
     same head rules as every request and the handshake's own); without it they are a 400.
     ``on_error`` is called once for every connection an unexpected exception ended (the
-    engine counts them). :class:`ListenError` when the address cannot be bound.
+    engine counts them). ``tls``: serve HTTPS (and WSS) with its current context, read for each
+    new connection. :class:`ListenError` when the address cannot be bound.
     Cancellation closes every connection at once (the engine ends its sessions before it
     cancels its servers).
     """
@@ -181,7 +192,10 @@ async def serve_http(
     sock.setblocking(False)
 
     async def handle(conn: socket.socket) -> None:
-        stream = _SocketStream(conn)
+        stream: trio.abc.Stream = _SocketStream(conn)
+        if tls is not None:
+            # The handshake happens on the first read, under the connection's header_timeout.
+            stream = trio.SSLStream(stream, tls.context(), server_side=True, https_compatible=True)
         try:
             try:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -224,7 +238,7 @@ async def serve_http(
 
 
 async def serve_connection(
-    stream: trio.abc.HalfCloseableStream,
+    stream: trio.abc.Stream,
     app: ASGIApp,
     *,
     max_header_bytes: int,
@@ -274,11 +288,13 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _linger(stream: trio.abc.HalfCloseableStream) -> None:
-    """Shut our side down, then drop what the client still sends until it closes (bounded)."""
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Shut our side down, then drop what the client still sends until it closes (bounded).
+    (TLS cannot shut one side down: the client, which has its answer, closes first.)"""
     with trio.move_on_after(LINGER_TIMEOUT):
         try:
-            await stream.send_eof()
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
             while await stream.receive_some(RECEIVE_SIZE):
                 pass
         except _GONE:
@@ -468,7 +484,7 @@ class Upgrade:
     def __init__(self, scope: Scope, request: _Head, rest: bytes, connection: _Connection) -> None:
         self.scope = scope
         self.rest = rest
-        self.stream: trio.abc.HalfCloseableStream = connection._stream
+        self.stream: trio.abc.Stream = connection._stream
         self.accepted = False
         self._request = request
         self._connection = connection
@@ -510,7 +526,7 @@ class _Connection:
 
     def __init__(
         self,
-        stream: trio.abc.HalfCloseableStream,
+        stream: trio.abc.Stream,
         app: ASGIApp,
         limits: _Limits,
         websocket: WebSocketHandler | None,
@@ -532,6 +548,10 @@ class _Connection:
         self._server = server
         self._receive = self.receive
         self._send = self.send
+        # TLS: the SSLStream, whose handshake is done by the time a head is in; its extension
+        # of the scope is made for the first request.
+        self._tls = stream if isinstance(stream, trio.SSLStream) else None
+        self._tls_extension: dict[str, Any] | None = None
         # Parser state.
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -862,6 +882,9 @@ class _Connection:
             "client": self._client,
             "server": self._server,
         }
+        if self._tls is not None:
+            scope["scheme"] = "https"
+            scope["extensions"] = {"tls": self._tls_info(self._tls)}
         if request.websocket:
             await self._upgrade(request, scope)
             return
@@ -884,6 +907,17 @@ class _Connection:
             if self._bad_body is None:
                 log.error("an HTTP handler returned without a response")
             await self._answer_failure()
+
+    def _tls_info(self, stream: trio.SSLStream[trio.abc.Stream]) -> dict[str, Any]:
+        """The scope's ``extensions["tls"]``, the same for every request of the connection."""
+        if self._tls_extension is None:
+            cipher = stream.cipher()
+            self._tls_extension = {
+                "version": stream.version(),
+                "cipher": cipher[0] if cipher else None,
+                "peer_certificate": stream.getpeercert() or None,
+            }
+        return self._tls_extension
 
     async def _upgrade(self, request: _Head, scope: Scope) -> None:
         """A WebSocket handshake: checked, then the connection is the handler's until it

@@ -75,7 +75,7 @@ class WebSocket:
 
     def __init__(
         self,
-        stream: trio.abc.HalfCloseableStream,
+        stream: trio.abc.Stream,
         protocol: WSConnection,
         max_message_bytes: int,
         first_bytes: bytes,
