@@ -113,9 +113,12 @@ def summary(config: Config) -> str:
     lines = [f"{config.source_path or '<config>'}: OK"]
     lines.append(f"entrypoints ({len(config.entrypoints)}):")
     for entrypoint in config.entrypoints:
+        tls = ""
+        if entrypoint.tls_cert_file is not None:
+            tls = "  TLS" if entrypoint.tls_client_ca_file is None else "  TLS, client certificates"
         lines.append(
             f"  {entrypoint.name:<{width}}  {entrypoint.type:<9}  "
-            f"{config.engine.host}:{entrypoint.port}{entrypoint.path}"
+            f"{config.engine.host}:{entrypoint.port}{entrypoint.path}{tls}"
         )
     lines.append(f"endpoints ({len(config.endpoints)}):")
     for endpoint in config.endpoints:

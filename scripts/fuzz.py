@@ -45,6 +45,7 @@ async def _rounds(args: argparse.Namespace) -> list[FuzzResult]:
                 workdir=Path(workdir),
                 seconds=min(args.round, left),
                 batch_size=args.batch_size,
+                tls=args.tls,
             )
         results.append(result)
         seed = None
@@ -60,6 +61,7 @@ async def _again(args: argparse.Namespace) -> list[FuzzResult]:
             indices=args.index,
             batch_size=len(args.index),
             verbose=True,
+            tls=args.tls,
         )
     return [result]
 
@@ -72,6 +74,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=50, help="connections at once")
     parser.add_argument(
         "--index", type=int, action="append", help="send only this input of --seed (repeatable)"
+    )
+    parser.add_argument(
+        "--tls", action="store_true", help="every entrypoint on TLS, and inputs at the TLS layer"
     )
     args = parser.parse_args()
     if args.index and args.seed is None:

@@ -462,3 +462,25 @@ def test_config_an_encrypted_key_is_refused(server_files: ServerFiles, tmp_path:
         error
         == f"{f}: entrypoints[0].tls_key_file: {encrypted} is encrypted (give an unencrypted key)"
     )
+
+
+def test_mediation_check_validates_the_tls_files(server_files: ServerFiles, tmp_path: Path) -> None:
+    from .test_cli import assert_one_line_error, mediation
+
+    path = tmp_path / "gw.toml"
+    path.write_text(config_text(tls_cert_file="server.pem", tls_key_file="server.key"))
+    result = mediation("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert any(
+        line.split()[:2] == ["sse", "sse"] and "TLS" in line for line in result.stdout.splitlines()
+    )
+
+    other_key = tmp_path / "other.key"
+    trustme.CA().issue_cert("x.example").private_key_pem.write_to_path(str(other_key))
+    path.write_text(config_text(tls_cert_file="server.pem", tls_key_file="other.key"))
+    assert_one_line_error(
+        mediation("check", "--config", str(path)),
+        2,
+        f"{path}: entrypoints[0].tls_key_file: does not match the certificate in "
+        f"{server_files.cert_file}",
+    )

@@ -26,6 +26,13 @@ connection must get answers the input deserves, or a close, within :attr:`Limits
 - and the connection closes within its time (an answered HTTP connection after
   ``header_timeout`` of keep-alive; an SSE stream or an upgraded WebSocket that is fine may stay).
 
+With ``tls=True`` every entrypoint serves TLS (a certificate from a test CA made for the run),
+the bystanders, the oracle's requests and most hostile connections go over TLS with the same
+judgement, and some inputs attack the TLS layer itself (:func:`tls_mode`): the input's bytes
+sent in the clear to the TLS port, a ClientHello cut short and then silence (which must be
+dropped within ``header_timeout``), or a whole ClientHello followed by the input's bytes as
+garbage records. Those must end only their own connection, with no answer.
+
 After each batch the oracle: the process is alive, ``/healthz`` answers ``200`` within 1 s, and a
 fresh marker POSTed to the webhook reaches both bystanders. A failure names the seed and the
 input (its index and bytes), which ``scripts/fuzz.py --seed S --index I`` sends again alone.
@@ -34,10 +41,12 @@ input (its index and bytes), which ``scripts/fuzz.py --seed S --index I`` sends 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -86,12 +95,44 @@ def engine_has_body_timeout() -> bool:
     return "body_timeout" in HTTPPostEntrypoint.model_fields
 
 
-def config_text(limits: Limits) -> str:
+@dataclass(frozen=True)
+class TLSFiles:
+    """A server certificate from a test CA made for the run, and a client context trusting it."""
+
+    cert_file: Path
+    key_file: Path
+    client: ssl.SSLContext
+
+    @classmethod
+    def make(cls, workdir: Path) -> TLSFiles:
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert(HOST, "localhost")
+        cert_file, key_file = workdir / "server.pem", workdir / "server.key"
+        cert_file.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
+        cert.private_key_pem.write_to_path(str(key_file))
+        client = ssl.create_default_context()
+        ca.configure_trust(client)
+        return cls(cert_file, key_file, client)
+
+    def client_hello(self) -> bytes:
+        """What a client sends first: a whole ClientHello record (fresh randomness each time)."""
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self.client.wrap_bio(incoming, outgoing, server_hostname=HOST)
+        with suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        return outgoing.read()
+
+
+def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
     """The engine's configuration: every entrypoint type, the memory endpoint, short timeouts."""
     common = (
         f"port = 0\nheader_timeout = {limits.header_timeout}\n"
         f"max_header_bytes = {MAX_HEADER_BYTES}\nmax_message_bytes = {MAX_MESSAGE_BYTES}\n"
     )
+    if tls is not None:
+        common += f'tls_cert_file = "{tls.cert_file}"\ntls_key_file = "{tls.key_file}"\n'
     body = "" if limits.body_timeout is None else f"body_timeout = {limits.body_timeout}\n"
     extra = {
         "ws": f'frame_type = "auto"\nidle_timeout = {limits.idle_timeout}\n',
@@ -151,6 +192,7 @@ class EngineProcess:
     def __init__(self, process: trio.Process) -> None:
         self.process = process
         self.ports: dict[str, int] = {}
+        self.scheme = "http"  # of the entrypoints ("https" with TLS; the health port is plain)
         self.error_records: list[dict[str, Any]] = []
         self.stderr = bytearray()
         self._listening = trio.Event()
@@ -259,10 +301,12 @@ class Bystander:
             await self._changed.wait()
 
 
-async def websocket_bystander(port: int, me: Bystander, *, task_status: Any) -> None:
-    url = f"ws://{HOST}:{port}/?client_id=bystander-ws"
+async def websocket_bystander(
+    port: int, me: Bystander, tls: ssl.SSLContext | None, *, task_status: Any
+) -> None:
+    url = f"{'wss' if tls else 'ws'}://{HOST}:{port}/?client_id=bystander-ws"
     try:
-        async with open_websocket_url(url) as ws:
+        async with open_websocket_url(url, ssl_context=tls) as ws:
             task_status.started()
             while True:
                 message = await ws.get_message()
@@ -273,11 +317,16 @@ async def websocket_bystander(port: int, me: Bystander, *, task_status: Any) -> 
         me.end(repr(error))
 
 
-async def sse_bystander(port: int, me: Bystander, *, task_status: Any) -> None:
+async def sse_bystander(
+    port: int, me: Bystander, tls: ssl.SSLContext | None, *, task_status: Any
+) -> None:
     headers = {"X-Client-ID": "bystander-sse"}
+    url = f"{'https' if tls else 'http'}://{HOST}:{port}/"
     try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(5, read=None)) as client:
-            async with aconnect_sse(client, "GET", f"http://{HOST}:{port}/", headers=headers) as s:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(5, read=None), verify=tls or True
+        ) as client:
+            async with aconnect_sse(client, "GET", url, headers=headers) as s:
                 events = s.aiter_sse()
                 async for event in events:
                     if event.event == "session":
@@ -315,7 +364,7 @@ WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 class _Reader:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buffer = bytearray()
         self.eof = False
@@ -352,25 +401,65 @@ class _Reader:
         return data
 
 
-async def attack(port: int, item: FuzzInput, limits: Limits) -> Outcome:
+def tls_mode(item: FuzzInput) -> str:
+    """How input ``item`` meets a TLS port: most go "over TLS" (a good handshake, then the
+    input, judged as on a plain port); the rest attack the TLS layer: "clear" (the input's bytes
+    as they are: not TLS at all), "stalled" (a ClientHello cut short, then silence), "garbage"
+    (a whole ClientHello, then the input's bytes as if they were the rest of the handshake)."""
+    return {0: "clear", 1: "stalled", 2: "garbage"}.get(item.index % 8, "over TLS")
+
+
+async def attack(
+    port: int, item: FuzzInput, limits: Limits, tls: TLSFiles | None = None
+) -> Outcome:
     """One connection: send ``item``, read and judge what comes back."""
     outcome = Outcome()
     start = trio.current_time()
-    stream = await trio.open_tcp_stream(HOST, port)
+    tcp = await trio.open_tcp_stream(HOST, port)
+    stream: trio.abc.Stream = tcp
+    mode = "plain" if tls is None else tls_mode(item)
+    data = item.data
+    if mode == "over TLS":
+        assert tls is not None
+        stream = trio.SSLStream(tcp, tls.client, server_hostname=HOST, https_compatible=True)
+        item = dataclasses.replace(item, half_close=False)  # TLS cannot shut one side down
+    elif mode == "stalled":
+        assert tls is not None
+        hello = tls.client_hello()
+        data = hello[: 1 + item.index % (len(hello) - 1)]
+    elif mode == "garbage":
+        assert tls is not None
+        data = tls.client_hello() + item.data
     try:
+        if isinstance(stream, trio.SSLStream):
+            try:
+                with trio.fail_after(limits.connection):
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError) as error:
+                outcome.problems.append(f"the TLS handshake of a good client failed: {error!r}")
+                return outcome
         async with trio.open_nursery() as nursery:
 
             async def send() -> None:
                 try:
-                    await stream.send_all(item.data)
-                    if item.half_close:
-                        await stream.send_eof()
+                    await stream.send_all(data)
+                    if item.half_close and mode != "stalled":
+                        await tcp.send_eof()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the server closed first: it answered, or gave up on us
 
             nursery.start_soon(send)
             with trio.move_on_after(limits.connection) as timer:
-                await _read_responses(_Reader(stream), item, outcome)
+                if mode in ("clear", "stalled", "garbage"):
+                    # What comes back is TLS (a ServerHello, an alert) or nothing, to the close.
+                    reader = _Reader(stream)
+                    while await reader.fill():
+                        if reader.buffer.startswith(b"HTTP/"):
+                            outcome.statuses.append(0)  # an HTTP answer: judged below
+                        reader.buffer.clear()
+                    outcome.closed = True
+                else:
+                    await _read_responses(_Reader(stream), item, outcome)
             if timer.cancelled_caught:
                 outcome.stopped = f"timed out ({limits.connection:.1f} s)"
                 outcome.problems.append(
@@ -383,8 +472,23 @@ async def attack(port: int, item: FuzzInput, limits: Limits) -> Outcome:
     finally:
         await stream.aclose()
     outcome.elapsed = trio.current_time() - start
-    _judge(item, outcome)
+    if mode in ("clear", "stalled", "garbage"):
+        _judge_tls_attack(mode, outcome, limits)
+    else:
+        _judge(item, outcome)
     return outcome
+
+
+def _judge_tls_attack(mode: str, outcome: Outcome, limits: Limits) -> None:
+    """What a TLS port must do with a client that does not speak TLS, or stops mid-handshake:
+    answer nothing, close; a stalled handshake within ``header_timeout``."""
+    if outcome.statuses:
+        outcome.problems.append(f"an HTTP answer to a connection that never finished TLS ({mode})")
+    if mode == "stalled" and outcome.closed and outcome.elapsed > limits.header_timeout + SLACK:
+        outcome.problems.append(
+            f"a stalled handshake closed after {outcome.elapsed:.2f} s, "
+            f"header_timeout is {limits.header_timeout} s"
+        )
 
 
 async def _read_responses(reader: _Reader, item: FuzzInput, outcome: Outcome) -> None:
@@ -755,6 +859,7 @@ class FuzzResult:
     notes: list[str] = field(default_factory=list)
     # mediation_connection_errors_total at the end, all entrypoints (None: not read).
     connection_errors: float | None = None
+    tls: bool = False
 
     def report(self, limit: int = 40) -> str:
         lines = [
@@ -769,6 +874,7 @@ class FuzzResult:
         if self.failures:
             lines.append(
                 f"reproduce one: python scripts/fuzz.py --seed {self.seed} --index <index>"
+                + (" --tls" if self.tls else "")
             )
         return "\n".join(lines)
 
@@ -802,7 +908,8 @@ async def _check_clients(
         problems.append(f"/healthz did not answer within {HEALTH_TIMEOUT} s: {error!r}")
     try:
         with trio.fail_after(MARKER_TIMEOUT):
-            posted = await client.post(f"http://{HOST}:{engine.ports['hook']}/", content=marker)
+            hook = f"{engine.scheme}://{HOST}:{engine.ports['hook']}/"
+            posted = await client.post(hook, content=marker)
             if posted.status_code != 202:
                 problems.append(f"the marker POST answered {posted.status_code}: {posted.text}")
             else:
@@ -827,26 +934,36 @@ async def run_fuzz(
     limits: Limits | None = None,
     out: Callable[[str], None] = print,
     verbose: bool = False,
+    tls: bool = False,
 ) -> FuzzResult:
     """Fuzz a fresh engine with the inputs of ``seed`` (or only ``indices``) until ``seconds``
-    are up or ``max_inputs`` were tried; stops early if the engine or a bystander is gone."""
+    are up or ``max_inputs`` were tried; stops early if the engine or a bystander is gone.
+    ``tls``: every entrypoint on TLS, and some inputs aimed at the TLS layer (:func:`tls_mode`)."""
     if limits is None:
         limits = Limits(body_timeout=1.0 if engine_has_body_timeout() else None)
-    result = FuzzResult(seed)
+    result = FuzzResult(seed, tls=tls)
     if limits.body_timeout is None:
         result.notes.append("the engine has no body_timeout key: left out of the configuration")
     config = workdir / "fuzz.toml"
-    config.write_text(config_text(limits))
+    files = TLSFiles.make(workdir) if tls else None
+    config.write_text(config_text(limits, files))
     mutations = Mutations(seed)
     chosen = iter(indices) if indices is not None else None
-    out(f"fuzz: seed {seed}, up to {seconds:g} s, connection limit {limits.connection:.1f} s")
+    out(
+        f"fuzz: seed {seed}{' over TLS' if tls else ''}, up to {seconds:g} s, "
+        f"connection limit {limits.connection:.1f} s"
+    )
     start = trio.current_time()
     async with open_engine_process(config) as engine:
         bystanders = [Bystander("websocket bystander"), Bystander("SSE bystander")]
         async with trio.open_nursery() as nursery:
-            await nursery.start(websocket_bystander, engine.ports["ws"], bystanders[0])
-            await nursery.start(sse_bystander, engine.ports["sse"], bystanders[1])
-            async with httpx.AsyncClient(timeout=MARKER_TIMEOUT) as client:
+            client_tls = None if files is None else files.client
+            engine.scheme = "http" if files is None else "https"
+            await nursery.start(websocket_bystander, engine.ports["ws"], bystanders[0], client_tls)
+            await nursery.start(sse_bystander, engine.ports["sse"], bystanders[1], client_tls)
+            async with httpx.AsyncClient(
+                timeout=MARKER_TIMEOUT, verify=client_tls or True
+            ) as client:
                 problems = await check_oracle(engine, bystanders, client, f"marker-{seed}-start")
                 result.failures += [Failure(0, p) for p in problems]
                 next_index = 0
@@ -866,7 +983,7 @@ async def run_fuzz(
                     if not batch:
                         break
                     result.batches += 1
-                    await _run_batch(engine, batch, limits, result, out if verbose else None)
+                    await _run_batch(engine, batch, limits, result, out if verbose else None, files)
                     marker = f"marker-{seed}-{result.batches}"
                     problems = await check_oracle(engine, bystanders, client, marker)
                     for problem in problems:
@@ -878,7 +995,7 @@ async def run_fuzz(
                     if problems:
                         out(f"fuzz: oracle failed after batch {result.batches}: {problems}")
                         if not engine.alive():
-                            await _blame(config, batch, limits, result, out)
+                            await _blame(config, batch, limits, result, out, files)
                 if engine.alive():
                     result.connection_errors = await connection_errors(engine, client)
             nursery.cancel_scope.cancel()
@@ -936,15 +1053,17 @@ async def _run_batch(
     limits: Limits,
     result: FuzzResult,
     out: Callable[[str], None] | None = None,
+    tls: TLSFiles | None = None,
 ) -> None:
     async def one(item: FuzzInput) -> None:
         try:
-            outcome = await attack(engine.ports[item.target], item, limits)
+            outcome = await attack(engine.ports[item.target], item, limits, tls)
         except OSError as error:
             result.failures.append(Failure(result.batches, f"cannot connect: {error!r}", item))
             return
         if out is not None:
-            out(f"{item.describe()}\n    -> {outcome.summary()} {outcome.problems or ''}")
+            how = "" if tls is None else f" [{tls_mode(item)}]"
+            out(f"{item.describe()}{how}\n    -> {outcome.summary()} {outcome.problems or ''}")
         if outcome.problems:
             what = "; ".join(outcome.problems) + f" ({outcome.summary()})"
             result.failures.append(Failure(result.batches, what, item))
@@ -960,12 +1079,14 @@ async def _run_batch(
 BLAME_ROUNDS = 8  # engine starts spent looking for the input that killed the engine
 
 
-async def _kills(config: Path, group: list[FuzzInput], limits: Limits) -> bool:
+async def _kills(
+    config: Path, group: list[FuzzInput], limits: Limits, tls: TLSFiles | None
+) -> bool:
     """Whether ``group``, sent at once to a fresh engine, ends its process."""
     async with open_engine_process(config) as engine:
         async with trio.open_nursery() as nursery:
             for item in group:
-                nursery.start_soon(_attack_quietly, engine.ports[item.target], item, limits)
+                nursery.start_soon(_attack_quietly, engine.ports[item.target], item, limits, tls)
         # Every connection is over: a crash it caused has happened. /healthz makes sure the
         # engine got to run since; a refused connection, or no answer, means it is going.
         async with httpx.AsyncClient() as client:
@@ -976,9 +1097,9 @@ async def _kills(config: Path, group: list[FuzzInput], limits: Limits) -> bool:
         return not engine.alive()
 
 
-async def _attack_quietly(port: int, item: FuzzInput, limits: Limits) -> None:
+async def _attack_quietly(port: int, item: FuzzInput, limits: Limits, tls: TLSFiles | None) -> None:
     with suppress(OSError):  # the engine is gone already
-        await attack(port, item, limits)
+        await attack(port, item, limits, tls)
 
 
 async def _blame(
@@ -987,6 +1108,7 @@ async def _blame(
     limits: Limits,
     result: FuzzResult,
     out: Callable[[str], None],
+    tls: TLSFiles | None = None,
 ) -> None:
     """Bisect ``batch`` on fresh engines for the input that ends the process by itself."""
     candidates = batch
@@ -1000,7 +1122,7 @@ async def _blame(
         )
         for half in halves:
             rounds += 1
-            if await _kills(config, half, limits):
+            if await _kills(config, half, limits, tls):
                 candidates, verified = half, True
                 break
         else:
