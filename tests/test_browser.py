@@ -9,6 +9,8 @@ the test, talking to the engine with its own WebSocket and EventSource.
   refused before the upgrade.
 - A cross-origin EventSource from an allowed origin (expected to fail until the engine answers
   with CORS headers; see the test).
+- WSS and an ``EventSource`` over HTTPS (TLS on the entrypoints), Chromium trusting the test
+  certificate by its public key (``--ignore-certificate-errors-spki-list``): no CA store to set up.
 
 The page's EventSource goes through the page server's relay (:mod:`tests.browser.harness`), so
 it is same-origin; its WebSocket goes straight to the engine, with the page's ``Origin``.
@@ -16,9 +18,12 @@ it is same-origin; its WebSocket goes straight to the engine, with the page's ``
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,9 +63,10 @@ def reports_of(reports: Reports, page: int, kind: str) -> list[dict[str, Any]]:
     return [r for r in reports.seen if r.get("page") == page and r["kind"] == kind]
 
 
-async def browse(nursery: trio.Nursery, *urls: str) -> Reports:
-    """Chromium on every page at once, until each reported ``done``."""
-    reports = await run_reporter(nursery, "chromium", "chromium.mjs", *urls)
+async def browse(nursery: trio.Nursery, *urls: str, switches: tuple[str, ...] = ()) -> Reports:
+    """Chromium on every page at once, until each reported ``done``; ``switches`` are passed
+    to Chromium."""
+    reports = await run_reporter(nursery, "chromium", "chromium.mjs", *switches, *urls)
     with trio.fail_after(WAIT):
         await reports.wait_for("done", len(urls))
         await reports.exited()
@@ -209,3 +215,63 @@ async def test_a_cross_origin_event_source_from_an_allowed_origin(
             nursery.cancel_scope.cancel()
     [done] = reports_of(reports, 0, "done")
     assert done["outcome"] == "open", done
+
+
+def spki_sha256(pem: bytes) -> str:
+    """The base64 SHA-256 of a certificate's public key, as Chromium's
+    ``--ignore-certificate-errors-spki-list`` takes it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = x509.load_pem_x509_certificate(pem).public_key()
+    digest = hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    return base64.b64encode(digest.digest()).decode()
+
+
+async def test_wss_and_event_source_over_https(
+    engine_with: EngineFactory, node_modules: None, tmp_path: Path
+) -> None:
+    """A page (plain HTTP, another origin) opens a WebSocket to ``wss://`` and an EventSource
+    to ``https://`` on the engine, with a certificate from a test CA Chromium trusts by the
+    certificate's public key, and round-trips messages: every one sent comes back on both."""
+    import trustme
+
+    cert = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    tls = {"tls_cert_file": str(cert_file), "tls_key_file": str(key_file)}
+    server = PageServer(cuts={})
+    count = 50
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_pages, server)
+        allowed = [server.origin]
+        async with engine_with(
+            entrypoints={
+                "ws": {"type": "websocket", "allowed_origins": allowed, **tls},
+                "sse": {"type": "sse", "allowed_origins": allowed, **tls},
+            },
+            routes=[
+                {"source": "ws", "target": "mem"},
+                {"source": "mem", "target": "ws"},
+                {"source": "mem", "target": "sse"},
+            ],
+        ) as engine:
+            page = page_url(
+                server,
+                "roundtrip.html",
+                ws=url(engine, "ws", "/?client_id=tls-ws", scheme="wss"),
+                src=url(engine, "sse", "/?client_id=tls-sse", scheme="https"),
+                n=str(count),
+            )
+            spki = spki_sha256(cert.cert_chain_pems[0].bytes())
+            reports = await browse(
+                nursery, page, switches=(f"--ignore-certificate-errors-spki-list={spki}",)
+            )
+            nursery.cancel_scope.cancel()
+    [done] = reports_of(reports, 0, "done")
+    sent = [f"seq {n}" for n in range(count)]
+    assert done["problems"] == []
+    assert done["acked"] == [f"m-{n}" for n in range(count)]
+    assert done["ws"] == sent
+    assert done["sse"] == sent

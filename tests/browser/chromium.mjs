@@ -3,11 +3,13 @@
 // index, until every page has reported {"kind":"done"}. Page errors and console errors go to
 // stderr.
 //
-// usage: node chromium.mjs URL [URL...]
+// usage: node chromium.mjs [--chromium-switch ...] URL [URL...]
+// (arguments starting with "--" are passed to Chromium, e.g. --ignore-certificate-errors-spki-list)
 
 import { chromium } from 'playwright-core';
 
-const urls = process.argv.slice(2);
+const switches = process.argv.slice(2).filter((arg) => arg.startsWith('--'));
+const urls = process.argv.slice(2).filter((arg) => !arg.startsWith('--'));
 const write = (value) => process.stdout.write(JSON.stringify(value) + '\n');
 
 let browser;
@@ -16,7 +18,13 @@ try {
     executablePath: '/usr/bin/chromium',
     headless: true,
     // We run as root (no sandbox); no GPU; nothing fetched from the internet.
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      ...switches,
+    ],
   });
   await Promise.all(
     urls.map(async (url, index) => {
