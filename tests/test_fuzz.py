@@ -20,7 +20,7 @@ SEED = 20250612
 # fast run tries at most MAX_INPUTS of them.
 SECONDS = 50
 MAX_INPUTS = 3000
-# Over TLS (issue 15): the same inputs through TLS, and one in four at the TLS layer itself
+# Over TLS (issue 15): the same inputs through TLS, and three in eight at the TLS layer itself
 # (cleartext, a handshake cut short, garbage records; tests.fuzz.driver.tls_mode). Shorter: the
 # plaintext run covers the HTTP inputs, this one what TLS adds.
 TLS_SECONDS = 25
