@@ -10,8 +10,9 @@ that thread. The two sides talk through two mailboxes that never block either of
 
 - Trio -> thread (open or close a session's channel, publish, ack, nack, shut down): a deque and
   one ``IOLoop.add_callback_threadsafe`` per batch (the only thread-safe call pika has).
-- Thread -> Trio (deliveries, ConsumeOk, publisher confirms, channel and connection failures): a
-  deque and one ``TrioToken.run_sync_soon`` per batch; what runs on Trio never raises.
+- Thread -> Trio (deliveries, ConsumeOk, publisher confirms, channel and connection failures):
+  the endpoint's :class:`._handoff.ToTrio`, a deque and one ``TrioToken.run_sync_soon`` per batch;
+  what runs on Trio never ends the run (a callable that raises is logged and counted).
 
 Writes: pika's transport never writes when asked (it buffers each frame, turns on the socket's
 write watch and sends on the ioloop's next pass: two ``epoll_ctl``, an ``epoll_wait`` and a
@@ -129,7 +130,6 @@ backoff (``RETRY_MIN`` doubling up to ``RETRY_MAX``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import struct
@@ -158,6 +158,7 @@ from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
+from ._handoff import ToTrio
 from ._written import Written
 from .base import (
     CONVERSION_ERROR,
@@ -323,39 +324,6 @@ class AckRanges:
 # -- the mailboxes between Trio and the I/O thread -----------------------------------------------
 
 
-class _ToTrio:
-    """Thread -> Trio: ``post(fn)`` never blocks; ``fn`` runs on the Trio thread, in order.
-
-    One ``run_sync_soon`` per batch. ``fn`` must not raise (a raising callable there would end
-    the Trio run); a bug in one is logged.
-    """
-
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
-        self._lock = threading.Lock()
-        self._pending: deque[Callable[[], None]] = deque()
-        self._scheduled = False
-
-    def post(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            self._pending.append(fn)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        with contextlib.suppress(trio.RunFinishedError):  # Trio is gone: nobody waits any more
-            self._token.run_sync_soon(self._run)
-
-    def _run(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, deque()
-            self._scheduled = False
-        for fn in batch:
-            try:
-                fn()
-            except Exception:
-                log.exception("rabbitmq: a hand-off to Trio failed")
-
-
 class _ToThread:
     """Trio -> I/O thread: ``post(fn)`` never blocks; ``fn`` runs on the I/O thread, in order.
 
@@ -424,7 +392,7 @@ class _ConsumePlan:
 
 
 class _Consumer:
-    """One session's consumer, Trio side. The I/O thread reaches it only through ``_ToTrio``."""
+    """One session's consumer, Trio side. The I/O thread reaches it only through ``ToTrio``."""
 
     def __init__(
         self,
@@ -634,10 +602,10 @@ class _Link:
     ``publishes``; I/O thread side: everything under "I/O thread".
     """
 
-    def __init__(self, name: str, config: RabbitMQConfig, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, name: str, config: RabbitMQConfig, to_trio: ToTrio) -> None:
         self.name = name
         self._config = config
-        self._to_trio = _ToTrio(token)
+        self._to_trio = to_trio
         # Made here so that Trio can post to it at once; it opens a socket pair, which the I/O
         # thread closes when it ends (or thread_exited, if the thread never started).
         self._ioloop = IOLoop()
@@ -744,7 +712,7 @@ class _Link:
         return lambda *args: self._guard(partial(fn, *args))
 
     def _ended(self, reason: str) -> None:
-        self._to_trio.post(partial(self.on_ended, reason))
+        self._to_trio.call_soon(partial(self.on_ended, reason))
 
     def _abort(self, reason: str) -> None:
         self._ended(reason)
@@ -849,7 +817,7 @@ class _Link:
         for record in waiting:
             self._send(publisher, record)
         if publisher.first:
-            self._to_trio.post(self.on_opened)
+            self._to_trio.call_soon(self.on_opened)
 
     def publish_on_thread(self, record: _Publish) -> None:
         publisher = self._publisher
@@ -858,13 +826,13 @@ class _Link:
         elif self._usable():
             self._waiting.append(record)  # bounded by PUBLISH_WINDOW
         else:
-            self._to_trio.post(partial(self.resolve, [(record, "connection closing")]))
+            self._to_trio.call_soon(partial(self.resolve, [(record, "connection closing")]))
 
     def _send(self, publisher: _Publisher, record: _Publish) -> None:
         try:
             publisher.send(record)
         except pika.exceptions.AMQPError as error:
-            self._to_trio.post(partial(self.resolve, [(record, f"publish failed: {error!r}")]))
+            self._to_trio.call_soon(partial(self.resolve, [(record, f"publish failed: {error!r}")]))
 
     def _on_confirm(self, publisher: _Publisher, frame: Any) -> None:
         method = frame.method
@@ -877,7 +845,7 @@ class _Link:
             for record in publisher.confirmed(method.delivery_tag, method.multiple)
         ]
         if results:
-            self._to_trio.post(partial(self.resolve, results))
+            self._to_trio.call_soon(partial(self.resolve, results))
 
     def _on_return(
         self, publisher: _Publisher, channel: Any, method: Any, properties: Any, body: bytes
@@ -895,7 +863,7 @@ class _Link:
         ]
         publisher.unconfirmed.clear()
         if failed:
-            self._to_trio.post(partial(self.resolve, failed))
+            self._to_trio.call_soon(partial(self.resolve, failed))
         if publisher is not self._publisher or not self._usable():
             return
         if not publisher.ready:
@@ -919,10 +887,10 @@ class _Link:
 
     def open_consumer(self, consumer: _Consumer, plan: _ConsumePlan) -> None:
         if not self._usable():
-            self._to_trio.post(
+            self._to_trio.call_soon(
                 partial(consumer.fail, BrokerUnavailable(f"rabbitmq endpoint {self.name} is down"))
             )
-            self._to_trio.post(consumer.on_closed)
+            self._to_trio.call_soon(consumer.on_closed)
             return
         channel = self._connection.channel(
             on_open_callback=self._guarded(partial(self._on_consumer_open, consumer, plan))
@@ -969,7 +937,8 @@ class _Link:
                 auto_ack=False,
             )
         )
-        _pipeline(steps, self._guarded(lambda _frame: self._to_trio.post(consumer.on_subscribed)))
+        subscribed = self._guarded(lambda _frame: self._to_trio.call_soon(consumer.on_subscribed))
+        _pipeline(steps, subscribed)
 
     def _on_message(
         self, consumer: _Consumer, channel: Any, method: Any, properties: Any, body: bytes
@@ -979,7 +948,7 @@ class _Link:
         except Exception as error:  # one message, never the connection (module docstring)
             self._reject(consumer, method, error)
             return
-        self._to_trio.post(partial(consumer.push, method.delivery_tag, event))
+        self._to_trio.call_soon(partial(consumer.push, method.delivery_tag, event))
 
     def _reject(self, consumer: _Consumer, method: Any, error: Exception) -> None:
         """A message that cannot become an event: rejected for good at once, logged, counted."""
@@ -1000,7 +969,7 @@ class _Link:
 
     def _on_consumer_cancelled(self, consumer: _Consumer, frame: Any) -> None:
         """The broker cancelled the consumer (its queue was deleted, say)."""
-        self._to_trio.post(
+        self._to_trio.call_soon(
             partial(consumer.fail, BrokerUnavailable("rabbitmq cancelled the consumer"))
         )
         self.close_consumer(consumer)
@@ -1010,15 +979,15 @@ class _Link:
         self._acked.pop(consumer, None)
         self._to_settle.pop(consumer, None)
         if not isinstance(reason, pika.exceptions.ChannelClosedByClient):
-            self._to_trio.post(partial(consumer.fail, _consumer_error(reason)))
-        self._to_trio.post(consumer.on_closed)
+            self._to_trio.call_soon(partial(consumer.fail, _consumer_error(reason)))
+        self._to_trio.call_soon(consumer.on_closed)
 
     def close_consumer(self, consumer: _Consumer) -> None:
         # The acks posted before the close go first (the broker would requeue them).
         self._say_settled()
         channel = self._channels.get(consumer)
         if channel is None:
-            self._to_trio.post(consumer.on_closed)
+            self._to_trio.call_soon(consumer.on_closed)
         elif not (channel.is_closing or channel.is_closed):
             channel.close()  # cancels the consumer; the broker requeues what is unacked
 
@@ -1158,6 +1127,7 @@ class RabbitMQEndpoint:
         self.config = config
         self.state = AsyncValue(EndpointState.CONNECTING)
         self._link: _Link | None = None  # set while up
+        self._to_trio: ToTrio | None = None  # made by run(), in Trio
         self._thread = trio.CapacityLimiter(1)  # one I/O thread per endpoint
         self._window = trio.Semaphore(PUBLISH_WINDOW)
         self._written = Written()
@@ -1166,6 +1136,7 @@ class RabbitMQEndpoint:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.state.value = EndpointState.CONNECTING
+        self._to_trio = ToTrio(self.name)
         task_status.started()
         backoff = Backoff(RETRY_MIN, RETRY_MAX)
         try:
@@ -1178,7 +1149,8 @@ class RabbitMQEndpoint:
 
     async def _connect_once(self) -> bool:
         """One connection, from connecting until it ends (and its thread with it): was it up?"""
-        link = _Link(self.name, self.config, trio.lowlevel.current_trio_token())
+        assert self._to_trio is not None, "run() makes it"
+        link = _Link(self.name, self.config, self._to_trio)
         was_up = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._run_thread, link)
