@@ -17,8 +17,9 @@ that thread. The two sides talk through two mailboxes that never block either of
 Writes: pika's transport never writes when asked (it buffers each frame, turns on the socket's
 write watch and sends on the ioloop's next pass: two ``epoll_ctl``, an ``epoll_wait`` and a
 ``send`` per frame). What a Trio -> thread batch emits is collected instead and written at the end
-of the batch in one ``send`` (:class:`_Writer`), behind nothing pika still holds; what the socket
-does not take, TLS, and pika's own frames (heartbeats, handshakes) keep pika's path. Measured old
+of the batch in one ``send`` (:class:`._pika_adapter.Writer`), behind nothing pika still holds;
+what the socket does not take, TLS, and pika's own frames (heartbeats, handshakes) keep pika's
+path. Measured old
 vs new alternated, 6 rounds each, one WebSocket client, ``channel_size = 1``, 4,000 messages of
 100 B from a prefilled queue, engine CPU (psutil user+sys) per message, medians (machine shared
 with two other benchmarking helpers, rates varied up to 2x; the CPU figures within 10 %):
@@ -132,7 +133,6 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
 import threading
 import time
 from collections import deque
@@ -148,9 +148,6 @@ import pika.frame  # type: ignore[import-untyped]
 import pika.spec  # type: ignore[import-untyped]
 import trio
 from pika.adapters.select_connection import IOLoop  # type: ignore[import-untyped]
-from pika.adapters.utils.io_services_utils import (  # type: ignore[import-untyped]
-    _AsyncPlaintextTransport as _PLAINTEXT,
-)
 from trio_util import AsyncValue
 
 from ..ack_policy import Guarantee
@@ -159,6 +156,7 @@ from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
 from ._handoff import ToTrio
+from ._pika_adapter import LenientConnection, UndecodableProperties, Writer, cut
 from ._written import Written
 from .base import (
     CONVERSION_ERROR,
@@ -203,14 +201,6 @@ def _text(value: object) -> str:
     return str(value)
 
 
-class _UndecodableProperties(pika.spec.BasicProperties):  # type: ignore[misc]
-    """Stands for a content header pika could not decode (see :class:`_SelectConnection`)."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__()
-        self.error = f"{type(error).__name__}: {error}"
-
-
 class Unconvertible(Exception):
     """A consumed message that cannot become an event; ``reason`` is the metric label."""
 
@@ -224,7 +214,7 @@ def event_from_message(method: Any, properties: Any, body: bytes) -> Event:
 
     Total for whatever pika decoded; :class:`Unconvertible` for a content header it could not.
     """
-    if isinstance(properties, _UndecodableProperties):
+    if isinstance(properties, UndecodableProperties):
         raise Unconvertible(UNDECODABLE, f"content header not decodable: {properties.error}")
     metadata: dict[str, str] = {}
     for name, value in (properties.headers or {}).items():
@@ -627,7 +617,7 @@ class _Link:
         self._acked: dict[_Consumer, AckRanges] = {}  # per consumer channel
         # This batch's settles; None: rejected without requeue (see _on_message).
         self._to_settle: dict[_Consumer, list[tuple[int, bool | None]]] = {}
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
 
     # -- Trio side -------------------------------------------------------------------------------
 
@@ -684,14 +674,14 @@ class _Link:
         try:
             parameters = pika.URLParameters(self._config.url)
             parameters.client_properties = {"connection_name": f"mediation {self.name}"}
-            self._connection = _SelectConnection(
+            self._connection = LenientConnection(
                 parameters,
                 on_open_callback=self._guarded(self._on_open),
                 on_open_error_callback=self._guarded(self._on_open_error),
                 on_close_callback=self._guarded(self._on_closed),
                 custom_ioloop=self._ioloop,
             )
-            self._writer = _Writer(self._connection)
+            self._writer = Writer(self._connection)
             self._ioloop.start()
         except Exception as error:
             log.exception("rabbitmq I/O thread failed", extra={"endpoint": self.name})
@@ -763,7 +753,7 @@ class _Link:
             self._ioloop.stop()
             return
         log.warning("rabbitmq close not answered; connection cut", extra={"endpoint": self.name})
-        connection._adapter_disconnect_stream()  # aborts the transport; _on_closed follows
+        cut(connection)  # aborts the transport; _on_closed follows
         self._ioloop.call_later(1.0, self._ioloop.stop)
 
     def _usable(self) -> bool:
@@ -1010,99 +1000,6 @@ class _Link:
                     channel.basic_ack(tag, multiple=multiple)
                 else:
                     channel.basic_nack(tag, requeue=verdict == "nack")
-
-
-class _SelectConnection(pika.SelectConnection):  # type: ignore[misc]
-    """pika's ``SelectConnection``, where a content header that pika cannot decode is one bad
-    message rather than the end of the connection.
-
-    pika decodes each frame as it arrives; a content header it cannot decode (a timestamp
-    header beyond the year 9999 raises ``OverflowError`` in ``datetime``, for one) raised out of
-    its frame reader and closed the connection, every session's; the broker then delivered the
-    message again on the next connection, and the connection ended again. Here that frame is
-    read as a content header of :class:`_UndecodableProperties`, so that the message (its method
-    frame came before, its body frames follow) reaches ``_on_message`` and is rejected alone.
-    Anything else that cannot be decoded (a method frame, broken framing) still ends the
-    connection. (``_read_frame`` is pika's private API, as the other hooks of this module.)
-    """
-
-    def _read_frame(self) -> tuple[int, Any]:
-        try:
-            return super()._read_frame()  # type: ignore[no-any-return]
-        except Exception as error:
-            frame = _undecodable_header(self._frame_buffer, error)
-            if frame is None:
-                raise
-            return frame
-
-
-def _undecodable_header(data: bytes, error: BaseException) -> tuple[int, Any] | None:
-    """``(bytes used, Header frame)`` for a complete content header frame at the start of
-    ``data`` whose properties could not be decoded, else None."""
-    if len(data) < 7 + 12:
-        return None
-    frame_type, channel, size = struct.unpack_from(">BHL", data)
-    end = 7 + size + 1
-    if frame_type != pika.spec.FRAME_HEADER or len(data) < end:
-        return None
-    if data[end - 1] != pika.spec.FRAME_END:
-        return None
-    class_id, _weight, body_size = struct.unpack_from(">HHQ", data, 7)
-    if class_id != pika.spec.BasicProperties.INDEX:
-        return None
-    return end, pika.frame.Header(channel, body_size, _UndecodableProperties(error))
-
-
-class _Writer:
-    """Writes what one Trio -> thread batch says (acks, publishes, channel methods) to the socket
-    at the end of that batch, in one ``send``, from the I/O thread (pika is not thread-safe).
-
-    pika's transport never writes when asked: it appends each frame to a buffer, turns on the
-    socket's write watch (``epoll_ctl``), and sends on the ioloop's next pass (``epoll_wait``,
-    then a ``send`` per frame, then ``epoll_ctl`` again). At ``channel_size = 1`` that is every
-    ack. While corked, the connection's ``_adapter_emit_data`` (every frame pika emits goes
-    through it) collects frames instead; :meth:`flush` joins them and sends them at once when
-    pika's own buffer is empty (else order would break), and hands pika whatever the socket did
-    not take (a full socket, an error: pika's write path deals with it as before). TLS
-    connections, and everything outside a batch, keep pika's path.
-    """
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        self._emit = connection._adapter_emit_data  # pika's (bound method)
-        self._corked: list[bytes] | None = None
-        connection._adapter_emit_data = self._collect
-
-    def _collect(self, data: bytes) -> None:
-        if self._corked is None:
-            self._emit(data)
-        else:
-            self._corked.append(data)
-
-    def cork(self) -> None:
-        if self._corked is None:
-            self._corked = []
-
-    def flush(self) -> None:
-        corked, self._corked = self._corked, None
-        if not corked:
-            return
-        transport = self._connection._transport
-        if (
-            type(transport) is not _PLAINTEXT
-            or transport._state != _PLAINTEXT._STATE_ACTIVE
-            or transport.get_write_buffer_size()
-        ):
-            for data in corked:
-                self._emit(data)
-            return
-        data = b"".join(corked)
-        try:
-            sent = transport._sock.send(data)
-        except OSError:
-            sent = 0  # would block, or broken: pika's write path retries or reports it
-        if sent < len(data):
-            self._emit(data[sent:])
 
 
 def _pipeline(steps: list[Callable[..., None]], done: Callable[[Any], None]) -> None:
