@@ -30,11 +30,11 @@ Acks: :meth:`Wire.send_acks` writes a batch of PUBACK/PUBCOMP packets as one pah
 socket write), where ``client.ack`` makes a packet and a write each.
 
 Decoding: paho builds the name and type tables of its ``Properties`` anew in every instance, once
-per received PUBLISH (a quarter of a consumer's CPU time at high rates). The engine's clients
-(:class:`EngineClient`, a subclass of paho's ``Client``; paho itself and every other client of
-the process are untouched) decode PUBLISH packets with :class:`QuickProperties`, the same class
-with those tables shared (they are never changed). It also reads the UTF-8 strings
-of properties leniently: paho raised on a user property (or content type, ...) that is not
+per received PUBLISH. The engine's clients (:class:`EngineClient`, a subclass of paho's
+``Client``; paho itself and every other client of the process are untouched) decode PUBLISH
+packets with :class:`QuickProperties`, the same class with those tables shared (they are never
+changed; docs/performance.md, "The MQTT wire"). It also reads the UTF-8 strings of properties
+leniently: paho raised on a user property (or content type, ...) that is not
 UTF-8, or holds U+0000 or U+FEFF, which the MQTT spec forbids but Mosquitto forwards; paho then
 dropped the connection (or, for bad UTF-8, let ``UnicodeDecodeError`` out of ``loop_read``), and
 the broker sent the message again to the client's next connection. Such strings are decoded
