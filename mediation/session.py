@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import trio
 
 from .ack_policy import Step
-from .config import RouteConfig
+from .config import RouteConfig, endpoint_type_of
 from .context import EngineContext
 from .endpoints.base import Endpoint, Outbound, Subscription
 from .errors import (
@@ -58,6 +58,7 @@ from .errors import (
 )
 from .events import Delivery, Event, new_event_id, valid_event_id, with_valid_id
 from .exception_groups import single_error
+from .params import check_names
 from .routing import EntrypointRoutes
 from .telemetry import PacketSource
 
@@ -134,8 +135,11 @@ class Session:
         client_id: str,
         routes: EntrypointRoutes,
         client_confirms: bool,
+        params: Mapping[str, str] | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
+        # The client's parameters and usable token claims (mediation.params), checked on admission.
+        self.params: Mapping[str, str] = params or {}
         self.entrypoint = entrypoint
         self.client_id = client_id
         self.routes = routes
@@ -344,6 +348,7 @@ class Session:
             entrypoint=self.entrypoint,
             client_id=self.client_id,
             session_id=self.id,
+            params=self.params,
         )
         return event
 
@@ -363,6 +368,7 @@ class Session:
             entrypoint=self.entrypoint,
             route=route,
             resume_after=resume_after,
+            params=self.params,
             undeliverable=lambda reason: self._context.telemetry.undeliverable.labels(
                 route.source, reason
             ).inc(),
@@ -448,6 +454,7 @@ class Session:
                 entrypoint=self.entrypoint,
                 client_id=self.client_id,
                 session_id=self.id,
+                params=self.params,
             )
         except BrokerUnavailable as error:
             log.warning(
@@ -463,13 +470,20 @@ async def publish_upstream(
     entrypoint: str,
     client_id: str,
     session_id: str | None,
+    params: Mapping[str, str] | None = None,
 ) -> None:
     """Hand ``event`` to the target of every route, awaiting confirms where the route asks."""
     if not routes:
         raise NoRoute(f"entrypoint {entrypoint} has no upstream route")
     for route in routes:
         endpoint = context.endpoints[route.target]
-        message = Outbound(event=event, route=route, client_id=client_id, entrypoint=entrypoint)
+        message = Outbound(
+            event=event,
+            route=route,
+            client_id=client_id,
+            entrypoint=entrypoint,
+            params=params or {},
+        )
         await endpoint.publish(message, confirm=route.ack_plan.upstream_awaits_confirm)
         context.telemetry.packet(
             event=event,
@@ -481,6 +495,27 @@ async def publish_upstream(
         )
 
 
+def check_route_names(
+    context: EngineContext,
+    routes: tuple[RouteConfig, ...],
+    direction: str,
+    params: Mapping[str, str],
+    client_id: str,
+    entrypoint: str,
+) -> None:
+    """Fill, without subscribing or publishing, every name the endpoints of ``routes`` fill for
+    ``direction`` with the client's ``params``, and check each against its broker's rule
+    (:func:`mediation.params.check_names`): the client is refused (400, 403) before anything
+    happens at a broker."""
+    values = {**params, "client_id": client_id, "entrypoint": entrypoint}
+    for route in routes:
+        endpoint = context.endpoints[route.source if direction == "downstream" else route.target]
+        config = getattr(endpoint, "config", None)  # every endpoint has one; test fakes may not
+        endpoint_type = endpoint_type_of(config)
+        if endpoint_type is not None:
+            check_names(endpoint_type, config, direction, values)
+
+
 @asynccontextmanager
 async def open_session(
     context: EngineContext,
@@ -490,13 +525,20 @@ async def open_session(
     max_sessions: int | None,
     client_confirms: bool,
     resume_after: str | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Session]:
-    """Admit a client and run its session for the duration of the block (see module docstring)."""
+    """Admit a client and run its session for the duration of the block (see module docstring).
+
+    ``params``: the client's parameters and usable token claims; every name its routes'
+    endpoints would fill with them is checked first (:func:`check_route_names`)."""
     if context.shutting_down:
         raise EngineShuttingDown("the engine is shutting down")
     routes = context.routes.for_entrypoint(entrypoint)
     if not routes:
         raise NoRoute(f"entrypoint {entrypoint} has no route")
+    if params:
+        check_route_names(context, routes.downstream, "downstream", params, client_id, entrypoint)
+        check_route_names(context, routes.upstream, "upstream", params, client_id, entrypoint)
     if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
         raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
     session = Session(
@@ -505,6 +547,7 @@ async def open_session(
         client_id=client_id,
         routes=routes,
         client_confirms=client_confirms,
+        params=params,
     )
     context.sessions[session.id] = session
     context.telemetry.sessions.labels(entrypoint).inc()

@@ -56,7 +56,7 @@ from ..http.asgi import Receive, Scope, Send, header_map, query_map, respond_jso
 from ..http.server import Upgrade, serve_http
 from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
 from ..http.wsframes import BINARY, TEXT
-from ..identity import admit
+from ..identity import admit_client
 from ..metadata import client_metadata
 from ..session import Session, SessionDelivery, open_session
 
@@ -122,14 +122,21 @@ async def _handle(
     websocket: WebSocket | None = None
     try:
         scope = upgrade.scope
-        if scope["path"] != config.path:
+        query = query_map(scope)
+        parameters = config.parameters
+        params = parameters.resolve(
+            scope.get("raw_path", scope["path"].encode()).decode("latin-1"), query
+        )
+        if params is None:
             raise SessionNotFound(f"no WebSocket entrypoint at {scope['path']}")
-        client_id = admit(
+        client = admit_client(
             header_map(scope),
-            query_map(scope),
+            query,
             allowed_origins=config.allowed_origins,
             verifier=verifier,
         )
+        client_id = client.id
+        params.update(parameters.claims(client.claims))
         enveloped = SUBPROTOCOL in offered_subprotocols(scope)
         activity = _Activity()
         async with open_session(
@@ -138,6 +145,7 @@ async def _handle(
             client_id=client_id,
             max_sessions=config.max_sessions,
             client_confirms=enveloped,
+            params=params,
         ) as session:
             websocket = await WebSocket.accept(
                 upgrade,
