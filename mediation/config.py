@@ -93,6 +93,11 @@ class _EntrypointConfig(_Table):
     # {name} segment of ``path`` without an entry gets params.DEFAULT_PATTERN; a query parameter
     # is one only with an entry; "claims.NAME" sets the pattern a token claim must match.
     params: dict[str, str] = Field(default_factory=dict)
+    # Permissions from the token (mediation.permissions; needs auth = "bearer"): the claim
+    # permissions_claim holds {"subscribe": [patterns], "publish": [patterns]}, matched against
+    # the names a client's routes resolve to; anything else is refused (403, or a nack).
+    authorize: bool = False
+    permissions_claim: Annotated[str, Field(min_length=1)] = "mediation"
 
     @cached_property
     def parameters(self) -> EntrypointParams:
@@ -464,6 +469,10 @@ def _check_auth(
 
     keys = {k: getattr(entrypoint, k) for k in ("jwt_secret", "jwt_public_key")}
     if entrypoint.auth != "bearer":
+        if entrypoint.authorize:
+            raise fail(
+                [*path, "authorize"], 'needs auth = "bearer" (permissions come from the token)'
+            )
         for key in ("jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer"):
             if getattr(entrypoint, key) is not None:
                 raise fail([*path, key], 'is only used with auth = "bearer"')

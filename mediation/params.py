@@ -198,6 +198,34 @@ NAME_KINDS: dict[str, dict[str, tuple[str, NameKind]]] = {
 }
 
 
+# The names a stream is: what permissions (mediation.permissions) are checked against, per
+# endpoint type and direction, in order of preference (the first one set; RabbitMQ consumes
+# queue_in when set, else its exchange binding).
+STREAM_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "memory": {"downstream": ("topic_in",), "upstream": ("topic_out",)},
+    "kafka": {"downstream": ("topic_in",), "upstream": ("topic_out",)},
+    "rabbitmq": {
+        "downstream": ("queue_in", "binding_key"),
+        "upstream": ("queue_out", "routing_key"),
+    },
+    "mqtt5": {"downstream": ("topic_in",), "upstream": ("topic_out",)},
+    "jms": {"downstream": ("queue_in",), "upstream": ("queue_out",)},
+    "solace": {"downstream": ("topic_in", "queue_in"), "upstream": ("topic_out",)},
+}
+
+
+def stream_name(
+    endpoint_type: str, config: Any, direction: str, values: Mapping[str, str]
+) -> str | None:
+    """The filled name of the stream an endpoint consumes (``"downstream"``) or publishes to
+    (``"upstream"``) for a client with ``values``; None if it has none."""
+    for key in STREAM_FIELDS.get(endpoint_type, {}).get(direction, ()):
+        template = getattr(config, key, None)
+        if isinstance(template, str):
+            return fill(template, values)
+    return None
+
+
 def name_templates(endpoint_type: str, config: Any, direction: str) -> Iterable[tuple[str, str]]:
     """(field, template) of every name an endpoint of ``endpoint_type`` fills for ``direction``
     (``"downstream"``: its consumers; ``"upstream"``: its publishes)."""

@@ -50,6 +50,7 @@ from ..events import writable_event_id
 from ..http.asgi import Request, Send, respond, respond_error, respond_json
 from ..identity import admit_client
 from ..metadata import header_safe
+from ..permissions import Permissions
 from ..session import Session, open_session
 from ._requests import serve_requests
 
@@ -92,6 +93,7 @@ class _PollingEntrypoint:
         self,
         client_id: str,
         params: dict[str, str],
+        permissions: Permissions | None,
         *,
         task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -105,6 +107,7 @@ class _PollingEntrypoint:
                     max_sessions=self.config.max_sessions,
                     client_confirms=True,
                     params=params,
+                    permissions=permissions,
                 ) as session:
                     polled = _Polled(session, trio.current_time())
                     self.live[client_id] = polled
@@ -202,7 +205,12 @@ class _PollingEntrypoint:
             client_id = client.id
             if action == "subscribe":
                 params.update(self.config.parameters.claims(client.claims))
-                polled = await self.subscribe(client_id, params, nursery)
+                permissions = (
+                    Permissions.from_claims(client.claims, self.config.permissions_claim)
+                    if self.config.authorize
+                    else None
+                )
+                polled = await self.subscribe(client_id, params, permissions, nursery)
                 await respond_json(
                     send, 201, {"session_id": polled.session.id, "client_id": client_id}
                 )
@@ -227,7 +235,11 @@ class _PollingEntrypoint:
             await respond_error(send, error)
 
     async def subscribe(
-        self, client_id: str, params: dict[str, str], nursery: trio.Nursery
+        self,
+        client_id: str,
+        params: dict[str, str],
+        permissions: Permissions | None,
+        nursery: trio.Nursery,
     ) -> _Polled:
         """The client's live session, started if it has none (a live one is answered as it is,
         whatever parameters this request gave)."""
@@ -235,7 +247,7 @@ class _PollingEntrypoint:
         try:
             async with lock:
                 return self.live.get(client_id) or await nursery.start(
-                    self.run_session, client_id, params
+                    self.run_session, client_id, params, permissions
                 )
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:

@@ -25,7 +25,8 @@ from ..events import Event
 from ..http.asgi import Request, Send, respond_encoded_json, respond_error, respond_json
 from ..identity import admit_client
 from ..metadata import client_metadata
-from ..session import check_route_names, publish_upstream
+from ..permissions import Permissions
+from ..session import authorize_publish, publish_upstream
 from ._requests import serve_requests
 
 
@@ -86,8 +87,11 @@ async def _handle(
         routes = context.routes.for_entrypoint(config.name).upstream
         if not routes:
             raise NoRoute(f"entrypoint {config.name} has no upstream route")
-        if params:
-            check_route_names(context, routes, "upstream", params, client_id, config.name)
+        if config.authorize:
+            permissions = Permissions.from_claims(client.claims, config.permissions_claim)
+            authorize_publish(context, routes, permissions, params, client_id, config.name)
+        elif params:
+            authorize_publish(context, routes, None, params, client_id, config.name)
         body = await request.body(config.max_body)
         event = Event(
             body,

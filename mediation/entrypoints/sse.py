@@ -24,6 +24,7 @@ from ..context import EngineContext
 from ..errors import EngineShuttingDown, MediationError, SessionNotFound, outcome_of
 from ..http.asgi import Request, Send, respond_error, respond_json
 from ..identity import admit_client
+from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
 from ._requests import serve_requests
@@ -88,6 +89,11 @@ async def _handle(
             client_confirms=False,
             resume_after=request.headers.get("last-event-id"),
             params=params,
+            permissions=(
+                Permissions.from_claims(client.claims, config.permissions_claim)
+                if config.authorize
+                else None
+            ),
         ) as session:
             await stream.start()
             await stream.write(

@@ -44,6 +44,7 @@ from ..envelope import SUBPROTOCOL, Confirmation, decode_client_message, encode_
 from ..errors import (
     BrokerUnavailable,
     ClientIdle,
+    Forbidden,
     InvalidEventId,
     MediationError,
     NoRoute,
@@ -58,6 +59,7 @@ from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
 from ..http.wsframes import BINARY, TEXT
 from ..identity import admit_client
 from ..metadata import client_metadata
+from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,11 @@ async def _handle(
             max_sessions=config.max_sessions,
             client_confirms=enveloped,
             params=params,
+            permissions=(
+                Permissions.from_claims(client.claims, config.permissions_claim)
+                if config.authorize
+                else None
+            ),
         ) as session:
             websocket = await WebSocket.accept(
                 upgrade,
@@ -319,8 +326,8 @@ async def _handle_message(
                 await session.publish(message.encode("utf-8"))
             else:
                 await session.publish(message, {"content-type": OCTET_STREAM})
-        except NoRoute:
-            log.warning("message dropped: no upstream route", extra={"session_id": session.id})
+        except (NoRoute, Forbidden) as error:
+            log.warning("message dropped", extra={"session_id": session.id, "reason": str(error)})
         return True
     try:
         parsed = decode_client_message(message)
@@ -338,7 +345,7 @@ async def _handle_message(
         try:
             metadata = client_metadata(parsed.metadata.items(), header_names=False)
             await session.publish(parsed.payload, metadata, event_id=parsed.event_id)
-        except (BrokerUnavailable, NoRoute) as error:
+        except (BrokerUnavailable, NoRoute, Forbidden) as error:
             reply = encode_reply(parsed.event_id, error=str(error))
         else:
             reply = encode_reply(parsed.event_id)
