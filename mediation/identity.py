@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from .auth import BearerVerifier
 from .errors import BadRequest, OriginNotAllowed
@@ -39,6 +41,14 @@ def check_origin(allowed: tuple[str, ...], origin: str | None) -> None:
         raise OriginNotAllowed(f"origin {origin} is not allowed")
 
 
+@dataclass(frozen=True)
+class Client:
+    """An admitted client: its id and, with ``auth = "bearer"``, its verified token's claims."""
+
+    id: str
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
 def admit(
     headers: Mapping[str, str],
     query: Mapping[str, list[str]],
@@ -52,12 +62,31 @@ def admit(
     ``headers`` are keyed in lower case, ``query`` as :func:`urllib.parse.parse_qs` gives it.
     ``client_id_header_required``: without a verifier, ``X-Client-ID`` must be given (polling).
     """
+    return admit_client(
+        headers,
+        query,
+        allowed_origins=allowed_origins,
+        verifier=verifier,
+        client_id_header_required=client_id_header_required,
+    ).id
+
+
+def admit_client(
+    headers: Mapping[str, str],
+    query: Mapping[str, list[str]],
+    *,
+    allowed_origins: tuple[str, ...],
+    verifier: BearerVerifier | None,
+    client_id_header_required: bool = False,
+) -> Client:
+    """:func:`admit`, with the verified token's claims (for ``{claims.NAME}`` and permissions)."""
     check_origin(allowed_origins, headers.get("origin"))
     if verifier is not None:
-        return verifier.client_id(verifier.token(headers, _first(query, "access_token")))
+        client_id, claims = verifier.verify(verifier.token(headers, _first(query, "access_token")))
+        return Client(client_id, claims)
     if client_id_header_required and "x-client-id" not in headers:
         raise BadRequest("X-Client-ID header required")
-    return client_identity(headers, _first(query, "client_id"))
+    return Client(client_identity(headers, _first(query, "client_id")))
 
 
 def _first(query: Mapping[str, list[str]], name: str) -> str | None:
