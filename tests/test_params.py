@@ -354,10 +354,16 @@ def templates(draw: st.DrawFn) -> tuple[str, list[str]]:
 
 
 def _template_language(template: str, patterns: dict[str, str]) -> re.Pattern[str]:
-    """The names ``template`` may resolve to: its literals, each slot its pattern."""
+    """The names ``template`` may resolve to: its literals, each slot its pattern.
+
+    A pattern's leading global flags (``(?s)``) cannot stand inside a group: they are dropped, the
+    whole language being compiled with DOTALL (the only such flag the patterns use)."""
     regex = ""
     for part in Template.parse(template).parts:
-        regex += re.escape(part) if isinstance(part, str) else f"(?:{patterns[part.name]})"
+        if isinstance(part, str):
+            regex += re.escape(part)
+        else:
+            regex += "(?:" + re.sub(r"^\(\?s\)", "", patterns[part.name]) + ")"
     return re.compile(regex, re.ASCII | re.DOTALL)
 
 
