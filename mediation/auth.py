@@ -124,6 +124,10 @@ class BearerVerifier:
 
     def client_id(self, token: str | None) -> str:
         """The identity in a valid ``token``: :class:`Unauthorized` or :class:`BadRequest`."""
+        return self.verify(token)[0]
+
+    def verify(self, token: str | None) -> tuple[str, dict[str, Any]]:
+        """The identity and every claim of a valid ``token`` (:meth:`client_id`'s errors)."""
         if not token:
             raise Unauthorized("bearer token required", token_given=False)
         try:
@@ -149,7 +153,7 @@ class BearerVerifier:
                 f"token claim {self.identity_claim!r} is not a client id "
                 "([A-Za-z0-9._:@-]{1,128})"
             )
-        return identity
+        return identity, claims
 
 
 def bearer_token(headers: Mapping[str, str], query_token: str | None) -> str | None:

@@ -15,6 +15,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .ack_policy import AckPlan, Guarantee, plan_for
 from .errors import ConfigError
+from .params import BUILTIN, CLAIM_NAME, ENDPOINT_FILLED, EntrypointParams, Template, name_templates
 
 MiB = 1024 * 1024
 
@@ -100,6 +102,20 @@ class _EntrypointConfig(_Table):
     # token's identity_claim with auth = "bearer"). "certificate": the verified client
     # certificate's subject CN, else its first DNS SAN (needs tls_client_ca_file).
     identity: Literal["request", "certificate"] = "request"
+    # Path and query parameters (mediation.params): name -> full-match regular expression. A
+    # {name} segment of ``path`` without an entry gets params.DEFAULT_PATTERN; a query parameter
+    # is one only with an entry; "claims.NAME" sets the pattern a token claim must match.
+    params: dict[str, str] = Field(default_factory=dict)
+    # Permissions from the token (mediation.permissions; needs auth = "bearer"): the claim
+    # permissions_claim holds {"subscribe": [patterns], "publish": [patterns]}, matched against
+    # the names a client's routes resolve to; anything else is refused (403, or a nack).
+    authorize: bool = False
+    permissions_claim: Annotated[str, Field(min_length=1)] = "mediation"
+
+    @cached_property
+    def parameters(self) -> EntrypointParams:
+        """The parsed path template and patterns (validated with the config)."""
+        return EntrypointParams.from_config(self.path, self.params)
 
 
 class WebSocketEntrypoint(_EntrypointConfig):
@@ -299,6 +315,14 @@ ENDPOINT_TYPES: dict[str, type[_Table]] = {
 }
 
 
+def endpoint_type_of(settings: object) -> str | None:
+    """The endpoint type whose ``*Config`` model ``settings`` is, or None."""
+    for name, model in ENDPOINT_TYPES.items():
+        if type(settings) is model:
+            return name
+    return None
+
+
 # -- routes ------------------------------------------------------------------------------------
 
 
@@ -424,6 +448,8 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
         )
         for i, entrypoint in enumerate(entrypoints)
     ]
+    for i, entrypoint in enumerate(entrypoints):
+        _check_params(entrypoint, ["entrypoints", i], fail)
     resolved_routes = []
     for i, route in enumerate(routes):
         for key in ("source", "target"):
@@ -441,6 +467,7 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
         if route.source == route.target:
             raise fail(["routes", i, "target"], "a route cannot lead back to its source")
         _check_route_ends(route, i, endpoints, fail)
+        _check_templates(route, i, direction, entrypoints, endpoints, fail)
         resolved_routes.append(route.model_copy(update={"direction": direction}))
     return Config(
         engine=engine,
@@ -460,6 +487,10 @@ def _check_auth(
 
     keys = {k: getattr(entrypoint, k) for k in ("jwt_secret", "jwt_public_key")}
     if entrypoint.auth != "bearer":
+        if entrypoint.authorize:
+            raise fail(
+                [*path, "authorize"], 'needs auth = "bearer" (permissions come from the token)'
+            )
         for key in ("jwt_secret", "jwt_public_key", "jwt_audience", "jwt_issuer"):
             if getattr(entrypoint, key) is not None:
                 raise fail([*path, key], 'is only used with auth = "bearer"')
@@ -596,6 +627,68 @@ def tls_files_problem(
         except (OSError, ssl.SSLError) as error:
             return "client_ca", f"refused by the ssl module: {error}"
     return None
+
+
+def _check_params(entrypoint: EntrypointConfig, path: list[str | int], fail: Any) -> None:
+    """The path template and the parameter patterns parse (mediation.params)."""
+    from .params import PathTemplate
+
+    try:
+        PathTemplate.parse(entrypoint.path)
+    except ValueError as error:
+        raise fail([*path, "path"], str(error)) from None
+    try:
+        entrypoint.parameters  # noqa: B018 (parsed and cached here, used per request)
+    except ValueError as error:
+        name, _, problem = str(error).partition(": ")
+        raise fail([*path, "params", name], problem) from None
+
+
+def _check_templates(
+    route: RouteConfig,
+    index: int,
+    direction: str,
+    entrypoints: Sequence[EntrypointConfig],
+    endpoints: Sequence[EndpointConfig],
+    fail: Any,
+) -> None:
+    """Every ``{name}`` in a name the route's endpoint fills is one the entrypoint at the
+    route's other end declares (a bridge has none to declare), and every ``{claims.NAME}`` has
+    a token to come from."""
+    by_name = {e.name: e for e in entrypoints}
+    position = {e.name: i for i, e in enumerate(endpoints)}
+    ends: list[
+        tuple[int, str, EntrypointConfig | None]
+    ] = []  # (endpoint index, the direction its names are filled for, the entrypoint)
+    if direction == "downstream":
+        ends.append((position[route.source], "downstream", by_name[route.target]))
+    elif direction == "upstream":
+        ends.append((position[route.target], "upstream", by_name[route.source]))
+    else:
+        ends += [(position[route.source], "downstream", None)]
+        ends += [(position[route.target], "upstream", None)]
+    for j, used_for, entrypoint in ends:
+        endpoint = endpoints[j]
+        for key, template in name_templates(endpoint.type, endpoint.config, used_for):
+            for name in Template.parse(template).names:
+                if name in BUILTIN or name in ENDPOINT_FILLED:
+                    continue
+                where = ["endpoints", j, "config", key]
+                if entrypoint is None:
+                    raise fail(where, f"{{{name}}} cannot be filled on the bridge routes[{index}]")
+                if CLAIM_NAME.fullmatch(name):
+                    if entrypoint.auth != "bearer":
+                        raise fail(
+                            where,
+                            f'{{{name}}} needs auth = "bearer" on entrypoint '
+                            f'"{entrypoint.name}" (routes[{index}])',
+                        )
+                elif not entrypoint.parameters.declares(name):
+                    raise fail(
+                        where,
+                        f'{{{name}}} is not a parameter of entrypoint "{entrypoint.name}" '
+                        f"(routes[{index}]; declare it in its path or [entrypoints.params])",
+                    )
 
 
 # What each endpoint type needs to be consumed from (downstream) and published to (upstream),

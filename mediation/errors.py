@@ -59,6 +59,14 @@ class OriginNotAllowed(MediationError):
     ws_close_code = 1008
 
 
+class Forbidden(MediationError):
+    """The client is known but may not have what it asked for: a stream its token does not
+    grant (``authorize = true``), or a name that needs a token claim it does not carry."""
+
+    http_status = 403
+    ws_close_code = 1008
+
+
 class NoRoute(MediationError):
     """The entrypoint has no route for what the client asked (502: a gateway with no upstream)."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .auth import BearerVerifier
@@ -69,6 +70,14 @@ def check_origin(allowed: tuple[str, ...], origin: str | None) -> None:
         raise OriginNotAllowed(f"origin {origin} is not allowed")
 
 
+@dataclass(frozen=True)
+class Client:
+    """An admitted client: its id and, with ``auth = "bearer"``, its verified token's claims."""
+
+    id: str
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
 def admit(
     headers: Mapping[str, str],
     query: Mapping[str, list[str]],
@@ -86,14 +95,37 @@ def admit(
     ``identity`` is the entrypoint's key: with ``"certificate"`` the client id is the one in
     ``certificate``, the client certificate its TLS handshake verified.
     """
+    return admit_client(
+        headers,
+        query,
+        allowed_origins=allowed_origins,
+        verifier=verifier,
+        client_id_header_required=client_id_header_required,
+        identity=identity,
+        certificate=certificate,
+    ).id
+
+
+def admit_client(
+    headers: Mapping[str, str],
+    query: Mapping[str, list[str]],
+    *,
+    allowed_origins: tuple[str, ...],
+    verifier: BearerVerifier | None,
+    client_id_header_required: bool = False,
+    identity: str = "request",
+    certificate: Mapping[str, Any] | None = None,
+) -> Client:
+    """:func:`admit`, with the verified token's claims (for ``{claims.NAME}`` and permissions)."""
     check_origin(allowed_origins, headers.get("origin"))
     if identity == "certificate":
-        return certificate_client_id(certificate)
+        return Client(certificate_client_id(certificate))
     if verifier is not None:
-        return verifier.client_id(verifier.token(headers, _first(query, "access_token")))
+        client_id, claims = verifier.verify(verifier.token(headers, _first(query, "access_token")))
+        return Client(client_id, claims)
     if client_id_header_required and "x-client-id" not in headers:
         raise BadRequest("X-Client-ID header required")
-    return client_identity(headers, _first(query, "client_id"))
+    return Client(client_identity(headers, _first(query, "client_id")))
 
 
 def _first(query: Mapping[str, list[str]], name: str) -> str | None:

@@ -44,13 +44,14 @@ from dataclasses import dataclass
 import trio
 
 from .ack_policy import Step
-from .config import RouteConfig
+from .config import RouteConfig, endpoint_type_of
 from .context import EngineContext
 from .endpoints.base import Endpoint, Outbound, Subscription
 from .errors import (
     BrokerUnavailable,
     ClientTooSlow,
     EngineShuttingDown,
+    Forbidden,
     MediationError,
     NoRoute,
     TooManySessions,
@@ -58,6 +59,8 @@ from .errors import (
 )
 from .events import Delivery, Event, new_event_id, valid_event_id, with_valid_id
 from .exception_groups import single_error
+from .params import check_names, stream_name
+from .permissions import Permissions
 from .routing import EntrypointRoutes
 from .telemetry import PacketSource
 
@@ -134,8 +137,13 @@ class Session:
         client_id: str,
         routes: EntrypointRoutes,
         client_confirms: bool,
+        params: Mapping[str, str] | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
+        # The client's parameters and usable token claims (mediation.params), checked on admission.
+        self.params: Mapping[str, str] = params or {}
+        # Set when the token does not grant publishing on the upstream routes (authorize).
+        self.publish_refused: Forbidden | None = None
         self.entrypoint = entrypoint
         self.client_id = client_id
         self.routes = routes
@@ -330,7 +338,11 @@ class Session:
     async def publish(
         self, payload: bytes, metadata: Mapping[str, str] | None = None, event_id: str | None = None
     ) -> Event:
-        """Send one client event along every upstream route; per guarantee, wait for the broker."""
+        """Send one client event along every upstream route; per guarantee, wait for the broker.
+
+        :class:`Forbidden` when the token does not grant publishing there (nothing is sent)."""
+        if self.publish_refused is not None:
+            raise self.publish_refused
         event = Event(
             payload,
             id=event_id or new_event_id(),
@@ -344,6 +356,7 @@ class Session:
             entrypoint=self.entrypoint,
             client_id=self.client_id,
             session_id=self.id,
+            params=self.params,
         )
         return event
 
@@ -363,6 +376,7 @@ class Session:
             entrypoint=self.entrypoint,
             route=route,
             resume_after=resume_after,
+            params=self.params,
             undeliverable=lambda reason: self._context.telemetry.undeliverable.labels(
                 route.source, reason
             ).inc(),
@@ -448,6 +462,7 @@ class Session:
                 entrypoint=self.entrypoint,
                 client_id=self.client_id,
                 session_id=self.id,
+                params=self.params,
             )
         except BrokerUnavailable as error:
             log.warning(
@@ -463,13 +478,20 @@ async def publish_upstream(
     entrypoint: str,
     client_id: str,
     session_id: str | None,
+    params: Mapping[str, str] | None = None,
 ) -> None:
     """Hand ``event`` to the target of every route, awaiting confirms where the route asks."""
     if not routes:
         raise NoRoute(f"entrypoint {entrypoint} has no upstream route")
     for route in routes:
         endpoint = context.endpoints[route.target]
-        message = Outbound(event=event, route=route, client_id=client_id, entrypoint=entrypoint)
+        message = Outbound(
+            event=event,
+            route=route,
+            client_id=client_id,
+            entrypoint=entrypoint,
+            params=params or {},
+        )
         await endpoint.publish(message, confirm=route.ack_plan.upstream_awaits_confirm)
         context.telemetry.packet(
             event=event,
@@ -481,6 +503,48 @@ async def publish_upstream(
         )
 
 
+def check_route_names(
+    context: EngineContext,
+    routes: tuple[RouteConfig, ...],
+    direction: str,
+    params: Mapping[str, str],
+    client_id: str,
+    entrypoint: str,
+) -> list[str]:
+    """Fill, without subscribing or publishing, every name the endpoints of ``routes`` fill for
+    ``direction`` with the client's ``params``, and check each against its broker's rule
+    (:func:`mediation.params.check_names`): the client is refused (400, 403) before anything
+    happens at a broker. Returns the stream names (what permissions are checked against)."""
+    values = {**params, "client_id": client_id, "entrypoint": entrypoint}
+    streams = []
+    for route in routes:
+        endpoint = context.endpoints[route.source if direction == "downstream" else route.target]
+        config = getattr(endpoint, "config", None)  # every endpoint has one; test fakes may not
+        endpoint_type = endpoint_type_of(config)
+        if endpoint_type is not None:
+            check_names(endpoint_type, config, direction, values)
+            stream = stream_name(endpoint_type, config, direction, values)
+            if stream is not None:
+                streams.append(stream)
+    return streams
+
+
+def authorize_publish(
+    context: EngineContext,
+    routes: tuple[RouteConfig, ...],
+    permissions: Permissions | None,
+    params: Mapping[str, str],
+    client_id: str,
+    entrypoint: str,
+) -> None:
+    """Check the names a publish along ``routes`` fills (400) and, with ``permissions``, that
+    the token grants publishing to each (:class:`Forbidden`)."""
+    streams = check_route_names(context, routes, "upstream", params, client_id, entrypoint)
+    if permissions is not None:
+        for stream in streams:
+            permissions.check("publish", stream)
+
+
 @asynccontextmanager
 async def open_session(
     context: EngineContext,
@@ -490,13 +554,34 @@ async def open_session(
     max_sessions: int | None,
     client_confirms: bool,
     resume_after: str | None = None,
+    params: Mapping[str, str] | None = None,
+    permissions: Permissions | None = None,
 ) -> AsyncIterator[Session]:
-    """Admit a client and run its session for the duration of the block (see module docstring)."""
+    """Admit a client and run its session for the duration of the block (see module docstring).
+
+    ``params``: the client's parameters and usable token claims; every name its routes'
+    endpoints would fill with them is checked first (:func:`check_route_names`). With
+    ``permissions`` (``authorize = true``), a stream the token does not grant to subscribe to is
+    :class:`Forbidden` here; one it does not grant to publish to makes every
+    :meth:`Session.publish` raise it (the client is nacked, the session goes on)."""
     if context.shutting_down:
         raise EngineShuttingDown("the engine is shutting down")
     routes = context.routes.for_entrypoint(entrypoint)
     if not routes:
         raise NoRoute(f"entrypoint {entrypoint} has no route")
+    publish_refused: Forbidden | None = None
+    if params or permissions is not None:
+        params = params or {}
+        streams = check_route_names(
+            context, routes.downstream, "downstream", params, client_id, entrypoint
+        )
+        if permissions is not None:
+            for stream in streams:
+                permissions.check("subscribe", stream)
+        try:
+            authorize_publish(context, routes.upstream, permissions, params, client_id, entrypoint)
+        except Forbidden as refused:
+            publish_refused = refused
     if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
         raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
     session = Session(
@@ -505,7 +590,9 @@ async def open_session(
         client_id=client_id,
         routes=routes,
         client_confirms=client_confirms,
+        params=params,
     )
+    session.publish_refused = publish_refused
     context.sessions[session.id] = session
     context.telemetry.sessions.labels(entrypoint).inc()
     try:

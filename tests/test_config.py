@@ -374,10 +374,15 @@ def test_shipped_mediation_toml() -> None:
         ("sse-feed", "sse", 8067),
         ("webhook-receiver", "http_post", 8068),
         ("polling-api", "http_get", 8069),
+        ("orders-feed", "sse", 8070),
+        ("orders-webhook", "http_post", 8071),
     }
-    [endpoint] = config.endpoints
-    assert endpoint.type == "memory"
+    endpoint, orders = config.endpoints
+    assert endpoint.type == orders.type == "memory"
     assert endpoint.config.topic_in == endpoint.config.topic_out == "events"
+    # The parameterised route (README, "Choosing streams").
+    assert orders.config.topic_in == orders.config.topic_out == "orders/{order_id}"
+    assert config.entrypoint("orders-feed").path == "/orders/{order_id}"
     routes = {(r.source, r.target, r.direction) for r in config.routes}
     assert routes == {
         ("ws-inbound", endpoint.name, "upstream"),
@@ -385,6 +390,8 @@ def test_shipped_mediation_toml() -> None:
         (endpoint.name, "ws-inbound", "downstream"),
         (endpoint.name, "sse-feed", "downstream"),
         (endpoint.name, "polling-api", "downstream"),
+        ("orders-webhook", orders.name, "upstream"),
+        (orders.name, "orders-feed", "downstream"),
     }
 
 

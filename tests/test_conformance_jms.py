@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -26,6 +27,8 @@ from .conformance import (
     DeliveryConformance,
     EndpointConformance,
     EndpointUnderTest,
+    ParamsAdapter,
+    ParamsConformance,
 )
 
 # The client ids the suite uses.
@@ -75,3 +78,44 @@ class TestJMSConformance(DeliveryConformance, EndpointConformance, ClientResumeC
                 )
                 nursery.cancel_scope.cancel()
             assert endpoint.stats["over_credit"] == 0
+
+
+class JMSParams(ParamsAdapter):
+    """A durable queue ``<base>-N`` per order, made with pika: the endpoint consumes and
+    publishes ``/amq/queue/<base>-{order_id}``."""
+
+    name = "jms"
+
+    def __init__(self, rabbitmq: RabbitMQ) -> None:
+        self.rabbitmq = rabbitmq
+        self.base = rabbitmq.unique_name("orders")
+        self.queues: list[str] = []
+
+    def table(self) -> dict[str, Any]:
+        address = f"/amq/queue/{self.base}-{{order_id}}"
+        config = {"url": self.rabbitmq.amqp1_url, "queue_in": address, "queue_out": address}
+        return {"type": "jms", "config": config}
+
+    async def prepare(self, orders: tuple[str, ...]) -> None:
+        def declare() -> None:
+            with self.rabbitmq.channel() as channel:
+                for order in orders:
+                    self.queues.append(f"{self.base}-{order}")
+                    channel.queue_declare(self.queues[-1], durable=True)  # type: ignore[attr-defined]
+
+        await trio.to_thread.run_sync(declare)
+
+    def delete(self) -> None:
+        with self.rabbitmq.channel() as channel:
+            for queue in self.queues:
+                channel.queue_delete(queue)  # type: ignore[attr-defined]
+
+
+class TestJMSParams(ParamsConformance):
+    @pytest.fixture
+    async def params_adapter(self, rabbitmq: RabbitMQ) -> AsyncIterator[ParamsAdapter]:
+        adapter = JMSParams(rabbitmq)
+        try:
+            yield adapter
+        finally:
+            await trio.to_thread.run_sync(adapter.delete)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -25,6 +26,8 @@ from .conformance import (
     DeliveryConformance,
     EndpointConformance,
     EndpointUnderTest,
+    ParamsAdapter,
+    ParamsConformance,
 )
 
 # A group join on tansu takes session.timeout.ms / 2.
@@ -95,3 +98,37 @@ class TestKafkaConformance(DeliveryConformance, EndpointConformance, ClientResum
                 endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=True
             )
             nursery.cancel_scope.cancel()
+
+
+class KafkaParams(ParamsAdapter):
+    """Topics ``<base>-{order_id}``, made before the clients come (topics with a placeholder
+    are never created by the endpoint)."""
+
+    name = "kafka"
+
+    def __init__(self, tansu: Tansu) -> None:
+        self.tansu = tansu
+        self.base = f"orders-{uuid.uuid4().hex[:12]}"
+
+    def table(self) -> dict[str, Any]:
+        topic = f"{self.base}-{{order_id}}"
+        config = {"brokers": self.tansu.bootstrap_servers, "topic_in": topic, "topic_out": topic}
+        return {"type": "kafka", "config": {**config, **FAST_GROUPS}}
+
+    async def prepare(self, orders: tuple[str, ...]) -> None:
+        admin = AdminClient(self.tansu.client_config())
+
+        def create() -> None:
+            topics = [
+                NewTopic(f"{self.base}-{o}", num_partitions=1, replication_factor=1) for o in orders
+            ]
+            for future in admin.create_topics(topics).values():
+                future.result(10)
+
+        await trio.to_thread.run_sync(create)
+
+
+class TestKafkaParams(ParamsConformance):
+    @pytest.fixture
+    def params_adapter(self, tansu: Tansu) -> ParamsAdapter:
+        return KafkaParams(tansu)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -10,7 +11,13 @@ import trio
 from mediation.config import MemoryConfig
 from mediation.endpoints.memory import MemoryEndpoint
 
-from .conformance import DeliveryConformance, EndpointConformance, EndpointUnderTest
+from .conformance import (
+    DeliveryConformance,
+    EndpointConformance,
+    EndpointUnderTest,
+    ParamsAdapter,
+    ParamsConformance,
+)
 
 
 class TestMemoryConformance(DeliveryConformance, EndpointConformance):
@@ -27,3 +34,17 @@ class TestMemoryConformance(DeliveryConformance, EndpointConformance):
                 endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=False
             )
             nursery.cancel_scope.cancel()
+
+
+class MemoryParams(ParamsAdapter):
+    name = "mem"
+
+    def table(self) -> dict[str, Any]:
+        names = {"topic_in": "orders/{order_id}", "topic_out": "orders/{order_id}"}
+        return {"type": "memory", "config": names}
+
+
+class TestMemoryParams(ParamsConformance):
+    @pytest.fixture
+    def params_adapter(self) -> ParamsAdapter:
+        return MemoryParams()

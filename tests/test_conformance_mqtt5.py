@@ -35,6 +35,8 @@ from .conformance import (
     DeliveryConformance,
     EndpointConformance,
     EndpointUnderTest,
+    ParamsAdapter,
+    ParamsConformance,
 )
 
 NO_MATCHING_SUBSCRIBERS = 0x10
@@ -117,3 +119,25 @@ class TestMQTT5Conformance(DeliveryConformance, EndpointConformance, ClientResum
                 redelivers_in_session=True,
                 resumes_for_client=True,
             )
+
+
+class MQTT5Params(ParamsAdapter):
+    name = "mqtt"
+
+    def __init__(self, mosquitto: Mosquitto) -> None:
+        self.mosquitto = mosquitto
+        self.base = f"orders-{uuid.uuid4().hex[:12]}"
+
+    def table(self) -> dict[str, Any]:
+        topic = f"{self.base}/{{order_id}}"
+        broker = f"tcp://{self.mosquitto.host}:{self.mosquitto.port}"
+        return {
+            "type": "mqtt5",
+            "config": {"broker": broker, "topic_in": topic, "topic_out": topic},
+        }
+
+
+class TestMQTT5Params(ParamsConformance):
+    @pytest.fixture
+    def params_adapter(self, mosquitto: Mosquitto) -> ParamsAdapter:
+        return MQTT5Params(mosquitto)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 import pytest
 import trio
@@ -24,6 +25,8 @@ from .conformance import (
     DeliveryConformance,
     EndpointConformance,
     EndpointUnderTest,
+    ParamsAdapter,
+    ParamsConformance,
 )
 from .conformance.suite import receive
 
@@ -140,3 +143,34 @@ class TestRabbitMQBroadcastConformance(DeliveryConformance, EndpointConformance)
         finally:
             with suppress(Exception):
                 await trio.to_thread.run_sync(_delete_exchange, rabbitmq, exchange)
+
+
+class RabbitMQExchangeParams(ParamsAdapter):
+    """Exchange mode: each session's queue bound with ``orders.{order_id}``, publishes routed
+    with ``orders.{order_id}``."""
+
+    name = "rabbit"
+
+    def __init__(self, rabbitmq: RabbitMQ) -> None:
+        self.rabbitmq = rabbitmq
+        self.exchange = rabbitmq.unique_name("orders-x")
+
+    def table(self) -> dict[str, Any]:
+        config = {
+            "url": self.rabbitmq.amqp_url,
+            "exchange": self.exchange,
+            "binding_key": "orders.{order_id}",
+            "routing_key": "orders.{order_id}",
+        }
+        return {"type": "rabbitmq", "config": config}
+
+
+class TestRabbitMQExchangeParams(ParamsConformance):
+    @pytest.fixture
+    async def params_adapter(self, rabbitmq: RabbitMQ) -> AsyncIterator[ParamsAdapter]:
+        adapter = RabbitMQExchangeParams(rabbitmq)
+        try:
+            yield adapter
+        finally:
+            with suppress(Exception):
+                await trio.to_thread.run_sync(_delete_exchange, rabbitmq, adapter.exchange)

@@ -10,7 +10,8 @@ next one. The guarantee picks the receiver, so either endpoint has ``queue_in`` 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -23,9 +24,11 @@ from .conformance import (
     DeliveryConformance,
     EndpointConformance,
     EndpointUnderTest,
+    ParamsAdapter,
+    ParamsConformance,
 )
-from .solace_fake import open_broker
-from .solace_fake.harness import running_endpoint
+from .solace_fake import FakeBroker, open_broker
+from .solace_fake.harness import fake_table, running_endpoint
 
 # A direct consumer's buffer: beyond what the suite's tests publish at once (10), small enough
 # for the overflow case to pass it quickly.
@@ -82,3 +85,29 @@ class TestSolacePersistentConformance(
                 yield SolaceUnderTest(
                     endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=True
                 )
+
+
+class SolaceParams(ParamsAdapter):
+    """Direct topics ``orders/{order_id}``; at_least_once routes on a queue per order and
+    client, subscribed to the order's topic."""
+
+    name = "solace"
+
+    def __init__(self, broker: FakeBroker) -> None:
+        self.broker = broker
+
+    def table(self) -> dict[str, Any]:
+        config = fake_table(
+            self.broker,
+            topic_in="orders/{order_id}",
+            topic_out="orders/{order_id}",
+            queue_in="orders-{order_id}-{client_id}",
+        )
+        return {"type": "solace", "config": config}
+
+
+class TestSolaceParams(ParamsConformance):
+    @pytest.fixture
+    def params_adapter(self) -> Iterator[ParamsAdapter]:
+        with open_broker() as broker:
+            yield SolaceParams(broker)

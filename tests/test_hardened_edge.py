@@ -302,7 +302,9 @@ async def test_a_body_trickled_past_body_timeout_is_408_and_frees_its_place(
     entrypoints = {"post": {"type": "http_post", "max_sessions": 1, "body_timeout": 5}}
     async with engine_with(entrypoints=entrypoints, routes=ROUTES[1:2]) as engine:
         async with raw(engine, "post") as slow:
-            await slow.stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n")
+            await slow.stream.send_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n"
+            )
             start = trio.current_time()
 
             async def trickle() -> None:
@@ -353,15 +355,15 @@ async def test_an_unexpected_error_in_a_handler_ends_that_connection_only(
     once upgraded), is counted in mediation_connection_errors_total, and ends nothing else."""
     from mediation import identity
 
-    real_admit = identity.admit
+    real_admit = identity.admit_client
 
-    def admit(headers: Any, *args: Any, **kwargs: Any) -> str:
+    def admit(headers: Any, *args: Any, **kwargs: Any) -> identity.Client:
         if headers.get("x-fault") == "raise":
             raise RuntimeError("injected fault")
         return real_admit(headers, *args, **kwargs)
 
     for module in ("websocket", "sse", "http_post", "http_get"):
-        monkeypatch.setattr(f"mediation.entrypoints.{module}.admit", admit)
+        monkeypatch.setattr(f"mediation.entrypoints.{module}.admit_client", admit)
     name = {"ws": "ws", "sse": "sse", "post": "post", "poll": "poll"}[kind]
     async with engine_with(entrypoints=all_entrypoints(), routes=ROUTES) as engine:
         async with bystanders(engine) as check:

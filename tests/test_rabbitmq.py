@@ -494,10 +494,10 @@ async def test_bridge_to_rabbitmq_loses_nothing(
 
 
 def test_a_corked_batch_is_written_at_once_and_in_order(rabbitmq: RabbitMQ) -> None:
-    """_Writer: what a Trio -> thread batch emits goes to the socket at the flush, in one send,
+    """Writer: what a Trio -> thread batch emits goes to the socket at the flush, in one send,
     where pika alone would leave it buffered for the ioloop's next pass; behind frames pika still
     holds, it waits its turn (pika's path), so the broker gets everything in order."""
-    from mediation.endpoints.rabbitmq import _Writer
+    from mediation.endpoints._pika_adapter import Writer
 
     queue = f"writer-{threading.get_ident()}-{id(rabbitmq)}"
     seen: list[int] = []
@@ -531,7 +531,7 @@ def test_a_corked_batch_is_written_at_once_and_in_order(rabbitmq: RabbitMQ) -> N
         on_open_error_callback=lambda _conn, error: failures.append(error),
         on_close_callback=lambda _conn, _reason: connection.ioloop.stop(),
     )
-    writer = _Writer(connection)
+    writer = Writer(connection)
     connection.ioloop.start()
     connection.ioloop.close()
     assert not failures

@@ -30,10 +30,11 @@ Acks: :meth:`Wire.send_acks` writes a batch of PUBACK/PUBCOMP packets as one pah
 socket write), where ``client.ack`` makes a packet and a write each.
 
 Decoding: paho builds the name and type tables of its ``Properties`` anew in every instance, once
-per received PUBLISH (a quarter of a consumer's CPU time at high rates). Importing this module
-makes paho's packet decoder use :class:`QuickProperties`, the same class with those tables shared
-(they are never changed), for every paho client of the process. It also reads the UTF-8 strings
-of properties leniently: paho raised on a user property (or content type, ...) that is not
+per received PUBLISH. The engine's clients (:class:`EngineClient`, a subclass of paho's
+``Client``; paho itself and every other client of the process are untouched) decode PUBLISH
+packets with :class:`QuickProperties`, the same class with those tables shared (they are never
+changed; docs/performance.md, "The MQTT wire"). It also reads the UTF-8 strings of properties
+leniently: paho raised on a user property (or content type, ...) that is not
 UTF-8, or holds U+0000 or U+FEFF, which the MQTT spec forbids but Mosquitto forwards; paho then
 dropped the connection (or, for bad UTF-8, let ``UnicodeDecodeError`` out of ``loop_read``), and
 the broker sent the message again to the client's next connection. Such strings are decoded
@@ -57,10 +58,10 @@ import struct
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-import paho.mqtt._packet as paho_packet
 import paho.mqtt.client as mqtt
 import trio
-from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket, MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -133,8 +134,66 @@ def _lenient_utf8(buffer: bytes, maxlen: int) -> tuple[str, int]:
     return bytes(buffer[2 : 2 + length]).decode("utf-8", "replace"), length + 2
 
 
-if getattr(paho_packet, "Properties", None) is Properties:  # paho 2.x
-    setattr(paho_packet, "Properties", QuickProperties)  # noqa: B010 (not exported)
+# What paho's packet decoders turn into MalformedPacket (paho.mqtt._packet.DECODE_ERRORS).
+_DECODE_ERRORS = (struct.error, IndexError, KeyError, ValueError, MQTTException)
+
+
+def decode_publish(header: int, packet: bytes | bytearray) -> mqtt.MQTTMessage:
+    """paho's MQTT 5 PUBLISH decoder (``paho.mqtt._packet.decode_publish``), with
+    :class:`QuickProperties`: the message ``Client._handle_publish`` makes of it."""
+    try:
+        (length,) = struct.unpack_from("!H", packet)
+        topic = bytes(packet[2 : 2 + length])
+        if len(topic) != length:
+            raise MalformedPacket("topic longer than the packet")
+        offset = 2 + length
+        qos = (header & 0x06) >> 1
+        mid = 0
+        if qos > 0:
+            (mid,) = struct.unpack_from("!H", packet, offset)
+            offset += 2
+        properties = QuickProperties(PacketTypes.PUBLISH)
+        _, used = properties.unpack(packet[offset:])  # type: ignore[no-untyped-call]
+    except _DECODE_ERRORS as error:
+        raise MalformedPacket(str(error)) from error
+    message = mqtt.MQTTMessage(mid=mid, topic=topic)
+    message.dup = (header & 0x08) != 0
+    message.qos = qos
+    message.retain = (header & 0x01) != 0
+    message.properties = properties
+    message.payload = bytes(packet[offset + used :])
+    return message
+
+
+class EngineClient(mqtt.Client):
+    """paho's ``Client`` for the engine's own MQTT 5 connections: received PUBLISH packets are
+    decoded with :class:`QuickProperties` (see the module docstring). Only instances of this
+    class are affected; paho and every other client of the process are left as they are.
+
+    ``_handle_publish`` (private in paho) is paho 2.2.0's for MQTT 5 with that decoder, minus its
+    debug log line (the engine never enables paho's logger).
+    """
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        if self._protocol != mqtt.MQTTv5:
+            return super()._handle_publish()
+        message = decode_publish(self._in_packet["command"], self._in_packet["packet"])
+        message.timestamp = mqtt.time_func()
+        if message.qos == 0:
+            self._handle_on_message(message)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        if message.qos == 1:
+            self._handle_on_message(message)
+            if self._manual_ack:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            return self._send_puback(message.mid)
+        if message.qos == 2:
+            rc = self._send_pubrec(message.mid)
+            message.state = mqtt.mqtt_ms_wait_for_pubrel
+            with self._in_message_mutex:
+                self._in_messages[message.mid] = message
+            return rc
+        return MQTTErrorCode.MQTT_ERR_PROTOCOL
 
 
 class ConnectionLost(Exception):

@@ -44,6 +44,7 @@ from trio_util import AsyncValue
 from ..config import RouteConfig
 from ..endpoint_state import EndpointState as EndpointState
 from ..events import Delivery, Event
+from ..params import fill
 
 
 def _not_counted(reason: str) -> None:
@@ -75,6 +76,9 @@ class Subscription:
     # Last event id the client saw (SSE ``Last-Event-ID``); endpoints that can resume use it.
     resume_after: str | None = None
     undeliverable: Callable[[str], None] = field(default=_not_counted, compare=False)
+    # The client's parameters (path, query) and usable token claims ("claims.NAME"), checked at
+    # admission (mediation.params): what {name} and {claims.NAME} in a name are filled with.
+    params: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def credit(self) -> int:
@@ -82,9 +86,11 @@ class Subscription:
         return self.route.channel_size
 
     def fill(self, template: str) -> str:
-        """Fill ``{client_id}`` and ``{entrypoint}`` in a topic, queue or group name."""
-        return template.replace("{client_id}", self.client_id).replace(
-            "{entrypoint}", self.entrypoint
+        """Fill ``{client_id}``, ``{entrypoint}``, the parameters and the token claims in a
+        topic, queue, key or group name (:func:`mediation.params.fill`: a value only ever fills
+        its own slot, and never carries a wildcard)."""
+        return fill(
+            template, {**self.params, "client_id": self.client_id, "entrypoint": self.entrypoint}
         )
 
 
@@ -96,6 +102,8 @@ class Outbound:
     route: RouteConfig
     client_id: str
     entrypoint: str
+    # As Subscription.params: the publishing client's parameters and usable claims.
+    params: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -103,8 +111,9 @@ class Outbound:
         return self.client_id if self.route.key == "client_id" else self.event.id
 
     def fill(self, template: str) -> str:
-        return template.replace("{client_id}", self.client_id).replace(
-            "{entrypoint}", self.entrypoint
+        """As :meth:`Subscription.fill`, for a name published to."""
+        return fill(
+            template, {**self.params, "client_id": self.client_id, "entrypoint": self.entrypoint}
         )
 
 

@@ -66,16 +66,6 @@ from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import trio
-
-# proton's C API, where its Python layer is wrong (Message.content_type reads a missing content
-# type as symbol("None")) or slow (process()).
-from cproton import (  # type: ignore[import-untyped]
-    isnull,
-    pn_collector_peek,
-    pn_collector_pop,
-    pn_event_type,
-    pn_message_get_content_type,
-)
 from proton import (
     Collector,
     Condition,
@@ -99,6 +89,7 @@ from ..config import JMSConfig
 from ..errors import BrokerUnavailable, ConfigError
 from ..events import Delivery, Event, Settle, new_event_id
 from ._backoff import Backoff
+from ._proton_adapter import content_type, dispatch_events
 from .base import (
     CONVERSION_ERROR,
     OVERSIZE,
@@ -206,7 +197,7 @@ def event_from_message(encoded: bytes, *, max_bytes: int) -> Event:
         (MESSAGE_ID, message.id),
         (CORRELATION_ID, message.correlation_id),
         (SUBJECT, message.subject),
-        (CONTENT_TYPE, pn_message_get_content_type(message._msg)),
+        (CONTENT_TYPE, content_type(message)),
     ):
         if value is not None and value != "":
             metadata[name] = _text(value)
@@ -556,16 +547,10 @@ class _Wire:
         """Dispatch proton's pending events and wake the writer. Never waits.
 
         Most events (output ready, local state changes) need nothing from us: their type is read
-        from the C event, and only the others pay for proton's Python wrappers (a third of the
-        cost of a pre-settled publish otherwise).
+        from the C event, and only the others pay for proton's Python wrappers
+        (:func:`._proton_adapter.dispatch_events`).
         """
-        collector = self.collector._impl
-        while not isnull(raw := pn_collector_peek(collector)):
-            try:
-                if pn_event_type(raw) in _HANDLED:
-                    self._dispatch(ProtonEvent.wrap(raw))  # type: ignore[no-untyped-call]
-            finally:
-                pn_collector_pop(collector)
+        dispatch_events(self.collector, _HANDLED, self._dispatch)
         self._output.unpark_all()
         self._room.unpark_all()
 

@@ -60,7 +60,8 @@ confluent-kafka serialises every call on a ``Consumer`` (a per-consumer gate): a
 ``seek`` or ``pause`` from another thread waits until a running ``poll`` returns. So the consumer
 is owned by one thread for its whole life (create, subscribe, poll, commit, seek, pause, close),
 and the Trio side never calls it: deliveries come to Trio through a lock-protected deque plus a
-``TrioToken.run_sync_soon`` wake-up (never blocking the thread on the session), settles go to the
+wake-up through the endpoint's :class:`._handoff.ToTrio` (never blocking the thread on the
+session; a callable that raises is logged, never ends the Trio run), settles go to the
 thread through a deque plus a ``threading.Event`` that wakes it when it is waiting for credit.
 The thread polls with ``POLL_INTERVAL`` while the session has credit and otherwise waits for that
 event, polling every ``STALL_PAUSE`` only to serve group callbacks and errors. Each side wakes
@@ -81,9 +82,10 @@ Producing
 ---------
 One ``Producer`` per endpoint (``enable.idempotence=true``), owned by :meth:`KafkaEndpoint.run`,
 which polls it for delivery reports from a thread and hands them to Trio in batches through the
-Trio token. ``publish(confirm=True)`` waits for the report (a failure, or the broker going down
-meanwhile, raises :class:`BrokerUnavailable`); ``confirm=False`` returns once ``produce`` took it
-(a full queue waits for delivery reports, it does not spin). Key: ``message.key``; headers: the
+endpoint's :class:`._handoff.ToTrio`. ``publish(confirm=True)`` waits for the report (a
+failure, or the broker going down meanwhile, raises :class:`BrokerUnavailable`);
+``confirm=False`` returns once ``produce`` took it (a full queue waits for delivery reports, it
+does not spin). Key: ``message.key``; headers: the
 event metadata. State: ``connecting`` until the producer got cluster metadata, ``up``, ``down``
 from an ``_ALL_BROKERS_DOWN`` that a metadata request confirms, until metadata can be fetched
 again (librdkafka reconnects by itself, with its own jittered ``reconnect.backoff.ms``; the
@@ -99,7 +101,6 @@ endpoint's semantics need (``group.id``, ``enable.auto.commit``, ``enable.idempo
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
@@ -129,6 +130,7 @@ from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
 from ._backoff import Backoff
+from ._handoff import ToTrio
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -183,12 +185,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def _broker_gone(error: KafkaError) -> bool:
     return error.code() == KafkaError._ALL_BROKERS_DOWN or error.fatal()
-
-
-def _notify(token: trio.lowlevel.TrioToken, fn: Callable[[], object]) -> None:
-    """Run ``fn`` (which never raises) on the Trio thread soon; from any thread, never blocking."""
-    with contextlib.suppress(trio.RunFinishedError):  # Trio is gone: nobody waits any more
-        token.run_sync_soon(fn)
 
 
 def event_from_message(message: Message) -> Event:
@@ -296,7 +292,7 @@ class _SessionConsumer:
         sync_commits: bool,
         read_ahead: bool,
         resume: tuple[int, int] | None,
-        token: trio.lowlevel.TrioToken,
+        to_trio: ToTrio,
         undeliverable: Callable[[str], None],
     ) -> None:
         self._config = config
@@ -306,7 +302,7 @@ class _SessionConsumer:
         self._latest = latest
         self._sync_commits = sync_commits
         self._resume = resume
-        self._token = token
+        self._to_trio = to_trio
         # Fetched and unsettled events at most: the credit plus the read-ahead, where the route's
         # plan allows one (not at_most_once: README, "Known issues").
         self._window = self._credit + (READ_AHEAD if read_ahead else 0)
@@ -435,7 +431,7 @@ class _SessionConsumer:
             await self._changed.park()
 
     def _wake_trio(self) -> None:
-        _notify(self._token, self._changed.unpark_all)
+        self._to_trio.call_soon(self._changed.unpark_all)
 
     def _resolve(self, waiters: list[_CommitWaiter], error: BrokerUnavailable | None) -> None:
         def resolve() -> None:
@@ -444,7 +440,7 @@ class _SessionConsumer:
                 waiter.done.set()
 
         if waiters:
-            _notify(self._token, resolve)
+            self._to_trio.call_soon(resolve)
 
     # -- the poller thread ---------------------------------------------------------------------
 
@@ -912,31 +908,32 @@ class KafkaEndpoint:
         self._generation = 0  # of the current producer: errors of retired ones are ignored
         self._fatal = False  # the current producer had a fatal error: it must be replaced
         self._up_since = 0.0
+        self._to_trio: ToTrio | None = None  # made in Trio, by run() or the first consume()
 
     # -- connection ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.state.value = EndpointState.CONNECTING
         task_status.started()
-        token = trio.lowlevel.current_trio_token()
+        to_trio = self._to_trio = ToTrio(self.name)
         try:
             async with trio.open_nursery() as nursery:
                 while True:
-                    await self._run_producer(nursery, token)
+                    await self._run_producer(nursery, to_trio)
         finally:
             self.state.value = EndpointState.DOWN
 
-    def _producer_config(self, token: trio.lowlevel.TrioToken, generation: int) -> dict[str, Any]:
+    def _producer_config(self, to_trio: ToTrio, generation: int) -> dict[str, Any]:
         return {
             **_PRODUCER_DEFAULTS,
             **self.config.librdkafka,
             "bootstrap.servers": self.config.brokers,
             "enable.idempotence": True,
-            "error_cb": partial(self._on_producer_error, token, generation),
+            "error_cb": partial(self._on_producer_error, to_trio, generation),
             "logger": librdkafka_log,
         }
 
-    async def _run_producer(self, nursery: trio.Nursery, token: trio.lowlevel.TrioToken) -> None:
+    async def _run_producer(self, nursery: trio.Nursery, to_trio: ToTrio) -> None:
         """One producer, from connecting until the broker went away (or the endpoint stops).
 
         Every outage ends with a new producer: an idempotent producer's id and sequence numbers
@@ -945,7 +942,7 @@ class KafkaEndpoint:
         """
         self._generation += 1
         self._fatal = False
-        config = self._producer_config(token, self._generation)
+        config = self._producer_config(to_trio, self._generation)
         producer = Producer(config)
         stop = threading.Event()
         nursery.start_soon(
@@ -954,7 +951,7 @@ class KafkaEndpoint:
                 self._poll_producer,
                 producer,
                 stop,
-                token,
+                to_trio,
                 self._generation,
                 abandon_on_cancel=True,
                 limiter=self._blocking,
@@ -1079,7 +1076,7 @@ class KafkaEndpoint:
         self,
         producer: Producer,
         stop: threading.Event,
-        token: trio.lowlevel.TrioToken,
+        to_trio: ToTrio,
         generation: int,
     ) -> None:
         """The producer's thread: serve delivery reports, hand them to Trio in batches."""
@@ -1090,18 +1087,16 @@ class KafkaEndpoint:
                 # A fatal error (an idempotent producer out of sequence with a broker that lost
                 # its state, as a restarted tansu does): this producer is done, not the engine.
                 lost = partial(self._connection_lost, generation, time.monotonic(), str(error))
-                _notify(token, partial(lost, fatal=True))
+                to_trio.call_soon(partial(lost, fatal=True))
                 return
             if served:
-                _notify(token, self._deliver_reports)
+                to_trio.call_soon(self._deliver_reports)
 
-    def _on_producer_error(
-        self, token: trio.lowlevel.TrioToken, generation: int, error: KafkaError
-    ) -> None:
+    def _on_producer_error(self, to_trio: ToTrio, generation: int, error: KafkaError) -> None:
         """librdkafka's error callback (poll thread): the connection state goes to Trio."""
         if _broker_gone(error):
             lost = partial(self._connection_lost, generation, time.monotonic(), error.str())
-            _notify(token, partial(lost, fatal=error.fatal()))
+            to_trio.call_soon(partial(lost, fatal=error.fatal()))
         else:
             log.debug("kafka producer error", extra={"endpoint": self.name, "error": error.str()})
 
@@ -1128,6 +1123,11 @@ class KafkaEndpoint:
         self._pending.clear()
 
     # -- the endpoint interface ----------------------------------------------------------------
+
+    def _handoff(self) -> ToTrio:
+        if self._to_trio is None:
+            self._to_trio = ToTrio(self.name)
+        return self._to_trio
 
     @asynccontextmanager
     async def consume(self, subscription: Subscription) -> AsyncIterator[AsyncIterator[Delivery]]:
@@ -1159,7 +1159,7 @@ class KafkaEndpoint:
             sync_commits=subscription.route.ack_plan.ack_awaits_broker,
             read_ahead=subscription.route.ack_plan.reads_ahead,
             resume=resume_position(subscription.resume_after, topic),
-            token=trio.lowlevel.current_trio_token(),
+            to_trio=self._handoff(),
             undeliverable=subscription.undeliverable,
         )
         trio.lowlevel.start_thread_soon(

@@ -119,7 +119,7 @@ from ..config import MQTT5Config
 from ..errors import BrokerUnavailable
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
-from ._mqtt_wire import ConnectionLost, Wire
+from ._mqtt_wire import ConnectionLost, EngineClient, Wire
 from ._written import Written
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
@@ -641,7 +641,7 @@ class MQTT5Endpoint:
         )
 
     def _new_client(self, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
-        client = mqtt.Client(
+        client = EngineClient(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,

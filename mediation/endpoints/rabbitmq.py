@@ -10,15 +10,17 @@ that thread. The two sides talk through two mailboxes that never block either of
 
 - Trio -> thread (open or close a session's channel, publish, ack, nack, shut down): a deque and
   one ``IOLoop.add_callback_threadsafe`` per batch (the only thread-safe call pika has).
-- Thread -> Trio (deliveries, ConsumeOk, publisher confirms, channel and connection failures): a
-  deque and one ``TrioToken.run_sync_soon`` per batch; what runs on Trio never raises.
+- Thread -> Trio (deliveries, ConsumeOk, publisher confirms, channel and connection failures):
+  the endpoint's :class:`._handoff.ToTrio`, a deque and one ``TrioToken.run_sync_soon`` per batch;
+  what runs on Trio never ends the run (a callable that raises is logged and counted).
 
 Writes: pika's transport never writes when asked (it buffers each frame, turns on the socket's
 write watch and sends on the ioloop's next pass: two ``epoll_ctl``, an ``epoll_wait`` and a
 ``send`` per frame). What a Trio -> thread batch emits is collected instead and written at the end
-of the batch in one ``send`` (:class:`_Writer`), behind nothing pika still holds; what the socket
-does not take, TLS, and pika's own frames (heartbeats, handshakes) keep pika's path. The figures
-for this and for the comparisons below: docs/performance.md, "The RabbitMQ endpoint".
+of the batch in one ``send`` (:class:`._pika_adapter.Writer`), behind nothing pika still holds;
+what the socket does not take, TLS, and pika's own frames (heartbeats, handshakes) keep pika's
+path. The figures for this and for the comparisons below: docs/performance.md, "The RabbitMQ
+endpoint".
 
 So a slow session never blocks the thread: a session's channel has ``basic_qos(prefetch_count =
 credit)``, and what the thread hands a session is unacked on the broker, so the session's buffer
@@ -101,10 +103,8 @@ backoff (``RETRY_MIN`` doubling up to ``RETRY_MAX``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import struct
 import threading
 import time
 from collections import deque
@@ -120,15 +120,14 @@ import pika.frame  # type: ignore[import-untyped]
 import pika.spec  # type: ignore[import-untyped]
 import trio
 from pika.adapters.select_connection import IOLoop  # type: ignore[import-untyped]
-from pika.adapters.utils.io_services_utils import (  # type: ignore[import-untyped]
-    _AsyncPlaintextTransport as _PLAINTEXT,
-)
 from trio_util import AsyncValue
 
 from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
+from ._handoff import ToTrio
+from ._pika_adapter import LenientConnection, UndecodableProperties, Writer, cut
 from ._written import Written
 from .base import (
     CONVERSION_ERROR,
@@ -173,14 +172,6 @@ def _text(value: object) -> str:
     return str(value)
 
 
-class _UndecodableProperties(pika.spec.BasicProperties):  # type: ignore[misc]
-    """Stands for a content header pika could not decode (see :class:`_SelectConnection`)."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__()
-        self.error = f"{type(error).__name__}: {error}"
-
-
 class Unconvertible(Exception):
     """A consumed message that cannot become an event; ``reason`` is the metric label."""
 
@@ -194,7 +185,7 @@ def event_from_message(method: Any, properties: Any, body: bytes) -> Event:
 
     Total for whatever pika decoded; :class:`Unconvertible` for a content header it could not.
     """
-    if isinstance(properties, _UndecodableProperties):
+    if isinstance(properties, UndecodableProperties):
         raise Unconvertible(UNDECODABLE, f"content header not decodable: {properties.error}")
     metadata: dict[str, str] = {}
     for name, value in (properties.headers or {}).items():
@@ -294,39 +285,6 @@ class AckRanges:
 # -- the mailboxes between Trio and the I/O thread -----------------------------------------------
 
 
-class _ToTrio:
-    """Thread -> Trio: ``post(fn)`` never blocks; ``fn`` runs on the Trio thread, in order.
-
-    One ``run_sync_soon`` per batch. ``fn`` must not raise (a raising callable there would end
-    the Trio run); a bug in one is logged.
-    """
-
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
-        self._lock = threading.Lock()
-        self._pending: deque[Callable[[], None]] = deque()
-        self._scheduled = False
-
-    def post(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            self._pending.append(fn)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        with contextlib.suppress(trio.RunFinishedError):  # Trio is gone: nobody waits any more
-            self._token.run_sync_soon(self._run)
-
-    def _run(self) -> None:
-        with self._lock:
-            batch, self._pending = self._pending, deque()
-            self._scheduled = False
-        for fn in batch:
-            try:
-                fn()
-            except Exception:
-                log.exception("rabbitmq: a hand-off to Trio failed")
-
-
 class _ToThread:
     """Trio -> I/O thread: ``post(fn)`` never blocks; ``fn`` runs on the I/O thread, in order.
 
@@ -395,7 +353,7 @@ class _ConsumePlan:
 
 
 class _Consumer:
-    """One session's consumer, Trio side. The I/O thread reaches it only through ``_ToTrio``."""
+    """One session's consumer, Trio side. The I/O thread reaches it only through ``ToTrio``."""
 
     def __init__(
         self,
@@ -605,10 +563,10 @@ class _Link:
     ``publishes``; I/O thread side: everything under "I/O thread".
     """
 
-    def __init__(self, name: str, config: RabbitMQConfig, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, name: str, config: RabbitMQConfig, to_trio: ToTrio) -> None:
         self.name = name
         self._config = config
-        self._to_trio = _ToTrio(token)
+        self._to_trio = to_trio
         # Made here so that Trio can post to it at once; it opens a socket pair, which the I/O
         # thread closes when it ends (or thread_exited, if the thread never started).
         self._ioloop = IOLoop()
@@ -630,7 +588,7 @@ class _Link:
         self._acked: dict[_Consumer, AckRanges] = {}  # per consumer channel
         # This batch's settles; None: rejected without requeue (see _on_message).
         self._to_settle: dict[_Consumer, list[tuple[int, bool | None]]] = {}
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
 
     # -- Trio side -------------------------------------------------------------------------------
 
@@ -687,14 +645,14 @@ class _Link:
         try:
             parameters = pika.URLParameters(self._config.url)
             parameters.client_properties = {"connection_name": f"mediation {self.name}"}
-            self._connection = _SelectConnection(
+            self._connection = LenientConnection(
                 parameters,
                 on_open_callback=self._guarded(self._on_open),
                 on_open_error_callback=self._guarded(self._on_open_error),
                 on_close_callback=self._guarded(self._on_closed),
                 custom_ioloop=self._ioloop,
             )
-            self._writer = _Writer(self._connection)
+            self._writer = Writer(self._connection)
             self._ioloop.start()
         except Exception as error:
             log.exception("rabbitmq I/O thread failed", extra={"endpoint": self.name})
@@ -715,7 +673,7 @@ class _Link:
         return lambda *args: self._guard(partial(fn, *args))
 
     def _ended(self, reason: str) -> None:
-        self._to_trio.post(partial(self.on_ended, reason))
+        self._to_trio.call_soon(partial(self.on_ended, reason))
 
     def _abort(self, reason: str) -> None:
         self._ended(reason)
@@ -766,7 +724,7 @@ class _Link:
             self._ioloop.stop()
             return
         log.warning("rabbitmq close not answered; connection cut", extra={"endpoint": self.name})
-        connection._adapter_disconnect_stream()  # aborts the transport; _on_closed follows
+        cut(connection)  # aborts the transport; _on_closed follows
         self._ioloop.call_later(1.0, self._ioloop.stop)
 
     def _usable(self) -> bool:
@@ -820,7 +778,7 @@ class _Link:
         for record in waiting:
             self._send(publisher, record)
         if publisher.first:
-            self._to_trio.post(self.on_opened)
+            self._to_trio.call_soon(self.on_opened)
 
     def publish_on_thread(self, record: _Publish) -> None:
         publisher = self._publisher
@@ -829,13 +787,13 @@ class _Link:
         elif self._usable():
             self._waiting.append(record)  # bounded by PUBLISH_WINDOW
         else:
-            self._to_trio.post(partial(self.resolve, [(record, "connection closing")]))
+            self._to_trio.call_soon(partial(self.resolve, [(record, "connection closing")]))
 
     def _send(self, publisher: _Publisher, record: _Publish) -> None:
         try:
             publisher.send(record)
         except pika.exceptions.AMQPError as error:
-            self._to_trio.post(partial(self.resolve, [(record, f"publish failed: {error!r}")]))
+            self._to_trio.call_soon(partial(self.resolve, [(record, f"publish failed: {error!r}")]))
 
     def _on_confirm(self, publisher: _Publisher, frame: Any) -> None:
         method = frame.method
@@ -848,7 +806,7 @@ class _Link:
             for record in publisher.confirmed(method.delivery_tag, method.multiple)
         ]
         if results:
-            self._to_trio.post(partial(self.resolve, results))
+            self._to_trio.call_soon(partial(self.resolve, results))
 
     def _on_return(
         self, publisher: _Publisher, channel: Any, method: Any, properties: Any, body: bytes
@@ -866,7 +824,7 @@ class _Link:
         ]
         publisher.unconfirmed.clear()
         if failed:
-            self._to_trio.post(partial(self.resolve, failed))
+            self._to_trio.call_soon(partial(self.resolve, failed))
         if publisher is not self._publisher or not self._usable():
             return
         if not publisher.ready:
@@ -890,10 +848,10 @@ class _Link:
 
     def open_consumer(self, consumer: _Consumer, plan: _ConsumePlan) -> None:
         if not self._usable():
-            self._to_trio.post(
+            self._to_trio.call_soon(
                 partial(consumer.fail, BrokerUnavailable(f"rabbitmq endpoint {self.name} is down"))
             )
-            self._to_trio.post(consumer.on_closed)
+            self._to_trio.call_soon(consumer.on_closed)
             return
         channel = self._connection.channel(
             on_open_callback=self._guarded(partial(self._on_consumer_open, consumer, plan))
@@ -940,7 +898,8 @@ class _Link:
                 auto_ack=False,
             )
         )
-        _pipeline(steps, self._guarded(lambda _frame: self._to_trio.post(consumer.on_subscribed)))
+        subscribed = self._guarded(lambda _frame: self._to_trio.call_soon(consumer.on_subscribed))
+        _pipeline(steps, subscribed)
 
     def _on_message(
         self, consumer: _Consumer, channel: Any, method: Any, properties: Any, body: bytes
@@ -950,7 +909,7 @@ class _Link:
         except Exception as error:  # one message, never the connection (module docstring)
             self._reject(consumer, method, error)
             return
-        self._to_trio.post(partial(consumer.push, method.delivery_tag, event))
+        self._to_trio.call_soon(partial(consumer.push, method.delivery_tag, event))
 
     def _reject(self, consumer: _Consumer, method: Any, error: Exception) -> None:
         """A message that cannot become an event: rejected for good at once, logged, counted."""
@@ -971,7 +930,7 @@ class _Link:
 
     def _on_consumer_cancelled(self, consumer: _Consumer, frame: Any) -> None:
         """The broker cancelled the consumer (its queue was deleted, say)."""
-        self._to_trio.post(
+        self._to_trio.call_soon(
             partial(consumer.fail, BrokerUnavailable("rabbitmq cancelled the consumer"))
         )
         self.close_consumer(consumer)
@@ -981,15 +940,15 @@ class _Link:
         self._acked.pop(consumer, None)
         self._to_settle.pop(consumer, None)
         if not isinstance(reason, pika.exceptions.ChannelClosedByClient):
-            self._to_trio.post(partial(consumer.fail, _consumer_error(reason)))
-        self._to_trio.post(consumer.on_closed)
+            self._to_trio.call_soon(partial(consumer.fail, _consumer_error(reason)))
+        self._to_trio.call_soon(consumer.on_closed)
 
     def close_consumer(self, consumer: _Consumer) -> None:
         # The acks posted before the close go first (the broker would requeue them).
         self._say_settled()
         channel = self._channels.get(consumer)
         if channel is None:
-            self._to_trio.post(consumer.on_closed)
+            self._to_trio.call_soon(consumer.on_closed)
         elif not (channel.is_closing or channel.is_closed):
             channel.close()  # cancels the consumer; the broker requeues what is unacked
 
@@ -1014,99 +973,6 @@ class _Link:
                     channel.basic_nack(tag, requeue=verdict == "nack")
 
 
-class _SelectConnection(pika.SelectConnection):  # type: ignore[misc]
-    """pika's ``SelectConnection``, where a content header that pika cannot decode is one bad
-    message rather than the end of the connection.
-
-    pika decodes each frame as it arrives; a content header it cannot decode (a timestamp
-    header beyond the year 9999 raises ``OverflowError`` in ``datetime``, for one) raised out of
-    its frame reader and closed the connection, every session's; the broker then delivered the
-    message again on the next connection, and the connection ended again. Here that frame is
-    read as a content header of :class:`_UndecodableProperties`, so that the message (its method
-    frame came before, its body frames follow) reaches ``_on_message`` and is rejected alone.
-    Anything else that cannot be decoded (a method frame, broken framing) still ends the
-    connection. (``_read_frame`` is pika's private API, as the other hooks of this module.)
-    """
-
-    def _read_frame(self) -> tuple[int, Any]:
-        try:
-            return super()._read_frame()  # type: ignore[no-any-return]
-        except Exception as error:
-            frame = _undecodable_header(self._frame_buffer, error)
-            if frame is None:
-                raise
-            return frame
-
-
-def _undecodable_header(data: bytes, error: BaseException) -> tuple[int, Any] | None:
-    """``(bytes used, Header frame)`` for a complete content header frame at the start of
-    ``data`` whose properties could not be decoded, else None."""
-    if len(data) < 7 + 12:
-        return None
-    frame_type, channel, size = struct.unpack_from(">BHL", data)
-    end = 7 + size + 1
-    if frame_type != pika.spec.FRAME_HEADER or len(data) < end:
-        return None
-    if data[end - 1] != pika.spec.FRAME_END:
-        return None
-    class_id, _weight, body_size = struct.unpack_from(">HHQ", data, 7)
-    if class_id != pika.spec.BasicProperties.INDEX:
-        return None
-    return end, pika.frame.Header(channel, body_size, _UndecodableProperties(error))
-
-
-class _Writer:
-    """Writes what one Trio -> thread batch says (acks, publishes, channel methods) to the socket
-    at the end of that batch, in one ``send``, from the I/O thread (pika is not thread-safe).
-
-    pika's transport never writes when asked: it appends each frame to a buffer, turns on the
-    socket's write watch (``epoll_ctl``), and sends on the ioloop's next pass (``epoll_wait``,
-    then a ``send`` per frame, then ``epoll_ctl`` again). At ``channel_size = 1`` that is every
-    ack. While corked, the connection's ``_adapter_emit_data`` (every frame pika emits goes
-    through it) collects frames instead; :meth:`flush` joins them and sends them at once when
-    pika's own buffer is empty (else order would break), and hands pika whatever the socket did
-    not take (a full socket, an error: pika's write path deals with it as before). TLS
-    connections, and everything outside a batch, keep pika's path.
-    """
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        self._emit = connection._adapter_emit_data  # pika's (bound method)
-        self._corked: list[bytes] | None = None
-        connection._adapter_emit_data = self._collect
-
-    def _collect(self, data: bytes) -> None:
-        if self._corked is None:
-            self._emit(data)
-        else:
-            self._corked.append(data)
-
-    def cork(self) -> None:
-        if self._corked is None:
-            self._corked = []
-
-    def flush(self) -> None:
-        corked, self._corked = self._corked, None
-        if not corked:
-            return
-        transport = self._connection._transport
-        if (
-            type(transport) is not _PLAINTEXT
-            or transport._state != _PLAINTEXT._STATE_ACTIVE
-            or transport.get_write_buffer_size()
-        ):
-            for data in corked:
-                self._emit(data)
-            return
-        data = b"".join(corked)
-        try:
-            sent = transport._sock.send(data)
-        except OSError:
-            sent = 0  # would block, or broken: pika's write path retries or reports it
-        if sent < len(data):
-            self._emit(data[sent:])
-
-
 def _pipeline(steps: list[Callable[..., None]], done: Callable[[Any], None]) -> None:
     """Send channel methods back to back; ``done`` gets the last one's answer.
 
@@ -1129,6 +995,7 @@ class RabbitMQEndpoint:
         self.config = config
         self.state = AsyncValue(EndpointState.CONNECTING)
         self._link: _Link | None = None  # set while up
+        self._to_trio: ToTrio | None = None  # made by run(), in Trio
         self._thread = trio.CapacityLimiter(1)  # one I/O thread per endpoint
         self._window = trio.Semaphore(PUBLISH_WINDOW)
         self._written = Written()
@@ -1137,6 +1004,7 @@ class RabbitMQEndpoint:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.state.value = EndpointState.CONNECTING
+        self._to_trio = ToTrio(self.name)
         task_status.started()
         backoff = Backoff(RETRY_MIN, RETRY_MAX)
         try:
@@ -1149,7 +1017,8 @@ class RabbitMQEndpoint:
 
     async def _connect_once(self) -> bool:
         """One connection, from connecting until it ends (and its thread with it): was it up?"""
-        link = _Link(self.name, self.config, trio.lowlevel.current_trio_token())
+        assert self._to_trio is not None, "run() makes it"
+        link = _Link(self.name, self.config, self._to_trio)
         was_up = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._run_thread, link)

@@ -15,10 +15,11 @@ Per delivery guarantee:
 
 Threads. The API calls back on threads of its own: each receiver's dispatch thread (messages),
 the service's listener thread (reconnecting, reconnected, interrupted) and the publishers' threads
-(receipts, readiness). Every callback hands what it got to Trio with ``TrioToken.run_sync_soon``
-and returns at once; nothing on an API thread ever waits for Trio or for a client. Blocking calls
-(connect, receiver start and terminate, publisher terminate, disconnect) run in worker threads
-behind one ``CapacityLimiter`` per endpoint. The API starts a dispatch thread per receiver, so a
+(receipts, readiness). Every callback hands what it got to Trio through the endpoint's
+:class:`._handoff.ToTrio` (batched ``TrioToken.run_sync_soon``) and returns at once; nothing on
+an API thread ever waits for Trio or for a client. Blocking calls (connect, receiver start and
+terminate, publisher terminate, disconnect) run in worker threads behind one ``CapacityLimiter``
+per endpoint. The API starts a dispatch thread per receiver, so a
 session costs one thread while it lasts; terminating its receiver joins it.
 
 Flow control, so that the hand-off can always accept:
@@ -70,7 +71,6 @@ is loaded from the module named by ``config.api`` (``solace.messaging``). The te
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import itertools
 import logging
@@ -88,6 +88,7 @@ from ..config import SolaceConfig
 from ..errors import BrokerUnavailable, ClientTooSlow, MediationError
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
+from ._handoff import ToTrio
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class _Consumer:
     """One session's receiver, and the hand-off from its dispatch thread to Trio.
 
     State shared with the dispatch thread is guarded by ``_lock``; ``_buffer`` and ``_failure``
-    belong to the Trio thread (the dispatch thread reaches them only through ``run_sync_soon``).
+    belong to the Trio thread (the dispatch thread reaches them only through ``ToTrio``).
     """
 
     def __init__(self, endpoint: SolaceEndpoint, subscription: Subscription) -> None:
@@ -454,7 +455,7 @@ class SolaceEndpoint:
         # published, confirmed, delivered, acked, nacked, dropped, overflowed, lost
         self.stats: Counter[str] = Counter()
         self._limiter = trio.CapacityLimiter(BLOCKING_CALLS)
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._to_trio: ToTrio | None = None  # made by run(), in Trio
         self._connection: _Connection | None = None
         self._consumers: set[_Consumer] = set()
         self._receipts: dict[int, _Receipt] = {}
@@ -463,7 +464,7 @@ class SolaceEndpoint:
     # -- the connection task -------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._token = trio.lowlevel.current_trio_token()
+        self._to_trio = ToTrio(self.name)
         task_status.started()
         backoff = Backoff(
             self.config.retry_interval, max(MAX_RETRY_INTERVAL, self.config.retry_interval)
@@ -613,16 +614,8 @@ class SolaceEndpoint:
 
     def _soon(self, function: Callable[..., None], *args: Any) -> None:
         """From an API thread: run ``function(*args)`` in Trio soon, never waiting or raising."""
-
-        def guarded() -> None:
-            try:
-                function(*args)
-            except Exception:  # a bug here must not take the whole Trio run down
-                log.exception("solace hand-off failed", extra={"endpoint": self.name})
-
-        assert self._token is not None, "the endpoint is not running"
-        with contextlib.suppress(trio.RunFinishedError):  # Trio is gone: nothing waits any more
-            self._token.run_sync_soon(guarded)
+        assert self._to_trio is not None, "the endpoint is not running"
+        self._to_trio.call_soon(function, *args)
 
     def _readiness(self, publisher: _Publisher) -> Any:
         return _implement(

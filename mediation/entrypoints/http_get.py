@@ -48,8 +48,9 @@ from ..errors import (
 )
 from ..events import writable_event_id
 from ..http.asgi import Request, Send, respond, respond_error, respond_json
-from ..identity import admit
+from ..identity import admit_client
 from ..metadata import header_safe
+from ..permissions import Permissions
 from ..session import Session, open_session
 from ._requests import serve_requests
 
@@ -89,7 +90,12 @@ class _PollingEntrypoint:
         self.subscribing: dict[str, trio.Lock] = {}
 
     async def run_session(
-        self, client_id: str, *, task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED
+        self,
+        client_id: str,
+        params: dict[str, str],
+        permissions: Permissions | None,
+        *,
+        task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         polled: _Polled | None = None
         with self.context.client_connection():
@@ -100,6 +106,8 @@ class _PollingEntrypoint:
                     client_id=client_id,
                     max_sessions=self.config.max_sessions,
                     client_confirms=True,
+                    params=params,
+                    permissions=permissions,
                 ) as session:
                     polled = _Polled(session, trio.current_time())
                     self.live[client_id] = polled
@@ -159,8 +167,26 @@ class _PollingEntrypoint:
         raise SessionNotFound("not subscribed")
 
     async def handle(self, request: Request, send: Send, nursery: trio.Nursery) -> None:
-        expected = ROUTES.get(request.path)
+        # The entrypoint's path is where its four routes are: "/" serves /subscribe, /poll,
+        # /ack, /unsubscribe; "/orders/{order_id}" serves /orders/42/subscribe and so on, its
+        # parameters (and the declared query parameters) read from the /subscribe request.
+        mount, _, action = request.raw_path.rpartition("/")
+        expected = ROUTES.get("/" + action)
         if expected is None:
+            await respond_json(send, 404, {"error": "not found"})
+            return
+        parameters = self.config.parameters
+        try:
+            if action == "subscribe":
+                params = parameters.resolve(mount or "/", request.query)
+            else:
+                # A poll, an ack or an unsubscribe is about the client's session, named by its
+                # client id: its path only has to be one of this entrypoint's.
+                params = parameters.path.match(mount or "/", parameters.patterns)
+        except MediationError as error:
+            await respond_error(send, error)
+            return
+        if params is None:
             await respond_json(send, 404, {"error": "not found"})
             return
         if request.method != expected:
@@ -169,7 +195,7 @@ class _PollingEntrypoint:
         try:
             # The client_id query parameter is not read here: polling requests name their
             # client with X-Client-ID (or the token, with auth = "bearer").
-            client_id = admit(
+            client = admit_client(
                 request.headers,
                 {k: v for k, v in request.query.items() if k != "client_id"},
                 allowed_origins=self.config.allowed_origins,
@@ -178,14 +204,21 @@ class _PollingEntrypoint:
                 identity=self.config.identity,
                 certificate=request.peer_certificate,
             )
-            if request.path == "/subscribe":
-                polled = await self.subscribe(client_id, nursery)
+            client_id = client.id
+            if action == "subscribe":
+                params.update(self.config.parameters.claims(client.claims))
+                permissions = (
+                    Permissions.from_claims(client.claims, self.config.permissions_claim)
+                    if self.config.authorize
+                    else None
+                )
+                polled = await self.subscribe(client_id, params, permissions, nursery)
                 await respond_json(
                     send, 201, {"session_id": polled.session.id, "client_id": client_id}
                 )
-            elif request.path == "/poll":
+            elif action == "poll":
                 await self.poll(self.find(client_id), send)
-            elif request.path == "/ack":
+            elif action == "ack":
                 event_id = request.headers.get("x-event-id")
                 if not event_id:
                     raise BadRequest("X-Event-ID header required")
@@ -203,12 +236,21 @@ class _PollingEntrypoint:
         except MediationError as error:
             await respond_error(send, error)
 
-    async def subscribe(self, client_id: str, nursery: trio.Nursery) -> _Polled:
-        """The client's live session, started if it has none."""
+    async def subscribe(
+        self,
+        client_id: str,
+        params: dict[str, str],
+        permissions: Permissions | None,
+        nursery: trio.Nursery,
+    ) -> _Polled:
+        """The client's live session, started if it has none (a live one is answered as it is,
+        whatever parameters this request gave)."""
         lock = self.subscribing.setdefault(client_id, trio.Lock())
         try:
             async with lock:
-                return self.live.get(client_id) or await nursery.start(self.run_session, client_id)
+                return self.live.get(client_id) or await nursery.start(
+                    self.run_session, client_id, params, permissions
+                )
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self.subscribing.pop(client_id, None)

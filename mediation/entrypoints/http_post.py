@@ -23,9 +23,10 @@ from ..context import EngineContext
 from ..errors import MediationError, NoRoute, SessionNotFound, TooManySessions
 from ..events import Event
 from ..http.asgi import Request, Send, respond_encoded_json, respond_error, respond_json
-from ..identity import admit
+from ..identity import admit_client
 from ..metadata import client_metadata
-from ..session import publish_upstream
+from ..permissions import Permissions
+from ..session import authorize_publish, publish_upstream
 from ._requests import serve_requests
 
 
@@ -67,12 +68,14 @@ async def _handle(
     send: Send,
 ) -> None:
     try:
-        if request.path != config.path:
+        parameters = config.parameters
+        params = parameters.resolve(request.raw_path, request.query)
+        if params is None:
             raise SessionNotFound(f"no webhook entrypoint at {request.path}")
         if request.method != "POST":
             await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "POST"})
             return
-        client_id = admit(
+        client = admit_client(
             request.headers,
             request.query,
             allowed_origins=config.allowed_origins,
@@ -80,9 +83,17 @@ async def _handle(
             identity=config.identity,
             certificate=request.peer_certificate,
         )
+        client_id = client.id
+        if client.claims:
+            params.update(parameters.claims(client.claims))
         routes = context.routes.for_entrypoint(config.name).upstream
         if not routes:
             raise NoRoute(f"entrypoint {config.name} has no upstream route")
+        if config.authorize:
+            permissions = Permissions.from_claims(client.claims, config.permissions_claim)
+            authorize_publish(context, routes, permissions, params, client_id, config.name)
+        elif params:
+            authorize_publish(context, routes, None, params, client_id, config.name)
         body = await request.body(config.max_body)
         event = Event(
             body,
@@ -90,7 +101,13 @@ async def _handle(
             client_id=client_id,
         )
         await publish_upstream(
-            context, routes, event, entrypoint=config.name, client_id=client_id, session_id=None
+            context,
+            routes,
+            event,
+            entrypoint=config.name,
+            client_id=client_id,
+            session_id=None,
+            params=params,
         )
     except MediationError as error:
         await respond_error(send, error)

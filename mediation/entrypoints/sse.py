@@ -23,7 +23,8 @@ from ..config import SSEEntrypoint
 from ..context import EngineContext
 from ..errors import EngineShuttingDown, MediationError, SessionNotFound, outcome_of
 from ..http.asgi import Request, Send, respond_error, respond_json
-from ..identity import admit
+from ..identity import admit_client
+from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
 from ._requests import serve_requests
@@ -62,15 +63,17 @@ async def _handle(
     request: Request,
     send: Send,
 ) -> None:
-    if request.path != config.path:
-        await respond_error(send, SessionNotFound(f"no SSE entrypoint at {request.path}"))
-        return
-    if request.method != "GET":
-        await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "GET"})
-        return
+    parameters = config.parameters
     stream = _Stream(send, request.headers.get("origin"))
     try:
-        client_id = admit(
+        params = parameters.resolve(request.raw_path, request.query)
+        if params is None:
+            await respond_error(send, SessionNotFound(f"no SSE entrypoint at {request.path}"))
+            return
+        if request.method != "GET":
+            await respond_json(send, 405, {"error": "method not allowed"}, {"allow": "GET"})
+            return
+        client = admit_client(
             request.headers,
             request.query,
             allowed_origins=config.allowed_origins,
@@ -78,6 +81,8 @@ async def _handle(
             identity=config.identity,
             certificate=request.peer_certificate,
         )
+        client_id = client.id
+        params.update(parameters.claims(client.claims))
         async with open_session(
             context,
             entrypoint=config.name,
@@ -85,6 +90,12 @@ async def _handle(
             max_sessions=config.max_sessions,
             client_confirms=False,
             resume_after=request.headers.get("last-event-id"),
+            params=params,
+            permissions=(
+                Permissions.from_claims(client.claims, config.permissions_claim)
+                if config.authorize
+                else None
+            ),
         ) as session:
             await stream.start()
             await stream.write(

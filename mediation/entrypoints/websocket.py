@@ -44,6 +44,7 @@ from ..envelope import SUBPROTOCOL, Confirmation, decode_client_message, encode_
 from ..errors import (
     BrokerUnavailable,
     ClientIdle,
+    Forbidden,
     InvalidEventId,
     MediationError,
     NoRoute,
@@ -65,8 +66,9 @@ from ..http.server import Upgrade, serve_http
 from ..http.tls import ServerTLS
 from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
 from ..http.wsframes import BINARY, TEXT
-from ..identity import admit
+from ..identity import admit_client
 from ..metadata import client_metadata
+from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 
 log = logging.getLogger(__name__)
@@ -132,16 +134,23 @@ async def _handle(
     websocket: WebSocket | None = None
     try:
         scope = upgrade.scope
-        if scope["path"] != config.path:
+        query = query_map(scope)
+        parameters = config.parameters
+        params = parameters.resolve(
+            scope.get("raw_path", scope["path"].encode()).decode("latin-1"), query
+        )
+        if params is None:
             raise SessionNotFound(f"no WebSocket entrypoint at {scope['path']}")
-        client_id = admit(
+        client = admit_client(
             header_map(scope),
-            query_map(scope),
+            query,
             allowed_origins=config.allowed_origins,
             verifier=verifier,
             identity=config.identity,
             certificate=peer_certificate(scope),
         )
+        client_id = client.id
+        params.update(parameters.claims(client.claims))
         enveloped = SUBPROTOCOL in offered_subprotocols(scope)
         activity = _Activity()
         async with open_session(
@@ -150,6 +159,12 @@ async def _handle(
             client_id=client_id,
             max_sessions=config.max_sessions,
             client_confirms=enveloped,
+            params=params,
+            permissions=(
+                Permissions.from_claims(client.claims, config.permissions_claim)
+                if config.authorize
+                else None
+            ),
         ) as session:
             websocket = await WebSocket.accept(
                 upgrade,
@@ -323,8 +338,8 @@ async def _handle_message(
                 await session.publish(message.encode("utf-8"))
             else:
                 await session.publish(message, {"content-type": OCTET_STREAM})
-        except NoRoute:
-            log.warning("message dropped: no upstream route", extra={"session_id": session.id})
+        except (NoRoute, Forbidden) as error:
+            log.warning("message dropped", extra={"session_id": session.id, "reason": str(error)})
         return True
     try:
         parsed = decode_client_message(message)
@@ -342,7 +357,7 @@ async def _handle_message(
         try:
             metadata = client_metadata(parsed.metadata.items(), header_names=False)
             await session.publish(parsed.payload, metadata, event_id=parsed.event_id)
-        except (BrokerUnavailable, NoRoute) as error:
+        except (BrokerUnavailable, NoRoute, Forbidden) as error:
             reply = encode_reply(parsed.event_id, error=str(error))
         else:
             reply = encode_reply(parsed.event_id)

@@ -61,6 +61,9 @@ class Request:
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        # As received (still percent-encoded): path parameters are decoded once, by
+        # mediation.params, after the path is split into segments.
+        self.raw_path: str = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
         self.headers = header_map(scope)
         self.query = query_map(scope)
         self.peer_certificate = peer_certificate(scope)

@@ -7,6 +7,8 @@ metadata, and broker resources released on every exit path. What differs between
 design (whether a nacked event comes back to the same consumer, or to the client's next consumer)
 is declared by the adapter and checked as declared.
 
+:mod:`.params` checks client-chosen streams (``/orders/{order_id}``) per broker, through the engine.
+
 :mod:`.outage` does the same one level up, through the engine with real web clients: one broker
 outage and one client-reconnect scenario, each broker's engine tests providing a ``BrokerAdapter``.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from .delivery import DeliveryConformance
 from .outage import CLIENTS, BrokerAdapter, OutageConformance, ReconnectConformance, Scenario
+from .params import ParamsAdapter, ParamsConformance
 from .suite import ClientResumeConformance, EndpointConformance, EndpointUnderTest
 
 __all__ = [
@@ -25,6 +28,8 @@ __all__ = [
     "EndpointConformance",
     "EndpointUnderTest",
     "OutageConformance",
+    "ParamsAdapter",
+    "ParamsConformance",
     "ReconnectConformance",
     "Scenario",
 ]
