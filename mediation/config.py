@@ -156,9 +156,33 @@ class KafkaConfig(_Table):
     librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
-class RabbitMQConfig(_Table):
-    # amqp:// or amqps://; pika's URL query options apply (heartbeat, blocked_connection_timeout).
-    url: str = "amqp://guest:guest@localhost:5672/"
+class BrokerTLS(_Table):
+    """The TLS keys of the MQTT 5, RabbitMQ and AMQP 1.0 endpoints, used when the broker URL's
+    scheme says TLS (``mqtts://``, ``ssl://``, ``amqps://``). File names are relative to the
+    config file; each is read and checked when the config is validated (it exists, it parses,
+    the key matches its certificate) and again on every connect, so a renewed file is used at
+    the next reconnect."""
+
+    # PEM bundle of the CAs that may sign the broker's certificate; None: the system's CAs.
+    ca_file: str | None = None
+    # A client certificate (PEM; it may hold the key too), for brokers that require one.
+    cert_file: str | None = None
+    key_file: str | None = None  # its private key (PEM, unencrypted); needs cert_file
+    # The name the broker's certificate must carry, also sent as SNI; None: the URL's host.
+    tls_server_name: Annotated[str, Field(min_length=1)] | None = None
+    # False: accept any certificate from any broker (a test bench only: no protection at all).
+    tls_verify: bool = True
+
+
+_MQTT_BROKER = r"^(tcp|mqtt|mqtts|ssl)://[^\s/:@]+(:[0-9]{1,5})?/?$"
+_SASL_MECHANISMS = r"^ *(PLAIN|ANONYMOUS|EXTERNAL)( +(PLAIN|ANONYMOUS|EXTERNAL))* *$"
+_TLS_KEYS = ("ca_file", "cert_file", "key_file", "tls_server_name", "tls_verify")
+
+
+class RabbitMQConfig(BrokerTLS):
+    # amqp:// or amqps:// (TLS, port 5671 by default, with the keys of BrokerTLS); pika's URL
+    # query options apply (heartbeat, blocked_connection_timeout).
+    url: Annotated[str, Field(pattern=r"^amqps?://")] = "amqp://guest:guest@localhost:5672/"
     # Downstream: a shared queue (competing consumers), or an exchange with a per-session
     # exclusive queue bound with binding_key (broadcast). Names may hold {client_id}.
     # queue_in wins when both are set (the exchange then serves upstream only).
@@ -180,11 +204,10 @@ class RabbitMQConfig(_Table):
     session_queue: str = "mediation.{endpoint}.{client_id}.{session_id}"
 
 
-class MQTT5Config(_Table):
-    # tcp://host:port (mqtt:// is accepted too; port 1883 when left out)
-    broker: Annotated[str, Field(pattern=r"^(tcp|mqtt)://[^\s/:@]+(:[0-9]{1,5})?/?$")] = (
-        "tcp://localhost:1883"
-    )
+class MQTT5Config(BrokerTLS):
+    # tcp://host:port (mqtt:// is accepted too; port 1883 when left out), or over TLS
+    # mqtts://host:port or ssl://host:port (port 8883 when left out; the keys of BrokerTLS).
+    broker: Annotated[str, Field(pattern=_MQTT_BROKER)] = "tcp://localhost:1883"
     # A topic filter (+ and # as whole levels, # last), may hold {client_id} and {entrypoint}.
     topic_in: Annotated[
         str | None, Field(min_length=1, pattern=r"^((\+|[^+#/\x00]*)/)*(\+|#|[^+#/\x00]*)$")
@@ -217,8 +240,14 @@ class MQTT5Config(_Table):
     publish_window: Annotated[int, Field(ge=1, le=65535)] = 20
 
 
-class JMSConfig(_Table):
-    url: str = "amqp://localhost:5672"  # AMQP 1.0: amqp://[user:password@]host:port
+class JMSConfig(BrokerTLS):
+    # AMQP 1.0: amqp://[user:password@]host[:port] (5672), or amqps:// over TLS (5671; the keys
+    # of BrokerTLS).
+    url: Annotated[str, Field(pattern=r"^amqps?://")] = "amqp://localhost:5672"
+    # The SASL mechanisms offered, space-separated, among PLAIN, ANONYMOUS and EXTERNAL (the
+    # TLS client certificate is the identity: amqps:// with cert_file). None: PLAIN when the
+    # URL has a user name, else ANONYMOUS.
+    sasl_mechanisms: Annotated[str, Field(pattern=_SASL_MECHANISMS)] | None = None
     queue_in: str | None = None  # a node address, may hold {client_id}
     queue_out: str | None = None
     # Seconds the broker may take to answer a connect (TCP and AMQP open), a link attach, or to
@@ -390,6 +419,8 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
             ["endpoints", i, "config"],
             fail,
         )
+        if isinstance(settings, BrokerTLS):
+            settings = _check_tls(settings, ["endpoints", i, "config"], filename, fail)
         endpoints.append(endpoint.model_copy(update={"config": settings}))
     routes = [
         _validate(RouteConfig, item, ["routes", i], fail)
@@ -475,6 +506,96 @@ def _check_auth(
     except ValueError as error:
         raise fail([*path, "jwt_public_key"], str(error)) from None
     return entrypoint.model_copy(update={"jwt_public_key": pem})
+
+
+def tls_scheme(settings: BrokerTLS) -> bool:
+    """Whether the endpoint's broker URL asks for TLS (``mqtts``/``ssl``, ``amqps``)."""
+    url = settings.broker if isinstance(settings, MQTT5Config) else getattr(settings, "url", "")
+    return url.split("://", 1)[0].lower() in ("mqtts", "ssl", "amqps")
+
+
+def _check_tls(settings: M, path: list[str | int], filename: str, fail: Any) -> M:
+    """The TLS keys of a broker endpoint agree with its URL, and its files exist and parse (the
+    key matches its certificate). Returns the settings with the file names made absolute
+    (relative ones are relative to the config file)."""
+    assert isinstance(settings, BrokerTLS)
+    given = settings.model_fields_set
+    if not tls_scheme(settings):
+        for key in _TLS_KEYS:
+            if key in given:
+                scheme = "mqtts:// or ssl://" if isinstance(settings, MQTT5Config) else "amqps://"
+                raise fail([*path, key], f"is only used over TLS (a {scheme} URL)")
+    if settings.key_file is not None and settings.cert_file is None:
+        raise fail([*path, "key_file"], "needs cert_file (the certificate it is the key of)")
+    mechanisms = (getattr(settings, "sasl_mechanisms", None) or "").split()
+    if "EXTERNAL" in mechanisms and settings.cert_file is None:
+        raise fail([*path, "sasl_mechanisms"], "EXTERNAL needs a client certificate (cert_file)")
+    base = Path(".") if filename.startswith("<") else Path(filename).parent
+    resolved: dict[str, str] = {}
+    contents: dict[str, bytes] = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        name = getattr(settings, key)
+        if name is None:
+            continue
+        file = (base / name).absolute()
+        try:
+            contents[key] = file.read_bytes()
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or "not a file name"
+            raise fail([*path, key], f"cannot read {file}: {reason}") from None
+        resolved[key] = str(file)
+    _check_tls_files(contents, resolved, path, fail)
+    return settings.model_copy(update=resolved) if resolved else settings
+
+
+_PEM_KEY = re.compile(
+    rb"-----BEGIN ((?:[A-Z]+ )?)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.DOTALL
+)
+
+
+def _check_tls_files(
+    contents: Mapping[str, bytes], names: Mapping[str, str], path: list[str | int], fail: Any
+) -> None:
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    def certificates(key: str) -> list[x509.Certificate]:
+        try:
+            return x509.load_pem_x509_certificates(contents[key])
+        except ValueError:
+            raise fail([*path, key], f"{names[key]}: no PEM certificate in it") from None
+
+    if "ca_file" in contents:
+        certificates("ca_file")
+    if "cert_file" not in contents:
+        return
+    certificate = certificates("cert_file")[0]
+    where = "key_file" if "key_file" in contents else "cert_file"
+    found = _PEM_KEY.search(contents[where])
+    if found is None:
+        hint = "" if where == "key_file" else " (give it in key_file)"
+        raise fail([*path, where], f"{names[where]}: no PEM private key in it{hint}")
+    try:
+        private_key = load_pem_private_key(found.group(0), password=None)
+    except TypeError:
+        raise fail([*path, where], f"{names[where]}: the key is encrypted") from None
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise fail([*path, where], f"{names[where]}: not a private key: {error}") from None
+
+    def spki(key: Any) -> bytes:
+        data: bytes = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return data
+
+    if spki(private_key.public_key()) != spki(certificate.public_key()):
+        raise fail(
+            [*path, where],
+            f"{names[where]}: the key does not match the certificate in {names['cert_file']}",
+        )
 
 
 # What each endpoint type needs to be consumed from (downstream) and published to (upstream),
