@@ -38,6 +38,12 @@ that crosses to Trio (a delivery to settle) must be released on the proton threa
 easy to break. Here there is no thread to join, no cross-thread hand-off, and the hand-off to a
 consumer is a plain bounded buffer that the I/O code appends to without ever waiting.
 
+TLS and SASL: ``amqps://`` adds proton's TLS layer (``SSL`` with an ``SSLDomain`` from the
+endpoint's TLS keys) to the same transport, under its SASL layer: ``sasl_mechanisms`` (default
+PLAIN with a user in the URL, else ANONYMOUS; EXTERNAL logs in as the client certificate). A
+refused certificate or login ends the connect like any failure: ``down``, with the reason in
+``down_reason`` (``/readyz``), and another attempt after the backoff.
+
 Credit with RabbitMQ before 4.0: its plugin adds up the credit of flow frames that cross its
 transfers (rabbitmq-server#2597), so the usual "flow(1) per settlement" let it send thousands of
 messages over a credit of 4 here. Credit is therefore granted only when the link's credit is used

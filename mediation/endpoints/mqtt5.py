@@ -21,6 +21,12 @@ the first ack; with 4 it sent 4 more per ack, without bound.) What a slow client
 waits in the broker, in that client's own queue (Mosquitto ``max_queued_messages``, default 1000
 per client: beyond it Mosquitto drops that client's messages, never anybody else's).
 
+TLS (``mqtts://``, ``ssl://``): every connection, the endpoint's and each consumer's, uses the TLS
+context made (:mod:`._tls`, from ``ca_file``, ``cert_file``/``key_file``, ``tls_server_name``,
+``tls_verify``) when the endpoint's own connection last connected; the handshake is part of the
+connect (:mod:`._mqtt_wire`), and a refused certificate is a failed connect: ``down``, with the
+reason in ``down_reason`` (``/readyz``), and another attempt after the backoff.
+
 Why not one shared connection
 -----------------------------
 A shared connection is the cheapest to hold, but it is one MQTT session: one Receive Maximum, one
