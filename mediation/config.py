@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .ack_policy import AckPlan, Guarantee, plan_for
 from .errors import ConfigError
 from .params import BUILTIN, CLAIM_NAME, ENDPOINT_FILLED, EntrypointParams, Template, name_templates
+from .tls_files import tls_files_problem
 
 MiB = 1024 * 1024
 
@@ -185,9 +186,33 @@ class KafkaConfig(_Table):
     librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
-class RabbitMQConfig(_Table):
-    # amqp:// or amqps://; pika's URL query options apply (heartbeat, blocked_connection_timeout).
-    url: str = "amqp://guest:guest@localhost:5672/"
+class BrokerTLS(_Table):
+    """The TLS keys of the MQTT 5, RabbitMQ and AMQP 1.0 endpoints, used when the broker URL's
+    scheme says TLS (``mqtts://``, ``ssl://``, ``amqps://``). File names are relative to the
+    config file; each is read and checked when the config is validated (it exists, it parses,
+    the key matches its certificate) and again on every connect, so a renewed file is used at
+    the next reconnect."""
+
+    # PEM bundle of the CAs that may sign the broker's certificate; None: the system's CAs.
+    ca_file: str | None = None
+    # A client certificate (PEM; it may hold the key too), for brokers that require one.
+    cert_file: str | None = None
+    key_file: str | None = None  # its private key (PEM, unencrypted); needs cert_file
+    # The name the broker's certificate must carry, also sent as SNI; None: the URL's host.
+    tls_server_name: Annotated[str, Field(min_length=1)] | None = None
+    # False: accept any certificate from any broker (a test bench only: no protection at all).
+    tls_verify: bool = True
+
+
+_MQTT_BROKER = r"^(tcp|mqtt|mqtts|ssl)://[^\s/:@]+(:[0-9]{1,5})?/?$"
+_SASL_MECHANISMS = r"^ *(PLAIN|ANONYMOUS|EXTERNAL)( +(PLAIN|ANONYMOUS|EXTERNAL))* *$"
+_TLS_KEYS = ("ca_file", "cert_file", "key_file", "tls_server_name", "tls_verify")
+
+
+class RabbitMQConfig(BrokerTLS):
+    # amqp:// or amqps:// (TLS, port 5671 by default, with the keys of BrokerTLS); pika's URL
+    # query options apply (heartbeat, blocked_connection_timeout).
+    url: Annotated[str, Field(pattern=r"^amqps?://")] = "amqp://guest:guest@localhost:5672/"
     # Downstream: a shared queue (competing consumers), or an exchange with a per-session
     # exclusive queue bound with binding_key (broadcast). Names may hold {client_id}.
     # queue_in wins when both are set (the exchange then serves upstream only).
@@ -209,11 +234,10 @@ class RabbitMQConfig(_Table):
     session_queue: str = "mediation.{endpoint}.{client_id}.{session_id}"
 
 
-class MQTT5Config(_Table):
-    # tcp://host:port (mqtt:// is accepted too; port 1883 when left out)
-    broker: Annotated[str, Field(pattern=r"^(tcp|mqtt)://[^\s/:@]+(:[0-9]{1,5})?/?$")] = (
-        "tcp://localhost:1883"
-    )
+class MQTT5Config(BrokerTLS):
+    # tcp://host:port (mqtt:// is accepted too; port 1883 when left out), or over TLS
+    # mqtts://host:port or ssl://host:port (port 8883 when left out; the keys of BrokerTLS).
+    broker: Annotated[str, Field(pattern=_MQTT_BROKER)] = "tcp://localhost:1883"
     # A topic filter (+ and # as whole levels, # last), may hold {client_id} and {entrypoint}.
     topic_in: Annotated[
         str | None, Field(min_length=1, pattern=r"^((\+|[^+#/\x00]*)/)*(\+|#|[^+#/\x00]*)$")
@@ -246,8 +270,14 @@ class MQTT5Config(_Table):
     publish_window: Annotated[int, Field(ge=1, le=65535)] = 20
 
 
-class JMSConfig(_Table):
-    url: str = "amqp://localhost:5672"  # AMQP 1.0: amqp://[user:password@]host:port
+class JMSConfig(BrokerTLS):
+    # AMQP 1.0: amqp://[user:password@]host[:port] (5672), or amqps:// over TLS (5671; the keys
+    # of BrokerTLS).
+    url: Annotated[str, Field(pattern=r"^amqps?://")] = "amqp://localhost:5672"
+    # The SASL mechanisms offered, space-separated, among PLAIN, ANONYMOUS and EXTERNAL (the
+    # TLS client certificate is the identity: amqps:// with cert_file). None: PLAIN when the
+    # URL has a user name, else ANONYMOUS.
+    sasl_mechanisms: Annotated[str, Field(pattern=_SASL_MECHANISMS)] | None = None
     queue_in: str | None = None  # a node address, may hold {client_id}
     queue_out: str | None = None
     # Seconds the broker may take to answer a connect (TCP and AMQP open), a link attach, or to
@@ -427,6 +457,8 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
             ["endpoints", i, "config"],
             fail,
         )
+        if isinstance(settings, BrokerTLS):
+            settings = _check_broker_tls(settings, ["endpoints", i, "config"], filename, fail)
         endpoints.append(endpoint.model_copy(update={"config": settings}))
     routes = [
         _validate(RouteConfig, item, ["routes", i], fail)
@@ -440,7 +472,7 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
                 raise fail([table, i, "name"], f'duplicate name "{item.name}"')
             kinds[item.name] = table
     entrypoints = [
-        _check_tls(
+        _check_entrypoint_tls(
             _check_auth(entrypoint, ["entrypoints", i], filename, fail),
             ["entrypoints", i],
             filename,
@@ -526,7 +558,7 @@ def _check_auth(
     return entrypoint.model_copy(update={"jwt_public_key": pem})
 
 
-def _check_tls(
+def _check_entrypoint_tls(
     entrypoint: EntrypointConfig, path: list[str | int], filename: str, fail: Any
 ) -> EntrypointConfig:
     """The TLS keys agree with each other and their files load (the config then holds their
@@ -558,75 +590,49 @@ def _check_tls(
         if value is not None
     }
     problem = tls_files_problem(
-        files["tls_cert_file"], files["tls_key_file"], files.get("tls_client_ca_file")
+        files["tls_cert_file"], files["tls_key_file"], files.get("tls_client_ca_file"), server=True
     )
     if problem is not None:
-        which, reason = problem
-        raise fail([*path, f"tls_{which}_file"], reason)
+        keys = {"cert": "tls_cert_file", "key": "tls_key_file", "ca": "tls_client_ca_file"}
+        raise fail([*path, keys[problem.which]], problem.reason)
     return entrypoint.model_copy(update=files)
 
 
-def tls_files_problem(
-    cert_file: str, key_file: str | None, ca_file: str | None
-) -> tuple[Literal["cert", "key", "client_ca"], str] | None:
-    """What is wrong with a set of TLS files, naming the file at fault ("cert", "key",
-    "client_ca"), or None when they load: each readable, PEM, the key unencrypted and matching
-    the certificate, and all of it accepted by the ``ssl`` module."""
-    import ssl
+def tls_scheme(settings: BrokerTLS) -> bool:
+    """Whether the endpoint's broker URL asks for TLS (``mqtts``/``ssl``, ``amqps``)."""
+    url = settings.broker if isinstance(settings, MQTT5Config) else getattr(settings, "url", "")
+    return url.split("://", 1)[0].lower() in ("mqtts", "ssl", "amqps")
 
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        PublicFormat,
-        load_pem_private_key,
-    )
 
-    files: tuple[tuple[Literal["cert", "key", "client_ca"], str | None], ...] = (
-        ("cert", cert_file),
-        ("key", key_file),
-        ("client_ca", ca_file),
+def _check_broker_tls(settings: M, path: list[str | int], filename: str, fail: Any) -> M:
+    """The TLS keys of a broker endpoint agree with its URL, and its files exist and parse (the
+    key matches its certificate). Returns the settings with the file names made absolute
+    (relative ones are relative to the config file)."""
+    assert isinstance(settings, BrokerTLS)
+    given = settings.model_fields_set
+    if not tls_scheme(settings):
+        for key in _TLS_KEYS:
+            if key in given:
+                scheme = "mqtts:// or ssl://" if isinstance(settings, MQTT5Config) else "amqps://"
+                raise fail([*path, key], f"is only used over TLS (a {scheme} URL)")
+    if settings.key_file is not None and settings.cert_file is None:
+        raise fail([*path, "key_file"], "needs cert_file (the certificate it is the key of)")
+    mechanisms = (getattr(settings, "sasl_mechanisms", None) or "").split()
+    if "EXTERNAL" in mechanisms and settings.cert_file is None:
+        raise fail([*path, "sasl_mechanisms"], "EXTERNAL needs a client certificate (cert_file)")
+    base = Path(".") if filename.startswith("<") else Path(filename).parent
+    resolved = {
+        key: str((base / name).absolute())
+        for key in ("ca_file", "cert_file", "key_file")
+        if (name := getattr(settings, key)) is not None
+    }
+    problem = tls_files_problem(
+        resolved.get("cert_file"), resolved.get("key_file"), resolved.get("ca_file"), server=False
     )
-    contents: dict[str, bytes] = {}
-    for which, name in files:
-        if name is None:
-            continue
-        try:
-            contents[which] = Path(name).read_bytes()
-        except (OSError, ValueError) as error:  # ValueError: a path with a NUL in it
-            return which, f"cannot read {name}: {getattr(error, 'strerror', None) or error}"
-    try:
-        certificate = x509.load_pem_x509_certificates(contents["cert"])[0]
-    except ValueError:
-        return "cert", f"no PEM certificate in {cert_file}"
-    if "key" in contents:
-        try:
-            private_key = load_pem_private_key(contents["key"], password=None)
-        except TypeError:
-            return "key", f"{key_file} is encrypted (give an unencrypted key)"
-        except (ValueError, UnsupportedAlgorithm):
-            return "key", f"no PEM private key in {key_file}"
-        spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        if private_key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(
-            *spki
-        ):
-            return "key", f"does not match the certificate in {cert_file}"
-    if ca_file is not None:
-        try:
-            x509.load_pem_x509_certificates(contents["client_ca"])
-        except ValueError:
-            return "client_ca", f"no PEM certificate in {ca_file}"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(cert_file, key_file, password="")
-    except (OSError, ssl.SSLError) as error:
-        return "cert", f"refused by the ssl module: {error}"
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError) as error:
-            return "client_ca", f"refused by the ssl module: {error}"
-    return None
+    if problem is not None:
+        key = {"cert": "cert_file", "key": "key_file", "ca": "ca_file"}[problem.which]
+        raise fail([*path, key], problem.reason)
+    return settings.model_copy(update=resolved) if resolved else settings
 
 
 def _check_params(entrypoint: EntrypointConfig, path: list[str | int], fail: Any) -> None:

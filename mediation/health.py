@@ -5,7 +5,10 @@ entrypoint listens and every endpoint is up; else 503 ``{"status": "not ready", 
 reason: each endpoint's state, and ``"entrypoints": "starting"`` until the engine has started every
 entrypoint (the health server is started before them, so a load balancer polling it sees 503
 rather than ports that refuse connections), ``"entrypoints": "shutting down"`` once the engine
-refuses new sessions.
+refuses new sessions. An endpoint that is not up and knows why (its last connection failed: a
+TLS certificate refused, a broker not answering) says so under ``"reasons"``
+(``{"endpoints": {"mqtt": "down"}, "reasons": {"mqtt": "cannot connect to ...: TLS: ..."}}``);
+endpoints publish it as a ``down_reason`` attribute (None while up), where they have one.
 """
 
 from __future__ import annotations
@@ -59,4 +62,11 @@ async def _readiness(context: EngineContext, send: Send) -> None:
     if entrypoints is not None:
         body["entrypoints"] = entrypoints  # said only when they are the reason (or one of them)
     body["endpoints"] = states
+    reasons = {
+        name: reason
+        for name, e in context.endpoints.items()
+        if states[name] != EndpointState.UP and (reason := getattr(e, "down_reason", None))
+    }
+    if reasons:
+        body["reasons"] = reasons
     await respond_json(send, 200 if ready else 503, body)

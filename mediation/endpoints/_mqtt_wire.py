@@ -40,6 +40,17 @@ dropped the connection (or, for bad UTF-8, let ``UnicodeDecodeError`` out of ``l
 the broker sent the message again to the client's next connection. Such strings are decoded
 with replacement characters and kept as they are otherwise: one odd message, not a lost session.
 
+TLS (``mqtts://``): paho wraps the socket itself (``tls_set_context``) and does the handshake in
+``connect()``, so in the worker thread, bounded by ``client.connect_timeout``; a handshake that
+fails (unknown CA, wrong name, no client certificate) is :class:`ConnectionLost` with OpenSSL's
+reason. From then on the socket is a non-blocking ``ssl.SSLSocket``: paho turns its
+``SSLWantReadError``/``SSLWantWriteError`` into "try again", and :class:`_ReadAhead` counts what
+the SSL object has decrypted but not handed out (``pending()``) as bytes waiting to be read,
+because the socket will not wake a reader for those: they have left the kernel already. A TLS
+error after the handshake (TLS 1.3 servers refuse a client certificate only then) is kept as the
+reason the connection was lost. Renegotiation (a read that needs a write) is not supported: TLS 1.3
+has none, and brokers do not ask for it.
+
 Garbage: a connection without keepalive (every consumer's) waits for the broker without a
 cancel scope (it would never fire): one object graph fewer per wait, each alive as long as its
 wait, for the cyclic collector to promote and scan (with many consumers, full collections are
@@ -54,6 +65,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import ssl
 import struct
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -65,6 +77,8 @@ from paho.mqtt.exception import MalformedPacket, MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from ._tls import describe
 
 # How often a waiting reader wakes to let paho send its keepalive PINGREQ and notice a broker that
 # stopped answering one (paho's own loop uses the same one-second tick); for long keepalives
@@ -211,6 +225,7 @@ class Wire:
         self._sock: socket.socket | None = None
         self._read_ahead: _ReadAhead | None = None
         self._lost: str | None = None
+        self._connect_failure: str | None = None
         self._write_lock = trio.Lock()
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -241,14 +256,22 @@ class Wire:
             clean_start=clean_start,
             properties=properties,
         )
+        # A TLS 1.3 broker refuses a client certificate only after the handshake, so paho's
+        # CONNECT write or first read fails, in the worker thread; the socket paho then closes
+        # says why (only this attribute is set from that thread).
+        self.client.on_socket_close = self._on_socket_close_in_connect
         try:
             try:
                 await trio.to_thread.run_sync(connect, limiter=limiter)
             except (OSError, ValueError) as error:
-                raise ConnectionLost(f"cannot connect to {host}:{port}: {error}") from None
+                raise ConnectionLost(
+                    f"cannot connect to {host}:{port}: {describe(error)}"
+                ) from None
             sock = self.client.socket()
-            if not isinstance(sock, socket.socket):  # tcp only: no TLS or websocket wrappers
-                raise ConnectionLost(f"cannot connect to {host}:{port}: no socket")
+            # tcp, or tcp in TLS (ssl.SSLSocket is a socket.socket); never websocket wrappers
+            if not isinstance(sock, socket.socket):
+                reason = self._connect_failure or "no socket"
+                raise ConnectionLost(f"cannot connect to {host}:{port}: {reason}")
             self._sock = sock
             self._read_ahead = _ReadAhead(sock)
             # paho reads through it from here on (it only calls recv, send, close and
@@ -348,8 +371,11 @@ class Wire:
 
     def _lost_error(self) -> ConnectionLost:
         if self._lost is None:
-            self._lost = "connection lost"
+            self._lost = self._tls_failure() or "connection lost"
         return ConnectionLost(self._lost)
+
+    def _tls_failure(self) -> str | None:
+        return None if self._read_ahead is None else self._read_ahead.failure
 
     def _on_connect(
         self,
@@ -373,7 +399,10 @@ class Wire:
     ) -> None:
         if self._lost is None:
             from_broker = " by the broker" if flags.is_disconnect_packet_from_server else ""
-            self._lost = f"disconnected{from_broker}: {reason}"
+            self._lost = self._tls_failure() or f"disconnected{from_broker}: {reason}"
+
+    def _on_socket_close_in_connect(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._connect_failure = getattr(sock, "tls_failure", None)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         # Wake whoever waits on the socket before paho closes it under them.
@@ -390,24 +419,31 @@ class _ReadAhead:
 
     It holds at most one such chunk, and only while paho has not read it: a consumer that stops
     reading (its client is slow) leaves the rest in the kernel, as before.
+
+    Over TLS ``raw`` is an ``ssl.SSLSocket``: what its SSL object decrypted and holds counts as
+    pending too, and a TLS error (not a "want read/write") is kept in ``failure``.
     """
 
-    __slots__ = ("_chunk", "_offset", "raw")
+    __slots__ = ("_chunk", "_offset", "_tls", "failure", "raw")
 
     def __init__(self, raw: socket.socket) -> None:
         self.raw = raw
+        self._tls = raw if isinstance(raw, ssl.SSLSocket) else None
         self._chunk = b""
         self._offset = 0
+        self.failure: str | None = None
 
     @property
     def pending(self) -> bool:
-        """Bytes read from the socket and not yet handed to paho."""
-        return self._offset < len(self._chunk)
+        """Bytes read from the socket and not yet handed to paho (or held by the SSL object)."""
+        if self._offset < len(self._chunk):
+            return True
+        return self._tls is not None and self._tls.fileno() >= 0 and self._tls.pending() > 0
 
     def recv(self, buffer_size: int) -> bytes:
         size = buffer_size
         if self._offset >= len(self._chunk):
-            data = self.raw.recv(max(size, READ_AHEAD))  # BlockingIOError, EOF: as paho expects
+            data = self._recv(max(size, READ_AHEAD))  # BlockingIOError, EOF: as paho expects
             if len(data) <= size:
                 self._chunk, self._offset = b"", 0
                 return data
@@ -419,8 +455,27 @@ class _ReadAhead:
             return chunk[start:]
         return self._chunk[start : self._offset]
 
+    def _recv(self, size: int) -> bytes:
+        if self._tls is None:
+            return self.raw.recv(size)
+        try:
+            return self._tls.recv(size)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # paho's "try again"
+        except ssl.SSLError as error:
+            self.failure = describe(error)
+            raise
+
     def send(self, buffer: bytes | bytearray) -> int:
-        return self.raw.send(buffer)
+        if self._tls is None:
+            return self.raw.send(buffer)
+        try:
+            return self._tls.send(buffer)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as error:
+            self.failure = describe(error)
+            raise
 
     def setblocking(self, flag: bool) -> None:
         self.raw.setblocking(flag)
@@ -433,9 +488,14 @@ class _ReadAhead:
 
 
 def _readable_now(sock: socket.socket) -> bool:
-    """Whether another packet's first byte is already waiting (no syscall beyond a peek)."""
+    """Whether another packet's first byte is already waiting (no syscall beyond a peek).
+
+    Over TLS, whether bytes of another record are waiting in the kernel (the SSL object's own
+    are :attr:`_ReadAhead.pending`): ``SSLSocket.recv`` takes no flags, so the socket's own
+    ``recv`` peeks at the encrypted bytes.
+    """
     try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        return bool(socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except (BlockingIOError, InterruptedError):
         return False
     except OSError:

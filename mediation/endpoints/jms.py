@@ -38,6 +38,12 @@ that crosses to Trio (a delivery to settle) must be released on the proton threa
 easy to break. Here there is no thread to join, no cross-thread hand-off, and the hand-off to a
 consumer is a plain bounded buffer that the I/O code appends to without ever waiting.
 
+TLS and SASL: ``amqps://`` adds proton's TLS layer (``SSL`` with an ``SSLDomain`` from the
+endpoint's TLS keys) to the same transport, under its SASL layer: ``sasl_mechanisms`` (default
+PLAIN with a user in the URL, else ANONYMOUS; EXTERNAL logs in as the client certificate). A
+refused certificate or login ends the connect like any failure: ``down``, with the reason in
+``down_reason`` (``/readyz``), and another attempt after the backoff.
+
 Credit with RabbitMQ before 4.0: its plugin adds up the credit of flow frames that cross its
 transfers (rabbitmq-server#2597), so the usual "flow(1) per settlement" let it send thousands of
 messages over a credit of 4 here. Credit is therefore granted only when the link's credit is used
@@ -67,6 +73,7 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 from proton import (
+    SSL,
     Collector,
     Condition,
     Connection,
@@ -79,6 +86,7 @@ from proton import (
     Receiver,
     Sender,
     Session,
+    SSLDomain,
     Transport,
 )
 from proton import Delivery as ProtonDelivery
@@ -447,14 +455,18 @@ class _Wire:
         self.collector = Collector()
         self.connection.collect(self.collector)
         self.transport = Transport()
+        if parts.scheme == "amqps":
+            # proton's own TLS, a layer of the same sans-I/O transport: the socket carries
+            # what it encrypts, as it carries plain AMQP otherwise.
+            tls = SSL(self.transport, tls_domain(config))
+            tls.peer_hostname = config.tls_server_name or self.connection.hostname
         sasl = self.transport.sasl()
         sasl.allow_insecure_mechs = True  # PLAIN over plain TCP, as the URL asks
         if parts.username:
             self.connection.user = unquote(parts.username)
             self.connection.password = unquote(parts.password or "")
-            sasl.allowed_mechs("PLAIN")
-        else:
-            sasl.allowed_mechs("ANONYMOUS")
+        default = "PLAIN" if parts.username else "ANONYMOUS"
+        sasl.allowed_mechs(" ".join((config.sasl_mechanisms or default).split()))
         self.transport.idle_timeout = config.idle_timeout
         self.transport.bind(self.connection)
         self.opened = trio.Event()
@@ -744,6 +756,22 @@ class _Wire:
             return  # the socket went first: nothing more to say
 
 
+def tls_domain(config: JMSConfig) -> SSLDomain:
+    """proton's client TLS settings from the endpoint's TLS keys (made at each connect, so
+    renewed files are read then). ``ca_file`` is the only trusted CA bundle when given, else
+    the system's; ``tls_verify = false`` accepts any certificate."""
+    domain = SSLDomain(SSLDomain.MODE_CLIENT)
+    if config.ca_file is not None:
+        domain.set_trusted_ca_db(config.ca_file)
+    if config.tls_verify:
+        domain.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME, config.ca_file)
+    else:
+        domain.set_peer_authentication(SSLDomain.ANONYMOUS_PEER)
+    if config.cert_file is not None:
+        domain.set_credentials(config.cert_file, config.key_file or config.cert_file, None)
+    return domain
+
+
 def _reason(condition: Condition | None) -> str:
     if condition is None:
         return ""
@@ -758,10 +786,10 @@ class JMSEndpoint:
 
     def __init__(self, name: str, config: JMSConfig) -> None:
         parts = urlsplit(config.url)
-        if parts.scheme != "amqp":
+        if parts.scheme not in ("amqp", "amqps"):
             raise ConfigError(
                 f"endpoint {name}: config.url: {parts.scheme or 'no'} scheme; "
-                "amqp://[user:password@]host[:port] expected (amqps is not supported yet)"
+                "amqp://[user:password@]host[:port] or amqps://... expected"
             )
         self.name = name
         self.config = config
@@ -769,7 +797,9 @@ class JMSEndpoint:
         # delivered, acked, released, rejected, over_credit, published, senders_closed
         self.stats: Counter[str] = Counter()
         self._host = parts.hostname or "localhost"
-        self._port = parts.port or 5672
+        self._port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+        # Why the endpoint is not up (the last connection's failure), for /readyz; None while up.
+        self.down_reason: str | None = None
         self._wire: _Wire | None = None
         self._links = 0
 
@@ -784,9 +814,10 @@ class JMSEndpoint:
                     await self._connection()
                 except* (OSError, BrokerUnavailable, ProtonException) as group:
                     error = group.exceptions[0]
+                    self.down_reason = str(error) or type(error).__name__
                     log.warning(
                         "AMQP connection failed",
-                        extra={"endpoint": self.name, "error": str(error) or type(error).__name__},
+                        extra={"endpoint": self.name, "error": self.down_reason},
                     )
                 else:
                     backoff.reset()  # it was up: start the backoff afresh
@@ -816,6 +847,7 @@ class JMSEndpoint:
                 if wire.failure is not None:
                     raise wire.failure
                 self._wire = wire
+                self.down_reason = None
                 self.state.value = EndpointState.UP
                 log.info("AMQP connection up", extra={"endpoint": self.name})
                 await wire.lost.wait()
@@ -828,6 +860,7 @@ class JMSEndpoint:
                     wire.lose("the endpoint stopped")
                     await wire.stream.aclose()
         if wire.failure is not None:
+            self.down_reason = str(wire.failure)
             log.warning(str(wire.failure), extra={"endpoint": self.name})
 
     def _live(self) -> _Wire:

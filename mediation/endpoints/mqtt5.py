@@ -21,6 +21,12 @@ the first ack; with 4 it sent 4 more per ack, without bound.) What a slow client
 waits in the broker, in that client's own queue (Mosquitto ``max_queued_messages``, default 1000
 per client: beyond it Mosquitto drops that client's messages, never anybody else's).
 
+TLS (``mqtts://``, ``ssl://``): every connection, the endpoint's and each consumer's, uses the TLS
+context made (:mod:`._tls`, from ``ca_file``, ``cert_file``/``key_file``, ``tls_server_name``,
+``tls_verify``) when the endpoint's own connection last connected; the handshake is part of the
+connect (:mod:`._mqtt_wire`), and a refused certificate is a failed connect: ``down``, with the
+reason in ``down_reason`` (``/readyz``), and another attempt after the backoff.
+
 Why not one shared connection
 -----------------------------
 A shared connection is the cheapest to hold, but it is one MQTT session: one Receive Maximum, one
@@ -98,6 +104,7 @@ transports.
 from __future__ import annotations
 
 import logging
+import ssl
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,6 +127,7 @@ from ..errors import BrokerUnavailable
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
 from ._mqtt_wire import ConnectionLost, EngineClient, Wire
+from ._tls import client_context, describe
 from ._written import Written
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
@@ -142,9 +150,11 @@ _CONSUMED_KEYS = frozenset(
 
 
 def broker_address(url: str) -> tuple[str, int]:
-    """``tcp://host:port`` -> ``(host, port)`` (1883 when no port is given)."""
+    """``tcp://host:port`` -> ``(host, port)`` (1883 when no port is given; 8883 for
+    ``mqtts://`` and ``ssl://``)."""
     parts = urlsplit(url)
-    return parts.hostname or "localhost", parts.port or 1883
+    default = 8883 if parts.scheme in ("mqtts", "ssl") else 1883
+    return parts.hostname or "localhost", parts.port or default
 
 
 # -- events <-> MQTT messages ------------------------------------------------------------------
@@ -559,6 +569,11 @@ class MQTT5Endpoint:
         self._client_ids: dict[str, _Consumer] = {}
         self._subscriptions: Counter[str] = Counter()  # granted subscriptions per topic filter
         self._connect_limiter = trio.CapacityLimiter(CONNECT_THREADS)
+        # The TLS context of every connection (mqtts://), made anew at each connect of the
+        # endpoint's own connection, so renewed certificate files are read then.
+        self._tls: ssl.SSLContext | None = None
+        # Why the endpoint is not up (the last failure), for /readyz; None while up.
+        self.down_reason: str | None = None
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -577,6 +592,7 @@ class MQTT5Endpoint:
                 if self.state.value is EndpointState.UP:
                     backoff.reset()
                 delay = backoff.next()
+                self.down_reason = reason
                 self.state.value = EndpointState.DOWN
                 log.warning(
                     "mqtt5 endpoint down",
@@ -589,6 +605,10 @@ class MQTT5Endpoint:
             self._fail_consumers("endpoint stopped")
 
     async def _serve_connection(self) -> None:
+        try:
+            self._tls = client_context(self.config, handshake_on_wrap=True)
+        except OSError as error:  # a file gone or changed since the config was validated
+            raise ConnectionLost(describe(error)) from None
         client = self._new_client(f"mediation-{self.name}-{uuid.uuid4().hex[:12]}")
         client.max_inflight_messages_set(self.config.publish_window)
         wire = Wire(client)
@@ -600,6 +620,7 @@ class MQTT5Endpoint:
             )
             link = _Link(wire, window)
             self._link = link
+            self.down_reason = None
             self.state.value = EndpointState.UP
             log.info("mqtt5 endpoint up", extra={"endpoint": self.name})
             try:
@@ -649,6 +670,8 @@ class MQTT5Endpoint:
             reconnect_on_failure=False,
         )
         client.connect_timeout = self.config.connect_timeout
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
         if self.config.username is not None:
             client.username_pw_set(self.config.username, self.config.password)
         return client

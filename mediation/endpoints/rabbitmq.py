@@ -105,6 +105,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import threading
 import time
 from collections import deque
@@ -128,6 +129,7 @@ from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
 from ._handoff import ToTrio
 from ._pika_adapter import LenientConnection, UndecodableProperties, Writer, cut
+from ._tls import client_context, describe
 from ._written import Written
 from .base import (
     CONVERSION_ERROR,
@@ -229,6 +231,23 @@ def _reason(error: BaseException | None) -> str:
     if isinstance(error, pika.exceptions.ChannelClosed | pika.exceptions.ConnectionClosed):
         return f"{error.reply_code} {error.reply_text}"
     return repr(error) if error is not None else "closed"
+
+
+def _open_reason(error: BaseException) -> str:
+    """A short text for a failed connect: pika wraps the socket's or TLS handshake's error in
+    a workflow error (``exceptions``, the last attempt's last) and a connector error
+    (``exception``); the innermost one says what went wrong."""
+    while True:
+        inner = getattr(error, "exceptions", None) or [getattr(error, "exception", None)]
+        if not isinstance(inner[-1], BaseException):
+            break
+        error = inner[-1]
+    if isinstance(error, OSError):
+        return describe(error)
+    text = _reason(error)
+    # A broker that hangs up right after the TLS handshake (a client certificate it refused,
+    # or none) is a protocol error to pika, with the TLS error in its text.
+    return f"TLS: {text}" if "SSL" in text else text
 
 
 def _consumer_error(reason: BaseException | None) -> MediationError:
@@ -563,9 +582,12 @@ class _Link:
     ``publishes``; I/O thread side: everything under "I/O thread".
     """
 
-    def __init__(self, name: str, config: RabbitMQConfig, to_trio: ToTrio) -> None:
+    def __init__(
+        self, name: str, config: RabbitMQConfig, to_trio: ToTrio, tls: ssl.SSLContext | None
+    ) -> None:
         self.name = name
         self._config = config
+        self._tls = tls
         self._to_trio = to_trio
         # Made here so that Trio can post to it at once; it opens a socket pair, which the I/O
         # thread closes when it ends (or thread_exited, if the thread never started).
@@ -644,6 +666,11 @@ class _Link:
         self._thread_started = True
         try:
             parameters = pika.URLParameters(self._config.url)
+            if self._tls is not None:
+                # amqps://: pika's own TLS transport (the Writer's one-send batches apply to
+                # the plaintext transport only; TLS frames keep pika's write path).
+                name = self._config.tls_server_name or parameters.host
+                parameters.ssl_options = pika.SSLOptions(self._tls, name)
             parameters.client_properties = {"connection_name": f"mediation {self.name}"}
             self._connection = LenientConnection(
                 parameters,
@@ -687,7 +714,7 @@ class _Link:
         self._open_publisher(first=True)
 
     def _on_open_error(self, connection: Any, error: BaseException) -> None:
-        self._ended(f"cannot connect: {_reason(error)}")
+        self._ended(f"cannot connect: {_open_reason(error)}")
         self._ioloop.stop()
 
     def _on_closed(self, connection: Any, error: BaseException) -> None:
@@ -999,6 +1026,9 @@ class RabbitMQEndpoint:
         self._thread = trio.CapacityLimiter(1)  # one I/O thread per endpoint
         self._window = trio.Semaphore(PUBLISH_WINDOW)
         self._written = Written()
+        # Why the endpoint is not up (its last connection's end or failed connect), for
+        # /readyz; None while up.
+        self.down_reason: str | None = None
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -1018,7 +1048,12 @@ class RabbitMQEndpoint:
     async def _connect_once(self) -> bool:
         """One connection, from connecting until it ends (and its thread with it): was it up?"""
         assert self._to_trio is not None, "run() makes it"
-        link = _Link(self.name, self.config, self._to_trio)
+        try:
+            tls = client_context(self.config)  # read anew at each connect: renewed files
+        except OSError as error:  # a file gone or changed since the config was validated
+            self._down(f"cannot connect: {describe(error)}")
+            return False
+        link = _Link(self.name, self.config, self._to_trio, tls)
         was_up = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._run_thread, link)
@@ -1027,6 +1062,7 @@ class RabbitMQEndpoint:
                 if not link.ended.is_set():
                     was_up = True
                     self._link = link
+                    self.down_reason = None
                     self.state.value = EndpointState.UP
                     log.info("rabbitmq connected", extra={"endpoint": self.name})
                     await link.ended.wait()
@@ -1034,11 +1070,9 @@ class RabbitMQEndpoint:
                         "rabbitmq connection lost",
                         extra={"endpoint": self.name, "error": link.reason},
                     )
+                    self.down_reason = link.reason
                 else:
-                    log.info(
-                        "rabbitmq not reachable",
-                        extra={"endpoint": self.name, "error": link.reason},
-                    )
+                    self._down(link.reason)
             finally:
                 self._link = None
                 if was_up:
@@ -1047,6 +1081,12 @@ class RabbitMQEndpoint:
                 link.fail_all()
                 link.request_stop()
         return was_up
+
+    def _down(self, reason: str) -> None:
+        """A connect failed (broker unreachable, TLS or login refused): ``down``, said once."""
+        self.down_reason = reason
+        self.state.value = EndpointState.DOWN
+        log.warning("rabbitmq not reachable", extra={"endpoint": self.name, "error": reason})
 
     async def _run_thread(self, link: _Link) -> None:
         try:

@@ -1,4 +1,5 @@
-"""Session-scoped pytest fixtures for the real brokers: `tansu`, `rabbitmq`, `mosquitto`.
+"""Session-scoped pytest fixtures for the real brokers: `tansu`, `rabbitmq`, `mosquitto`,
+`mosquitto_tls`, and `tls_files` (the certificates of their TLS listeners).
 
 Load with `pytest_plugins = ["tests.brokers.fixtures"]` in tests/conftest.py. Each broker
 starts the first time a test asks for it (a failure to start is an error, never a skip) and
@@ -14,6 +15,13 @@ from collections.abc import Iterator
 import pytest
 
 from . import Mosquitto, RabbitMQ, Tansu, start_mosquitto, start_rabbitmq, start_tansu
+from .tls import TLSFiles, make_certs
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """This run's CAs and certificates (trustme): see tests.brokers.tls."""
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +32,10 @@ def tansu() -> Iterator[Tansu]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq() -> Iterator[RabbitMQ]:
-    """A RabbitMQ node: `.amqp_url`, `.amqp1_port`, `.queue_counts(queue)`, `.connection()`."""
-    with start_rabbitmq() as broker:
+def rabbitmq(tls_files: TLSFiles) -> Iterator[RabbitMQ]:
+    """A RabbitMQ node: `.amqp_url`, `.amqp1_port`, `.queue_counts(queue)`, `.connection()`;
+    and a TLS listener requiring client certificates (`.amqps_url`, `.amqp1s_url`)."""
+    with start_rabbitmq(tls=tls_files) as broker:
         yield broker
 
 
@@ -34,4 +43,12 @@ def rabbitmq() -> Iterator[RabbitMQ]:
 def mosquitto() -> Iterator[Mosquitto]:
     """A Mosquitto MQTT 5 broker: `.host`, `.port`."""
     with start_mosquitto() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def mosquitto_tls(tls_files: TLSFiles) -> Iterator[Mosquitto]:
+    """A Mosquitto with TLS listeners as well: `.tls_url` (server certificate only) and
+    `.mtls_url` (client certificate required)."""
+    with start_mosquitto(tls=tls_files) as broker:
         yield broker

@@ -23,6 +23,7 @@ from ._common import (
     tail,
     wait_until,
 )
+from .tls import TLSFiles
 
 RABBITMQ_HOME = Path("/usr/lib/rabbitmq")
 SERVER = RABBITMQ_HOME / "bin" / "rabbitmq-server"  # not /usr/sbin/...: that one su's to rabbitmq
@@ -51,7 +52,9 @@ class RabbitMQ(Broker):
 
     Attributes: host, port, amqp_url, amqp1_port (== port), amqp1_url, nodename, username,
     password, vhost, dist_port, epmd_port, workdir, log_path, web_mqtt_port and mqtt_port
-    (None unless started with web_mqtt=True).
+    (None unless started with web_mqtt=True), and with `tls` (certificates from tests.brokers.tls)
+    a TLS listener for AMQP 0-9-1 and 1.0 on `tls_port` (`amqps_url`, `amqp1s_url`) that
+    requires a client certificate from the same CA; SASL EXTERNAL maps its CN to a user.
     Methods: queue_counts(name), queue_exists(name), delete_queue(name), purge_queue(name),
     list_queues() (rabbitmqctl, slower), rabbitmqctl(*args), connection() (pika), plus the
     Broker ones: stop(), kill(), start(), restart(), pause(), resume(), stopped(), frozen().
@@ -69,11 +72,14 @@ class RabbitMQ(Broker):
         port: int | None = None,
         host: str = LOOPBACK,
         web_mqtt: bool = False,
+        tls: TLSFiles | None = None,
         **kw: bool,
     ) -> None:
         if not SERVER.exists():
             raise BrokerStartError(f"{SERVER} missing: run scripts/install-system-deps")
         super().__init__(port, host, **kw)
+        self.tls = tls
+        self.tls_port = free_port(host) if tls else None
         self.dist_port = free_port(host)
         self.epmd_port = free_port(host)
         # Off by default (it adds ~5 s to the first boot): the benchmarks' broker-native
@@ -99,6 +105,14 @@ class RabbitMQ(Broker):
     def amqp1_url(self) -> str:
         return f"amqp://{self.username}:{self.password}@{self.host}:{self.port}"
 
+    @property
+    def amqps_url(self) -> str:
+        return f"amqps://{self.username}:{self.password}@localhost:{self.tls_port}/%2F"
+
+    @property
+    def amqp1s_url(self) -> str:
+        return f"amqps://{self.username}:{self.password}@localhost:{self.tls_port}"
+
     # -- config & process ------------------------------------------------------------
     def _write_config(self) -> None:
         d = self.workdir
@@ -114,6 +128,20 @@ class RabbitMQ(Broker):
             # Keep the node small and quick on 2 cores.
             "collect_statistics_interval = 10000\n"
             + (
+                f"listeners.ssl.1 = {self.host}:{self.tls_port}\n"
+                f"ssl_options.cacertfile = {self.tls.ca}\n"
+                f"ssl_options.certfile = {self.tls.server_cert}\n"
+                f"ssl_options.keyfile = {self.tls.server_key}\n"
+                "ssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = true\n"
+                "auth_mechanisms.1 = PLAIN\n"
+                "auth_mechanisms.2 = AMQPLAIN\n"
+                "auth_mechanisms.3 = EXTERNAL\n"
+                "ssl_cert_login_from = common_name\n"
+                if self.tls is not None
+                else ""
+            )
+            + (
                 f"mqtt.listeners.tcp.1 = {self.host}:{self.mqtt_port}\n"
                 f"web_mqtt.tcp.ip = {self.host}\n"
                 f"web_mqtt.tcp.port = {self.web_mqtt_port}\n"
@@ -126,6 +154,7 @@ class RabbitMQ(Broker):
             "[{kernel, [{inet_dist_use_interface, {127,0,0,1}}]}].\n"
         )
         plugins = PLUGINS + (("rabbitmq_web_mqtt",) if self.web_mqtt_port else ())
+        plugins += ("rabbitmq_auth_mechanism_ssl",) if self.tls is not None else ()
         (d / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         (d / "rabbitmq-env.conf").write_text("# empty: keeps /etc/rabbitmq/rabbitmq-env.conf out\n")
         self.env = {
@@ -176,6 +205,8 @@ class RabbitMQ(Broker):
 
     def _ready(self) -> bool:
         if not port_accepts(self.host, self.port):
+            return False
+        if self.tls_port is not None and not port_accepts(self.host, self.tls_port):
             return False
         try:
             conn = self.connection(
@@ -308,13 +339,16 @@ class RabbitMQ(Broker):
 
 @contextlib.contextmanager
 def start_rabbitmq(
-    port: int | None = None, host: str = LOOPBACK, web_mqtt: bool = False
+    port: int | None = None,
+    host: str = LOOPBACK,
+    web_mqtt: bool = False,
+    tls: TLSFiles | None = None,
 ) -> Iterator[RabbitMQ]:
     """Start a private RabbitMQ node on a free (or the given) loopback port; stop it on exit.
 
     ``web_mqtt``: also the rabbitmq_web_mqtt plugin (MQTT over WebSocket on ``web_mqtt_port``,
     path ``/ws``; plain MQTT 3.1.1 on ``mqtt_port``).
     """
-    with RabbitMQ(port, host, web_mqtt=web_mqtt) as broker:
+    with RabbitMQ(port, host, web_mqtt=web_mqtt, tls=tls) as broker:
         broker.start()
         yield broker
