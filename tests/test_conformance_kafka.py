@@ -95,3 +95,26 @@ class TestKafkaConformance(DeliveryConformance, EndpointConformance, ClientResum
                 endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=True
             )
             nursery.cancel_scope.cancel()
+
+
+class TestKafkaSharedFetchConformance(
+    DeliveryConformance, EndpointConformance, ClientResumeConformance
+):
+    """The same promises with ``fetch = "shared"``: one fetch of the topic for every session,
+    positions per client written to the same groups through the admin API."""
+
+    @pytest.fixture
+    async def under_test(self, tansu: Tansu) -> AsyncIterator[EndpointUnderTest]:
+        admin = AdminClient(tansu.client_config())
+        topic = await trio.to_thread.run_sync(new_topic, admin, "conformance-shared")
+        async with trio.open_nursery() as nursery:
+            endpoint = await running_endpoint(nursery, tansu, topic, fetch="shared")
+
+            async def subscriptions() -> int:
+                # No group members: the sessions reading, as the endpoint counts them.
+                return sum(len(fetch.sessions) for fetch in endpoint._fetches.values())
+
+            yield EndpointUnderTest(
+                endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=True
+            )
+            nursery.cancel_scope.cancel()

@@ -132,6 +132,7 @@ from ..events import Delivery, Event
 from ._backoff import Backoff
 from ._handoff import ToTrio
 from ._kafka_positions import PartitionPositions
+from ._kafka_shared import GroupOffsets, SharedFetch, SharedSession
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -886,6 +887,10 @@ class KafkaEndpoint:
         self._fatal = False  # the current producer had a fatal error: it must be replaced
         self._up_since = 0.0
         self._to_trio: ToTrio | None = None  # made in Trio, by run() or the first consume()
+        # fetch = "shared" (see _kafka_shared): a fetch per topic, the positions, the pool.
+        self._fetches: dict[str, SharedFetch] = {}
+        self._offsets: GroupOffsets | None = None
+        self._readers = trio.CapacityLimiter(config.catch_up_readers)
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -1114,6 +1119,10 @@ class KafkaEndpoint:
             raise BrokerUnavailable(f"endpoint {self.name} is down")
         topic = subscription.fill(self.config.topic_in)
         group = subscription.fill(self.config.group_id.replace("{endpoint}", self.name))
+        if self.config.fetch == "shared" and "{client_id}" in self.config.group_id:
+            async with self._consume_shared(subscription, topic, group) as deliveries:
+                yield deliveries
+            return
         credit = subscription.credit
         consumer = _SessionConsumer(
             {
@@ -1152,6 +1161,117 @@ class KafkaEndpoint:
             if closing.cancelled_caught:
                 log.warning(
                     "kafka consumer did not close in time; left to finish on its own",
+                    extra={"endpoint": self.name, "group": group},
+                )
+
+    def _reader_config(self, group: str, **tuning: Any) -> dict[str, Any]:
+        """A consumer that is assigned partitions, never a group member, never commits."""
+        return {
+            **_CONSUMER_DEFAULTS,
+            **tuning,
+            **self.config.librdkafka,
+            "bootstrap.servers": self.config.brokers,
+            "group.id": group,  # never joined: required by the client, unused
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "logger": librdkafka_log,
+        }
+
+    @asynccontextmanager
+    async def _consume_shared(
+        self, subscription: Subscription, topic: str, group: str
+    ) -> AsyncIterator[Deliveries]:
+        """``fetch = "shared"``: the session reads from the topic's shared fetch (module doc of
+        ``_kafka_shared``); its positions are its group's, written through the admin API."""
+        to_trio = self._handoff()
+        if self._offsets is None:
+            admin = {
+                **self.config.librdkafka,
+                "bootstrap.servers": self.config.brokers,
+                "logger": librdkafka_log,
+            }
+            self._offsets = GroupOffsets(admin, to_trio)
+        offsets = self._offsets
+        fetch = self._fetches.get(topic)
+        if fetch is None or fetch.failure is not None:
+            fetch = SharedFetch(
+                self._reader_config(
+                    f"mediation-{self.name}-fetch",
+                    **{
+                        "queued.max.messages.kbytes": self.config.fetch_prefetch_kbytes,
+                        "fetch.message.max.bytes": 1024 * 1024,
+                    },
+                ),
+                topic,
+                to_trio,
+                event_from_message,
+            )
+            self._fetches[topic] = fetch
+            fetch.start(f"kafka fetch {self.name} {topic}")
+        credit = max(1, subscription.credit)
+        plan = subscription.route.ack_plan
+        window = credit + (READ_AHEAD if plan.reads_ahead else 0)
+        session = SharedSession(
+            fetch,
+            offsets,
+            self._readers,
+            self._reader_config(f"mediation-{self.name}-reader", **{"queued.min.messages": window}),
+            group=group,
+            credit=credit,
+            window=window,
+            sync_commits=plan.ack_awaits_broker,
+            undeliverable=subscription.undeliverable,
+            convert=event_from_message,
+            to_trio=to_trio,
+        )
+        fetch.sessions.add(session)
+        try:
+            await fetch.started.wait()
+            if fetch.failure is not None:
+                raise fetch.failure
+            if not fetch.waiting_for_topic:
+                partitions = sorted(fetch.next)
+                stored = await offsets.read(group, topic, partitions)
+                resume = resume_position(subscription.resume_after, topic)
+                starts: dict[int, int] = {}
+                to_write: dict[int, int] = {}
+                for partition in partitions:
+                    start = stored.get(partition, -1)
+                    if start < 0:
+                        start = (
+                            fetch.low[partition]
+                            if self.config.auto_offset_reset == "earliest"
+                            else fetch.next[partition]
+                        )
+                    if resume is not None and resume[0] == partition:
+                        start = resume[1]
+                    if start != stored.get(partition, -1):
+                        to_write[partition] = start
+                    starts[partition] = start
+                if to_write:
+                    # The group's resume point from now on, even if this session never acks.
+                    await offsets.write(group, topic, to_write)
+                if fetch.failure is not None:
+                    raise fetch.failure
+                session.begin(starts)
+            yield Deliveries(session.next_delivery)
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as closing:
+                try:
+                    await session.close()
+                except BrokerUnavailable as error:
+                    log.warning(
+                        "kafka position not stored at the end of the session",
+                        extra={"endpoint": self.name, "group": group, "error": str(error)},
+                    )
+                if not fetch.sessions and self._fetches.get(topic) is fetch:
+                    del self._fetches[topic]
+                    fetch.stop()
+                    await fetch.finished.wait()
+            if closing.cancelled_caught:
+                log.warning(
+                    "kafka shared session did not close in time",
                     extra={"endpoint": self.name, "group": group},
                 )
 
