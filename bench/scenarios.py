@@ -951,6 +951,67 @@ def _s7_side(ctx: Context, broker: str, side: str, toml: str, topic: str, n: int
     return result
 
 
+# -- S7K: live Kafka sessions with the shared fetch --------------------------------------------
+
+
+S7K_SESSIONS = 10_000
+
+
+def s7k(ctx: Context) -> list[Row]:
+    """S7 for Kafka with ``fetch = "shared"`` (one fetch of the topic, a position per client in
+    its own group): the engine alone (the hand-rolled bridge's consumer per session held 0 of
+    500 in S7), 10,000 sessions, each receiving every record."""
+    n = 200 if ctx.quick else S7K_SESSIONS
+    ctx.brokers.fresh_tansu()
+    topic = "bench.s7k"
+    ep = endpoint(ctx.brokers, "kafka", topic, fetch="shared", auto_offset_reset="latest")
+    prefill(ctx.brokers, "kafka", topic, 1, 10, b"w")
+    toml = engine_toml(
+        {"ws": {"type": "websocket"}},
+        {"b": ep},
+        [{"source": "b", "target": "ws", "channel_size": 1}],
+    )
+    result = _s7_side(ctx, "kafka", "engine", toml, topic, n)
+    ctx.record("S7K:kafka:engine", result)
+    ctx.log(
+        f"  S7K kafka shared: {result['complete']}/{n} sessions receiving, "
+        f"{result['rss_per_session']:.0f} KiB and {result['threads_per_session']:.4f} threads "
+        f"per session ({result['threads']} threads in all)"
+    )
+    label = f"{n} WS sessions, fetch = shared (1 round, engine only)"
+    return [
+        Row(
+            "S7K",
+            BROKER_LABEL["kafka"],
+            label,
+            "sessions receiving",
+            [result["complete"]],
+            [],
+            "none",
+            f"value >= {n}" if not ctx.quick else "",
+        ),
+        Row(
+            "S7K",
+            BROKER_LABEL["kafka"],
+            label,
+            "RSS KiB/session",
+            [result["rss_per_session"]],
+            [],
+            "none",
+            "value <= 64" if not ctx.quick else "",
+        ),
+        Row(
+            "S7K",
+            BROKER_LABEL["kafka"],
+            label,
+            "threads/session",
+            [result["threads_per_session"]],
+            [],
+            "none",
+        ),
+    ]
+
+
 # -- S8: fan-out --------------------------------------------------------------------------------
 
 
@@ -1191,6 +1252,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "S5": s5,
     "S6": s6,
     "S7": s7,
+    "S7K": s7k,
     "S8": s8,
     "S9": s9,
     "S10": s10,
@@ -1204,6 +1266,7 @@ DESCRIPTIONS = {
     "S5": "end-to-end latency at 1,000 msgs/s, broker publish -> WebSocket receive",
     "S6": "concurrent idle sessions (WebSocket and SSE, memory endpoint)",
     "S7": "concurrent live sessions, one broker consumer each",
+    "S7K": "concurrent live Kafka sessions with fetch = shared (one fetch, a position each)",
     "S8": "fan-out: one event to N SSE clients",
     "S9": "slow client: 1 stalled + 9 fast clients on one endpoint",
     "S10": "packet log on vs off",

@@ -132,3 +132,69 @@ class TestKafkaParams(ParamsConformance):
     @pytest.fixture
     def params_adapter(self, tansu: Tansu) -> ParamsAdapter:
         return KafkaParams(tansu)
+
+
+class TestKafkaSharedFetchConformance(
+    DeliveryConformance, EndpointConformance, ClientResumeConformance
+):
+    """The same promises with ``fetch = "shared"``: one fetch of the topic for every session,
+    positions per client written to the same groups through the admin API."""
+
+    @pytest.fixture
+    async def under_test(self, tansu: Tansu) -> AsyncIterator[EndpointUnderTest]:
+        admin = AdminClient(tansu.client_config())
+        topic = await trio.to_thread.run_sync(new_topic, admin, "conformance-shared")
+        async with trio.open_nursery() as nursery:
+            endpoint = await running_endpoint(nursery, tansu, topic, fetch="shared")
+
+            async def subscriptions() -> int:
+                # No group members: the sessions reading, as the endpoint counts them.
+                return sum(len(fetch.sessions) for fetch in endpoint._fetches.values())
+
+            yield EndpointUnderTest(
+                endpoint, subscriptions, redelivers_in_session=True, resumes_for_client=True
+            )
+            nursery.cancel_scope.cancel()
+
+
+async def test_positions_carry_over_between_the_two_designs(tansu: Tansu) -> None:
+    """A client acks 2 of 6 with a consumer per session, then 2 more with the shared fetch, then
+    the per-session design again: each session starts right after the last ack of the one
+    before, whichever design stored it (same group, mediation-{endpoint}-{client_id})."""
+    from mediation.config import RouteConfig
+    from mediation.endpoints.base import Outbound, Subscription
+    from mediation.events import Event
+
+    admin = AdminClient(tansu.client_config())
+    topic = await trio.to_thread.run_sync(new_topic, admin, "carry-over")
+    name = f"kafka-{uuid.uuid4().hex[:8]}"
+    route = RouteConfig(source=name, target="clients", direction="downstream")
+    subscription = Subscription(client_id="c1", session_id="s", entrypoint="e", route=route)
+    seen: list[str] = []
+    for fetch in ("per_session", "shared", "per_session"):
+        async with trio.open_nursery() as nursery:
+            config = KafkaConfig(
+                brokers=tansu.bootstrap_servers,
+                topic_in=topic,
+                topic_out=topic,
+                auto_offset_reset="earliest",
+                fetch=fetch,  # type: ignore[arg-type]
+                **FAST_GROUPS,  # type: ignore[arg-type]
+            )
+            endpoint = KafkaEndpoint(name, config)
+            await nursery.start(endpoint.run)
+            with trio.fail_after(20):
+                await endpoint.state.wait_value(EndpointState.UP)
+                if not seen:
+                    up = RouteConfig(source="clients", target=name, direction="upstream")
+                    for n in range(6):
+                        await endpoint.publish(
+                            Outbound(Event(payload=b"%d" % n), up, "producer", "e"), confirm=True
+                        )
+                async with endpoint.consume(subscription) as deliveries:
+                    for _ in range(2):
+                        delivery = await anext(aiter(deliveries))
+                        seen.append(delivery.event.payload.decode())
+                        await delivery.ack()
+            nursery.cancel_scope.cancel()
+    assert seen == ["0", "1", "2", "3", "4", "5"]

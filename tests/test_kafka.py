@@ -46,8 +46,9 @@ QUIET = {"log.connection.close": False}  # the outage test closes every connecti
 class Kafka:
     """Blocking helpers for the far side of the broker; call them with ``trio.to_thread``."""
 
-    def __init__(self, tansu: Tansu) -> None:
+    def __init__(self, tansu: Tansu, fetch: str = "per_session") -> None:
         self.tansu = tansu
+        self.fetch = fetch  # the endpoints' KafkaConfig.fetch
         self.admin = AdminClient(tansu.client_config())
 
     def topic(self, prefix: str) -> str:
@@ -80,10 +81,11 @@ class Kafka:
         return group_members(self.admin, f"mediation-{endpoint}-{client_id}")
 
 
-@pytest.fixture
-def kafka(tansu: Tansu) -> Iterator[Kafka]:
+@pytest.fixture(params=["per_session", "shared"])
+def kafka(tansu: Tansu, request: pytest.FixtureRequest) -> Iterator[Kafka]:
+    """Every test runs with both designs (``KafkaConfig.fetch``)."""
     tansu.ensure_running()
-    yield Kafka(tansu)
+    yield Kafka(tansu, request.param)
     tansu.ensure_running()  # a test that stopped it brings it back even when it failed
 
 
@@ -103,7 +105,12 @@ async def kafka_engine(
     tables = {
         name: {
             "type": "kafka",
-            "config": {"brokers": kafka.tansu.bootstrap_servers, **FAST_GROUPS, **config},
+            "config": {
+                "brokers": kafka.tansu.bootstrap_servers,
+                "fetch": kafka.fetch,
+                **FAST_GROUPS,
+                **config,
+            },
         }
         for name, config in endpoints.items()
     }
@@ -175,7 +182,9 @@ async def test_downstream_to_websocket_and_sse_then_the_group_is_left(
         ):
             # Both sessions are subscribed (101 / the session event): nothing published from
             # here on may be missed.
-            assert await trio.to_thread.run_sync(kafka.members, name, "w1") == 1
+            # (fetch = "shared": no group member; the position is written to the group instead.)
+            members = 1 if kafka.fetch == "per_session" else 0
+            assert await trio.to_thread.run_sync(kafka.members, name, "w1") == members
             await trio.to_thread.run_sync(
                 lambda: kafka.put(topic, b"line one\nline two", key=b"k-1", **{"x-trace": "t-1"})
             )

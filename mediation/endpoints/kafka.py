@@ -105,7 +105,7 @@ import logging
 import re
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -131,6 +131,8 @@ from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
 from ._backoff import Backoff
 from ._handoff import ToTrio
+from ._kafka_positions import PartitionPositions
+from ._kafka_shared import GroupOffsets, SharedFetch, SharedSession
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -322,12 +324,8 @@ class _SessionConsumer:
         # Trio side.
         self._changed = trio.lowlevel.ParkingLot()
         # Thread side: per assigned partition.
-        self._epoch: dict[int, int] = {}  # kept across assignments, so old epochs stay old
-        self._assign_epoch: dict[int, int] = {}
-        self._unsettled: dict[int, Counter[tuple[int, int]]] = {}  # (offset, epoch) -> count
-        self._position: dict[int, int] = {}  # next offset to hand out
-        self._rewound_to: dict[int, int] = {}  # where the current epoch started
-        self._committed: dict[int, int] = {}
+        self._partitions: dict[int, PartitionPositions] = {}  # the assigned ones
+        self._epochs: dict[int, int] = {}  # kept across assignments, so old epochs stay old
         # Events in _ready, handed out, or settled but not yet applied here: at most _window.
         self._held = 0
         # Fetch again once this much of the window is free (or the session took everything
@@ -565,10 +563,11 @@ class _SessionConsumer:
 
     def _refetch(self, consumer: Consumer, partitions: set[int | None]) -> None:
         for partition in partitions:
-            if partition is not None and partition in self._position:
-                self._epoch[partition] += 1
-                self._rewound_to[partition] = self._position[partition]
-                consumer.seek(TopicPartition(self._topic, partition, self._position[partition]))
+            if partition is None:
+                continue
+            positions = self._partitions.get(partition)
+            if positions is not None:
+                consumer.seek(TopicPartition(self._topic, partition, positions.refetch()))
 
     def _deliver(self, messages: list[Message]) -> None:
         """Hand fetched events to the session: one lock per batch, and a Trio wake-up only if
@@ -590,21 +589,18 @@ class _SessionConsumer:
                 self._fail(f"kafka consumer: {error.str()}")
             return None
         partition, offset = message.partition(), message.offset()
-        if partition is None or offset is None or partition not in self._position:
+        if partition is None or offset is None:
+            return None
+        positions = self._partitions.get(partition)
+        if positions is None:
             return None  # from a partition this consumer no longer has
-        epoch = self._epoch[partition]
         try:
             event = event_from_message(message)
         except Exception as failure:  # one record, never the session (see the module doc)
-            self._skip(partition, offset, failure)
+            self._skip(positions, partition, offset, failure)
             return None
-        item = _Item(event, partition, offset, epoch)
-        unsettled = self._unsettled[partition]
-        key = (offset, epoch)
-        unsettled[key] = unsettled.get(key, 0) + 1
         self._held += 1
-        self._position[partition] = offset + 1
-        return item
+        return _Item(event, partition, offset, positions.fetched(offset))
 
     def _topic_missing(self, error: KafkaError) -> None:
         """The topic does not exist (yet): the session starts without partitions and waits."""
@@ -619,7 +615,9 @@ class _SessionConsumer:
         if not subscribed:
             self._wake_trio()
 
-    def _skip(self, partition: int, offset: int, error: Exception) -> None:
+    def _skip(
+        self, positions: PartitionPositions, partition: int, offset: int, error: Exception
+    ) -> None:
         """A record that cannot become an event: passed over as if acked, logged, counted."""
         log.warning(
             "kafka record skipped: it cannot be converted into an event",
@@ -631,7 +629,7 @@ class _SessionConsumer:
                 "error": str(error) or type(error).__name__,
             },
         )
-        self._position[partition] = offset + 1
+        positions.skipped(offset)
         self._dirty.add(partition)  # committed with the next commit
         self._undeliverable(CONVERSION_ERROR)
 
@@ -648,9 +646,8 @@ class _SessionConsumer:
             item = settle.item
             if not settle.accepted:
                 nacks += 1
-            unsettled = self._unsettled.get(item.partition)
-            key = (item.offset, item.epoch)
-            if unsettled is None or unsettled[key] <= 0:
+            positions = self._partitions.get(item.partition)
+            if positions is None or not positions.holds(item.offset, item.epoch):
                 # Its partition was revoked meanwhile: another member will deliver it again.
                 if settle.waiter is not None:
                     self._resolve(
@@ -658,13 +655,11 @@ class _SessionConsumer:
                         BrokerUnavailable("kafka partition reassigned before the ack"),
                     )
                 continue
-            unsettled[key] -= 1
-            if unsettled[key] == 0:
-                del unsettled[key]
+            if not settle.accepted:
+                self._rewind(consumer, positions, item)
+            positions.settled(item.offset, item.epoch)
             self._held -= 1
             touched.add(item.partition)
-            if not settle.accepted:
-                self._rewind(consumer, item)
             if settle.waiter is not None:
                 waiters.append(settle.waiter)
         self._commit(consumer, touched, waiters)
@@ -674,17 +669,13 @@ class _SessionConsumer:
             self._wake_trio()  # next_delivery waits while a nack is not applied
         return True
 
-    def _rewind(self, consumer: Consumer, item: _Item) -> None:
+    def _rewind(self, consumer: Consumer, positions: PartitionPositions, item: _Item) -> None:
         """A nack: fetch the partition again from the refused event (unless that happens anyway)."""
-        partition, offset, epoch = item.partition, item.offset, item.epoch
-        if partition not in self._position or epoch < self._assign_epoch[partition]:
+        seek = positions.rewind(item.offset, item.epoch)
+        if seek is None:
             return
-        if epoch < self._epoch[partition] and offset >= self._rewound_to[partition]:
-            return  # an earlier rewind of this partition already covers it
-        self._epoch[partition] += 1
-        self._rewound_to[partition] = offset
-        self._position[partition] = offset
-        consumer.seek(TopicPartition(self._topic, partition, offset))
+        partition = item.partition
+        consumer.seek(TopicPartition(self._topic, partition, seek))
         self._drop_ready(lambda ready: ready.partition == partition)
 
     def _drop_ready(self, drop: Callable[[_Item], bool]) -> None:
@@ -693,18 +684,9 @@ class _SessionConsumer:
             if dropped:
                 self._ready = deque(item for item in self._ready if not drop(item))
         for item in dropped:
-            unsettled = self._unsettled.get(item.partition)
-            if unsettled is not None and unsettled[item.offset, item.epoch] > 0:
-                unsettled[item.offset, item.epoch] -= 1
-                if unsettled[item.offset, item.epoch] == 0:
-                    del unsettled[item.offset, item.epoch]
+            positions = self._partitions.get(item.partition)
+            if positions is not None and positions.dropped(item.offset, item.epoch):
                 self._held -= 1
-
-    def _commit_point(self, partition: int) -> int:
-        unsettled = self._unsettled[partition]
-        position = self._position[partition]
-        # min() of the (offset, epoch) keys runs in C: cheap even at credit 1024.
-        return min(position, min(unsettled)[0]) if unsettled else position
 
     def _commit(
         self,
@@ -728,11 +710,9 @@ class _SessionConsumer:
         self._dirty = set()
         offsets = []
         for partition in sorted(partitions):
-            if partition not in self._position:
-                continue
-            point = self._commit_point(partition)
-            if point > self._committed.get(partition, -1):
-                self._committed[partition] = point
+            positions = self._partitions.get(partition)
+            point = positions.to_commit() if positions is not None else None
+            if point is not None:
                 offsets.append(TopicPartition(self._topic, partition, point))
         if not offsets:
             self._resolve(waiters, None)
@@ -766,8 +746,9 @@ class _SessionConsumer:
 
     def _forget_commits(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
-            if self._committed.get(tp.partition) == tp.offset:
-                del self._committed[tp.partition]  # committed again with the next flush
+            positions = self._partitions.get(tp.partition)
+            if positions is not None and positions.committed == tp.offset:
+                positions.commit_failed(tp.offset)  # committed again with the next flush
                 self._dirty.add(tp.partition)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -803,12 +784,9 @@ class _SessionConsumer:
             consumer.pause(starts)
         for tp in starts:
             partition = tp.partition
-            self._epoch[partition] = self._epoch.get(partition, 0) + 1
-            self._assign_epoch[partition] = self._epoch[partition]
-            self._unsettled[partition] = Counter()
-            self._position[partition] = tp.offset
-            self._rewound_to[partition] = tp.offset
-            self._committed[partition] = tp.offset
+            previous = self._partitions.get(partition)
+            epoch = (previous.epoch if previous is not None else self._epochs.get(partition, 0)) + 1
+            self._partitions[partition] = PartitionPositions(tp.offset, epoch=epoch)
         self._rebalances += 1
         if starts:
             self._waiting_for_topic = False
@@ -837,10 +815,10 @@ class _SessionConsumer:
         self._dirty -= gone
         self._drop_ready(lambda item: item.partition in gone)
         for partition in gone:
-            unsettled = self._unsettled.pop(partition, Counter())
-            self._held -= sum(unsettled.values())
-            for table in (self._position, self._rewound_to, self._committed):
-                table.pop(partition, None)
+            positions = self._partitions.pop(partition, None)
+            if positions is not None:
+                self._held -= positions.unsettled
+                self._epochs[partition] = positions.epoch
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -909,6 +887,10 @@ class KafkaEndpoint:
         self._fatal = False  # the current producer had a fatal error: it must be replaced
         self._up_since = 0.0
         self._to_trio: ToTrio | None = None  # made in Trio, by run() or the first consume()
+        # fetch = "shared" (see _kafka_shared): a fetch per topic, the positions, the pool.
+        self._fetches: dict[str, SharedFetch] = {}
+        self._offsets: GroupOffsets | None = None
+        self._readers = trio.CapacityLimiter(config.catch_up_readers)
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -1137,6 +1119,10 @@ class KafkaEndpoint:
             raise BrokerUnavailable(f"endpoint {self.name} is down")
         topic = subscription.fill(self.config.topic_in)
         group = subscription.fill(self.config.group_id.replace("{endpoint}", self.name))
+        if self.config.fetch == "shared" and "{client_id}" in self.config.group_id:
+            async with self._consume_shared(subscription, topic, group) as deliveries:
+                yield deliveries
+            return
         credit = subscription.credit
         consumer = _SessionConsumer(
             {
@@ -1175,6 +1161,117 @@ class KafkaEndpoint:
             if closing.cancelled_caught:
                 log.warning(
                     "kafka consumer did not close in time; left to finish on its own",
+                    extra={"endpoint": self.name, "group": group},
+                )
+
+    def _reader_config(self, group: str, **tuning: Any) -> dict[str, Any]:
+        """A consumer that is assigned partitions, never a group member, never commits."""
+        return {
+            **_CONSUMER_DEFAULTS,
+            **tuning,
+            **self.config.librdkafka,
+            "bootstrap.servers": self.config.brokers,
+            "group.id": group,  # never joined: required by the client, unused
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "logger": librdkafka_log,
+        }
+
+    @asynccontextmanager
+    async def _consume_shared(
+        self, subscription: Subscription, topic: str, group: str
+    ) -> AsyncIterator[Deliveries]:
+        """``fetch = "shared"``: the session reads from the topic's shared fetch (module doc of
+        ``_kafka_shared``); its positions are its group's, written through the admin API."""
+        to_trio = self._handoff()
+        if self._offsets is None:
+            admin = {
+                **self.config.librdkafka,
+                "bootstrap.servers": self.config.brokers,
+                "logger": librdkafka_log,
+            }
+            self._offsets = GroupOffsets(admin, to_trio)
+        offsets = self._offsets
+        fetch = self._fetches.get(topic)
+        if fetch is None or fetch.failure is not None:
+            fetch = SharedFetch(
+                self._reader_config(
+                    f"mediation-{self.name}-fetch",
+                    **{
+                        "queued.max.messages.kbytes": self.config.fetch_prefetch_kbytes,
+                        "fetch.message.max.bytes": 1024 * 1024,
+                    },
+                ),
+                topic,
+                to_trio,
+                event_from_message,
+            )
+            self._fetches[topic] = fetch
+            fetch.start(f"kafka fetch {self.name} {topic}")
+        credit = max(1, subscription.credit)
+        plan = subscription.route.ack_plan
+        window = credit + (READ_AHEAD if plan.reads_ahead else 0)
+        session = SharedSession(
+            fetch,
+            offsets,
+            self._readers,
+            self._reader_config(f"mediation-{self.name}-reader", **{"queued.min.messages": window}),
+            group=group,
+            credit=credit,
+            window=window,
+            sync_commits=plan.ack_awaits_broker,
+            undeliverable=subscription.undeliverable,
+            convert=event_from_message,
+            to_trio=to_trio,
+        )
+        fetch.sessions.add(session)
+        try:
+            await fetch.started.wait()
+            if fetch.failure is not None:
+                raise fetch.failure
+            if not fetch.waiting_for_topic:
+                partitions = sorted(fetch.next)
+                stored = await offsets.read(group, topic, partitions)
+                resume = resume_position(subscription.resume_after, topic)
+                starts: dict[int, int] = {}
+                to_write: dict[int, int] = {}
+                for partition in partitions:
+                    start = stored.get(partition, -1)
+                    if start < 0:
+                        start = (
+                            fetch.low[partition]
+                            if self.config.auto_offset_reset == "earliest"
+                            else fetch.next[partition]
+                        )
+                    if resume is not None and resume[0] == partition:
+                        start = resume[1]
+                    if start != stored.get(partition, -1):
+                        to_write[partition] = start
+                    starts[partition] = start
+                if to_write:
+                    # The group's resume point from now on, even if this session never acks.
+                    await offsets.write(group, topic, to_write)
+                if fetch.failure is not None:
+                    raise fetch.failure
+                session.begin(starts)
+            yield Deliveries(session.next_delivery)
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as closing:
+                try:
+                    await session.close()
+                except BrokerUnavailable as error:
+                    log.warning(
+                        "kafka position not stored at the end of the session",
+                        extra={"endpoint": self.name, "group": group, "error": str(error)},
+                    )
+                if not fetch.sessions and self._fetches.get(topic) is fetch:
+                    del self._fetches[topic]
+                    fetch.stop()
+                    await fetch.finished.wait()
+            if closing.cancelled_caught:
+                log.warning(
+                    "kafka shared session did not close in time",
                     extra={"endpoint": self.name, "group": group},
                 )
 

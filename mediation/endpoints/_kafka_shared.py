@@ -1,0 +1,768 @@
+"""Kafka ``fetch = "shared"``: a fetch per topic for the sessions at its tail, positions per client.
+
+The per-client contract (each client its own position, credit and guarantee; a slow client slows
+only itself; a reconnecting client resumes after its last ack, on any instance) needs a position
+per client, not a broker consumer per client. So, for an endpoint with ``fetch = "shared"`` and
+a ``group_id`` holding ``{client_id}``:
+
+- :class:`SharedFetch`: one ``Consumer`` per endpoint and topic, ``assign()``ed to every
+  partition (no group membership, no rebalance), with a bounded prefetch
+  (``fetch_prefetch_kbytes``) and at most ``TAIL_BATCHES`` batches handed to Trio and not yet
+  fanned out. Each record is converted once; the sessions at the tail get references to the
+  same :class:`Event`. The fetch never waits for a session: one whose window (credit plus
+  ``READ_AHEAD``) is full, or that refused a record, leaves the tail.
+- :class:`SharedSession`: one session's reading, on the Trio thread only: a
+  :class:`PartitionPositions` per partition, its credit, its read-ahead buffer. A record is
+  taken only at the session's position (an older one is a duplicate and ignored; a newer one
+  means a gap: the session leaves the tail). A nack rewinds that session alone.
+- :class:`CatchUpReader`: a session behind the tail (a resume, ``earliest``, a nack, a client
+  that fell behind) reads with a consumer of its own, assigned at its positions with a small
+  prefetch, one batch at a time, until its positions reach the shared fetch's; then it joins
+  the tail and the reader closes. At most ``catch_up_readers`` at once per endpoint (a
+  ``trio.CapacityLimiter``); the others wait for a slot (their clients see a later first
+  event). A reader whose session stays full for ``STALL_PAUSE`` gives its slot back.
+- :class:`GroupOffsets`: the positions stay in the broker, in the groups of the per-session
+  design (``mediation-{endpoint}-{client_id}``), written with
+  ``AdminClient.alter_consumer_group_offsets`` and read with ``list_consumer_group_offsets``
+  (one ``AdminClient`` per endpoint; many requests in flight). Stored positions therefore carry
+  over between the two designs and between instances. Every partition's error is checked: a
+  group with a live member (a per-session consumer of the same client, during an upgrade)
+  answers ``UNKNOWN_MEMBER_ID``, which refuses the session. Commits are coalesced per session
+  (one write in flight; the next carries everything settled meanwhile), synchronous for
+  ``at_most_once`` (the ack waits for it), and one last write when the session ends.
+
+Threads: the shared fetch's consumer (librdkafka's threads plus one poller) per topic, the
+admin client's, and one consumer plus poller per catch-up reader: bounded by a constant plus
+the pool, whatever the number of sessions. Every hand-off to Trio goes through the endpoint's
+:class:`._handoff.ToTrio`; the threads never wait for a session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import outcome
+import trio
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from ..errors import BrokerUnavailable
+from ..events import Delivery, Event
+from ._handoff import ToTrio
+from ._kafka_positions import PartitionPositions
+from .base import CONVERSION_ERROR
+
+log = logging.getLogger(__name__)
+
+# Records asked of librdkafka per consume() call of the shared fetch.
+FETCH_BATCH = 500
+# Batches the shared fetch may have handed to Trio and not yet fanned out.
+TAIL_BATCHES = 4
+# How often an idle fetch or reader returns from consume() (to see a stop, and for the reader
+# to report that it found nothing: it may be at the tail).
+POLL_INTERVAL = 0.1
+# A reader whose session took nothing for this long gives its pool slot back.
+STALL_PAUSE = 0.5
+# Broker requests: metadata, watermarks, admin reads and writes; a missing topic is looked for
+# this often.
+REQUEST_TIMEOUT = 10.0
+TOPIC_RETRY = 3.0
+
+# A converted record, or None for one that cannot be converted (skipped by every session).
+Record = tuple[int, int, Event | None]
+Convert = Callable[[Message], Event]
+
+
+def _records(messages: Iterable[Message], convert: Convert) -> tuple[list[Record], str | None]:
+    """Messages as records; and the first error that is not an end of partition, if any."""
+    records: list[Record] = []
+    error: str | None = None
+    for message in messages:
+        failure = message.error()
+        if failure is not None:
+            if failure.code() != KafkaError._PARTITION_EOF and error is None:
+                error = failure.str()
+            continue
+        partition, offset = message.partition(), message.offset()
+        if partition is None or offset is None:
+            continue
+        try:
+            event: Event | None = convert(message)
+        except Exception as failure_:  # one record, never the session
+            log.warning(
+                "kafka record skipped: it cannot be converted into an event",
+                extra={
+                    "topic": message.topic(),
+                    "partition": partition,
+                    "offset": offset,
+                    "reason": CONVERSION_ERROR,
+                    "error": str(failure_) or type(failure_).__name__,
+                },
+            )
+            event = None
+        records.append((partition, offset, event))
+    return records, error
+
+
+# -- positions in the broker -------------------------------------------------------------------
+
+
+class GroupOffsets:
+    """Per-client positions in the broker, through one ``AdminClient`` (see module doc)."""
+
+    def __init__(self, config: dict[str, Any], to_trio: ToTrio) -> None:
+        self._config = config
+        self._to_trio = to_trio
+        self._admin: AdminClient | None = None
+
+    def _client(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self._config)
+        return self._admin
+
+    def _request(self, call: Callable[[], Any], group: str, done: Callable[[Any], None]) -> None:
+        """Issue an admin request; ``done(answer or BrokerUnavailable)`` runs on the Trio thread."""
+
+        def answered(future: Any) -> None:  # librdkafka's admin thread (or here, if done)
+            try:
+                answer = future.result()
+            except Exception as error:
+                answer = BrokerUnavailable(f"kafka refused the request for {group}: {error}")
+            self._to_trio.call_soon(done, answer)
+
+        try:
+            futures = call()
+        except Exception as error:  # refused locally (a bad argument, a closed client)
+            done(BrokerUnavailable(f"kafka refused the request for {group}: {error}"))
+            return
+        futures[group].add_done_callback(answered)
+
+    async def _answer(self, call: Callable[[], Any], group: str) -> Any:
+        done = trio.Event()
+        box: list[Any] = []
+
+        def answered(answer: Any) -> None:
+            box.append(answer)
+            done.set()
+
+        self._request(call, group, answered)
+        await done.wait()
+        if isinstance(box[0], BrokerUnavailable):
+            raise box[0]
+        return box[0]
+
+    async def read(self, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """The group's committed offset of each partition (negative: none)."""
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(topic, p) for p in partitions]
+        )
+        answer = await self._answer(
+            lambda: self._client().list_consumer_group_offsets(
+                [request], request_timeout=REQUEST_TIMEOUT
+            ),
+            group,
+        )
+        offsets: dict[int, int] = {}
+        for tp in answer.topic_partitions or ():
+            if tp.error is not None:
+                raise BrokerUnavailable(f"kafka could not read the position of {group}: {tp.error}")
+            offsets[tp.partition] = tp.offset
+        return offsets
+
+    def write_nowait(
+        self,
+        group: str,
+        topic: str,
+        offsets: dict[int, int],
+        done: Callable[[BrokerUnavailable | None], None],
+    ) -> None:
+        """Store ``offsets`` as the group's positions; ``done(error or None)`` runs on Trio."""
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
+        )
+
+        def answered(answer: Any) -> None:
+            done(answer if isinstance(answer, BrokerUnavailable) else _refusal(group, answer))
+
+        self._request(
+            lambda: self._client().alter_consumer_group_offsets(
+                [request], request_timeout=REQUEST_TIMEOUT
+            ),
+            group,
+            answered,
+        )
+
+    async def write(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        """Store ``offsets`` as the group's positions; a refused partition raises."""
+        done = trio.Event()
+        box: list[BrokerUnavailable | None] = []
+
+        def answered(error: BrokerUnavailable | None) -> None:
+            box.append(error)
+            done.set()
+
+        self.write_nowait(group, topic, offsets, answered)
+        await done.wait()
+        if box[0] is not None:
+            raise box[0]
+
+
+def _refusal(group: str, answer: Any) -> BrokerUnavailable | None:
+    """The first partition error of an alter answer, as the session's error; None if none."""
+    for tp in answer.topic_partitions or ():
+        if tp.error is not None:
+            if tp.error.code() == KafkaError.UNKNOWN_MEMBER_ID:
+                return BrokerUnavailable(
+                    f"kafka group {group} has a live member (a per-session consumer of the same "
+                    "client): its position cannot be written"
+                )
+            return BrokerUnavailable(f"kafka could not store the position of {group}: {tp.error}")
+    return None
+
+
+# -- the shared fetch --------------------------------------------------------------------------
+
+
+class SharedFetch:
+    """One topic's tail for every session reading it (see module doc).
+
+    The thread owns the consumer; ``next`` (the offset after the last record fanned out, per
+    partition), ``tail`` and the failure belong to the Trio side.
+    """
+
+    def __init__(
+        self, config: dict[str, Any], topic: str, to_trio: ToTrio, convert: Convert
+    ) -> None:
+        self.topic = topic
+        self._config = config
+        self._to_trio = to_trio
+        self._convert = convert
+        # Trio side.
+        self.low: dict[int, int] = {}
+        self.next: dict[int, int] = {}
+        self.tail: set[SharedSession] = set()
+        self.sessions: set[SharedSession] = set()  # every session using this fetch
+        self.failure: BrokerUnavailable | None = None
+        self.started = trio.Event()  # assigned, or waiting for the topic to appear
+        self.finished = trio.Event()
+        self.waiting_for_topic = False
+        # Thread side.
+        self._stop = threading.Event()
+        self._room = threading.BoundedSemaphore(TAIL_BATCHES)
+        self._suspect: str | None = None
+        self._waited = False  # the topic did not exist when the fetch started
+
+    def start(self, name: str) -> None:
+        trio.lowlevel.start_thread_soon(self._run, self._thread_exited, name=name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer: Consumer | None = None
+        try:
+            consumer = Consumer({**self._config, "error_cb": self._on_error})
+            partitions = self._partitions(consumer)
+            if partitions is None:
+                return
+            starts: dict[int, tuple[int, int]] = {}
+            for partition in partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=REQUEST_TIMEOUT
+                )
+                # A topic that appeared while sessions waited holds only newer records.
+                starts[partition] = (low, low if self._waited else high)
+            consumer.assign([TopicPartition(self.topic, p, s) for p, (_, s) in starts.items()])
+            self._to_trio.call_soon(self._assigned, starts)
+            while not self._stop.is_set():
+                if self._suspect is not None:
+                    reason, self._suspect = self._suspect, None
+                    try:
+                        consumer.list_topics(self.topic, timeout=2.0)
+                    except KafkaException:
+                        self._to_trio.call_soon(self._fail, f"kafka broker unavailable: {reason}")
+                        return
+                if not self._room.acquire(timeout=POLL_INTERVAL):
+                    continue  # Trio has TAIL_BATCHES to fan out
+                records, error = _records(
+                    consumer.consume(FETCH_BATCH, POLL_INTERVAL), self._convert
+                )
+                if error is not None:
+                    self._room.release()
+                    self._to_trio.call_soon(self._fail, f"kafka consumer: {error}")
+                    return
+                if not records:
+                    self._room.release()
+                    continue
+                self._to_trio.call_soon(self._fan_out, records)
+        except Exception as error:  # a thread: everything ends up as the sessions' failure
+            self._to_trio.call_soon(self._fail, f"kafka consumer failed: {error}")
+        finally:
+            if consumer is not None:
+                try:
+                    consumer.close()
+                except Exception as error:
+                    log.warning("kafka consumer close failed", extra={"error": str(error)})
+            self._to_trio.call_soon(self.finished.set)
+
+    def _partitions(self, consumer: Consumer) -> list[int] | None:
+        """The topic's partitions; waits (reporting it) while the topic does not exist."""
+        while not self._stop.is_set():
+            metadata = consumer.list_topics(self.topic, timeout=REQUEST_TIMEOUT)
+            topic = metadata.topics.get(self.topic)
+            if topic is not None and topic.error is None and topic.partitions:
+                return sorted(topic.partitions)
+            if not self._waited:
+                self._waited = True
+                self._to_trio.call_soon(self._topic_missing)
+            self._stop.wait(TOPIC_RETRY)
+        return None
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._to_trio.call_soon(self._fail, f"kafka consumer failed: {error.str()}")
+        elif error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._suspect = error.str()
+
+    def _thread_exited(self, result: outcome.Outcome[None]) -> None:
+        if isinstance(result, outcome.Error):  # _run catches everything; this is a bug
+            log.error("kafka fetch thread crashed", exc_info=result.error)
+
+    # -- Trio side -----------------------------------------------------------------------------
+
+    def _topic_missing(self) -> None:
+        log.info(
+            "kafka topic does not exist yet; its sessions wait for it", extra={"topic": self.topic}
+        )
+        self.waiting_for_topic = True
+        self.started.set()
+
+    def _assigned(self, starts: dict[int, tuple[int, int]]) -> None:
+        for partition, (low, start) in starts.items():
+            self.low[partition] = low
+            self.next[partition] = start
+        self.waiting_for_topic = False
+        self.started.set()
+        for session in list(self.sessions):
+            if not session.positions:  # joined while the topic did not exist: all of it is new
+                session.begin({p: low for p, (low, _) in starts.items()})
+
+    def _fan_out(self, records: list[Record]) -> None:
+        self._room.release()
+        if self.failure is not None:
+            return
+        for partition, offset, _ in records:
+            self.next[partition] = max(self.next.get(partition, 0), offset + 1)
+        for session in list(self.tail):
+            if not session.offer(records):
+                self.tail.discard(session)
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = BrokerUnavailable(reason)
+        self.started.set()
+        for session in list(self.sessions):
+            session.fail(self.failure)
+
+    def at_tail(self, positions: dict[int, PartitionPositions]) -> bool:
+        """Whether a session at these positions misses nothing the fetch fans out from now on."""
+        return all(
+            positions[p].position >= self.next[p] if p in positions else False for p in self.next
+        )
+
+
+# -- one session -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Item:
+    event: Event
+    partition: int
+    offset: int
+    epoch: int
+
+
+class SharedSession:
+    """One session's reading from a :class:`SharedFetch` (Trio side only; see module doc)."""
+
+    def __init__(
+        self,
+        fetch: SharedFetch,
+        offsets: GroupOffsets,
+        readers: trio.CapacityLimiter,
+        reader_config: dict[str, Any],
+        *,
+        group: str,
+        credit: int,
+        window: int,
+        sync_commits: bool,
+        undeliverable: Callable[[str], None],
+        convert: Convert,
+        to_trio: ToTrio,
+    ) -> None:
+        self.fetch = fetch
+        self.group = group
+        self.positions: dict[int, PartitionPositions] = {}
+        self._offsets = offsets
+        self._readers = readers
+        self._reader_config = reader_config
+        self._credit = max(1, credit)
+        self._window = max(self._credit, window)
+        self._sync_commits = sync_commits
+        self._undeliverable = undeliverable
+        self._convert = convert
+        self._to_trio = to_trio
+        self._ready: deque[_Item] = deque()
+        self._out = 0
+        self._changed = trio.lowlevel.ParkingLot()
+        self._failure: BrokerUnavailable | None = None
+        self._reader: CatchUpReader | None = None
+        self._closed = False
+        self._dirty: set[int] = set()
+        self._writing = False
+        self._written = trio.Event()
+        self._written.set()
+
+    # -- joining -------------------------------------------------------------------------------
+
+    def begin(self, starts: dict[int, int]) -> None:
+        """Start reading at ``starts``: at the tail if nothing lies between, else behind it."""
+        self.positions = {p: PartitionPositions(o) for p, o in starts.items()}
+        if self.fetch.at_tail(self.positions):
+            self.fetch.tail.add(self)
+        self._changed.unpark_all()
+
+    @property
+    def behind(self) -> bool:
+        return bool(self.positions) and self not in self.fetch.tail
+
+    # -- the tail ------------------------------------------------------------------------------
+
+    def offer(self, records: list[Record]) -> bool:
+        """Records fanned out by the fetch; False: the session leaves the tail."""
+        took = False
+        for partition, offset, event in records:
+            positions = self.positions.get(partition)
+            if positions is None or offset < positions.position:
+                continue  # a partition it does not read, or already taken
+            if offset > positions.position:
+                return self._woken(took, stay=False)  # a gap: read it with a catch-up reader
+            if event is None:
+                positions.skipped(offset)
+                self._dirty.add(partition)
+                self._undeliverable(CONVERSION_ERROR)
+                continue
+            if len(self._ready) + self._out >= self._window:
+                return self._woken(took, stay=False)  # full: the tail does not wait for it
+            self._ready.append(_Item(event, partition, offset, positions.fetched(offset)))
+            took = True
+        return self._woken(took, stay=True)
+
+    def _woken(self, took: bool, *, stay: bool) -> bool:
+        if took or not stay:
+            self._changed.unpark_all()
+        return stay
+
+    def caught(self, reader: CatchUpReader, generation: int, records: list[Record]) -> None:
+        """A batch from this session's catch-up reader (possibly empty: it found nothing)."""
+        if reader is not self._reader or generation != reader.generation or self._closed:
+            return
+        took = False
+        for partition, offset, event in records:
+            positions = self.positions.get(partition)
+            if positions is None or offset != positions.position:
+                continue  # older than a rewind that came meanwhile, or already taken
+            if event is None:
+                positions.skipped(offset)
+                self._dirty.add(partition)
+                self._undeliverable(CONVERSION_ERROR)
+            else:
+                self._ready.append(_Item(event, partition, offset, positions.fetched(offset)))
+                took = True
+        if self.fetch.failure is None and self.fetch.at_tail(self.positions):
+            self.fetch.tail.add(self)
+            reader.stop()
+            self._reader = None
+        else:
+            reader.room(self._window - len(self._ready) - self._out)
+        if took:
+            self._changed.unpark_all()
+
+    def fail(self, failure: BrokerUnavailable) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._changed.unpark_all()
+
+    # -- the session's side --------------------------------------------------------------------
+
+    async def next_delivery(self) -> Delivery:
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if self._ready and self._out < self._credit:
+                item = self._ready.popleft()
+                self._out += 1
+                if self.behind and self._reader is None:
+                    self._try_start_reader()
+                elif self._reader is not None:
+                    self._reader.room(self._window - len(self._ready) - self._out)
+                return Delivery(item.event, partial(self._settle, item))
+            if self.behind and self._reader is None and self._out < self._window:
+                reader = self._new_reader()
+                await self._readers.acquire_on_behalf_of(reader)
+                self._run_reader(reader)
+                continue
+            await self._changed.park()
+
+    async def _settle(self, item: _Item, accepted: bool) -> None:
+        if self._closed:
+            if accepted and self._sync_commits:
+                raise BrokerUnavailable("kafka session ended before the ack was committed")
+            return
+        positions = self.positions.get(item.partition)
+        if positions is None or not positions.holds(item.offset, item.epoch):
+            return
+        self._out -= 1
+        seek = None if accepted else positions.rewind(item.offset, item.epoch)
+        positions.settled(item.offset, item.epoch)
+        if seek is not None:
+            self._drop_ready(item.partition)
+            self.fetch.tail.discard(self)
+            if self._reader is not None:
+                self._reader.reposition(self._starts())
+        self._dirty.add(item.partition)
+        self._changed.unpark_all()
+        if self._reader is not None:
+            self._reader.room(self._window - len(self._ready) - self._out)
+        if accepted and self._sync_commits:
+            await self._commit_now()
+        else:
+            self._commit_soon()
+
+    def _drop_ready(self, partition: int) -> None:
+        kept: deque[_Item] = deque()
+        for ready in self._ready:
+            if ready.partition == partition:
+                self.positions[partition].dropped(ready.offset, ready.epoch)
+            else:
+                kept.append(ready)
+        self._ready = kept
+
+    def _starts(self) -> dict[int, int]:
+        return {p: positions.position for p, positions in self.positions.items()}
+
+    # -- catch-up readers ----------------------------------------------------------------------
+
+    def _new_reader(self) -> CatchUpReader:
+        return CatchUpReader(self._reader_config, self.fetch.topic, self, self._convert)
+
+    def _try_start_reader(self) -> None:
+        reader = self._new_reader()
+        try:
+            self._readers.acquire_on_behalf_of_nowait(reader)
+        except trio.WouldBlock:
+            return  # the pool is busy: next_delivery waits for a slot once the buffer is empty
+        self._run_reader(reader)
+
+    def _run_reader(self, reader: CatchUpReader) -> None:
+        """Start ``reader`` (it holds a pool slot), unless it is not needed any more."""
+        if self._closed or self._reader is not None or not self.behind:
+            self._readers.release_on_behalf_of(reader)
+            return
+        self._reader = reader
+        reader.reposition(self._starts())
+        reader.room(self._window - len(self._ready) - self._out)
+        reader.start(self._to_trio, self._reader_done)
+
+    def _reader_done(self, reader: CatchUpReader, error: str | None) -> None:
+        self._readers.release_on_behalf_of(reader)
+        if self._reader is reader:
+            self._reader = None
+        if error is not None:
+            self.fail(BrokerUnavailable(error))
+        else:
+            self._changed.unpark_all()  # a stalled reader gave its slot back: ask again later
+
+    async def close(self) -> None:
+        """Stop reading (shielded by the caller): the reader, then the last position write."""
+        self._closed = True
+        self.fetch.tail.discard(self)
+        self.fetch.sessions.discard(self)
+        reader = self._reader
+        if reader is not None:
+            reader.stop()
+            await reader.finished.wait()
+        await self._written.wait()
+        await self._commit_now()
+
+    # -- positions -----------------------------------------------------------------------------
+
+    def _to_write(self) -> dict[int, int]:
+        partitions, self._dirty = self._dirty, set()
+        offsets: dict[int, int] = {}
+        for partition in partitions:
+            positions = self.positions.get(partition)
+            point = positions.to_commit() if positions is not None else None
+            if point is not None:
+                offsets[partition] = point
+        return offsets
+
+    def _write(self, then: Callable[[BrokerUnavailable | None], None] | None = None) -> bool:
+        """Write what moved (one write in flight at a time); False if nothing had to be."""
+        offsets = self._to_write()
+        if not offsets:
+            return False
+        self._writing = True
+        written = self._written = trio.Event()
+
+        def done(error: BrokerUnavailable | None) -> None:
+            if error is not None:
+                log.warning(
+                    "kafka position not stored", extra={"group": self.group, "error": str(error)}
+                )
+                for partition, point in offsets.items():
+                    self.positions[partition].commit_failed(point)
+                    self._dirty.add(partition)
+            self._writing = False
+            written.set()
+            if then is not None:
+                then(error)
+            elif not self._closed and not self._sync_commits:
+                self._commit_soon()
+
+        self._offsets.write_nowait(self.group, self.fetch.topic, offsets, done)
+        return True
+
+    async def _commit_now(self) -> None:
+        """Write now and wait for the answer (at_most_once acks, the end of the session)."""
+        while self._writing:
+            await self._written.wait()
+        box: list[BrokerUnavailable | None] = []
+        if self._write(box.append):
+            await self._written.wait()
+            if box and box[0] is not None:
+                raise box[0]
+
+    def _commit_soon(self) -> None:
+        """Coalesced: one write in flight; the next carries what was settled meanwhile."""
+        if not self._writing and self._dirty:
+            self._write()
+
+
+# -- catch-up readers --------------------------------------------------------------------------
+
+
+class CatchUpReader:
+    """A temporary consumer reading one session's records behind the tail (see module doc).
+
+    One batch at a time: after handing a batch over, the thread waits until the session
+    applied it and said how much room it has (:meth:`room`).
+    """
+
+    def __init__(
+        self, config: dict[str, Any], topic: str, session: SharedSession, convert: Convert
+    ) -> None:
+        self._config = config
+        self._topic = topic
+        self._session = session
+        self._convert = convert
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._starts: dict[int, int] = {}
+        self._room = 0
+        self._answered = True  # the session applied the last batch
+        self.generation = 0  # Trio side: bumped by each reposition
+        self.finished = trio.Event()
+
+    # Trio side.
+
+    def reposition(self, starts: dict[int, int]) -> None:
+        with self._lock:
+            self.generation += 1
+            self._starts = dict(starts)
+            self._answered = True
+        self._wake.set()
+
+    def room(self, room: int) -> None:
+        with self._lock:
+            self._room = room
+            self._answered = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+
+    def start(self, to_trio: ToTrio, done: Callable[[CatchUpReader, str | None], None]) -> None:
+        def exited(result: outcome.Outcome[str | None]) -> None:  # in the thread
+            if isinstance(result, outcome.Error):
+                reason: str | None = f"kafka catch-up reader failed: {result.error}"
+            else:
+                reason = result.unwrap()
+            to_trio.call_soon(self._exited, done, reason)
+
+        trio.lowlevel.start_thread_soon(
+            partial(self._run, to_trio), exited, name=f"kafka catch-up {self._session.group}"
+        )
+
+    def _exited(
+        self, done: Callable[[CatchUpReader, str | None], None], reason: str | None
+    ) -> None:
+        self.finished.set()
+        done(self, reason)
+
+    # The thread.
+
+    def _run(self, to_trio: ToTrio) -> str | None:
+        consumer = Consumer(self._config)
+        try:
+            assigned = -1
+            idle_since = time.monotonic()
+            while True:
+                with self._lock:
+                    stopping, generation, starts = self._stopping, self.generation, self._starts
+                    room, answered = self._room, self._answered
+                    if answered and room > 0:
+                        self._answered = False
+                if stopping:
+                    return None
+                if not answered or room <= 0:
+                    if not answered:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since >= STALL_PAUSE:
+                        return None  # the session is full: give the slot back
+                    self._wake.wait(STALL_PAUSE)
+                    self._wake.clear()
+                    continue
+                idle_since = time.monotonic()
+                if generation != assigned:
+                    consumer.assign(
+                        [TopicPartition(self._topic, p, o) for p, o in sorted(starts.items())]
+                    )
+                    assigned = generation
+                records, error = _records(
+                    consumer.consume(min(room, FETCH_BATCH), POLL_INTERVAL), self._convert
+                )
+                if error is not None:
+                    return f"kafka catch-up reader: {error}"
+                to_trio.call_soon(self._session.caught, self, generation, records)
+        finally:
+            consumer.close()
