@@ -220,7 +220,10 @@ class Wire:
     def __init__(self, client: mqtt.Client) -> None:
         self.client = client
         self.session_present = False
-        self.server_properties: Properties | None = None
+        # The broker's Receive Maximum from its CONNACK (65535 when it sets none). Only the
+        # value is kept: a paho Properties object holds its own name and type tables, several
+        # KiB per connection for the life of the connection.
+        self.server_receive_maximum = 65535
         self._connack: ReasonCode | None = None
         self._sock: socket.socket | None = None
         self._read_ahead: _ReadAhead | None = None
@@ -387,7 +390,7 @@ class Wire:
     ) -> None:
         self._connack = reason
         self.session_present = flags.session_present
-        self.server_properties = properties
+        self.server_receive_maximum = getattr(properties, "ReceiveMaximum", 65535)
 
     def _on_disconnect(
         self,

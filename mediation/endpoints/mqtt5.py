@@ -614,10 +614,7 @@ class MQTT5Endpoint:
         wire = Wire(client)
         try:
             await self._connect(wire, keepalive=self.config.keepalive, clean_start=True)
-            window = min(
-                self.config.publish_window,
-                getattr(wire.server_properties, "ReceiveMaximum", 65535),
-            )
+            window = min(self.config.publish_window, wire.server_receive_maximum)
             link = _Link(wire, window)
             self._link = link
             self.down_reason = None
