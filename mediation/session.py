@@ -59,7 +59,7 @@ from .errors import (
 )
 from .events import Delivery, Event, new_event_id, valid_event_id, with_valid_id
 from .exception_groups import single_error
-from .params import check_names, stream_name
+from .params import NO_FILTER, Filter, check_names, stream_name
 from .permissions import Permissions
 from .routing import EntrypointRoutes
 from .telemetry import PacketSource
@@ -138,8 +138,11 @@ class Session:
         routes: EntrypointRoutes,
         client_confirms: bool,
         params: Mapping[str, str] | None = None,
+        filter: Filter = NO_FILTER,
     ) -> None:
         self.id = str(uuid.uuid4())
+        # The client's server-side filter (?filter.NAME=...), applied in the consumer tasks.
+        self.filter = filter
         # The client's parameters and usable token claims (mediation.params), checked on admission.
         self.params: Mapping[str, str] = params or {}
         # Set when the token does not grant publishing on the upstream routes (authorize).
@@ -382,9 +385,18 @@ class Session:
             ).inc(),
         )
         plan = _RoutePlan(route)
+        refuses = self.filter.matches if self.filter else None
+        filtered = self._context.telemetry.filtered.labels(route.name)
         async with endpoint.consume(subscription) as deliveries:
             task_status.started()
             async for delivery in deliveries:
+                if refuses is not None and not refuses(delivery.event.metadata):
+                    # Delivered to nobody: settled here, before the channel, so the client's
+                    # credit never waits behind an event it does not want.
+                    self._context.telemetry.settled(plan.name, True)
+                    await delivery.ack()
+                    filtered.inc()
+                    continue
                 if not endpoint.ids_are_positions and not valid_event_id(delivery.event.id):
                     # A broker's id, which nobody checked (RabbitMQ message_id, an MQTT or AMQP
                     # property): one that breaks the id rule gets replaced here, once for every
@@ -556,6 +568,7 @@ async def open_session(
     resume_after: str | None = None,
     params: Mapping[str, str] | None = None,
     permissions: Permissions | None = None,
+    filter: Filter = NO_FILTER,
 ) -> AsyncIterator[Session]:
     """Admit a client and run its session for the duration of the block (see module docstring).
 
@@ -563,12 +576,18 @@ async def open_session(
     endpoints would fill with them is checked first (:func:`check_route_names`). With
     ``permissions`` (``authorize = true``), a stream the token does not grant to subscribe to is
     :class:`Forbidden` here; one it does not grant to publish to makes every
-    :meth:`Session.publish` raise it (the client is nacked, the session goes on)."""
+    :meth:`Session.publish` raise it (the client is nacked, the session goes on).
+
+    ``filter``: the client's server-side filter; every downstream route must allow each of its
+    fields (``filter_fields``), else :class:`BadRequest`."""
     if context.shutting_down:
         raise EngineShuttingDown("the engine is shutting down")
     routes = context.routes.for_entrypoint(entrypoint)
     if not routes:
         raise NoRoute(f"entrypoint {entrypoint} has no route")
+    if filter:
+        for route in routes.downstream:
+            filter.check_allowed(route.filter_fields, route.name)
     publish_refused: Forbidden | None = None
     if params or permissions is not None:
         params = params or {}
@@ -591,6 +610,7 @@ async def open_session(
         routes=routes,
         client_confirms=client_confirms,
         params=params,
+        filter=filter,
     )
     session.publish_refused = publish_refused
     context.sessions[session.id] = session

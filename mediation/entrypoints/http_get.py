@@ -50,6 +50,7 @@ from ..events import writable_event_id
 from ..http.asgi import Request, Send, respond, respond_error, respond_json
 from ..identity import admit_client
 from ..metadata import header_safe
+from ..params import Filter, filter_from_query
 from ..permissions import Permissions
 from ..session import Session, open_session
 from ._requests import serve_requests
@@ -94,6 +95,7 @@ class _PollingEntrypoint:
         client_id: str,
         params: dict[str, str],
         permissions: Permissions | None,
+        filter: Filter,
         *,
         task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -108,6 +110,7 @@ class _PollingEntrypoint:
                     client_confirms=True,
                     params=params,
                     permissions=permissions,
+                    filter=filter,
                 ) as session:
                     polled = _Polled(session, trio.current_time())
                     self.live[client_id] = polled
@@ -210,7 +213,9 @@ class _PollingEntrypoint:
                     if self.config.authorize
                     else None
                 )
-                polled = await self.subscribe(client_id, params, permissions, nursery)
+                polled = await self.subscribe(
+                    client_id, params, permissions, filter_from_query(request.query), nursery
+                )
                 await respond_json(
                     send, 201, {"session_id": polled.session.id, "client_id": client_id}
                 )
@@ -239,6 +244,7 @@ class _PollingEntrypoint:
         client_id: str,
         params: dict[str, str],
         permissions: Permissions | None,
+        filter: Filter,
         nursery: trio.Nursery,
     ) -> _Polled:
         """The client's live session, started if it has none (a live one is answered as it is,
@@ -247,7 +253,7 @@ class _PollingEntrypoint:
         try:
             async with lock:
                 return self.live.get(client_id) or await nursery.start(
-                    self.run_session, client_id, params, permissions
+                    self.run_session, client_id, params, permissions, filter
                 )
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:

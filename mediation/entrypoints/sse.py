@@ -24,6 +24,7 @@ from ..context import EngineContext
 from ..errors import EngineShuttingDown, MediationError, SessionNotFound, outcome_of
 from ..http.asgi import Request, Send, respond_error, respond_json
 from ..identity import admit_client
+from ..params import filter_from_query
 from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
@@ -94,6 +95,7 @@ async def _handle(
                 if config.authorize
                 else None
             ),
+            filter=filter_from_query(request.query),
         ) as session:
             await stream.start()
             await stream.write(

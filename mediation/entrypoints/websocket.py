@@ -59,6 +59,7 @@ from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
 from ..http.wsframes import BINARY, TEXT
 from ..identity import admit_client
 from ..metadata import client_metadata
+from ..params import filter_from_query
 from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 
@@ -153,6 +154,7 @@ async def _handle(
                 if config.authorize
                 else None
             ),
+            filter=filter_from_query(query),
         ) as session:
             websocket = await WebSocket.accept(
                 upgrade,
