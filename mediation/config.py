@@ -99,6 +99,9 @@ class _EntrypointConfig(_Table):
     # the names a client's routes resolve to; anything else is refused (403, or a nack).
     authorize: bool = False
     permissions_claim: Annotated[str, Field(min_length=1)] = "mediation"
+    # Subscriptions one session may have at once: a repeated query parameter makes one per
+    # value (?symbol=A&symbol=B), a WebSocket {"subscribe"} adds one; more is 400 (or a nack).
+    max_subscriptions: Annotated[int, Field(ge=1, le=1024)] = 16
 
     @cached_property
     def parameters(self) -> EntrypointParams:

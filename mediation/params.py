@@ -402,6 +402,46 @@ class EntrypointParams:
             values[name] = _checked(name, given[0], self.patterns[name])
         return values
 
+    def resolve_subscriptions(
+        self, raw_path: str, query: Mapping[str, list[str]], max_subscriptions: int
+    ) -> list[dict[str, str]] | None:
+        """As :meth:`resolve`, but a query parameter given several times (``?symbol=A&symbol=B``)
+        makes one value set per value: one per combination when several are repeated, in the
+        order given (a value repeated is taken once). :class:`BadRequest` when that would be
+        more than ``max_subscriptions``, before any value is checked."""
+        values = self.path.match(raw_path, self.patterns)
+        if values is None:
+            return None
+        choices: list[tuple[str, list[str]]] = []
+        count = 1
+        for name in self.query:
+            given = list(dict.fromkeys(query.get(name) or ()))
+            if not given:
+                raise BadRequest(f"parameter {name} missing")
+            count *= len(given)
+            if count > max_subscriptions:
+                raise BadRequest(f"more than max_subscriptions ({max_subscriptions}) subscriptions")
+            choices.append((name, [_checked(name, value, self.patterns[name]) for value in given]))
+        combinations = [values]
+        for name, given in choices:
+            combinations = [{**c, name: value} for c in combinations for value in given]
+        return combinations
+
+    def override(self, base: Mapping[str, str], given: object) -> dict[str, str]:
+        """``base`` with the parameters of a WebSocket ``{"subscribe": {...}}`` (a JSON object of
+        declared parameters, each a string matching its pattern) put in; :class:`BadRequest`
+        naming the first problem."""
+        if not isinstance(given, dict) or not given:
+            raise BadRequest("subscribe and unsubscribe take an object of parameters")
+        values = dict(base)
+        for name, value in given.items():
+            if name not in self.patterns:
+                raise BadRequest("not a parameter of this entrypoint")
+            if not isinstance(value, str):
+                raise BadRequest(f"parameter {name}: must be a string")
+            values[name] = _checked(name, value, self.patterns[name])
+        return values
+
     def claims(self, claims: Mapping[str, Any]) -> dict[str, str]:
         """``claims.NAME`` -> value, for each usable claim of a verified token."""
         return usable_claims(claims, self.claim_patterns) if claims else {}

@@ -93,7 +93,7 @@ class _PollingEntrypoint:
     async def run_session(
         self,
         client_id: str,
-        params: dict[str, str],
+        value_sets: list[dict[str, str]],
         permissions: Permissions | None,
         filter: Filter,
         *,
@@ -108,7 +108,11 @@ class _PollingEntrypoint:
                     client_id=client_id,
                     max_sessions=self.config.max_sessions,
                     client_confirms=True,
-                    params=params,
+                    subscriptions=value_sets,
+                    max_subscriptions=(
+                        self.config.max_subscriptions if self.config.parameters.patterns else 1
+                    ),
+                    named=bool(self.config.parameters.patterns),
                     permissions=permissions,
                     filter=filter,
                 ) as session:
@@ -181,11 +185,14 @@ class _PollingEntrypoint:
         parameters = self.config.parameters
         try:
             if action == "subscribe":
-                params = parameters.resolve(mount or "/", request.query)
+                params = parameters.resolve_subscriptions(
+                    mount or "/", request.query, self.config.max_subscriptions
+                )
             else:
                 # A poll, an ack or an unsubscribe is about the client's session, named by its
                 # client id: its path only has to be one of this entrypoint's.
-                params = parameters.path.match(mount or "/", parameters.patterns)
+                path_values = parameters.path.match(mount or "/", parameters.patterns)
+                params = None if path_values is None else [path_values]
         except MediationError as error:
             await respond_error(send, error)
             return
@@ -207,14 +214,15 @@ class _PollingEntrypoint:
             )
             client_id = client.id
             if action == "subscribe":
-                params.update(self.config.parameters.claims(client.claims))
+                claims = self.config.parameters.claims(client.claims)
+                value_sets = [{**values, **claims} for values in params]
                 permissions = (
                     Permissions.from_claims(client.claims, self.config.permissions_claim)
                     if self.config.authorize
                     else None
                 )
                 polled = await self.subscribe(
-                    client_id, params, permissions, filter_from_query(request.query), nursery
+                    client_id, value_sets, permissions, filter_from_query(request.query), nursery
                 )
                 await respond_json(
                     send, 201, {"session_id": polled.session.id, "client_id": client_id}
@@ -242,7 +250,7 @@ class _PollingEntrypoint:
     async def subscribe(
         self,
         client_id: str,
-        params: dict[str, str],
+        value_sets: list[dict[str, str]],
         permissions: Permissions | None,
         filter: Filter,
         nursery: trio.Nursery,
@@ -253,7 +261,7 @@ class _PollingEntrypoint:
         try:
             async with lock:
                 return self.live.get(client_id) or await nursery.start(
-                    self.run_session, client_id, params, permissions, filter
+                    self.run_session, client_id, value_sets, permissions, filter
                 )
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
@@ -288,6 +296,8 @@ class _PollingEntrypoint:
                 log.error("event id not written: not header-safe", extra={"event_id": event_id})
             for key, value in metadata.items():
                 headers[f"x-meta-{key}"] = value
+            if session.named:
+                headers["x-subscription"] = item.subscription.name
             await respond(send, 200, item.event.payload, headers)
             await session.written(item)
 
