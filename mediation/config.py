@@ -33,6 +33,7 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
 Size = Annotated[int, Field(gt=0)]
+FilterField = Annotated[str, Field(pattern=r"^[a-z0-9._-]{1,64}$")]
 
 
 class _Table(BaseModel):
@@ -112,6 +113,9 @@ class _EntrypointConfig(_Table):
     # the names a client's routes resolve to; anything else is refused (403, or a nack).
     authorize: bool = False
     permissions_claim: Annotated[str, Field(min_length=1)] = "mediation"
+    # Subscriptions one session may have at once: a repeated query parameter makes one per
+    # value (?symbol=A&symbol=B), a WebSocket {"subscribe"} adds one; more is 400 (or a nack).
+    max_subscriptions: Annotated[int, Field(ge=1, le=1024)] = 16
 
     @cached_property
     def parameters(self) -> EntrypointParams:
@@ -378,6 +382,10 @@ class RouteConfig(_Table):
     slow_client_timeout: Seconds = 5.0
     lifecycle_events: bool = False
     key: Literal["event_id", "client_id"] = "event_id"
+    # Server-side filters (downstream routes): the metadata fields, and "key" (the event key),
+    # that clients may filter on with ?filter.NAME=value (mediation.params.Filter). Events a
+    # client's filter refuses are acked (delivered to nobody) and counted, never sent.
+    filter_fields: tuple[FilterField, ...] = ()
 
     @property
     def name(self) -> str:
@@ -509,6 +517,11 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
             )
         if route.source == route.target:
             raise fail(["routes", i, "target"], "a route cannot lead back to its source")
+        if route.filter_fields and direction != "downstream":
+            raise fail(
+                ["routes", i, "filter_fields"],
+                "only a route from an endpoint to an entrypoint delivers to clients to filter",
+            )
         _check_route_ends(route, i, endpoints, fail)
         _check_templates(route, i, direction, entrypoints, endpoints, fail)
         resolved_routes.append(route.model_copy(update={"direction": direction}))

@@ -3,10 +3,14 @@
 Downstream: ``{"id", "payload", "metadata"}`` (``"encoding": "base64"`` when the payload is not
 UTF-8). From the client: ``{"ack": id}``, ``{"nack": id}``, or an upstream event
 ``{"id", "payload"}`` (optionally ``"encoding": "base64"`` and ``"metadata"``), which the engine
-answers with ``{"ack": id}`` or ``{"nack": id, "error": ...}``. An upstream event's id must obey
-the id rule (:func:`mediation.events.valid_event_id`: 1 to 256 printable ASCII characters, no
-space), else it is refused with :class:`InvalidEventId`; a confirmation's id is taken as it is
-(one that breaks the rule matches no event).
+answers with ``{"ack": id}`` or ``{"nack": id, "error": ...}``. On an entrypoint with
+parameters a downstream event also names its subscription (``"subscription"``), and the client
+may send ``{"subscribe": {params}}`` and ``{"unsubscribe": {params}}``, answered
+``{"ack": name}`` or ``{"nack": name, "error": ...}`` with the subscription's resolved name
+(``"subscribe"`` or ``"unsubscribe"`` in place of a name the parameters do not resolve to). An
+upstream event's id must obey the id rule (:func:`mediation.events.valid_event_id`: 1 to 256
+printable ASCII characters, no space), else it is refused with :class:`InvalidEventId`; a
+confirmation's id is taken as it is (one that breaks the rule matches no event).
 
 Hot path: a client confirms every event, so ``{"ack": id}`` as clients write it (json.dumps'
 spacing, or compact, an id without escapes) is matched by one regular expression instead of
@@ -35,6 +39,15 @@ class Confirmation:
 
 
 @dataclass(frozen=True)
+class SubscriptionChange:
+    """``{"subscribe": {...}}`` or ``{"unsubscribe": {...}}``: the parameters as the client
+    sent them (checked by the entrypoint's patterns, not here)."""
+
+    subscribe: bool
+    params: object
+
+
+@dataclass(frozen=True)
 class Publication:
     event_id: str
     payload: bytes
@@ -50,8 +63,12 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _PLAIN_CONFIRMATION = re.compile(r'\{"(n?ack)": ?"([^"\\\x00-\x1f\ud800-\udfff]*)"\}')
 
 
-def encode_event(event_id: str, payload: bytes, metadata: Mapping[str, str]) -> str:
+def encode_event(
+    event_id: str, payload: bytes, metadata: Mapping[str, str], subscription: str | None = None
+) -> str:
     document: dict[str, object] = {"id": event_id}
+    if subscription is not None:
+        document["subscription"] = subscription
     try:
         document["payload"] = payload.decode("utf-8")
     except UnicodeDecodeError:
@@ -67,7 +84,7 @@ def encode_reply(event_id: str, *, error: str | None = None) -> str:
     return json.dumps({"nack": event_id, "error": error})
 
 
-def decode_client_message(text: str | bytes) -> Confirmation | Publication:
+def decode_client_message(text: str | bytes) -> Confirmation | Publication | SubscriptionChange:
     """Parse one client message; :class:`BadRequest` says what is wrong with it.
 
     An upstream event whose ``"id"`` is a string that breaks the id rule raises
@@ -93,6 +110,9 @@ def decode_client_message(text: str | bytes) -> Confirmation | Publication:
             if not isinstance(event_id, str):
                 raise BadRequest(f'"{verdict}" must be an event id string')
             return Confirmation(_unicode(event_id, verdict), accepted)
+    for action, subscribe in (("subscribe", True), ("unsubscribe", False)):
+        if action in document:
+            return SubscriptionChange(subscribe, document[action])
     event_id, payload = document.get("id"), document.get("payload")
     if not isinstance(event_id, str):
         raise BadRequest('envelope needs "id" (a string)')

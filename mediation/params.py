@@ -402,6 +402,46 @@ class EntrypointParams:
             values[name] = _checked(name, given[0], self.patterns[name])
         return values
 
+    def resolve_subscriptions(
+        self, raw_path: str, query: Mapping[str, list[str]], max_subscriptions: int
+    ) -> list[dict[str, str]] | None:
+        """As :meth:`resolve`, but a query parameter given several times (``?symbol=A&symbol=B``)
+        makes one value set per value: one per combination when several are repeated, in the
+        order given (a value repeated is taken once). :class:`BadRequest` when that would be
+        more than ``max_subscriptions``, before any value is checked."""
+        values = self.path.match(raw_path, self.patterns)
+        if values is None:
+            return None
+        choices: list[tuple[str, list[str]]] = []
+        count = 1
+        for name in self.query:
+            given = list(dict.fromkeys(query.get(name) or ()))
+            if not given:
+                raise BadRequest(f"parameter {name} missing")
+            count *= len(given)
+            if count > max_subscriptions:
+                raise BadRequest(f"more than max_subscriptions ({max_subscriptions}) subscriptions")
+            choices.append((name, [_checked(name, value, self.patterns[name]) for value in given]))
+        combinations = [values]
+        for name, given in choices:
+            combinations = [{**c, name: value} for c in combinations for value in given]
+        return combinations
+
+    def override(self, base: Mapping[str, str], given: object) -> dict[str, str]:
+        """``base`` with the parameters of a WebSocket ``{"subscribe": {...}}`` (a JSON object of
+        declared parameters, each a string matching its pattern) put in; :class:`BadRequest`
+        naming the first problem."""
+        if not isinstance(given, dict) or not given:
+            raise BadRequest("subscribe and unsubscribe take an object of parameters")
+        values = dict(base)
+        for name, value in given.items():
+            if name not in self.patterns:
+                raise BadRequest("not a parameter of this entrypoint")
+            if not isinstance(value, str):
+                raise BadRequest(f"parameter {name}: must be a string")
+            values[name] = _checked(name, value, self.patterns[name])
+        return values
+
     def claims(self, claims: Mapping[str, Any]) -> dict[str, str]:
         """``claims.NAME`` -> value, for each usable claim of a verified token."""
         return usable_claims(claims, self.claim_patterns) if claims else {}
@@ -427,3 +467,74 @@ def usable_claims(
         if patterns.get(name, default).fullmatch(value):
             usable[f"claims.{name}"] = value
     return usable
+
+
+# -- server-side filters -----------------------------------------------------------------------
+
+# ``?filter.NAME=value``: a query parameter with this prefix is a filter, never a parameter (a
+# parameter name has no ".").
+FILTER_PREFIX = "filter."
+# The field that is the event's key rather than a metadata entry.
+KEY_FIELD = "key"
+# A filterable field: a metadata name (mediation.metadata's rule).
+FILTER_FIELD = re.compile(r"[a-z0-9._-]{1,64}", re.ASCII)
+# A client's filter is input too: bounded before anything is kept of it.
+MAX_FILTER_FIELDS = 16
+MAX_FILTER_VALUES = 64  # per field
+MAX_FILTER_VALUE_CHARS = 1024  # metadata's MAX_VALUE
+
+
+def event_key(metadata: Mapping[str, str]) -> str | None:
+    """The event's key: the metadata entry ``key`` (Kafka's message key), else RabbitMQ's
+    ``routing_key``; None when the event has neither."""
+    key = metadata.get(KEY_FIELD)
+    return metadata.get("routing_key") if key is None else key
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A client's server-side filter: field -> the values it accepts. An event matches when,
+    for every field, its value equals one of the field's values (an event without the field
+    matches none)."""
+
+    fields: Mapping[str, frozenset[str]]
+
+    def __bool__(self) -> bool:
+        return bool(self.fields)
+
+    def matches(self, metadata: Mapping[str, str]) -> bool:
+        for field, values in self.fields.items():
+            value = event_key(metadata) if field == KEY_FIELD else metadata.get(field)
+            if value not in values:
+                return False
+        return True
+
+    def check_allowed(self, allowed: Iterable[str], route: str) -> None:
+        """:class:`BadRequest` for a field the route does not let clients filter on."""
+        allowed = frozenset(allowed)
+        for field in self.fields:
+            if field not in allowed:
+                raise BadRequest(f"filter.{field}: route {route} does not filter on {field!r}")
+
+
+NO_FILTER = Filter({})
+
+
+def filter_from_query(query: Mapping[str, list[str]]) -> Filter:
+    """The ``filter.NAME`` parameters of a query (as :func:`urllib.parse.parse_qs` decoded
+    it); :class:`BadRequest` for a field name that cannot be one, or one over the bounds."""
+    fields: dict[str, frozenset[str]] = {}
+    for name, values in query.items():
+        if not name.startswith(FILTER_PREFIX):
+            continue
+        field = name[len(FILTER_PREFIX) :]
+        if not FILTER_FIELD.fullmatch(field):
+            raise BadRequest("filter: a field is [a-z0-9._-], 1 to 64 characters")
+        if len(fields) >= MAX_FILTER_FIELDS:
+            raise BadRequest(f"filter: at most {MAX_FILTER_FIELDS} fields")
+        if len(values) > MAX_FILTER_VALUES:
+            raise BadRequest(f"filter.{field}: at most {MAX_FILTER_VALUES} values")
+        if any(len(value) > MAX_FILTER_VALUE_CHARS for value in values):
+            raise BadRequest(f"filter.{field}: a value is at most {MAX_FILTER_VALUE_CHARS} chars")
+        fields[field] = frozenset(values)
+    return Filter(fields) if fields else NO_FILTER

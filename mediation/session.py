@@ -37,9 +37,10 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import trio
 
@@ -48,18 +49,20 @@ from .config import RouteConfig, endpoint_type_of
 from .context import EngineContext
 from .endpoints.base import Endpoint, Outbound, Subscription
 from .errors import (
+    BadRequest,
     BrokerUnavailable,
     ClientTooSlow,
     EngineShuttingDown,
     Forbidden,
     MediationError,
     NoRoute,
+    SessionClosed,
     TooManySessions,
     UnknownEvent,
 )
-from .events import Delivery, Event, new_event_id, valid_event_id, with_valid_id
+from .events import MAX_EVENT_ID, Delivery, Event, new_event_id, valid_event_id, with_valid_id
 from .exception_groups import single_error
-from .params import check_names, stream_name
+from .params import NO_FILTER, Filter, check_names, stream_name
 from .permissions import Permissions
 from .routing import EntrypointRoutes
 from .telemetry import PacketSource
@@ -87,6 +90,8 @@ class SessionInfo:
     entrypoint: str
     routes: tuple[str, ...]
     channel_depth: int
+    # The names of its subscriptions (see SessionSubscription), in the order they were made.
+    subscriptions: tuple[str, ...] = ()
 
 
 class _RoutePlan:
@@ -114,18 +119,93 @@ class _RoutePlan:
         self.packets: PacketSource | None = None  # made on the first write
 
 
+class SessionSubscription:
+    """One of a session's subscriptions: a set of parameter values (one per parameter: the
+    path's, one value of each query parameter, the token's claims) and the consumers, one per
+    downstream route, that it runs at the brokers.
+
+    ``name`` is what events and replies call it: the resolved stream name of the client's first
+    downstream route (``prices.A``), or, where that is not an id the envelope's rule allows, its
+    parameters as a query string. ``consumer_id`` is the ``Subscription.session_id`` its
+    consumers get: the session's id for the first one (as before there were several), that id
+    and a number for the others, so that broker-side names made from it (RabbitMQ's
+    ``session_queue``, a second MQTT connection's client id) are each consumer's own.
+    """
+
+    __slots__ = ("closed", "consumer_id", "done", "name", "params", "room", "scope")
+
+    def __init__(
+        self, name: str, params: Mapping[str, str], consumer_id: str, room: int | None = None
+    ) -> None:
+        self.name = name
+        # Its share of the session channel (Session._enter_channel), where it may have company.
+        self.room = None if room is None else trio.Semaphore(room)
+        self.params = params
+        self.consumer_id = consumer_id
+        self.scope = trio.CancelScope()
+        # Set once its consumers have left (their broker-side subscriptions removed).
+        self.done = trio.Event()
+        # Unsubscribed: what is still in the session channel of it is skipped, not written.
+        self.closed = False
+
+
 class SessionDelivery:
-    """A delivery inside a session, with the route it came along."""
+    """A delivery inside a session, with the route and the subscription it came along."""
 
-    __slots__ = ("delivery", "plan")
+    __slots__ = ("delivery", "plan", "subscription")
 
-    def __init__(self, delivery: Delivery, plan: _RoutePlan) -> None:
+    def __init__(
+        self, delivery: Delivery, plan: _RoutePlan, subscription: SessionSubscription
+    ) -> None:
         self.delivery = delivery
         self.plan = plan
+        self.subscription = subscription
 
     @property
     def event(self) -> Event:
         return self.delivery.event
+
+
+class _Window:
+    """The at-least-once window: events written and not yet confirmed, at most ``size``. A
+    semaphore whose size follows the session's subscriptions (each brings its routes' share)."""
+
+    __slots__ = ("_lot", "size", "used")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def acquire_nowait(self) -> bool:
+        if self.used < self.size:
+            self.used += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.acquire_nowait():
+            await self._lot.park()
+
+    def release(self) -> None:
+        self.used -= 1
+        if self.used < self.size:
+            self._lot.unpark()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._lot.unpark_all()
+
+
+class _SubscribeRequest:
+    __slots__ = ("done", "error", "started", "subscription")
+
+    def __init__(self, subscription: SessionSubscription) -> None:
+        self.subscription = subscription
+        self.done = trio.Event()
+        self.started = False
+        self.error: MediationError | None = None
 
 
 class Session:
@@ -138,8 +218,28 @@ class Session:
         routes: EntrypointRoutes,
         client_confirms: bool,
         params: Mapping[str, str] | None = None,
+        filter: Filter = NO_FILTER,
+        max_subscriptions: int = 1,
+        named: bool = False,
+        permissions: Permissions | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
+        # The live subscriptions by name, in the order they were made (see SessionSubscription).
+        self.subscriptions: dict[str, SessionSubscription] = {}
+        self.max_subscriptions = max_subscriptions
+        # Whether each event names its subscription (envelope "subscription", X-Subscription):
+        # on an entrypoint with parameters; a plain one has one subscription, never named.
+        self.named = named
+        self._permissions = permissions
+        self._check_names = True  # set by open_session
+        self._consumers_made = 0
+        self._plans = {route: _RoutePlan(route) for route in routes.downstream}
+        # WebSocket subscribe requests, for the task that starts consumers in the session nursery.
+        self._subscribe_requests, self._subscribe_requests_out = trio.open_memory_channel[
+            _SubscribeRequest
+        ](0)
+        # The client's server-side filter (?filter.NAME=...), applied in the consumer tasks.
+        self.filter = filter
         # The client's parameters and usable token claims (mediation.params), checked on admission.
         self.params: Mapping[str, str] = params or {}
         # Set when the token does not grant publishing on the upstream routes (authorize).
@@ -151,13 +251,19 @@ class Session:
         # write is the confirmation at_least_once waits for.
         self.client_confirms = client_confirms
         self._context = context
+        # Room for what every subscription the session may have can hand it at once (each its
+        # routes' channel_size, its room: see _enter_channel).
+        self._room = sum(route.channel_size for route in routes.downstream) or 1
         self._send, self._receive = trio.open_memory_channel[SessionDelivery](
-            sum(route.channel_size for route in routes.downstream) or 1
+            self._room * max_subscriptions
         )
         # The at-least-once window: events written to the client and not yet confirmed, counted
-        # against the routes' channel_size, so a client that never confirms stops its consumers.
-        window = sum(r.channel_size for r in routes.downstream if r.ack_plan.keeps_until_confirmed)
-        self._window = trio.Semaphore(window) if window else None
+        # against the routes' channel_size per subscription, so a client that never confirms
+        # stops its consumers. Sized as subscriptions come and go (_resize_window).
+        self._window_share = sum(
+            r.channel_size for r in routes.downstream if r.ack_plan.keeps_until_confirmed
+        )
+        self._window = _Window(0) if self._window_share else None
         # With broker credit equal to channel_size, a client that stops confirming never makes a
         # consumer wait on the channel: the slow-client policy also watches the window.
         self._confirm_timeout = min(
@@ -184,6 +290,7 @@ class Session:
             entrypoint=self.entrypoint,
             routes=self.routes.names,
             channel_depth=self._receive.statistics().current_buffer_used,
+            subscriptions=tuple(self.subscriptions),
         )
 
     def close(self, reason: MediationError) -> None:
@@ -204,33 +311,42 @@ class Session:
         An event that is ready (and allowed by the window) is returned without a checkpoint:
         the window's and the channel's own checkpoints cost the writer two rounds of the
         scheduler per batch, and every caller checkpoints when it writes what it got.
+
+        What is still in the channel of a subscription that ended (unsubscribed, its deliveries
+        already nacked) is skipped.
         """
-        ready = self.receive_nowait()
-        if ready is not None:
-            return ready
-        if self._window is not None:
-            with trio.CancelScope() as waiting:
-                self._receivers.add(waiting)
-                try:
-                    with trio.move_on_after(self._confirm_timeout) as unconfirmed:
-                        await self._window.acquire()
-                finally:
-                    self._receivers.discard(waiting)
-            if waiting.cancelled_caught:
-                raise trio.ClosedResourceError("the session has ended")
-            if unconfirmed.cancelled_caught:
-                too_slow = ClientTooSlow(
-                    f"client too slow: confirmed nothing for {self._confirm_timeout:g} s"
-                )
-                self.close(too_slow)
-                raise too_slow
-        try:
-            item = await self._receive.receive()
-        except BaseException:
+        while True:
+            ready = self.receive_nowait()
+            if ready is not None:
+                return ready
             if self._window is not None:
-                self._window.release()
-            raise
-        return self._taken(item)
+                # A window that is full of unconfirmed events is the client's slowness; one
+                # that is empty because the session has no subscription left is not.
+                timeout = self._confirm_timeout if self._window.used else math.inf
+                with trio.CancelScope() as waiting:
+                    self._receivers.add(waiting)
+                    try:
+                        with trio.move_on_after(timeout) as unconfirmed:
+                            await self._window.acquire()
+                    finally:
+                        self._receivers.discard(waiting)
+                if waiting.cancelled_caught:
+                    raise trio.ClosedResourceError("the session has ended")
+                if unconfirmed.cancelled_caught:
+                    too_slow = ClientTooSlow(
+                        f"client too slow: confirmed nothing for {self._confirm_timeout:g} s"
+                    )
+                    self.close(too_slow)
+                    raise too_slow
+            try:
+                item = await self._receive.receive()
+            except BaseException:
+                if self._window is not None:
+                    self._window.release()
+                raise
+            taken = self._taken(item)
+            if taken is not None:
+                return taken
 
     async def before_write(self, item: SessionDelivery) -> None:
         if item.plan.acks_before_write:
@@ -265,24 +381,28 @@ class Session:
 
     def receive_nowait(self) -> SessionDelivery | None:
         """The next event if one is ready now (and the at-least-once window allows it), or None."""
-        if self._window is not None:
-            try:
-                self._window.acquire_nowait()
-            except trio.WouldBlock:
+        while True:
+            if self._window is not None and not self._window.acquire_nowait():
                 return None
-        try:
-            item = self._receive.receive_nowait()
-        except trio.WouldBlock:
-            if self._window is not None:
-                self._window.release()
-            return None
-        return self._taken(item)
+            try:
+                item = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                if self._window is not None:
+                    self._window.release()
+                return None
+            taken = self._taken(item)
+            if taken is not None:
+                return taken
 
-    def _taken(self, item: SessionDelivery) -> SessionDelivery:
-        """An event left the channel: it holds its window slot only until it is confirmed."""
-        if self._window is not None and not item.plan.confirms:
+    def _taken(self, item: SessionDelivery) -> SessionDelivery | None:
+        """An event left the channel: it holds its window slot only until it is confirmed (and
+        none if its subscription ended: it is skipped, None)."""
+        subscription = item.subscription
+        if subscription.room is not None:
+            subscription.room.release()
+        if self._window is not None and (not item.plan.confirms or subscription.closed):
             self._window.release()
-        return item
+        return None if subscription.closed else item
 
     async def run_writer(
         self,
@@ -362,9 +482,134 @@ class Session:
 
     # -- internals -----------------------------------------------------------------------------
 
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def resolve_subscription(self, params: Mapping[str, str]) -> SessionSubscription:
+        """A subscription for ``params`` (not started): every name its consumers would fill is
+        checked (:class:`BadRequest`), and with ``authorize``, granted (:class:`Forbidden`)."""
+        name = self.subscription_name(params, authorize=True)
+        consumer_id = self.id if not self._consumers_made else f"{self.id}-{self._consumers_made}"
+        self._consumers_made += 1
+        return SessionSubscription(
+            name, params, consumer_id, self._room if self.max_subscriptions > 1 else None
+        )
+
+    def subscription_name(self, params: Mapping[str, str], *, authorize: bool = False) -> str:
+        """The resolved stream of the first downstream route, or the parameters as a query
+        string where that is no id the envelope's rule allows (see SessionSubscription)."""
+        streams = check_route_names(
+            self._context,
+            self.routes.downstream,
+            "downstream",
+            params,
+            self.client_id,
+            self.entrypoint,
+            check=self._check_names,
+        )
+        if authorize and self._permissions is not None:
+            for stream in streams:
+                self._permissions.check("subscribe", stream)
+        if streams and valid_event_id(streams[0]):
+            return streams[0]
+        own = sorted((k, v) for k, v in params.items() if not k.startswith("claims."))
+        return (urlencode(own, safe="") or "-")[:MAX_EVENT_ID]
+
+    async def subscribe(self, params: Mapping[str, str]) -> str:
+        """Add a subscription (a WebSocket ``{"subscribe"}``) and return its name once its
+        consumers are subscribed at the brokers. :class:`BadRequest` (a name not allowed,
+        already subscribed, ``max_subscriptions`` reached), :class:`Forbidden`,
+        :class:`BrokerUnavailable`: nothing is subscribed."""
+        subscription = self.resolve_subscription(params)
+        self._check_new(subscription)
+        request = _SubscribeRequest(subscription)
+        try:
+            await self._subscribe_requests.send(request)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise EngineShuttingDown("the session is ending") from None
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        if not request.started:
+            raise self.close_reason or SessionClosed("the session ended")
+        return subscription.name
+
+    def _check_new(self, subscription: SessionSubscription) -> None:
+        if subscription.name in self.subscriptions:
+            raise BadRequest(f"already subscribed to {subscription.name}")
+        if len(self.subscriptions) >= self.max_subscriptions:
+            raise BadRequest(f"at max_subscriptions ({self.max_subscriptions})")
+
+    async def unsubscribe(self, params: Mapping[str, str]) -> str:
+        """End the subscription ``params`` resolve to and return its name once its consumers
+        have left the brokers; what it left unsettled is nacked and what of it is still in the
+        session channel is not written. :class:`BadRequest` if there is none."""
+        name = self.subscription_name(params, authorize=False)
+        subscription = self.subscriptions.pop(name, None)
+        if subscription is None:
+            raise BadRequest(f"not subscribed to {name}")
+        subscription.closed = True
+        subscription.scope.cancel(reason="unsubscribed")
+        await subscription.done.wait()
+        with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
+            for item in [i for i in self._in_hand if i.subscription is subscription]:
+                await self._settle(item, accepted=False)
+            for event_id, item in list(self._awaiting_confirmation.items()):
+                if item.subscription is subscription:
+                    del self._awaiting_confirmation[event_id]
+                    if self._window is not None:
+                        self._window.release()
+        self._resize_window()
+        return name
+
+    def _resize_window(self) -> None:
+        if self._window is not None:
+            self._window.resize(self._window_share * len(self.subscriptions))
+
+    async def _run_subscription(
+        self,
+        subscription: SessionSubscription,
+        resume_after: str | None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """A subscription's consumers, one per downstream route, subscribed at once; started
+        once all are. Cancelling its scope removes them."""
+        try:
+            with subscription.scope:
+                async with trio.open_nursery() as consumers:
+                    # Subscribe on every route at once (a Kafka group join alone takes seconds).
+                    async with trio.open_nursery() as subscribing:
+                        for route in self.routes.downstream:
+                            subscribing.start_soon(
+                                consumers.start, self._consume, route, subscription, resume_after
+                            )
+                    self.subscriptions[subscription.name] = subscription
+                    self._resize_window()
+                    task_status.started()
+        finally:
+            subscription.done.set()
+
+    async def _serve_subscribe_requests(self, nursery: trio.Nursery) -> None:
+        """Start the subscriptions asked for with :meth:`subscribe` in the session nursery."""
+        async for request in self._subscribe_requests_out:
+            try:
+                self._check_new(request.subscription)  # (asked for at the same time as another)
+                await nursery.start(self._run_subscription, request.subscription, None)
+                request.started = True
+            except MediationError as refused:
+                request.error = refused
+            except BaseExceptionGroup as group:
+                first = single_error(group)
+                if not isinstance(first, MediationError):
+                    raise
+                request.error = first
+            finally:
+                request.done.set()
+
     async def _consume(
         self,
         route: RouteConfig,
+        owner: SessionSubscription,
         resume_after: str | None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -372,19 +617,28 @@ class Session:
         endpoint = self._context.endpoints[route.source]
         subscription = Subscription(
             client_id=self.client_id,
-            session_id=self.id,
+            session_id=owner.consumer_id,
             entrypoint=self.entrypoint,
             route=route,
             resume_after=resume_after,
-            params=self.params,
+            params=owner.params,
             undeliverable=lambda reason: self._context.telemetry.undeliverable.labels(
                 route.source, reason
             ).inc(),
         )
-        plan = _RoutePlan(route)
+        plan = self._plans[route]
+        refuses = self.filter.matches if self.filter else None
+        filtered = self._context.telemetry.filtered.labels(route.name)
         async with endpoint.consume(subscription) as deliveries:
             task_status.started()
             async for delivery in deliveries:
+                if refuses is not None and not refuses(delivery.event.metadata):
+                    # Delivered to nobody: settled here, before the channel, so the client's
+                    # credit never waits behind an event it does not want.
+                    self._context.telemetry.settled(plan.name, True)
+                    await delivery.ack()
+                    filtered.inc()
+                    continue
                 if not endpoint.ids_are_positions and not valid_event_id(delivery.event.id):
                     # A broker's id, which nobody checked (RabbitMQ message_id, an MQTT or AMQP
                     # property): one that breaks the id rule gets replaced here, once for every
@@ -392,7 +646,7 @@ class Session:
                     # ids are its resume positions (topic:partition:offset, printable; over the
                     # rule's length only for a topic name over 224 characters): never replaced.
                     delivery.event = with_valid_id(delivery.event)
-                item = SessionDelivery(delivery, plan)
+                item = SessionDelivery(delivery, plan, owner)
                 self._in_hand[item] = None
                 if plan.acks_received:
                     await self._settle(item, accepted=True)
@@ -407,16 +661,31 @@ class Session:
         that does not confirm or does not poll), so this is the one place the policy is applied.
         While it waits, the consumer does not iterate its endpoint and would not hear of a broker
         failure from it: the endpoint's state tells it instead.
+
+        A session that may have several subscriptions holds each to its own share of the
+        channel (``room``: its routes' channel_size), so that one busy subscription never
+        takes another's place, nor more than one subscription's worth of events on its own.
         """
-        try:
-            self._send.send_nowait(item)
-            return
-        except trio.WouldBlock:
-            pass
+        room = item.subscription.room
+        needs_room = room is not None
+        if room is not None:
+            try:
+                room.acquire_nowait()
+                needs_room = False
+            except trio.WouldBlock:
+                pass
+        if not needs_room:
+            try:
+                self._send.send_nowait(item)
+                return
+            except trio.WouldBlock:
+                pass
         route = item.plan.route
         timeout = route.slow_client_timeout if route.slow_client == "disconnect" else math.inf
         with self._context.watches[route.source].cancel_when_down() as down:
             with trio.move_on_after(timeout) as waiting:
+                if room is not None and needs_room:
+                    await room.acquire()
                 await self._send.send(item)
         if down.cancelled_caught:
             raise BrokerUnavailable(f"endpoint {endpoint.name} is down")
@@ -510,11 +779,14 @@ def check_route_names(
     params: Mapping[str, str],
     client_id: str,
     entrypoint: str,
+    *,
+    check: bool = True,
 ) -> list[str]:
     """Fill, without subscribing or publishing, every name the endpoints of ``routes`` fill for
     ``direction`` with the client's ``params``, and check each against its broker's rule
     (:func:`mediation.params.check_names`): the client is refused (400, 403) before anything
-    happens at a broker. Returns the stream names (what permissions are checked against)."""
+    happens at a broker. Returns the stream names (what permissions are checked against);
+    with ``check=False`` only those, unchecked."""
     values = {**params, "client_id": client_id, "entrypoint": entrypoint}
     streams = []
     for route in routes:
@@ -522,7 +794,8 @@ def check_route_names(
         config = getattr(endpoint, "config", None)  # every endpoint has one; test fakes may not
         endpoint_type = endpoint_type_of(config)
         if endpoint_type is not None:
-            check_names(endpoint_type, config, direction, values)
+            if check:
+                check_names(endpoint_type, config, direction, values)
             stream = stream_name(endpoint_type, config, direction, values)
             if stream is not None:
                 streams.append(stream)
@@ -556,6 +829,10 @@ async def open_session(
     resume_after: str | None = None,
     params: Mapping[str, str] | None = None,
     permissions: Permissions | None = None,
+    filter: Filter = NO_FILTER,
+    subscriptions: Sequence[Mapping[str, str]] | None = None,
+    max_subscriptions: int = 1,
+    named: bool = False,
 ) -> AsyncIterator[Session]:
     """Admit a client and run its session for the duration of the block (see module docstring).
 
@@ -563,27 +840,27 @@ async def open_session(
     endpoints would fill with them is checked first (:func:`check_route_names`). With
     ``permissions`` (``authorize = true``), a stream the token does not grant to subscribe to is
     :class:`Forbidden` here; one it does not grant to publish to makes every
-    :meth:`Session.publish` raise it (the client is nacked, the session goes on)."""
+    :meth:`Session.publish` raise it (the client is nacked, the session goes on).
+
+    ``subscriptions``: several such value sets (a repeated query parameter), one subscription
+    each, all checked as ``params`` is; upstream names are filled with the first. At most
+    ``max_subscriptions``, then and later (:meth:`Session.subscribe`). ``named``: events name
+    their subscription (see :class:`Session`).
+
+    ``filter``: the client's server-side filter; every downstream route must allow each of its
+    fields (``filter_fields``), else :class:`BadRequest`."""
     if context.shutting_down:
         raise EngineShuttingDown("the engine is shutting down")
     routes = context.routes.for_entrypoint(entrypoint)
     if not routes:
         raise NoRoute(f"entrypoint {entrypoint} has no route")
-    publish_refused: Forbidden | None = None
-    if params or permissions is not None:
-        params = params or {}
-        streams = check_route_names(
-            context, routes.downstream, "downstream", params, client_id, entrypoint
-        )
-        if permissions is not None:
-            for stream in streams:
-                permissions.check("subscribe", stream)
-        try:
-            authorize_publish(context, routes.upstream, permissions, params, client_id, entrypoint)
-        except Forbidden as refused:
-            publish_refused = refused
-    if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
-        raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
+    if filter:
+        for route in routes.downstream:
+            filter.check_allowed(route.filter_fields, route.name)
+    value_sets = list(subscriptions) if subscriptions else [params or {}]
+    if len(value_sets) > max_subscriptions:
+        raise BadRequest(f"more than max_subscriptions ({max_subscriptions}) subscriptions")
+    params = value_sets[0]
     session = Session(
         context,
         entrypoint=entrypoint,
@@ -591,20 +868,40 @@ async def open_session(
         routes=routes,
         client_confirms=client_confirms,
         params=params,
+        filter=filter,
+        max_subscriptions=max_subscriptions,
+        named=named,
+        permissions=permissions,
     )
-    session.publish_refused = publish_refused
+    # Names are checked for a client with parameters, claims or permissions (a plain client's
+    # names are the operator's templates with its client id, as they always were).
+    session._check_names = any(value_sets) or permissions is not None
+    made: dict[str, SessionSubscription] = {}
+    for values in value_sets:
+        subscription = session.resolve_subscription(values)
+        if subscription.name in made:
+            raise BadRequest(f"two subscriptions would both be {subscription.name}")
+        made[subscription.name] = subscription
+    if session._check_names:
+        try:
+            authorize_publish(context, routes.upstream, permissions, params, client_id, entrypoint)
+        except Forbidden as refused:
+            session.publish_refused = refused
+    if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
+        raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
     context.sessions[session.id] = session
     context.telemetry.sessions.labels(entrypoint).inc()
     try:
         with session._cancel_scope:
             try:
                 async with trio.open_nursery() as nursery:
-                    # Subscribe on every route at once (a Kafka group join alone takes seconds).
+                    # Every subscription at once (a Kafka group join alone takes seconds).
                     async with trio.open_nursery() as subscribing:
-                        for route in routes.downstream:
+                        for subscription in made.values():
                             subscribing.start_soon(
-                                nursery.start, session._consume, route, resume_after
+                                nursery.start, session._run_subscription, subscription, resume_after
                             )
+                    nursery.start_soon(session._serve_subscribe_requests, nursery)
                     await session._announce("connect")
                     yield session
                     nursery.cancel_scope.cancel(reason="session ended")
@@ -620,6 +917,7 @@ async def open_session(
         context.telemetry.sessions.labels(entrypoint).dec()
         session._send.close()
         session._receive.close()
+        session._subscribe_requests.close()
         for waiting in session._receivers:
             waiting.cancel()
         with trio.move_on_after(SETTLE_TIMEOUT, shield=True):

@@ -69,6 +69,14 @@ class Telemetry:
             ["endpoint", "reason"],
             registry=self.registry,
         )
+        # Events a client's server-side filter refused (?filter.NAME=...): acked, delivered to
+        # nobody (mediation.params.Filter).
+        self.filtered = Counter(
+            "mediation_filtered",
+            "Events refused by a client's server-side filter (acked, delivered to nobody)",
+            ["route"],
+            registry=self.registry,
+        )
         self.registry.register(_EndpointStateCollector(endpoint_states))
         self._moved: dict[tuple[str, str], tuple[Counter, Counter]] = {}
         self._settled: dict[tuple[str, bool], Counter] = {}

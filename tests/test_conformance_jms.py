@@ -29,7 +29,9 @@ from .conformance import (
     EndpointUnderTest,
     ParamsAdapter,
     ParamsConformance,
+    SeveralSubscriptionsConformance,
 )
+from .conformance.params import MediationEngine
 
 # The client ids the suite uses.
 CLIENTS = ("c1", "stalled", "reading")
@@ -105,13 +107,23 @@ class JMSParams(ParamsAdapter):
 
         await trio.to_thread.run_sync(declare)
 
+    async def consumers(self, engine: MediationEngine, orders: tuple[str, ...]) -> int:
+        """The broker's consumer count of each order's queue."""
+        total = 0
+        for order in orders:
+            counts = await trio.to_thread.run_sync(
+                self.rabbitmq.queue_counts, f"{self.base}-{order}"
+            )
+            total += 0 if counts is None else counts.consumers
+        return total
+
     def delete(self) -> None:
         with self.rabbitmq.channel() as channel:
             for queue in self.queues:
                 channel.queue_delete(queue)  # type: ignore[attr-defined]
 
 
-class TestJMSParams(ParamsConformance):
+class TestJMSParams(ParamsConformance, SeveralSubscriptionsConformance):
     @pytest.fixture
     async def params_adapter(self, rabbitmq: RabbitMQ) -> AsyncIterator[ParamsAdapter]:
         adapter = JMSParams(rabbitmq)

@@ -28,7 +28,9 @@ from .conformance import (
     EndpointUnderTest,
     ParamsAdapter,
     ParamsConformance,
+    SeveralSubscriptionsConformance,
 )
+from .conformance.params import MediationEngine
 
 # A group join on tansu takes session.timeout.ms / 2.
 FAST_GROUPS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
@@ -112,8 +114,39 @@ class KafkaParams(ParamsAdapter):
 
     def table(self) -> dict[str, Any]:
         topic = f"{self.base}-{{order_id}}"
-        config = {"brokers": self.tansu.bootstrap_servers, "topic_in": topic, "topic_out": topic}
+        config = {
+            "brokers": self.tansu.bootstrap_servers,
+            "topic_in": topic,
+            "topic_out": topic,
+            # A group per order: a session's subscriptions must not share one (README,
+            # "Choosing streams").
+            "group_id": f"{self.base}-{{client_id}}-{{order_id}}",
+        }
         return {"type": "kafka", "config": {**config, **FAST_GROUPS}}
+
+    async def consumers(self, engine: MediationEngine, orders: tuple[str, ...]) -> int:
+        """Members of the orders' consumer groups (one per non-empty group: tansu does not
+        list members; each order here has one client)."""
+        admin = AdminClient(self.tansu.client_config())
+
+        def count() -> int:
+            listed = admin.list_consumer_groups().result(10)
+            groups = [
+                g.group_id
+                for g in listed.valid
+                if g.group_id.startswith(f"{self.base}-")
+                and g.group_id.rsplit("-", 1)[-1] in orders
+            ]
+            if not groups:
+                return 0
+            total = 0
+            for future in admin.describe_consumer_groups(groups).values():
+                description = future.result(10)
+                if description.state not in _EMPTY:
+                    total += len(description.members) or 1
+            return total
+
+        return await trio.to_thread.run_sync(count)
 
     async def prepare(self, orders: tuple[str, ...]) -> None:
         admin = AdminClient(self.tansu.client_config())
@@ -128,7 +161,7 @@ class KafkaParams(ParamsAdapter):
         await trio.to_thread.run_sync(create)
 
 
-class TestKafkaParams(ParamsConformance):
+class TestKafkaParams(ParamsConformance, SeveralSubscriptionsConformance):
     @pytest.fixture
     def params_adapter(self, tansu: Tansu) -> ParamsAdapter:
         return KafkaParams(tansu)

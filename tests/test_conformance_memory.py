@@ -17,7 +17,9 @@ from .conformance import (
     EndpointUnderTest,
     ParamsAdapter,
     ParamsConformance,
+    SeveralSubscriptionsConformance,
 )
+from .conformance.params import MediationEngine
 
 
 class TestMemoryConformance(DeliveryConformance, EndpointConformance):
@@ -43,8 +45,13 @@ class MemoryParams(ParamsAdapter):
         names = {"topic_in": "orders/{order_id}", "topic_out": "orders/{order_id}"}
         return {"type": "memory", "config": names}
 
+    async def consumers(self, engine: MediationEngine, orders: tuple[str, ...]) -> int:
+        endpoint = engine.endpoints[self.name]
+        assert isinstance(endpoint, MemoryEndpoint)
+        return sum(endpoint.subscriber_count(f"orders/{order}") for order in orders)
 
-class TestMemoryParams(ParamsConformance):
+
+class TestMemoryParams(ParamsConformance, SeveralSubscriptionsConformance):
     @pytest.fixture
     def params_adapter(self) -> ParamsAdapter:
         return MemoryParams()

@@ -37,7 +37,9 @@ from .conformance import (
     EndpointUnderTest,
     ParamsAdapter,
     ParamsConformance,
+    SeveralSubscriptionsConformance,
 )
+from .conformance.params import MediationEngine
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 
@@ -136,8 +138,16 @@ class MQTT5Params(ParamsAdapter):
             "config": {"broker": broker, "topic_in": topic, "topic_out": topic},
         }
 
+    async def consumers(self, engine: MediationEngine, orders: tuple[str, ...]) -> int:
+        """The endpoint's count of subscriptions the broker granted (SUBACK, no UNSUBACK or
+        disconnect since) on each order's topic (see the module docstring: Mosquitto cannot
+        count per topic, and the probe would publish into the clients' streams)."""
+        endpoint = engine.endpoints[self.name]
+        assert isinstance(endpoint, MQTT5Endpoint)
+        return sum(endpoint.subscription_count(f"{self.base}/{order}") for order in orders)
 
-class TestMQTT5Params(ParamsConformance):
+
+class TestMQTT5Params(ParamsConformance, SeveralSubscriptionsConformance):
     @pytest.fixture
     def params_adapter(self, mosquitto: Mosquitto) -> ParamsAdapter:
         return MQTT5Params(mosquitto)

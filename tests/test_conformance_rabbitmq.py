@@ -27,7 +27,9 @@ from .conformance import (
     EndpointUnderTest,
     ParamsAdapter,
     ParamsConformance,
+    SeveralSubscriptionsConformance,
 )
+from .conformance.params import MediationEngine
 from .conformance.suite import receive
 
 
@@ -161,11 +163,19 @@ class RabbitMQExchangeParams(ParamsAdapter):
             "exchange": self.exchange,
             "binding_key": "orders.{order_id}",
             "routing_key": "orders.{order_id}",
+            "session_queue": f"{self.exchange}.{{order_id}}.{{session_id}}",
         }
         return {"type": "rabbitmq", "config": config}
 
+    async def consumers(self, engine: MediationEngine, orders: tuple[str, ...]) -> int:
+        """Per-session queues of the orders on the broker (exclusive, auto-delete: each exists
+        exactly while its consumer does), listed by rabbitmqctl."""
+        queues = await trio.to_thread.run_sync(self.rabbitmq.list_queues)
+        prefixes = tuple(f"{self.exchange}.{order}." for order in orders)
+        return sum(1 for queue in queues if queue.startswith(prefixes))
 
-class TestRabbitMQExchangeParams(ParamsConformance):
+
+class TestRabbitMQExchangeParams(ParamsConformance, SeveralSubscriptionsConformance):
     @pytest.fixture
     async def params_adapter(self, rabbitmq: RabbitMQ) -> AsyncIterator[ParamsAdapter]:
         adapter = RabbitMQExchangeParams(rabbitmq)

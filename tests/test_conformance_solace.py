@@ -26,7 +26,9 @@ from .conformance import (
     EndpointUnderTest,
     ParamsAdapter,
     ParamsConformance,
+    SeveralSubscriptionsConformance,
 )
+from .conformance.params import MediationEngine
 from .solace_fake import FakeBroker, open_broker
 from .solace_fake.harness import fake_table, running_endpoint
 
@@ -105,8 +107,22 @@ class SolaceParams(ParamsAdapter):
         )
         return {"type": "solace", "config": config}
 
+    async def consumers(self, engine: MediationEngine, orders: tuple[str, ...]) -> int:
+        """Direct receivers subscribed to the orders' topics and flows bound to the orders'
+        queues (at_least_once), counted by the fake broker."""
+        topics = {f"orders/{order}" for order in orders}
+        prefixes = tuple(f"orders-{order}-" for order in orders)
+        with self.broker.lock:
+            direct = sum(1 for r in self.broker.direct for topic in r.topics if topic in topics)
+            flows = sum(
+                len(queue.flows)
+                for name, queue in self.broker.queues.items()
+                if name.startswith(prefixes)
+            )
+        return direct + flows
 
-class TestSolaceParams(ParamsConformance):
+
+class TestSolaceParams(ParamsConformance, SeveralSubscriptionsConformance):
     @pytest.fixture
     def params_adapter(self) -> Iterator[ParamsAdapter]:
         with open_broker() as broker:

@@ -34,9 +34,10 @@ async def batches(engine_with: EngineFactory) -> list[list[bytes]]:
             await trio.lowlevel.checkpoint()
 
         plan = session_module._RoutePlan(engine.config.routes[1])
+        (subscription,) = session.subscriptions.values()
 
         def item(payload: bytes) -> SessionDelivery:
-            return SessionDelivery(Delivery(Event(payload), settle), plan)
+            return SessionDelivery(Delivery(Event(payload), settle), plan, subscription)
 
         await publish(engine, b"1")
         second = trio.Event()

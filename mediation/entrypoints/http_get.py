@@ -50,6 +50,7 @@ from ..events import writable_event_id
 from ..http.asgi import Request, Send, respond, respond_error, respond_json
 from ..identity import admit_client
 from ..metadata import header_safe
+from ..params import Filter, filter_from_query
 from ..permissions import Permissions
 from ..session import Session, open_session
 from ._requests import serve_requests
@@ -92,8 +93,9 @@ class _PollingEntrypoint:
     async def run_session(
         self,
         client_id: str,
-        params: dict[str, str],
+        value_sets: list[dict[str, str]],
         permissions: Permissions | None,
+        filter: Filter,
         *,
         task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -106,8 +108,13 @@ class _PollingEntrypoint:
                     client_id=client_id,
                     max_sessions=self.config.max_sessions,
                     client_confirms=True,
-                    params=params,
+                    subscriptions=value_sets,
+                    max_subscriptions=(
+                        self.config.max_subscriptions if self.config.parameters.patterns else 1
+                    ),
+                    named=bool(self.config.parameters.patterns),
                     permissions=permissions,
+                    filter=filter,
                 ) as session:
                     polled = _Polled(session, trio.current_time())
                     self.live[client_id] = polled
@@ -178,11 +185,14 @@ class _PollingEntrypoint:
         parameters = self.config.parameters
         try:
             if action == "subscribe":
-                params = parameters.resolve(mount or "/", request.query)
+                params = parameters.resolve_subscriptions(
+                    mount or "/", request.query, self.config.max_subscriptions
+                )
             else:
                 # A poll, an ack or an unsubscribe is about the client's session, named by its
                 # client id: its path only has to be one of this entrypoint's.
-                params = parameters.path.match(mount or "/", parameters.patterns)
+                path_values = parameters.path.match(mount or "/", parameters.patterns)
+                params = None if path_values is None else [path_values]
         except MediationError as error:
             await respond_error(send, error)
             return
@@ -206,13 +216,16 @@ class _PollingEntrypoint:
             )
             client_id = client.id
             if action == "subscribe":
-                params.update(self.config.parameters.claims(client.claims))
+                claims = self.config.parameters.claims(client.claims)
+                value_sets = [{**values, **claims} for values in params]
                 permissions = (
                     Permissions.from_claims(client.claims, self.config.permissions_claim)
                     if self.config.authorize
                     else None
                 )
-                polled = await self.subscribe(client_id, params, permissions, nursery)
+                polled = await self.subscribe(
+                    client_id, value_sets, permissions, filter_from_query(request.query), nursery
+                )
                 await respond_json(
                     send, 201, {"session_id": polled.session.id, "client_id": client_id}
                 )
@@ -239,8 +252,9 @@ class _PollingEntrypoint:
     async def subscribe(
         self,
         client_id: str,
-        params: dict[str, str],
+        value_sets: list[dict[str, str]],
         permissions: Permissions | None,
+        filter: Filter,
         nursery: trio.Nursery,
     ) -> _Polled:
         """The client's live session, started if it has none (a live one is answered as it is,
@@ -249,7 +263,7 @@ class _PollingEntrypoint:
         try:
             async with lock:
                 return self.live.get(client_id) or await nursery.start(
-                    self.run_session, client_id, params, permissions
+                    self.run_session, client_id, value_sets, permissions, filter
                 )
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
@@ -284,6 +298,8 @@ class _PollingEntrypoint:
                 log.error("event id not written: not header-safe", extra={"event_id": event_id})
             for key, value in metadata.items():
                 headers[f"x-meta-{key}"] = value
+            if session.named:
+                headers["x-subscription"] = item.subscription.name
             await respond(send, 200, item.event.payload, headers)
             await session.written(item)
 

@@ -24,6 +24,7 @@ from ..context import EngineContext
 from ..errors import EngineShuttingDown, MediationError, SessionNotFound, outcome_of
 from ..http.asgi import Request, Send, respond_error, respond_json
 from ..identity import admit_client
+from ..params import filter_from_query
 from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
@@ -66,8 +67,10 @@ async def _handle(
     parameters = config.parameters
     stream = _Stream(send, request.headers.get("origin"))
     try:
-        params = parameters.resolve(request.raw_path, request.query)
-        if params is None:
+        value_sets = parameters.resolve_subscriptions(
+            request.raw_path, request.query, config.max_subscriptions
+        )
+        if value_sets is None:
             await respond_error(send, SessionNotFound(f"no SSE entrypoint at {request.path}"))
             return
         if request.method != "GET":
@@ -82,7 +85,7 @@ async def _handle(
             certificate=request.peer_certificate,
         )
         client_id = client.id
-        params.update(parameters.claims(client.claims))
+        claims = parameters.claims(client.claims)
         async with open_session(
             context,
             entrypoint=config.name,
@@ -90,12 +93,15 @@ async def _handle(
             max_sessions=config.max_sessions,
             client_confirms=False,
             resume_after=request.headers.get("last-event-id"),
-            params=params,
+            subscriptions=[{**values, **claims} for values in value_sets],
+            max_subscriptions=config.max_subscriptions if parameters.patterns else 1,
+            named=bool(parameters.patterns),
             permissions=(
                 Permissions.from_claims(client.claims, config.permissions_claim)
                 if config.authorize
                 else None
             ),
+            filter=filter_from_query(request.query),
         ) as session:
             await stream.start()
             await stream.write(
@@ -180,11 +186,15 @@ async def _stream_events(
         async def write(batch: list[SessionDelivery]) -> None:
             # A payload that is not UTF-8 cannot be an SSE event; it is sent with replacement
             # marks. Framing never raises (see mediation.sse): no event ends the stream. The
-            # batch goes out as one body chunk (one send to the socket).
+            # batch goes out as one body chunk (one send to the socket). With more than one
+            # subscription, each event is named after its own (event: prices.A).
+            named = len(session.subscriptions) > 1
             chunk = b"".join(
                 [
                     frame_event(
-                        item.event.payload.decode("utf-8", "replace"), event_id=item.event.id
+                        item.event.payload.decode("utf-8", "replace"),
+                        event_id=item.event.id,
+                        event=item.subscription.name if named else None,
                     )
                     for item in batch
                 ]

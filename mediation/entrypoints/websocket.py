@@ -40,7 +40,15 @@ import trio
 from ..auth import BearerVerifier
 from ..config import WebSocketEntrypoint
 from ..context import EngineContext
-from ..envelope import SUBPROTOCOL, Confirmation, decode_client_message, encode_event, encode_reply
+from ..envelope import (
+    SUBPROTOCOL,
+    Confirmation,
+    Publication,
+    SubscriptionChange,
+    decode_client_message,
+    encode_event,
+    encode_reply,
+)
 from ..errors import (
     BrokerUnavailable,
     ClientIdle,
@@ -68,6 +76,7 @@ from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
 from ..http.wsframes import BINARY, TEXT
 from ..identity import admit_client
 from ..metadata import client_metadata
+from ..params import EntrypointParams, filter_from_query
 from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 
@@ -136,10 +145,12 @@ async def _handle(
         scope = upgrade.scope
         query = query_map(scope)
         parameters = config.parameters
-        params = parameters.resolve(
-            scope.get("raw_path", scope["path"].encode()).decode("latin-1"), query
+        value_sets = parameters.resolve_subscriptions(
+            scope.get("raw_path", scope["path"].encode()).decode("latin-1"),
+            query,
+            config.max_subscriptions,
         )
-        if params is None:
+        if value_sets is None:
             raise SessionNotFound(f"no WebSocket entrypoint at {scope['path']}")
         client = admit_client(
             header_map(scope),
@@ -150,7 +161,7 @@ async def _handle(
             certificate=peer_certificate(scope),
         )
         client_id = client.id
-        params.update(parameters.claims(client.claims))
+        claims = parameters.claims(client.claims)
         enveloped = SUBPROTOCOL in offered_subprotocols(scope)
         activity = _Activity()
         async with open_session(
@@ -159,12 +170,15 @@ async def _handle(
             client_id=client_id,
             max_sessions=config.max_sessions,
             client_confirms=enveloped,
-            params=params,
+            subscriptions=[{**values, **claims} for values in value_sets],
+            max_subscriptions=config.max_subscriptions if parameters.patterns else 1,
+            named=bool(parameters.patterns),
             permissions=(
                 Permissions.from_claims(client.claims, config.permissions_claim)
                 if config.authorize
                 else None
             ),
+            filter=filter_from_query(query),
         ) as session:
             websocket = await WebSocket.accept(
                 upgrade,
@@ -237,7 +251,8 @@ async def _converse(
         that a text frame may carry it."""
         event = item.event
         if enveloped:
-            return TEXT, encode_event(event.id, event.payload, event.metadata).encode("utf-8")
+            name = item.subscription.name if session.named else None
+            return TEXT, encode_event(event.id, event.payload, event.metadata, name).encode("utf-8")
         if config.frame_type == "binary" or (
             config.frame_type == "auto" and event.metadata.get("content-type") == OCTET_STREAM
         ):
@@ -259,7 +274,7 @@ async def _converse(
     async with trio.open_nursery() as nursery:
 
         async def relay_then_stop() -> None:
-            await _relay_upstream(websocket, session, enveloped, activity)
+            await _relay_upstream(websocket, session, config.parameters, enveloped, activity)
             nursery.cancel_scope.cancel(reason="client closed the connection")
 
         nursery.start_soon(websocket.run_reader)
@@ -306,7 +321,11 @@ async def _close_when_idle(
 
 
 async def _relay_upstream(
-    websocket: WebSocket, session: Session, enveloped: bool, activity: _Activity
+    websocket: WebSocket,
+    session: Session,
+    parameters: EntrypointParams,
+    enveloped: bool,
+    activity: _Activity,
 ) -> None:
     """Each client message upstream (or, enveloped, a confirmation) until the client leaves."""
     while True:
@@ -320,7 +339,7 @@ async def _relay_upstream(
             # in between: a run of acks is confirmed before the writer runs, which then sends
             # as many events as they freed the at-least-once window for, in one write.
             while message is not None:
-                if not await _handle_message(websocket, session, enveloped, message):
+                if not await _handle_message(websocket, session, parameters, enveloped, message):
                     return
                 message = websocket.get_message_nowait()
         finally:
@@ -329,7 +348,11 @@ async def _relay_upstream(
 
 
 async def _handle_message(
-    websocket: WebSocket, session: Session, enveloped: bool, message: str | bytes
+    websocket: WebSocket,
+    session: Session,
+    parameters: EntrypointParams,
+    enveloped: bool,
+    message: str | bytes,
 ) -> bool:
     """Relay one client message; False once the client is gone."""
     if not enveloped:
@@ -354,15 +377,45 @@ async def _handle_message(
                     "confirmation ignored", extra={"session_id": session.id, "reason": str(error)}
                 )
             return True
-        try:
-            metadata = client_metadata(parsed.metadata.items(), header_names=False)
-            await session.publish(parsed.payload, metadata, event_id=parsed.event_id)
-        except (BrokerUnavailable, NoRoute, Forbidden) as error:
-            reply = encode_reply(parsed.event_id, error=str(error))
+        if isinstance(parsed, SubscriptionChange):
+            reply = await _change_subscription(session, parameters, parsed)
         else:
-            reply = encode_reply(parsed.event_id)
+            reply = await _publish(session, parsed)
     try:
         await websocket.send_message(reply)
     except ConnectionClosed:
         return False
     return True
+
+
+async def _change_subscription(
+    session: Session, parameters: EntrypointParams, change: SubscriptionChange
+) -> str:
+    """``{"subscribe": {...}}`` / ``{"unsubscribe": {...}}``: the parameters given replace the
+    session's (those of its first subscription) and name the subscription; the answer names it
+    (or the action, when the parameters do not resolve to a name) once its consumers are
+    subscribed at the brokers, or removed."""
+    action = "subscribe" if change.subscribe else "unsubscribe"
+    try:
+        values = parameters.override(session.params, change.params)
+        name = session.subscription_name(values)
+    except MediationError as error:
+        return encode_reply(action, error=str(error))
+    try:
+        if change.subscribe:
+            await session.subscribe(values)
+        else:
+            await session.unsubscribe(values)
+    except MediationError as error:
+        return encode_reply(name, error=str(error))
+    return encode_reply(name)
+
+
+async def _publish(session: Session, parsed: Publication) -> str:
+    """One upstream envelope event, answered once the broker took (or confirmed) it."""
+    try:
+        metadata = client_metadata(parsed.metadata.items(), header_names=False)
+        await session.publish(parsed.payload, metadata, event_id=parsed.event_id)
+    except (BrokerUnavailable, NoRoute, Forbidden) as error:
+        return encode_reply(parsed.event_id, error=str(error))
+    return encode_reply(parsed.event_id)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .delivery import DeliveryConformance
 from .outage import CLIENTS, BrokerAdapter, OutageConformance, ReconnectConformance, Scenario
-from .params import ParamsAdapter, ParamsConformance
+from .params import ParamsAdapter, ParamsConformance, SeveralSubscriptionsConformance
 from .suite import ClientResumeConformance, EndpointConformance, EndpointUnderTest
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "ParamsConformance",
     "ReconnectConformance",
     "Scenario",
+    "SeveralSubscriptionsConformance",
 ]
