@@ -501,6 +501,7 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
     ]
     for i, entrypoint in enumerate(entrypoints):
         _check_params(entrypoint, ["entrypoints", i], fail)
+    _check_ports(entrypoints, engine, fail)
     resolved_routes = []
     for i, route in enumerate(routes):
         for key in ("source", "target"):
@@ -672,6 +673,16 @@ def _check_params(entrypoint: EntrypointConfig, path: list[str | int], fail: Any
     except ValueError as error:
         name, _, problem = str(error).partition(": ")
         raise fail([*path, "params", name], problem) from None
+
+
+def _check_ports(entrypoints: list[EntrypointConfig], engine: EngineConfig, fail: Any) -> None:
+    """Entrypoints on one port can share it (mediation.listeners: paths no request can
+    confuse, the same TLS and limits), and none is on the health port."""
+    from .listeners import listener_problem
+
+    problem = listener_problem(entrypoints, engine.health_port)
+    if problem is not None:
+        raise fail(["entrypoints", problem.index, problem.key], problem.reason)
 
 
 def _check_templates(

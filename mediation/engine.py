@@ -10,8 +10,10 @@
 Start order: the packet log flusher and the endpoint watches (:class:`mediation.context.DownWatch`),
 endpoints (each reports started at once and connects in the background), the bridges
 (endpoint -> endpoint routes, :mod:`mediation.bridge`), the health server, then the entrypoints,
-so every port in ``engine.ports`` is bound when the block begins. ``engine.ports`` only ever holds
-ports that accept connections: each is added once its server listens. The health server comes
+so every port in ``engine.ports`` is bound when the block begins. Entrypoints on one port share
+its listener (:mod:`mediation.listeners`), and ``engine.ports`` names that port for each.
+``engine.ports`` only ever holds ports that accept connections: each is added once its server
+listens. The health server comes
 first so that a load balancer can poll it during a slow start, but its ``/readyz`` says 503
 (``"entrypoints": "starting"``) until the last entrypoint listens, which the engine records in
 ``EngineContext.entrypoints_listening``; after that, 200 whenever every endpoint is up.
@@ -35,11 +37,12 @@ from .bridge import run_bridges
 from .config import Config
 from .context import EngineContext
 from .endpoints import Endpoint, create_endpoint
-from .entrypoints import serve_entrypoint
+from .entrypoints import serve_listener
 from .errors import ConfigError, EngineShuttingDown, RouteChanged
 from .exception_groups import single_error
 from .health import health_app
 from .http.server import serve_http
+from .listeners import plan_listeners
 from .routing import RouteTable
 from .session import SessionInfo
 from .telemetry import Telemetry
@@ -107,16 +110,21 @@ class MediationEngine:
             self.ports["health"] = await nursery.start(
                 partial(
                     serve_http,
-                    on_error=self._context.telemetry.connection_errors.labels("health").inc,
+                    on_error=lambda _scope: self._context.telemetry.connection_errors.labels(
+                        "health"
+                    ).inc(),
                 ),
                 health_app(self._context),
                 config.engine.host,
                 config.engine.health_port,
             )
-            for entrypoint in config.entrypoints:
-                self.ports[entrypoint.name] = await nursery.start(
-                    serve_entrypoint, entrypoint, self._context, config.engine.host
+            # One listener per port: entrypoints sharing a port share its server.
+            for listener in plan_listeners(config.entrypoints):
+                port = await nursery.start(
+                    serve_listener, listener, self._context, config.engine.host
                 )
+                for entrypoint in listener.entrypoints:
+                    self.ports[entrypoint.name] = port
             # Every entrypoint reported its port once listening: /readyz may now say 200.
             self._context.entrypoints_listening = True
             if config.source_path is not None and config.engine.reload_interval > 0:

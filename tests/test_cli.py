@@ -131,8 +131,29 @@ def test_check_defaults_to_mediation_toml_in_the_working_directory() -> None:
             "engine.health_port: input should be greater than or equal to 0",
         ),
         ("a = " + "[" * 5000, "nested too deeply to be a configuration"),
+        # Issue 14: what `run` would fail on with "Address already in use" is refused here.
+        (
+            PORT0_CONFIG.replace("\nport = 0", "\nport = 8077").replace(
+                'type = "sse"', 'type = "http_post"'
+            ),
+            'entrypoints[1].path: / overlaps / of entrypoint "hook" on port 8077 (a request path '
+            "could be either's; entrypoints sharing a port need paths no request can confuse)",
+        ),
+        (
+            PORT0_CONFIG.replace("health_port = 0", "health_port = 8077").replace(
+                'type = "sse"\nport = 0', 'type = "sse"\nport = 8077'
+            ),
+            "entrypoints[1].port: 8077 is also [engine] health_port (the health server)",
+        ),
     ],
-    ids=["bad-reference", "toml-syntax", "bad-value", "deep-nesting"],
+    ids=[
+        "bad-reference",
+        "toml-syntax",
+        "bad-value",
+        "deep-nesting",
+        "port-path-twice",
+        "health-port-clash",
+    ],
 )
 def test_check_invalid_config_is_one_line_and_status_2(
     tmp_path: Path, text: str, problem: str

@@ -9,8 +9,8 @@ hands it over.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,13 +123,19 @@ async def test_every_port_accepts_connections_once_readyz_says_200(start: Start)
             assert ready.json() == {"status": "ready", "endpoints": {"mem": "up"}}
 
 
-async def hold_until(
-    entered: trio.Event, release: trio.Event, serve: Callable[..., Awaitable[None]]
-) -> Callable[..., Awaitable[None]]:
-    async def held(*args: Any, **kwargs: Any) -> None:
+def hold_until(
+    entered: trio.Event,
+    release: trio.Event,
+    serving: Callable[..., AbstractAsyncContextManager[Any]],
+) -> Callable[..., AbstractAsyncContextManager[Any]]:
+    """An entrypoint's ``serving`` that waits for ``release`` before its listener may listen."""
+
+    @asynccontextmanager
+    async def held(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         entered.set()
         await release.wait()
-        await serve(*args, **kwargs)
+        async with serving(*args, **kwargs) as handlers:
+            yield handlers
 
     return held
 
@@ -141,7 +147,7 @@ async def test_readyz_is_503_while_the_entrypoints_are_starting(
     import mediation.entrypoints.http_get as http_get
 
     entered, release = trio.Event(), trio.Event()
-    monkeypatch.setattr(http_get, "serve", await hold_until(entered, release, http_get.serve))
+    monkeypatch.setattr(http_get, "serving", hold_until(entered, release, http_get.serving))
     with trio.fail_after(10):
         async with engine_in_background(start), httpx.AsyncClient() as http:
             await entered.wait()

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -53,7 +55,7 @@ from ..metadata import header_safe
 from ..params import Filter, filter_from_query
 from ..permissions import Permissions
 from ..session import Session, open_session
-from ._requests import serve_requests
+from ._requests import Handlers
 
 log = logging.getLogger(__name__)
 
@@ -312,17 +314,13 @@ def _ended_error(reason: MediationError | None) -> MediationError:
     return SessionClosed(f"session ended: {reason or 'consumer stopped'}")
 
 
-async def serve(
-    config: HTTPGetEntrypoint,
-    context: EngineContext,
-    host: str,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
+@asynccontextmanager
+async def serving(config: HTTPGetEntrypoint, context: EngineContext) -> AsyncIterator[Handlers]:
+    """The polling handlers, with the nursery of the sessions around the listener's life."""
     entrypoint = _PollingEntrypoint(config, context)
     async with trio.open_nursery() as sessions:
 
         async def handle(request: Request, send: Send) -> None:
             await entrypoint.handle(request, send, sessions)
 
-        await serve_requests(handle, context, host, config, task_status=task_status)
+        yield Handlers(request=handle)

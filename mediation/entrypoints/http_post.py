@@ -15,7 +15,8 @@ HTTP server's rewrite).
 
 from __future__ import annotations
 
-import trio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from ..auth import BearerVerifier
 from ..config import HTTPPostEntrypoint
@@ -27,16 +28,11 @@ from ..identity import admit_client
 from ..metadata import client_metadata
 from ..permissions import Permissions
 from ..session import authorize_publish, publish_upstream
-from ._requests import serve_requests
+from ._requests import Handlers
 
 
-async def serve(
-    config: HTTPPostEntrypoint,
-    context: EngineContext,
-    host: str,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
+@asynccontextmanager
+async def serving(config: HTTPPostEntrypoint, context: EngineContext) -> AsyncIterator[Handlers]:
     verifier = BearerVerifier.from_config(config)
     # Requests being handled: max_sessions bounds them (a POST is a session of one event).
     handling = 0
@@ -57,7 +53,7 @@ async def serve(
         finally:
             handling -= 1
 
-    await serve_requests(handle, context, host, config, task_status=task_status)
+    yield Handlers(request=handle)
 
 
 async def _handle(

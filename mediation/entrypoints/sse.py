@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -28,7 +30,7 @@ from ..params import filter_from_query
 from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
 from ..sse import frame_comment, frame_event
-from ._requests import serve_requests
+from ._requests import Handlers
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,14 @@ HEADERS = [
 ]
 
 
-async def serve(
-    config: SSEEntrypoint,
-    context: EngineContext,
-    host: str,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
+@asynccontextmanager
+async def serving(config: SSEEntrypoint, context: EngineContext) -> AsyncIterator[Handlers]:
     verifier = BearerVerifier.from_config(config)
 
     async def handle(request: Request, send: Send) -> None:
         await _handle(config, context, verifier, request, send)
 
-    await serve_requests(handle, context, host, config, task_status=task_status)
+    yield Handlers(request=handle)
 
 
 async def _handle(

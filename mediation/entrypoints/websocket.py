@@ -17,7 +17,8 @@ admitted here (path, origin, token, identity, routes, ``max_sessions``) and refu
 upgrade with the documented status. It is answered ``101`` only after the session's consumers are
 subscribed, so whatever is published after the client saw ``101`` reaches it; frames the client
 sent with its handshake are processed first, in order. A request without ``Upgrade: websocket``
-gets ``426``.
+is not this entrypoint's: it goes to an HTTP entrypoint on the same port and path (an SSE one,
+say), and on a port with none it gets ``426``.
 Once upgraded, the session's end is told with a close code (1001 shutdown, 1009 too big, 1011
 broker failure or an unexpected error, 1013 too slow, 1001 "idle"). The connection is wsproto's
 (through its public API, :mod:`mediation.http.websocket`); compression is never negotiated.
@@ -33,7 +34,8 @@ settled (and opens the at-least-once window) at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import trio
 
@@ -61,17 +63,8 @@ from ..errors import (
     outcome_of,
     response_headers,
 )
-from ..http.asgi import (
-    Receive,
-    Scope,
-    Send,
-    header_map,
-    peer_certificate,
-    query_map,
-    respond_json,
-)
-from ..http.server import Upgrade, serve_http
-from ..http.tls import ServerTLS
+from ..http.asgi import Scope, header_map, peer_certificate, query_map
+from ..http.server import Upgrade
 from ..http.websocket import ConnectionClosed, HandshakeFailed, WebSocket
 from ..http.wsframes import BINARY, TEXT
 from ..identity import admit_client
@@ -79,6 +72,7 @@ from ..metadata import client_metadata
 from ..params import EntrypointParams, filter_from_query
 from ..permissions import Permissions
 from ..session import Session, SessionDelivery, open_session
+from ._requests import Handlers
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +82,10 @@ OCTET_STREAM = "application/octet-stream"
 INTERNAL_ERROR = 1011
 
 
-async def serve(
-    config: WebSocketEntrypoint,
-    context: EngineContext,
-    host: str,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
+@asynccontextmanager
+async def serving(config: WebSocketEntrypoint, context: EngineContext) -> AsyncIterator[Handlers]:
+    """The handshake handler. A plain request is not the WebSocket entrypoint's: on a port
+    with no HTTP entrypoint, the listener answers it ``426``."""
     verifier = BearerVerifier.from_config(config)
     count_error = context.telemetry.connection_errors.labels(config.name).inc
 
@@ -102,23 +93,7 @@ async def serve(
         with context.client_connection():
             await _handle(config, context, verifier, upgrade, count_error)
 
-    async def not_an_upgrade(scope: Scope, receive: Receive, send: Send) -> None:
-        await respond_json(
-            send, 426, {"error": "this port serves WebSocket only"}, {"upgrade": "websocket"}
-        )
-
-    await serve_http(
-        not_an_upgrade,
-        host,
-        config.port,
-        max_header_bytes=config.max_header_bytes,
-        header_timeout=config.header_timeout,
-        body_timeout=config.body_timeout,
-        websocket=handle,
-        on_error=count_error,
-        tls=ServerTLS.from_config(config),
-        task_status=task_status,
-    )
+    yield Handlers(upgrade=handle)
 
 
 def offered_subprotocols(scope: Scope) -> list[str]:

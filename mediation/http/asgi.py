@@ -4,7 +4,7 @@ HTTP entrypoints and the health server.
 We write plain ASGI apps rather than using a framework: each HTTP entrypoint has one to four paths,
 and streaming (SSE) needs direct control of the response (no framework response timeout, the final
 chunk on shutdown). How an entrypoint serves its apps (a client connection counted per request)
-is :func:`mediation.entrypoints._requests.serve_requests`.
+is :func:`mediation.entrypoints._requests.serve_listener`.
 """
 
 from __future__ import annotations

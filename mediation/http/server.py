@@ -152,6 +152,9 @@ SINGLE_HEADERS = frozenset(
 CHUNK_FRAMING_ALLOWANCE = 64
 
 WebSocketHandler = Callable[["Upgrade"], Awaitable[None]]
+# Told of each connection an unexpected exception ended: the scope of the request (or WebSocket
+# handshake) it was serving, or None when it failed outside any request.
+ErrorHandler = Callable[[Scope | None], None]
 
 # The path of an origin-form request target (RFC 9112 3.2.1, RFC 3986 3.3): "/" and path
 # characters, "%" only as an escape. (The query may hold any visible ASCII: llhttp refuses the
@@ -168,7 +171,7 @@ async def serve_http(
     header_timeout: float = DEFAULT_HEADER_TIMEOUT,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     websocket: WebSocketHandler | None = None,
-    on_error: Callable[[], None] | None = None,
+    on_error: ErrorHandler | None = None,
     tls: ServerTLS | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -176,9 +179,10 @@ async def serve_http(
 
     ``websocket``: the handler of WebSocket handshakes (an :class:`Upgrade` each, after the
     same head rules as every request and the handshake's own); without it they are a 400.
-    ``on_error`` is called once for every connection an unexpected exception ended (the
-    engine counts them). ``tls``: serve HTTPS (and WSS) with its current context, read for each
-    new connection. :class:`ListenError` when the address cannot be bound.
+    ``on_error`` is called once for every connection an unexpected exception ended, with the
+    scope of the request it was serving (the engine counts them per entrypoint). ``tls``:
+    serve HTTPS (and WSS) with its current context, read for each new connection.
+    :class:`ListenError` when the address cannot be bound.
     Cancellation closes every connection at once (the engine ends its sessions before it
     cancels its servers).
     """
@@ -245,7 +249,7 @@ async def serve_connection(
     header_timeout: float,
     body_timeout: float = DEFAULT_BODY_TIMEOUT,
     websocket: WebSocketHandler | None = None,
-    on_error: Callable[[], None] | None = None,
+    on_error: ErrorHandler | None = None,
     client: tuple[str, int] | None = None,
     server: tuple[str, int] | None = None,
 ) -> None:
@@ -530,7 +534,7 @@ class _Connection:
         app: ASGIApp,
         limits: _Limits,
         websocket: WebSocketHandler | None,
-        on_error: Callable[[], None] | None,
+        on_error: ErrorHandler | None,
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
     ) -> None:
@@ -542,6 +546,7 @@ class _Connection:
         self._websocket = websocket
         self._on_error = on_error
         self._error_counted = False
+        self._scope: Scope | None = None  # of the request being (or last) served
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[_Event] = deque()
         self._client = client
@@ -589,7 +594,7 @@ class _Connection:
         if not self._error_counted:
             self._error_counted = True
             if self._on_error is not None:
-                self._on_error()
+                self._on_error(self._scope)
 
     # -- the parser's callbacks (httptools) --------------------------------------------------
 
@@ -885,6 +890,7 @@ class _Connection:
         if self._tls is not None:
             scope["scheme"] = "https"
             scope["extensions"] = {"tls": self._tls_info(self._tls)}
+        self._scope = scope
         if request.websocket:
             await self._upgrade(request, scope)
             return
