@@ -77,6 +77,9 @@ FETCH_BATCH = 500
 # to their clients before the positions are, and a busy session writes a few times a second,
 # not once per ack. A crash loses at most this much of the acks (redelivered, not lost).
 COMMIT_INTERVAL = 0.2
+# ... or at once, when a session has this many settles not yet written (a busy client's
+# position lags at most about two of these: the write in flight and the next).
+COMMIT_BATCH = 64
 # Idle positions re-written at once (``position_refresh_interval``), each waiting for its answer.
 REFRESH_IN_FLIGHT = 64
 # Batches the shared fetch may have handed to Trio and not yet fanned out.
@@ -510,6 +513,7 @@ class SharedSession:
         self._reader: CatchUpReader | None = None
         self._closed = False
         self._dirty: set[int] = set()
+        self._unwritten = 0  # settles since the last write was issued
         self._writing = False
         self._written = trio.Event()
         self._written.set()
@@ -578,7 +582,7 @@ class SharedSession:
             reader.stop()
             self._reader = None
         else:
-            reader.room(self._window - len(self._ready) - self._out)
+            reader.room(self._room(answer=True))
         if took:
             self._changed.unpark_all()
 
@@ -598,8 +602,8 @@ class SharedSession:
                 self._out += 1
                 if self.behind and self._reader is None:
                     self._try_start_reader()
-                elif self._reader is not None:
-                    self._reader.room(self._window - len(self._ready) - self._out)
+                else:
+                    self._offer_room()
                 return Delivery(item.event, partial(self._settle, item))
             if self.behind and self._reader is None and self._out < self._window:
                 reader = self._new_reader()
@@ -625,13 +629,29 @@ class SharedSession:
             if self._reader is not None:
                 self._reader.reposition(self._starts())
         self._dirty.add(item.partition)
+        self._unwritten += 1
         self._changed.unpark_all()
-        if self._reader is not None:
-            self._reader.room(self._window - len(self._ready) - self._out)
+        self._offer_room()
         if accepted and self._sync_commits:
             await self._commit_now()
         else:
             self._commit_soon()
+
+    def _room(self, *, answer: bool = False) -> int:
+        """Room for the reader's next batch: 0 until a quarter of the window is free (or
+        nothing is ready), so that the reader fetches batches, not one record per settle.
+        ``answer``: the reader waits for an answer (0 lets it give its slot back in time)."""
+        free = self._window - len(self._ready) - self._out
+        if free >= max(1, self._window // 4) or (free > 0 and not self._ready):
+            return free
+        return 0 if answer else -1
+
+    def _offer_room(self) -> None:
+        """After a hand-out or a settle: room for the reader, once there is enough of it."""
+        if self._reader is not None:
+            room = self._room()
+            if room > 0:
+                self._reader.room(room)
 
     def _drop_ready(self, partition: int) -> None:
         kept: deque[_Item] = deque()
@@ -665,7 +685,7 @@ class SharedSession:
             return
         self._reader = reader
         reader.reposition(self._starts())
-        reader.room(self._window - len(self._ready) - self._out)
+        reader.room(self._room(answer=True))
         reader.start(self._to_trio, self._reader_done)
 
     def _reader_done(self, reader: CatchUpReader, error: str | None) -> None:
@@ -694,6 +714,7 @@ class SharedSession:
 
     def _to_write(self) -> dict[int, int]:
         partitions, self._dirty = self._dirty, set()
+        self._unwritten = 0
         offsets: dict[int, int] = {}
         for partition in partitions:
             positions = self.positions.get(partition)
@@ -725,7 +746,7 @@ class SharedSession:
             if then is not None:
                 then(error)
             elif not self._closed and not self._sync_commits and self._dirty:
-                self._committer.mark(self)  # what was settled meanwhile, or a retry
+                self._commit_soon()  # what was settled meanwhile, or a retry
 
         self._offsets.write_nowait(self.group, self.fetch.topic, offsets, done)
         return True
@@ -741,8 +762,11 @@ class SharedSession:
                 raise box[0]
 
     def _commit_soon(self) -> None:
-        """Batched: written by the committer (``COMMIT_INTERVAL``), one write in flight."""
-        if self._dirty:
+        """Batched: ``COMMIT_BATCH`` settles, else by the committer after ``COMMIT_INTERVAL``;
+        one write in flight (its answer comes back here)."""
+        if self._unwritten >= COMMIT_BATCH:
+            self.write_due()
+        elif self._dirty:
             self._committer.mark(self)
 
     def write_due(self) -> None:
