@@ -32,8 +32,11 @@ class Brokers:
     """tansu, RabbitMQ (with web_mqtt) and Mosquitto (with a websockets listener), each started
     the first time a scenario asks for it and stopped when the run ends."""
 
-    def __init__(self, stack: contextlib.ExitStack) -> None:
+    def __init__(self, stack: contextlib.ExitStack, *, kafka_fetch: str | None = None) -> None:
         self.stack = stack
+        # KafkaConfig.fetch of every Kafka endpoint the scenarios build (None: the default),
+        # unless a scenario sets its own (S7K, S8).
+        self.kafka_fetch = kafka_fetch
         self._tansu: Tansu | None = None
         self._rabbitmq: RabbitMQ | None = None
         self._mosquitto: Mosquitto | None = None
@@ -98,6 +101,8 @@ def endpoint(
             "topic_in": name_in,
             "auto_offset_reset": "earliest",
         }
+        if brokers.kafka_fetch is not None:
+            config["fetch"] = brokers.kafka_fetch
         if name_out:
             config["topic_out"] = name_out
         return {"type": "kafka", "config": {**config, **extra}}

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         names,
         quick=args.quick,
         rounds=args.rounds,
+        kafka_fetch=args.kafka_fetch,
+        only=tuple(b.strip() for b in args.broker.split(",")) if args.broker else None,
         command=" ".join(["python -m bench", *map(shlex.quote, argv or sys.argv[1:])]),
     )
     if args.render:
@@ -65,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scenario", help="comma-separated: S1,S2,... (default: all)")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3; quick 1)")
+    parser.add_argument(
+        "--kafka-fetch",
+        choices=("per_session", "shared"),
+        help="KafkaConfig.fetch of the engine's Kafka endpoints (default: the config default)",
+    )
+    parser.add_argument(
+        "--broker",
+        help="comma-separated: kafka,rabbitmq,mqtt: only these brokers' rows (S1-S3, S8)",
+    )
     parser.add_argument("--render", metavar="PATH", help="write the table as Markdown to PATH")
     parser.add_argument(
         "--from-results", metavar="DATE", help="render bench/results/DATE-*.json instead of running"
@@ -73,7 +84,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(
-    names: list[str], *, quick: bool, rounds: int | None, command: str
+    names: list[str],
+    *,
+    quick: bool,
+    rounds: int | None,
+    command: str,
+    kafka_fetch: str | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     from .brokers import Brokers
     from .machine import describe, machine_info
@@ -91,11 +108,17 @@ def run(
     all_rows: list[Row] = []
     failed = False
     with contextlib.ExitStack() as stack, workdir() as work:
-        brokers = Brokers(stack)
+        brokers = Brokers(stack, kafka_fetch=kafka_fetch)
         for name in names:
             print(f"\n== {name}: {DESCRIPTIONS[name]}", flush=True)
             ctx = Context(
-                brokers, work, quick, rounds, sizes, log=lambda text: print(text, flush=True)
+                brokers,
+                work,
+                quick,
+                rounds,
+                sizes,
+                log=lambda text: print(text, flush=True),
+                only=only,
             )
             t0 = time.monotonic()
             rows, error = run_scenario(ctx, name)
@@ -112,7 +135,13 @@ def run(
                 "description": DESCRIPTIONS[name],
                 "date": date,
                 "command": command,
-                "config": {"quick": quick, "rounds": rounds, "payload_sizes": sizes},
+                "config": {
+                    "quick": quick,
+                    "rounds": rounds,
+                    "payload_sizes": sizes,
+                    "kafka_fetch": kafka_fetch,
+                    "brokers": only,
+                },
                 "machine": info,
                 "brokers": brokers.versions(),
                 "seconds": round(seconds, 1),

@@ -199,6 +199,11 @@ class KafkaConfig(_Table):
     catch_up_readers: Annotated[int, Field(ge=1)] = 32
     # "shared": what the shared fetch may hold fetched and not yet handed to the sessions.
     fetch_prefetch_kbytes: Annotated[int, Field(ge=64)] = 1024
+    # "shared": a session whose stored position has not been written for this long (seconds) gets
+    # it written again, so that the broker does not expire an idle client's position (Kafka
+    # drops an empty group's offsets after offsets.retention.minutes, 7 days by default; keep
+    # this well below it).
+    position_refresh_interval: Annotated[float, Field(ge=1)] = 3600.0
 
 
 class BrokerTLS(_Table):

@@ -311,7 +311,10 @@ class KafkaAdapter(BrokerAdapter):
             else {"topic_in": topic, "auto_offset_reset": "earliest"}
         )
         brokers = self.kafka.tansu.bootstrap_servers
-        return {"type": "kafka", "config": {"brokers": brokers, **FAST_GROUPS, **config}}
+        return {
+            "type": "kafka",
+            "config": {"brokers": brokers, "fetch": self.kafka.fetch, **FAST_GROUPS, **config},
+        }
 
     async def publish(self, scenario: Scenario, *payloads: bytes) -> None:
         await put(self.kafka, self.topics[scenario], *payloads)

@@ -40,6 +40,7 @@ the pool, whatever the number of sessions. Every hand-off to Trio goes through t
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -70,6 +71,17 @@ log = logging.getLogger(__name__)
 
 # Records asked of librdkafka per consume() call of the shared fetch.
 FETCH_BATCH = 500
+# Position writes are batched: a settle marks its session, and the sessions marked write what
+# moved this long after the first mark (one write in flight per session); an at_most_once ack
+# writes at once, as it waits for the answer. So a burst fanned out to many sessions is written
+# to their clients before the positions are, and a busy session writes a few times a second,
+# not once per ack. A crash loses at most this much of the acks (redelivered, not lost).
+COMMIT_INTERVAL = 0.2
+# ... or at once, when a session has this many settles not yet written (a busy client's
+# position lags at most about two of these: the write in flight and the next).
+COMMIT_BATCH = 64
+# Idle positions re-written at once (``position_refresh_interval``), each waiting for its answer.
+REFRESH_IN_FLIGHT = 64
 # Batches the shared fetch may have handed to Trio and not yet fanned out.
 TAIL_BATCHES = 4
 # How often an idle fetch or reader returns from consume() (to see a stop, and for the reader
@@ -85,6 +97,16 @@ TOPIC_RETRY = 3.0
 # A converted record, or None for one that cannot be converted (skipped by every session).
 Record = tuple[int, int, Event | None]
 Convert = Callable[[Message], Event]
+
+
+def _consume(consumer: Consumer, most: int) -> list[Message]:
+    """Up to ``most`` records: wait (``POLL_INTERVAL`` at most) for the first, then take what
+    librdkafka already holds. ``consume(most, timeout)`` alone would wait until it had ``most``
+    records or the timeout passed: a single record would wait the whole interval."""
+    messages = consumer.consume(1, POLL_INTERVAL)
+    if messages and most > 1:
+        messages += consumer.consume(most - 1, 0)
+    return messages
 
 
 def _records(messages: Iterable[Message], convert: Convert) -> tuple[list[Record], str | None]:
@@ -234,6 +256,62 @@ def _refusal(group: str, answer: Any) -> BrokerUnavailable | None:
     return None
 
 
+# -- batched position writes -------------------------------------------------------------------
+
+
+class Committer:
+    """When the shared sessions of an endpoint write their positions (see ``COMMIT_INTERVAL``).
+
+    :meth:`run` is the endpoint's task: it writes the marked sessions' positions
+    ``COMMIT_INTERVAL`` after the first mark, and every ``refresh_interval`` writes again the
+    positions of sessions that stored nothing for that long (an idle client's group would
+    otherwise lose them after the broker's ``offsets.retention.minutes``). Without it running
+    (an endpoint whose ``run`` was not started) a mark writes at once.
+    """
+
+    def __init__(self, refresh_interval: float) -> None:
+        self.refresh_interval = refresh_interval
+        self.sessions: set[SharedSession] = set()  # every session that began reading
+        self.running = False
+        self._due: dict[SharedSession, None] = {}  # ordered: the first marked writes first
+        self._marked = trio.Event()
+
+    def mark(self, session: SharedSession) -> None:
+        if not self.running:
+            session.write_due()
+            return
+        self._due[session] = None
+        self._marked.set()
+
+    async def run(self) -> None:
+        self.running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._refresh)
+                while True:
+                    await self._marked.wait()
+                    await trio.sleep(COMMIT_INTERVAL)
+                    self._marked = trio.Event()
+                    due, self._due = self._due, {}
+                    for session in due:
+                        session.write_due()
+        finally:
+            self.running = False
+            due, self._due = self._due, {}
+            for session in due:  # issued, not awaited: the sessions' close() waits for theirs
+                session.write_due()
+
+    async def _refresh(self) -> None:
+        while True:
+            await trio.sleep(self.refresh_interval / 4)
+            stale = trio.current_time() - self.refresh_interval
+            sessions = [s for s in self.sessions if s.stored_at <= stale]
+            for first in range(0, len(sessions), REFRESH_IN_FLIGHT):
+                async with trio.open_nursery() as nursery:
+                    for session in sessions[first : first + REFRESH_IN_FLIGHT]:
+                        nursery.start_soon(session.refresh)
+
+
 # -- the shared fetch --------------------------------------------------------------------------
 
 
@@ -300,9 +378,7 @@ class SharedFetch:
                         return
                 if not self._room.acquire(timeout=POLL_INTERVAL):
                     continue  # Trio has TAIL_BATCHES to fan out
-                records, error = _records(
-                    consumer.consume(FETCH_BATCH, POLL_INTERVAL), self._convert
-                )
+                records, error = _records(_consume(consumer, FETCH_BATCH), self._convert)
                 if error is not None:
                     self._room.release()
                     self._to_trio.call_soon(self._fail, f"kafka consumer: {error}")
@@ -408,6 +484,7 @@ class SharedSession:
         readers: trio.CapacityLimiter,
         reader_config: dict[str, Any],
         *,
+        committer: Committer,
         group: str,
         credit: int,
         window: int,
@@ -420,6 +497,7 @@ class SharedSession:
         self.group = group
         self.positions: dict[int, PartitionPositions] = {}
         self._offsets = offsets
+        self._committer = committer
         self._readers = readers
         self._reader_config = reader_config
         self._credit = max(1, credit)
@@ -435,15 +513,19 @@ class SharedSession:
         self._reader: CatchUpReader | None = None
         self._closed = False
         self._dirty: set[int] = set()
+        self._unwritten = 0  # settles since the last write was issued
         self._writing = False
         self._written = trio.Event()
         self._written.set()
+        # When the positions were last stored (trio.current_time()); -inf: not by this session.
+        self.stored_at = -math.inf
 
     # -- joining -------------------------------------------------------------------------------
 
     def begin(self, starts: dict[int, int]) -> None:
         """Start reading at ``starts``: at the tail if nothing lies between, else behind it."""
         self.positions = {p: PartitionPositions(o) for p, o in starts.items()}
+        self._committer.sessions.add(self)
         if self.fetch.at_tail(self.positions):
             self.fetch.tail.add(self)
         self._changed.unpark_all()
@@ -500,7 +582,7 @@ class SharedSession:
             reader.stop()
             self._reader = None
         else:
-            reader.room(self._window - len(self._ready) - self._out)
+            reader.room(self._room(answer=True))
         if took:
             self._changed.unpark_all()
 
@@ -520,8 +602,8 @@ class SharedSession:
                 self._out += 1
                 if self.behind and self._reader is None:
                     self._try_start_reader()
-                elif self._reader is not None:
-                    self._reader.room(self._window - len(self._ready) - self._out)
+                else:
+                    self._offer_room()
                 return Delivery(item.event, partial(self._settle, item))
             if self.behind and self._reader is None and self._out < self._window:
                 reader = self._new_reader()
@@ -547,13 +629,29 @@ class SharedSession:
             if self._reader is not None:
                 self._reader.reposition(self._starts())
         self._dirty.add(item.partition)
+        self._unwritten += 1
         self._changed.unpark_all()
-        if self._reader is not None:
-            self._reader.room(self._window - len(self._ready) - self._out)
+        self._offer_room()
         if accepted and self._sync_commits:
             await self._commit_now()
         else:
             self._commit_soon()
+
+    def _room(self, *, answer: bool = False) -> int:
+        """Room for the reader's next batch: 0 until a quarter of the window is free (or
+        nothing is ready), so that the reader fetches batches, not one record per settle.
+        ``answer``: the reader waits for an answer (0 lets it give its slot back in time)."""
+        free = self._window - len(self._ready) - self._out
+        if free >= max(1, self._window // 4) or (free > 0 and not self._ready):
+            return free
+        return 0 if answer else -1
+
+    def _offer_room(self) -> None:
+        """After a hand-out or a settle: room for the reader, once there is enough of it."""
+        if self._reader is not None:
+            room = self._room()
+            if room > 0:
+                self._reader.room(room)
 
     def _drop_ready(self, partition: int) -> None:
         kept: deque[_Item] = deque()
@@ -587,7 +685,7 @@ class SharedSession:
             return
         self._reader = reader
         reader.reposition(self._starts())
-        reader.room(self._window - len(self._ready) - self._out)
+        reader.room(self._room(answer=True))
         reader.start(self._to_trio, self._reader_done)
 
     def _reader_done(self, reader: CatchUpReader, error: str | None) -> None:
@@ -604,6 +702,7 @@ class SharedSession:
         self._closed = True
         self.fetch.tail.discard(self)
         self.fetch.sessions.discard(self)
+        self._committer.sessions.discard(self)
         reader = self._reader
         if reader is not None:
             reader.stop()
@@ -615,6 +714,7 @@ class SharedSession:
 
     def _to_write(self) -> dict[int, int]:
         partitions, self._dirty = self._dirty, set()
+        self._unwritten = 0
         offsets: dict[int, int] = {}
         for partition in partitions:
             positions = self.positions.get(partition)
@@ -639,12 +739,14 @@ class SharedSession:
                 for partition, point in offsets.items():
                     self.positions[partition].commit_failed(point)
                     self._dirty.add(partition)
+            else:
+                self.stored_at = trio.current_time()
             self._writing = False
             written.set()
             if then is not None:
                 then(error)
-            elif not self._closed and not self._sync_commits:
-                self._commit_soon()
+            elif not self._closed and not self._sync_commits and self._dirty:
+                self._commit_soon()  # what was settled meanwhile, or a retry
 
         self._offsets.write_nowait(self.group, self.fetch.topic, offsets, done)
         return True
@@ -660,9 +762,33 @@ class SharedSession:
                 raise box[0]
 
     def _commit_soon(self) -> None:
-        """Coalesced: one write in flight; the next carries what was settled meanwhile."""
-        if not self._writing and self._dirty:
+        """Batched: ``COMMIT_BATCH`` settles, else by the committer after ``COMMIT_INTERVAL``;
+        one write in flight (its answer comes back here)."""
+        if self._unwritten >= COMMIT_BATCH:
+            self.write_due()
+        elif self._dirty:
+            self._committer.mark(self)
+
+    def write_due(self) -> None:
+        """The committer's turn: write what moved, unless a write is in flight (its answer
+        marks the session again)."""
+        if not self._writing and not self._closed and self._dirty:
             self._write()
+
+    async def refresh(self) -> None:
+        """Write the stored positions again, moved or not (``position_refresh_interval``)."""
+        if self._closed:
+            return
+        for partition, positions in self.positions.items():
+            if positions.committed >= 0:
+                positions.commit_failed(positions.committed)  # the next write carries it
+                self._dirty.add(partition)
+        try:
+            await self._commit_now()
+        except BrokerUnavailable as error:
+            log.warning(
+                "kafka position not refreshed", extra={"group": self.group, "error": str(error)}
+            )
 
 
 # -- catch-up readers --------------------------------------------------------------------------
@@ -758,9 +884,7 @@ class CatchUpReader:
                         [TopicPartition(self._topic, p, o) for p, o in sorted(starts.items())]
                     )
                     assigned = generation
-                records, error = _records(
-                    consumer.consume(min(room, FETCH_BATCH), POLL_INTERVAL), self._convert
-                )
+                records, error = _records(_consume(consumer, min(room, FETCH_BATCH)), self._convert)
                 if error is not None:
                     return f"kafka catch-up reader: {error}"
                 to_trio.call_soon(self._session.caught, self, generation, records)

@@ -132,7 +132,7 @@ from ..events import Delivery, Event
 from ._backoff import Backoff
 from ._handoff import ToTrio
 from ._kafka_positions import PartitionPositions
-from ._kafka_shared import GroupOffsets, SharedFetch, SharedSession
+from ._kafka_shared import Committer, GroupOffsets, SharedFetch, SharedSession
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,12 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     "topic.metadata.refresh.interval.ms": 3000,
     "log.connection.close": False,
 }
+# fetch = "shared": the fetch and the catch-up readers. A fetch request the broker holds while
+# it has nothing returns after this long at most (librdkafka: 500 ms); tansu answered a held
+# fetch only then (a record took 60-135 ms to reach an idle consumer, 0-1 ms with 100 ms). A
+# real Kafka broker answers as soon as a record comes: this costs only empty fetches, ten a
+# second per fetch and reader, never one per session.
+_SHARED_DEFAULTS: dict[str, Any] = {"fetch.wait.max.ms": 100}
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
     # How long a confirmed publish may wait for its delivery report (503 after that).
@@ -891,6 +897,7 @@ class KafkaEndpoint:
         self._fetches: dict[str, SharedFetch] = {}
         self._offsets: GroupOffsets | None = None
         self._readers = trio.CapacityLimiter(config.catch_up_readers)
+        self._committer = Committer(config.position_refresh_interval)
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -900,6 +907,7 @@ class KafkaEndpoint:
         to_trio = self._to_trio = ToTrio(self.name)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._committer.run)
                 while True:
                     await self._run_producer(nursery, to_trio)
         finally:
@@ -1201,6 +1209,7 @@ class KafkaEndpoint:
                     **{
                         "queued.max.messages.kbytes": self.config.fetch_prefetch_kbytes,
                         "fetch.message.max.bytes": 1024 * 1024,
+                        **_SHARED_DEFAULTS,
                     },
                 ),
                 topic,
@@ -1216,7 +1225,11 @@ class KafkaEndpoint:
             fetch,
             offsets,
             self._readers,
-            self._reader_config(f"mediation-{self.name}-reader", **{"queued.min.messages": window}),
+            self._reader_config(
+                f"mediation-{self.name}-reader",
+                **{"queued.min.messages": window, **_SHARED_DEFAULTS},
+            ),
+            committer=self._committer,
             group=group,
             credit=credit,
             window=window,
