@@ -347,14 +347,15 @@ class RawSession:
 async def open_many(
     url: str, kind: str, n: int, parallel: int, rcvbuf: int = 0
 ) -> tuple[list[RawSession], int]:
-    """Open ``n`` sessions, at most ``parallel`` handshakes at a time; (sessions, failures)."""
+    """Open ``n`` sessions, at most ``parallel`` handshakes at a time; (sessions, failures).
+    ``{i}`` in ``url`` is the session's index (a stream of its own per session, S11)."""
     sessions: list[RawSession] = []
     failed = 0
     gate = asyncio.Semaphore(parallel)
 
-    async def one() -> None:
+    async def one(index: int) -> None:
         nonlocal failed
-        session = RawSession(url, kind, rcvbuf)
+        session = RawSession(url.replace("{i}", str(index)), kind, rcvbuf)
         async with gate:
             try:
                 await asyncio.wait_for(session.open(), 60)
@@ -364,7 +365,7 @@ async def open_many(
                 return
         sessions.append(session)
 
-    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.gather(*(one(i) for i in range(n)))
     return sessions, failed
 
 
@@ -514,6 +515,55 @@ async def post(spec: dict[str, Any]) -> None:
     )
 
 
+async def post_fan(spec: dict[str, Any]) -> None:
+    """``count`` POSTs to each of ``topics`` URLs (``{i}`` in ``url``: 0 to topics - 1), round
+    robin over the topics, on ``connections`` keep-alive connections, each sending its next
+    request when the answer came (S11 on the memory endpoint: the engine's POST entrypoint is
+    the way in)."""
+    url = urlsplit(spec["url"])
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    path = url.path + ("?" + url.query if url.query else "")
+    body = payload(spec["size"])
+    topics, count, connections = spec["topics"], spec["count"], spec["connections"]
+    requests = [
+        (
+            f"POST {path.replace('{i}', str(i))} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for i in range(topics)
+    ]
+    statuses: dict[str, int] = {}
+    next_request = 0
+    total = topics * count
+
+    async def one() -> None:
+        nonlocal next_request
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while next_request < total:
+                request = requests[next_request % topics]
+                next_request += 1
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                if length:
+                    await reader.readexactly(length)
+                status = head[9:12].decode()
+                statuses[status] = statuses.get(status, 0) + 1
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(connections)))
+    seconds = time.perf_counter() - t0
+    ok = statuses.get("202", 0)
+    result({"sent": ok, "statuses": statuses, "seconds": seconds, "rate": ok / seconds})
+
+
 # -- publishers ---------------------------------------------------------------------------------
 
 
@@ -523,6 +573,7 @@ def publish(spec: dict[str, Any]) -> None:
     ``rate`` None publishes as fast as the client allows; else paced at ``rate`` per second.
     Brokers: kafka (confluent-kafka), rabbitmq (pika, default exchange to the queue), mqtt
     (paho, QoS 1, a window of in-flight messages), http (POST to the engine's memory route).
+    MQTT with ``topics``: ``{i}`` in ``topic`` goes round robin from 0 to topics - 1 (S11).
     """
     broker = spec["broker"]
     send, flush, close = _publisher(broker, spec)
@@ -534,6 +585,7 @@ def publish(spec: dict[str, Any]) -> None:
                 send(payload(spec["size"], b"w"))
                 flush()
         size, stamp, rate = spec["size"], spec.get("stamp", False), spec.get("rate")
+        fan = [spec["topic"].replace("{i}", str(i)) for i in range(spec.get("topics", 0))]
         tick = ticks.get(broker, flush)
         t0_ns = time.monotonic_ns()
         t0 = time.perf_counter()
@@ -542,7 +594,10 @@ def publish(spec: dict[str, Any]) -> None:
                 delay = t0 + n / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-            send(payload(size, b"x", stamp))
+            if fan:
+                send(payload(size, b"x", stamp), fan[n % len(fan)])
+            else:
+                send(payload(size, b"x", stamp))
             if rate:
                 tick()
         flush()
@@ -556,7 +611,7 @@ def publish(spec: dict[str, Any]) -> None:
 
 def _publisher(
     broker: str, spec: dict[str, Any]
-) -> tuple[Callable[[bytes], None], Callable[[], None], Callable[[], None]]:
+) -> tuple[Callable[..., None], Callable[[], None], Callable[[], None]]:
     topic = spec["topic"]
     if broker == "kafka":
         from confluent_kafka import Producer
@@ -605,7 +660,7 @@ def _publisher(
 
 def _mqtt_publisher(
     spec: dict[str, Any],
-) -> tuple[Callable[[bytes], None], Callable[[], None], Callable[[], None]]:
+) -> tuple[Callable[..., None], Callable[[], None], Callable[[], None]]:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -632,13 +687,13 @@ def _mqtt_publisher(
     if not connected.wait(30):
         raise RuntimeError("mqtt publisher: no CONNACK")
 
-    def send(data: bytes) -> None:
+    def send(data: bytes, topic: str | None = None) -> None:
         nonlocal pending
         with lock:
             while pending >= window:
                 lock.wait(1)
             pending += 1
-        client.publish(spec["topic"], data, qos=1)
+        client.publish(topic or spec["topic"], data, qos=1)
 
     def flush() -> None:
         with lock:
@@ -764,7 +819,14 @@ class _SyncCounter(Counter):
         self.record(data)
 
 
-ASYNC_KINDS = {"ws_recv": ws_recv, "sse_recv": sse_recv, "idle": idle, "many": many, "post": post}
+ASYNC_KINDS = {
+    "ws_recv": ws_recv,
+    "sse_recv": sse_recv,
+    "idle": idle,
+    "many": many,
+    "post": post,
+    "post_fan": post_fan,
+}
 SYNC_KINDS = {
     "publish": publish,
     "kafka_consume": kafka_consume,

@@ -1,4 +1,5 @@
-"""The scenarios S1-S10 of issue 6: each returns table rows and records its raw figures.
+"""The scenarios S1-S10 of issue 6 and S11 of issue 14: each returns table rows and records its
+raw figures.
 
 Every scenario alternates its sides (engine, hand-rolled bridge, raw legs, broker-native
 WebSocket) within each round, for ``ctx.rounds`` rounds, and the rows carry every round's figure.
@@ -1260,6 +1261,117 @@ def s10(ctx: Context) -> list[Row]:
     ]
 
 
+# -- S11: a stream of its own per session (parameterised paths, issue 14) -------------------------
+
+S11_SESSIONS = 1000
+S11_EVENTS = 20  # per session
+
+
+def s11(ctx: Context) -> list[Row]:
+    """1,000 WebSocket sessions on ``/t/{room}``, each its own room and so its own topic (memory:
+    ``bench.s11.<room>``, published through the engine's POST entrypoint ``/t/{room}``; MQTT:
+    ``bench/s11/<room>``, published with paho), every session a consumer of its own. Events per
+    second delivered to all sessions together (first to last measured event), and the engine's
+    RSS per session once every session is subscribed. The engine alone: the hand-rolled bridge
+    takes one fixed topic per route."""
+    rows: list[Row] = []
+    n, per = (200, 5) if ctx.quick else (S11_SESSIONS, S11_EVENTS)
+    for broker in ("memory", "mqtt"):
+        if broker == "memory":
+            ep = {
+                "type": "memory",
+                "config": {"topic_in": "bench.s11.{room}", "topic_out": "bench.s11.{room}"},
+            }
+        else:
+            ep = endpoint(ctx.brokers, "mqtt", "bench/s11/{room}")
+        entrypoints: dict[str, dict[str, Any]] = {
+            "ws": {"type": "websocket", "path": "/t/{room}", "params": {"room": "[0-9]{1,6}"}}
+        }
+        routes = [{"source": "b", "target": "ws", "channel_size": 16}]
+        if broker == "memory":
+            entrypoints["post"] = {
+                "type": "http_post",
+                "path": "/t/{room}",
+                "params": {"room": "[0-9]{1,6}"},
+            }
+            routes.append({"source": "post", "target": "b"})
+        toml = engine_toml(entrypoints, {"b": ep}, routes)
+        figures: dict[str, list[float]] = {"rate": [], "rss": []}
+        for _ in range(ctx.rounds):
+            result = _s11_round(ctx, broker, toml, n, per)
+            ctx.record(f"S11:{broker}", result)
+            ctx.log(
+                f"  S11 {broker}: {result['complete']}/{n} sessions got all {per}, "
+                f"{result['events_per_s']:.0f} events/s, {result['rss_per_session']:.0f} KiB "
+                f"per session, engine CPU {result['engine_cpu_us_per_event']:.0f} us per event"
+            )
+            figures["rate"].append(result["events_per_s"])
+            figures["rss"].append(result["rss_per_session"])
+        label = f"{n} WS sessions, a topic each (/t/{{room}}), {per} events each"
+        rows.append(Row("S11", BROKER_LABEL[broker], label, "events/s", figures["rate"]))
+        rows.append(Row("S11", BROKER_LABEL[broker], label, "RSS KiB/session", figures["rss"]))
+    return rows
+
+
+def _s11_round(ctx: Context, broker: str, toml: str, n: int, per: int) -> dict[str, Any]:
+    engine = Engine(toml, ctx.workdir, f"engine-S11-{broker}")
+    with running(engine, timeout=120):
+        engine.wait_readyz()
+        resources = engine.resources()
+        before_rss = resources.rss_kib()
+        client = {
+            "kind": "many",
+            "url": engine.url("ws", "ws", "/t/{i}"),
+            "kind_session": "ws",
+            "n": n,
+            "parallel": 64,
+            "count": per,
+            # A 101 comes once the session's consumer is subscribed: no warm-up is needed.
+            "warm": False,
+            "timeout": 300,
+        }
+        if broker == "memory":
+            publisher = {
+                "kind": "post_fan",
+                "url": engine.url("post", path="/t/{i}"),
+                "topics": n,
+                "count": per,
+                "size": 100,
+                "connections": 16,
+            }
+        else:
+            publisher = {
+                **publisher_spec(ctx, "mqtt", "bench/s11/{i}", n * per, 100, window=100),
+                "kind": "publish",
+                "topics": n,
+            }
+        with Load(client) as load:
+            load.wait_event("open", 600)
+            rss = resources.rss_kib()
+            cpu = sum(resources.process.cpu_times()[:2])
+            with Load(publisher) as pub:
+                published = pub.result(600)
+            result = load.result(600)
+            cpu = sum(resources.process.cpu_times()[:2]) - cpu
+    if result["sessions"] < n or result["complete"] < result["sessions"]:
+        raise RunFailed(
+            f"S11 {broker}: {result['sessions']} of {n} sessions open ({result['failed']} "
+            f"failed), {result['complete']} got all {per} events"
+        )
+    span = (result["last_max_ns"] - result["first_min_ns"]) / 1e9
+    result.update(
+        events_per_s=result["received"] / span if span > 0 else 0.0,
+        rss_per_session=(rss - before_rss) / result["sessions"],
+        rss_kib=rss,
+        # The engine's CPU (user + system) per delivered event, publishing included: whether
+        # the engine or the load generators on the same cores set the pace.
+        engine_cpu_us_per_event=cpu / max(1, result["received"]) * 1e6,
+        engine_cpu_share=cpu / span if span > 0 else None,
+        publisher=published,
+    )
+    return result
+
+
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "S1": s1,
     "S2": s2,
@@ -1272,6 +1384,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "S8": s8,
     "S9": s9,
     "S10": s10,
+    "S11": s11,
 }
 
 DESCRIPTIONS = {
@@ -1286,6 +1399,7 @@ DESCRIPTIONS = {
     "S8": "fan-out: one event to N SSE clients",
     "S9": "slow client: 1 stalled + 9 fast clients on one endpoint",
     "S10": "packet log on vs off",
+    "S11": "1,000 sessions, each on its own parameterised topic (memory, MQTT)",
 }
 
 

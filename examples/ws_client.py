@@ -5,8 +5,16 @@
 
 It prints "connected to URL" once the engine accepted the connection (on a broker: once the
 session's consumer is subscribed, from then on nothing published is missed), then "< ..." for each
-message. With ``--envelope`` every event arrives as ``{"id", "payload", "metadata"}`` and is acked
-back, and each line you type is sent as ``{"id", "payload"}`` and answered ``{"ack": id}``.
+message. With ``--envelope`` every event arrives as ``{"id", "payload", "metadata"}`` (and
+``"subscription"`` on an entrypoint with parameters) and is acked back, and each line you type is
+sent as ``{"id", "payload"}`` and answered ``{"ack": id}``, except two commands that change the
+session's subscriptions (README, "Choosing streams"):
+
+    /subscribe symbol=B       sends {"subscribe": {"symbol": "B"}}, answered {"ack": "<name>"}
+    /unsubscribe symbol=B     sends {"unsubscribe": {"symbol": "B"}}, likewise
+
+(several ``name=value`` pairs may follow, separated by spaces; a refusal is answered
+``{"nack": "<name>", "error": ...}``).
 """
 
 from __future__ import annotations
@@ -18,6 +26,17 @@ import uuid
 
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
+
+COMMANDS = ("/subscribe", "/unsubscribe")
+
+
+def envelope_for(line: str) -> str:
+    """What a typed line sends on ``mediation.v1``: a subscription change or an event."""
+    command, _, rest = line.partition(" ")
+    if command in COMMANDS:
+        params = dict(pair.partition("=")[::2] for pair in rest.split())
+        return json.dumps({command.removeprefix("/"): params})
+    return json.dumps({"id": str(uuid.uuid4()), "payload": line})
 
 
 async def main(url: str, envelope: bool) -> None:
@@ -45,9 +64,7 @@ async def main(url: str, envelope: bool) -> None:
         stdin = trio.wrap_file(sys.stdin)
         async for line in stdin:
             text = line.rstrip("\n")
-            if envelope:
-                text = json.dumps({"id": str(uuid.uuid4()), "payload": text})
-            await ws.send_message(text)
+            await ws.send_message(envelope_for(text) if envelope else text)
         nursery.cancel_scope.cancel()
 
 

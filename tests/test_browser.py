@@ -11,6 +11,10 @@ the test, talking to the engine with its own WebSocket and EventSource.
   with CORS headers; see the test).
 - WSS and an ``EventSource`` over HTTPS (TLS on the entrypoints), Chromium trusting the test
   certificate by its public key (``--ignore-certificate-errors-spki-list``): no CA store to set up.
+- Clients choose their streams (issue 14): two pages with two tokens (``authorize = true``) open
+  an EventSource and a WebSocket each on the same parameterised entrypoints, and each sees only
+  its own symbol; a symbol outside a token's grant is refused (403 before the session, a nack for
+  a WebSocket ``{"subscribe"}``).
 
 The page's EventSource goes through the page server's relay (:mod:`tests.browser.harness`), so
 it is same-origin; its WebSocket goes straight to the engine, with the page's ``Origin``.
@@ -45,6 +49,7 @@ from tests.browser.harness import (
 
 from .conftest import EngineFactory, url
 from .test_conformance_kafka import FAST_GROUPS, new_topic
+from .test_permissions import SECRET, token
 
 WAIT = 60.0  # generous: the machine is shared and loaded
 MESSAGES = 1000
@@ -275,3 +280,95 @@ async def test_wss_and_event_source_over_https(
     assert done["acked"] == [f"m-{n}" for n in range(count)]
     assert done["ws"] == sent
     assert done["sse"] == sent
+
+
+async def test_two_pages_with_two_tokens_each_see_only_their_own_streams(
+    engine_with: EngineFactory, node_modules: None
+) -> None:
+    """alice's token grants ``prices.A``, bob's ``prices.B``; each page opens an EventSource and a
+    WebSocket on ``/prices?symbol=<its own>`` straight to the engine, and tries the other's
+    symbol: an EventSource and a WebSocket (403 before the session or upgrade, which a page sees
+    only as a failed EventSource and a close 1006: a browser shows no status to either) and a
+    ``{"subscribe"}`` on its open WebSocket (a nack). Then events for A and B are published
+    interleaved: each page gets exactly its own, in order, on both streams."""
+    server = PageServer(cuts={})
+    params = {"path": "/prices", "params": {"symbol": "[A-Z]{1,8}"}}
+    guarded = {
+        **params,
+        "auth": "bearer",
+        "jwt_secret": SECRET,
+        "authorize": True,
+        "allowed_origins": [],  # set below, once the page server has its port
+    }
+    events = 20
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_pages, server)
+        guarded["allowed_origins"] = [server.origin]
+        async with (
+            engine_with(
+                entrypoints={
+                    "ws": {"type": "websocket", **guarded},
+                    "sse": {"type": "sse", **guarded},
+                    "hook": {"type": "http_post", **params, "path": "/prices/{symbol}"},
+                },
+                endpoints={
+                    "mem": {
+                        "type": "memory",
+                        "config": {"topic_in": "prices.{symbol}", "topic_out": "prices.{symbol}"},
+                    }
+                },
+                routes=[
+                    {"source": "hook", "target": "mem"},
+                    {"source": "mem", "target": "ws", "delivery_guarantee": "at_least_once"},
+                    {"source": "mem", "target": "sse"},
+                ],
+            ) as engine,
+            httpx.AsyncClient() as client,
+        ):
+            pages = []
+            for name, own, other in [("alice", "A", "B"), ("bob", "B", "A")]:
+                access = token(name, subscribe=[f"prices.{own}"])
+
+                def stream(entrypoint: str, symbol: str, scheme: str, access: str = access) -> str:
+                    path = f"/prices?symbol={symbol}&access_token={access}"
+                    return url(engine, entrypoint, path, scheme)
+
+                pages.append(
+                    page_url(
+                        server,
+                        "streams.html",
+                        sse=stream("sse", own, "http"),
+                        ws=stream("ws", own, "ws"),
+                        refused_sse=stream("sse", other, "http"),
+                        refused_ws=stream("ws", other, "ws"),
+                        other=other,
+                        end=f"{own}-end",
+                    )
+                )
+            reports = await run_reporter(nursery, "chromium", "chromium.mjs", *pages)
+            with trio.fail_after(WAIT):
+                await reports.wait_for("ready", 2)
+                for n in range(events):
+                    for symbol in "AB":
+                        posted = await client.post(
+                            url(engine, "hook", f"/prices/{symbol}"), content=f"{symbol}-{n}"
+                        )
+                        assert posted.status_code == 202, posted.text
+                for symbol in "AB":
+                    posted = await client.post(
+                        url(engine, "hook", f"/prices/{symbol}"), content=f"{symbol}-end"
+                    )
+                    assert posted.status_code == 202, posted.text
+                await reports.wait_for("done", 2)
+                await reports.exited()
+            nursery.cancel_scope.cancel()
+
+    for page, own, other in [(0, "A", "B"), (1, "B", "A")]:
+        [done] = reports_of(reports, page, "done")
+        expected = [f"{own}-{n}" for n in range(events)] + [f"{own}-end"]
+        assert done["sse"] == expected, done
+        assert done["ws"] == expected, done
+        assert set(done["subscriptions"]) == {f"prices.{own}"}
+        assert done["answer"]["nack"] == f"prices.{other}", done["answer"]
+        assert sorted(r["via"] for r in done["refused"]) == ["sse", "ws"], done["refused"]
+        assert {r["detail"] for r in done["refused"]} == {"EventSource failed", "close 1006"}

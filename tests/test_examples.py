@@ -115,9 +115,10 @@ class Shows:
 
 @dataclass(frozen=True)
 class Type:
-    """A line typed into the WebSocket client."""
+    """A line typed into a WebSocket client (the example's plain one unless named)."""
 
     text: str
+    terminal: str = "ws"
 
 
 Step = Http | Terminal | Command | Shows | Type
@@ -127,6 +128,9 @@ WS = ".venv/bin/python examples/ws_client.py ws://localhost:8066/"
 SUBSCRIBE = "curl -i -X POST -H 'X-Client-ID: worker-1' http://localhost:8069/subscribe"
 POLL = "curl -i -H 'X-Client-ID: worker-1' http://localhost:8069/poll"
 ACK = "curl -i -X POST -H 'X-Client-ID: worker-1' -H 'X-Event-ID: ID' http://localhost:8069/ack"
+
+
+PRICES_POST = "curl -i -H \"Authorization: Bearer $PRICES\" -d '{}' http://localhost:8071/prices/{}"
 
 
 def broadcast_and_jobs(post: str) -> list[Step]:
@@ -168,6 +172,33 @@ SCENARIOS: dict[str, list[Step]] = {
         Shows("ws", "hello"),
         Type("typed in the websocket"),
         Shows("sse", "data: typed in the websocket"),
+        # authorize = true: a token with a "mediation" claim, a parameterised entrypoint
+        Command(
+            "export PRICES=$(.venv/bin/python examples/jwt_token.py bob --subscribe 'prices.A'"
+            " --subscribe 'prices.B' --publish 'prices.*')"
+        ),
+        Terminal(
+            "prices",
+            ".venv/bin/python examples/ws_client.py"
+            ' "ws://localhost:8070/prices?symbol=A&access_token=$PRICES" --envelope',
+            "connected to",
+        ),
+        Http(PRICES_POST.format("A at 10", "A"), 202),
+        Shows("prices", '"subscription":"prices.A"'),  # the envelope names it
+        Shows("prices", '"A at 10"'),
+        Http(
+            "curl -i -H 'Accept: text/event-stream'"
+            ' "http://localhost:8072/prices?symbol=C&access_token=$PRICES"',
+            403,
+        ),
+        Type("/subscribe symbol=B", "prices"),
+        Shows("prices", '{"ack": "prices.B"}'),
+        Http(PRICES_POST.format("B at 20", "B"), 202),
+        Shows("prices", '"B at 20"'),
+        Type("/unsubscribe symbol=B", "prices"),
+        Shows("prices", '{"ack": "prices.B"}'),
+        Type("/subscribe symbol=C", "prices"),
+        Shows("prices", '{"nack": "prices.C"'),
     ],
     "jms.toml": [
         Http("curl -i -d 'job 1' -H 'X-Trace-ID: t-1' http://localhost:8068/", 202),
@@ -446,7 +477,7 @@ async def run_example(
                     output = terminals[step.name][1]
                     seen[step.name] = await shown(output, step.text, seen[step.name], context)
                 else:
-                    ws = terminals["ws"][0]  # the plain client of the example
+                    ws = terminals[step.terminal][0]
                     assert ws.stdin is not None
                     await ws.stdin.send_all(step.text.encode() + b"\n")
             await stack.aclose()  # the terminals first: their sessions end

@@ -8,7 +8,10 @@
 The engine runs as ``python -m mediation run`` in its own process (so "the engine is alive" is
 a real question), with one entrypoint of each type (:data:`.mutations.TARGETS`) on the memory
 endpoint, short timeouts, and routes that bring what is POSTed to the webhook to every client.
-Two bystanders connect first: a WebSocket client and an SSE client.
+Two bystanders connect first: a WebSocket client and an SSE client, and a third, an SSE client of the parameterised entrypoint
+(``/t/by?symbol=M``). The parameterised entrypoints (``ws-p``, ``sse-p``, ``hook-p``, ``poll-p``:
+:data:`.mutations.PARAMS_PATH` and :data:`.mutations.PARAMS`, ``max_subscriptions`` 4, routes
+with ``filter_fields``) share a second memory endpoint whose topics are filled from them.
 
 The inputs go in batches, the connections of a batch at once, one connection per input: send the
 bytes (then, for half of them, shut the sending side down), read what comes back. Each hostile
@@ -23,6 +26,9 @@ connection must get answers the input deserves, or a close, within :attr:`Limits
   and frames that break RFC 6455 must end in a close;
 - a ``2xx`` not for a request head RFC 9112 says must be refused (:func:`must_refuse`), nor for
   a webhook body that is incomplete or over ``max_body``;
+- a ``2xx`` or ``101`` not for parameters that must be refused (:func:`params_refusal`: a value
+  that does not match its pattern once decoded, a missing one, more subscriptions than allowed,
+  a filter on a field the routes do not allow);
 - and the connection closes within its time (an answered HTTP connection after
   ``header_timeout`` of keep-alive; an SSE stream or an upgraded WebSocket that is fine may stay).
 
@@ -34,7 +40,8 @@ dropped within ``header_timeout``), or a whole ClientHello followed by the input
 garbage records. Those must end only their own connection, with no answer.
 
 After each batch the oracle: the process is alive, ``/healthz`` answers ``200`` within 1 s, and a
-fresh marker POSTed to the webhook reaches both bystanders. A failure names the seed and the
+fresh marker POSTed to the webhook (and to the parameterised one, on the third bystander's
+stream) reaches every bystander. A failure names the seed and the
 input (its index and bytes), which ``scripts/fuzz.py --seed S --index I`` sends again alone.
 """
 
@@ -54,13 +61,27 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import httpx
 import trio
 from httpx_sse import aconnect_sse
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from .mutations import MAX_BODY, MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, TARGETS, FuzzInput, Mutations
+from .mutations import (
+    FILTER_FIELDS,
+    MAX_BODY,
+    MAX_HEADER_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_SUBSCRIPTIONS,
+    PARAM_TARGETS,
+    PARAMS,
+    PARAMS_PATH,
+    PARAMS_PREFIX,
+    TARGETS,
+    FuzzInput,
+    Mutations,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -145,6 +166,15 @@ def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
             f"session_idle_timeout = {limits.session_idle_timeout}\n{body}"
         ),
     }
+    params = f'path = "{PARAMS_PATH}"\nmax_subscriptions = {MAX_SUBSCRIPTIONS}\n' + "".join(
+        f"params.{name} = {json.dumps(pattern)}\n" for name, pattern in PARAMS.items()
+    )
+    extra |= {
+        "ws-p": extra["ws"] + params,
+        "sse-p": extra["sse"] + params,
+        "hook-p": extra["hook"] + params,
+        "poll-p": extra["poll"] + params,
+    }
     text = [
         "[engine]",
         f'host = "{HOST}"',
@@ -161,6 +191,9 @@ def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
     # they expire) must not hold the publishers up in the meantime.
     text += ["[[endpoints]]", 'name = "mem"', 'type = "memory"', "[endpoints.config]"]
     text += ["capacity = 4096", ""]
+    text += ["[[endpoints]]", 'name = "mem-p"', 'type = "memory"', "[endpoints.config]"]
+    text += ['topic_in = "p.{room}.{symbol}"', 'topic_out = "p.{room}.{symbol}"']
+    text += ["capacity = 4096", ""]
     routes = [
         ("ws", "mem", "auto"),
         ("mem", "ws", "auto"),
@@ -170,6 +203,11 @@ def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
         ("hook", "mem", "auto"),
         ("hook-ack", "mem", "at_least_once"),
         ("mem", "poll", "at_least_once"),
+        ("ws-p", "mem-p", "auto"),
+        ("mem-p", "ws-p", "at_least_once"),
+        ("mem-p", "sse-p", "auto"),
+        ("hook-p", "mem-p", "auto"),
+        ("mem-p", "poll-p", "at_least_once"),
     ]
     for source, target, guarantee in routes:
         text += [
@@ -177,8 +215,10 @@ def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
             f'source = "{source}"',
             f'target = "{target}"',
             f'delivery_guarantee = "{guarantee}"',
-            "",
         ]
+        if source == "mem-p":
+            text.append(f"filter_fields = {json.dumps(list(FILTER_FIELDS))}")
+        text.append("")
     return "\n".join(text)
 
 
@@ -317,11 +357,15 @@ async def websocket_bystander(
         me.end(repr(error))
 
 
+# Where the parameterised bystander listens, and where its markers are POSTed (hook-p).
+BYSTANDER_PARAMS = PARAMS_PREFIX + "by?symbol=M"
+
+
 async def sse_bystander(
-    port: int, me: Bystander, tls: ssl.SSLContext | None, *, task_status: Any
+    port: int, me: Bystander, tls: ssl.SSLContext | None, target: str = "/", *, task_status: Any
 ) -> None:
-    headers = {"X-Client-ID": "bystander-sse"}
-    url = f"{'https' if tls else 'http'}://{HOST}:{port}/"
+    headers = {"X-Client-ID": "bystander-" + me.name.split()[0]}
+    url = f"{'https' if tls else 'http'}://{HOST}:{port}{target}"
     try:
         async with httpx.AsyncClient(
             timeout=httpx.Timeout(5, read=None), verify=tls or True
@@ -618,6 +662,10 @@ def _judge(item: FuzzInput, outcome: Outcome) -> None:
         refused = must_refuse(item)
         if refused:
             outcome.problems.append(f"{first} for a request that must be refused: {refused}")
+    if first == 101 or 200 <= first < 300:
+        refused = params_refusal(item)
+        if refused:
+            outcome.problems.append(f"{first} for parameters that must be refused: {refused}")
     if 1011 in outcome.close_codes:
         outcome.problems.append("WebSocket close 1011 (internal error)")
 
@@ -729,6 +777,56 @@ def must_refuse(item: FuzzInput) -> str:
             body = b""
         if len(body) > MAX_BODY:
             problems.append(f"body of {len(body)} bytes over max_body {MAX_BODY}")
+    return "; ".join(problems)
+
+
+_POLL_PATHS = ("/subscribe",)
+
+
+def params_refusal(item: FuzzInput) -> str:
+    """Why a 2xx or 101 for the first request to a parameterised entrypoint would be wrong ('' when
+    it could be right, or when the request is too odd to say): a path or query value that does
+    not match its pattern once percent-decoded, ``symbol`` missing, more values than
+    ``max_subscriptions``, a filter on a field the routes do not allow."""
+    if item.target not in PARAM_TARGETS:
+        return ""
+    head, _ = _parse_head(item.data)
+    if head is None or not head.target.startswith(b"/") or b"#" in head.target:
+        return ""
+    try:
+        raw_path, _, raw_query = head.target.decode("ascii").partition("?")
+    except UnicodeDecodeError:
+        return ""  # bytes the engine may refuse as a whole, or not: not judged here
+    segments = raw_path.split("/")
+    suffix = "/" + "/".join(segments[3:]) if len(segments) > 3 else ""
+    if segments[:2] != ["", PARAMS_PREFIX.strip("/")] or len(segments) < 3:
+        return ""
+    if TARGETS[item.target] == "http_get":
+        if suffix not in _POLL_PATHS:
+            return ""
+    elif suffix:
+        return ""
+    problems = []
+    room = unquote(segments[2], errors="replace")
+    if not re.fullmatch(PARAMS["room"], room, re.ASCII):
+        problems.append(f"room {room[:20]!r}")
+    # As the engine reads a query (mediation.http.asgi): a parameter with an empty value is
+    # not given at all (``?filter.BAD=`` filters on nothing; ``?symbol=`` is a missing symbol).
+    query = parse_qs(raw_query)
+    symbols = list(dict.fromkeys(query.get("symbol", [])))
+    if not symbols:
+        problems.append("symbol missing")
+    elif TARGETS[item.target] == "http_post" and len(symbols) > 1:
+        problems.append("symbol given more than once on a POST")
+    elif len(symbols) > MAX_SUBSCRIPTIONS:
+        problems.append(f"{len(symbols)} subscriptions")
+    bad = [s for s in symbols if not re.fullmatch(PARAMS["symbol"], s, re.ASCII)]
+    if bad:
+        problems.append(f"symbol {bad[0][:20]!r}")
+    if TARGETS[item.target] != "http_post":
+        fields = [k.removeprefix("filter.") for k in query if k.startswith("filter.")]
+        if any(f not in FILTER_FIELDS for f in fields):
+            problems.append(f"filter fields {fields}")
     return "; ".join(problems)
 
 
@@ -908,11 +1006,17 @@ async def _check_clients(
         problems.append(f"/healthz did not answer within {HEALTH_TIMEOUT} s: {error!r}")
     try:
         with trio.fail_after(MARKER_TIMEOUT):
-            hook = f"{engine.scheme}://{HOST}:{engine.ports['hook']}/"
-            posted = await client.post(hook, content=marker)
-            if posted.status_code != 202:
-                problems.append(f"the marker POST answered {posted.status_code}: {posted.text}")
-            else:
+            base = f"{engine.scheme}://{HOST}"
+            posted = [
+                await client.post(f"{base}:{engine.ports['hook']}/", content=marker),
+                await client.post(
+                    f"{base}:{engine.ports['hook-p']}{BYSTANDER_PARAMS}", content=marker
+                ),
+            ]
+            for answer in posted:
+                if answer.status_code != 202:
+                    problems.append(f"the marker POST answered {answer.status_code}: {answer.text}")
+            if not problems:
                 for bystander in bystanders:
                     await bystander.wait_for(marker)
     except trio.TooSlowError:
@@ -955,12 +1059,19 @@ async def run_fuzz(
     )
     start = trio.current_time()
     async with open_engine_process(config) as engine:
-        bystanders = [Bystander("websocket bystander"), Bystander("SSE bystander")]
+        bystanders = [
+            Bystander("websocket bystander"),
+            Bystander("SSE bystander"),
+            Bystander("parameterised-SSE bystander"),
+        ]
         async with trio.open_nursery() as nursery:
             client_tls = None if files is None else files.client
             engine.scheme = "http" if files is None else "https"
             await nursery.start(websocket_bystander, engine.ports["ws"], bystanders[0], client_tls)
             await nursery.start(sse_bystander, engine.ports["sse"], bystanders[1], client_tls)
+            await nursery.start(
+                sse_bystander, engine.ports["sse-p"], bystanders[2], client_tls, BYSTANDER_PARAMS
+            )
             async with httpx.AsyncClient(
                 timeout=MARKER_TIMEOUT, verify=client_tls or True
             ) as client:

@@ -15,6 +15,12 @@ and reordered header lines, another method, version, target, client id or framin
 sizes and trailers, bad WebSocket frames and envelopes) and byte ones (flips, inserted
 NUL/CR/LF/0x80-0xff, truncations, deletions, duplications). About one in eight is sent as made.
 
+The parameterised entrypoints (issue 14) get valid requests of their own (``/t/ROOM?symbol=A``,
+repeated symbols, ``filter.NAME=``; WebSocket handshakes followed by ``{"subscribe"}`` and
+``{"unsubscribe"}`` envelopes), then hostile parameter values (wildcards and separators in
+every spelling, look-alikes, 10 KiB, template syntax), more subscriptions than allowed, bad
+filters, and mutated subscription changes.
+
 The targets are entrypoint names of the driver's configuration (:data:`TARGETS`).
 """
 
@@ -34,7 +40,22 @@ TARGETS: dict[str, str] = {
     "hook": "http_post",  # auto
     "hook-ack": "http_post",  # at_least_once
     "poll": "http_get",  # at_least_once
+    # Parameterised (issue 14): PARAMS_PATH, PARAMS, MAX_SUBSCRIPTIONS and FILTER_FIELDS below.
+    "ws-p": "websocket",
+    "sse-p": "sse",
+    "hook-p": "http_post",
+    "poll-p": "http_get",
 }
+PARAM_TARGETS = frozenset({"ws-p", "sse-p", "hook-p", "poll-p"})
+
+# The parameterised entrypoints' template and patterns, as the driver configures them: a path
+# parameter and a query parameter that may repeat (one subscription per value), on routes that
+# allow filters on two fields.
+PARAMS_PREFIX = "/t/"
+PARAMS_PATH = PARAMS_PREFIX + "{room}"
+PARAMS = {"room": "[a-z0-9]{1,16}", "symbol": "[A-Z]{1,8}"}
+MAX_SUBSCRIPTIONS = 4
+FILTER_FIELDS = ("type", "key")
 
 # What the driver configures, and what the inputs aim just past.
 MAX_HEADER_BYTES = 4096
@@ -343,7 +364,106 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-SEEDS: list[Callable[[random.Random], Seed]] = [sse_seed, post_seed, poll_seed, websocket_seed]
+# -- valid requests to the parameterised entrypoints --------------------------------------------
+
+SYMBOLS = ["A", "B", "C", "XYZ", "QQQQQQQQ"]
+
+
+def _room(rng: random.Random) -> bytes:
+    # Never "by": the driver's bystander listens on /t/by.
+    return rng.choice([b"r1", b"room", b"42", b"abc123", b"z"])
+
+
+def _params_query(rng: random.Random, *, repeat: bool, filters: bool) -> bytes:
+    """``symbol=...`` (repeated up to MAX_SUBSCRIPTIONS values when ``repeat``), maybe filters."""
+    count = rng.randint(1, MAX_SUBSCRIPTIONS) if repeat and rng.random() < 0.5 else 1
+    parts = [b"symbol=" + s.encode() for s in rng.sample(SYMBOLS, count)]
+    if filters and rng.random() < 0.4:
+        for name in rng.sample(FILTER_FIELDS, rng.randint(1, 2)):
+            values = rng.sample([b"order.created", b"order.paid", b"acme", b"a%2Eb"], 2)
+            parts += [b"filter." + name.encode() + b"=" + v for v in values[: rng.randint(1, 2)]]
+    rng.shuffle(parts)
+    return b"&".join(parts)
+
+
+def sse_params_seed(rng: random.Random) -> Seed:
+    headers = [_host(rng), b"Accept: text/event-stream"]
+    if rng.random() < 0.5:
+        headers.append(b"X-Client-ID: " + _client_id(rng))
+    query = _params_query(rng, repeat=True, filters=True)
+    target = PARAMS_PREFIX.encode() + _room(rng) + b"?" + query
+    return Seed("sse-p", "sse-params", [Request(b"GET", target, headers=headers)])
+
+
+def post_params_seed(rng: random.Random) -> Seed:
+    body = _payload(rng)[:300]
+    headers = [_host(rng), b"Content-Length: " + str(len(body)).encode()]
+    if rng.random() < 0.5:
+        headers.append(b"X-Client-ID: " + _client_id(rng))
+    query = _params_query(rng, repeat=False, filters=False)
+    target = PARAMS_PREFIX.encode() + _room(rng) + b"?" + query
+    return Seed("hook-p", "post-params", [Request(b"POST", target, headers=headers, body=body)])
+
+
+def poll_params_seed(rng: random.Random) -> Seed:
+    client = b"X-Client-ID: " + _client_id(rng)
+    host = _host(rng)
+    base = PARAMS_PREFIX.encode() + _room(rng)
+
+    def request(method: bytes, path: bytes, *extra: bytes) -> Request:
+        return Request(method, base + path, headers=[host, client, *extra])
+
+    query = _params_query(rng, repeat=True, filters=True)
+    requests = [request(b"POST", b"/subscribe?" + query, b"Content-Length: 0")]
+    if rng.random() < 0.7:
+        requests.append(request(b"GET", b"/poll"))
+    if rng.random() < 0.5:
+        requests.append(request(b"DELETE", b"/unsubscribe"))
+    return Seed("poll-p", "poll-params", requests)
+
+
+def _subscription_change(rng: random.Random) -> bytes:
+    """A valid ``{"subscribe"}`` or ``{"unsubscribe"}`` of the parameterised entrypoints."""
+    which = rng.choice(["subscribe", "subscribe", "unsubscribe"])
+    params = {"symbol": rng.choice(SYMBOLS)}
+    if rng.random() < 0.2:
+        params["room"] = _room(rng).decode()
+    return json.dumps({which: params}).encode()
+
+
+def websocket_params_seed(rng: random.Random) -> Seed:
+    key = _websocket_key(rng)
+    headers = [
+        _host(rng),
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: " + key.encode(),
+        b"Sec-WebSocket-Version: 13",
+    ]
+    if rng.random() < 0.85:
+        headers.append(b"Sec-WebSocket-Protocol: mediation.v1")
+    if rng.random() < 0.5:
+        headers.append(b"X-Client-ID: " + _client_id(rng))
+    query = _params_query(rng, repeat=True, filters=True)
+    target = PARAMS_PREFIX.encode() + _room(rng) + b"?" + query
+    frames = []
+    for _ in range(rng.randrange(1, 6)):
+        key4 = bytes(rng.randrange(256) for _ in range(4))
+        payload = _subscription_change(rng) if rng.random() < 0.7 else _envelope(rng)
+        frames.append(Frame(0x1, payload, mask_key=key4))
+    return Seed("ws-p", "ws-params", [Request(b"GET", target, headers=headers)], frames, key)
+
+
+SEEDS: list[Callable[[random.Random], Seed]] = [
+    sse_seed,
+    post_seed,
+    poll_seed,
+    websocket_seed,
+    sse_params_seed,
+    post_params_seed,
+    poll_params_seed,
+    websocket_params_seed,
+]
 
 
 # -- structural mutations -----------------------------------------------------------------------
@@ -666,6 +786,151 @@ def websocket_handshake(seed: Seed, rng: random.Random) -> str | None:
     return f"handshake {name.decode()}: {value[:20]!r}"
 
 
+# Parameter values a client may send: wildcards and separators of every broker, in every
+# spelling, look-alikes, overlong, empty, template syntax.
+INJECTIONS = [
+    b"+",
+    b"#",
+    b"*",
+    b">",
+    b"/",
+    b".",
+    b"..",
+    b"%2F",
+    b"%2f",
+    b"A%2FB",
+    b"%00",
+    b"A%00",
+    b"%2B",
+    b"%23",
+    b"%2A",
+    b"A.B",
+    b"A+B",
+    b"%EF%BC%A1",  # fullwidth A
+    b"\xef\xbc\xa1",  # the same, raw bytes in the request line
+    b"%C3%84",
+    b"%2541",  # "%41" after one decoding
+    b"%",
+    b"%G1",
+    b"A" * 10240,
+    b"",
+    b"{symbol}",
+    b"%7Bsymbol%7D",
+    b"{claims.sub}",
+    b"AAAAAAAAA",  # one over the pattern's 8
+    b"a",
+    b"A%20",
+    b"%41",  # "A": valid once decoded
+]
+
+
+def _split_target(request: Request) -> tuple[bytes, list[bytes]]:
+    path, _, query = request.target.partition(b"?")
+    return path, [part for part in query.split(b"&") if part]
+
+
+def _join_target(request: Request, path: bytes, parts: list[bytes]) -> None:
+    request.target = path + (b"?" + b"&".join(parts) if parts else b"")
+
+
+def param_value(seed: Seed, rng: random.Random) -> str | None:
+    """A hostile parameter, repeated parameter or filter in the first request's target."""
+    if seed.target not in PARAM_TARGETS:
+        return None
+    request = seed.requests[0]
+    path, parts = _split_target(request)
+    value = rng.choice(INJECTIONS)
+    how = rng.randrange(9)
+    if how == 0:  # the path parameter
+        segments = path.split(b"/")
+        segments[2] = value
+        path = b"/".join(segments)
+    elif how == 1:  # a query parameter's value
+        symbols = [i for i, part in enumerate(parts) if part.startswith(b"symbol=")]
+        i = rng.choice(symbols) if symbols else len(parts)
+        parts[i : i + 1] = [b"symbol=" + value]
+    elif how == 2:  # more subscriptions than max_subscriptions
+        n = rng.choice([MAX_SUBSCRIPTIONS + 1, 50, 2000])
+        parts += [b"symbol=" + _letters(i).encode() for i in range(n)]
+    elif how == 3:  # the same value again (taken once), or spelled another way
+        parts += [rng.choice([b"symbol=A", b"symbol=%41", b"symbol=A", b"symbol=a"])] * 2
+    elif how == 4:  # a filter on a field the routes do not allow, or a bad field name
+        name = rng.choice([b"type", b"key", b"bogus", b"TYPE", b"a" * 65, b"", b"type%00", b"t.y"])
+        parts.append(b"filter." + name + b"=" + value[:2000])
+    elif how == 5:  # too many filter values or fields
+        if rng.random() < 0.5:
+            parts += [b"filter.type=v%d" % i for i in range(rng.choice([64, 65, 500]))]
+        else:
+            parts += [b"filter.f%d=v" % i for i in range(17)]
+    elif how == 6:  # the parameter missing, or under another spelling of its name
+        parts = [part for part in parts if not part.startswith(b"symbol=")]
+        parts.append(rng.choice([b"sym%62ol=A", b"SYMBOL=A", b"symbol[]=A", b"symbol", b"=A"]))
+    elif how == 7:  # a value of a claim or another parameter given in the query
+        parts.append(rng.choice([b"room=x", b"claims.sub=x", b"client_id=" + value[:200]]))
+    else:  # a separator where a value ends
+        parts.append(rng.choice([b";symbol=B", b"symbol=A;B", b"&&&", b"symbol=A#frag"]))
+    _join_target(request, path, parts)
+    return f"param {how} {value[:20]!r}"
+
+
+def _letters(i: int) -> str:
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        out = chr(65 + r) + out
+    return out
+
+
+def subscription_envelope(seed: Seed, rng: random.Random) -> str | None:
+    """A mutation of a valid ``{"subscribe": {...}}`` / ``{"unsubscribe": {...}}``, or many of
+    them (also sent to the entrypoints without parameters, which must refuse them)."""
+    frames = _frames(seed)
+    if frames is None:
+        return None
+    which = rng.choice(["subscribe", "unsubscribe"])
+    how = rng.randrange(10)
+    value: object
+    if how == 0:
+        value = {
+            "symbol": rng.choice(["+", "#", "A/B", "A.B", "\uff21", "", "\u0000", "A" * 10240])
+        }
+    elif how == 1:
+        value = {"symbol": rng.choice([1, None, [], {}, True, ["A"], 1e308])}
+    elif how == 2:
+        value = rng.choice(["B", [], None, 5, [{"symbol": "B"}], {}])
+    elif how == 3:
+        value = {rng.choice(["nope", "client_id", "claims.sub", "", "symbol "]): "A"}
+    elif how == 4:
+        value = {f"k{i}": "A" for i in range(1000)}
+    elif how == 5:
+        value = {"room": rng.choice(["other", "..", "R!", "a" * 17]), "symbol": "B"}
+    else:
+        value = {"symbol": rng.choice(SYMBOLS)}
+    if how == 6:
+        document: object = {"subscribe": value, "unsubscribe": value}
+    elif how == 7:
+        document = {which: value, "id": "x", "payload": "y"}
+    else:
+        document = {which: value}
+    if how == 8:  # many changes: past max_subscriptions, then back
+        payloads = [
+            json.dumps({w: {"symbol": _letters(i)}}).encode()
+            for w in ("subscribe", "unsubscribe")
+            for i in range(MAX_SUBSCRIPTIONS + 3)
+        ]
+    elif how == 9:  # the same change twice, or nested deep
+        payloads = [json.dumps(document).encode()] * 2
+        payloads.append(b'{"subscribe": ' * 500 + b"{}" + b"}" * 500)
+    else:
+        payloads = [json.dumps(document).encode()]
+    at = rng.randrange(len(frames) + 1)
+    frames[at:at] = [
+        Frame(0x1, p, mask_key=bytes(rng.randrange(256) for _ in range(4))) for p in payloads
+    ]
+    return f"subscription {how} {payloads[0][:40]!r}"
+
+
 STRUCTURAL: list[Callable[[Seed, random.Random], str | None]] = [
     duplicate_header,
     reorder_headers,
@@ -686,6 +951,11 @@ STRUCTURAL: list[Callable[[Seed, random.Random], str | None]] = [
     envelope,
     envelope,
     websocket_handshake,
+    param_value,
+    param_value,
+    param_value,
+    subscription_envelope,
+    subscription_envelope,
 ]
 
 
