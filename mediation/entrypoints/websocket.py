@@ -40,7 +40,14 @@ import trio
 from ..auth import BearerVerifier
 from ..config import WebSocketEntrypoint
 from ..context import EngineContext
-from ..envelope import SUBPROTOCOL, Confirmation, decode_client_message, encode_event, encode_reply
+from ..envelope import (
+    SUBPROTOCOL,
+    Confirmation,
+    decode_client_message,
+    encode_event,
+    encode_reply,
+    encode_reset,
+)
 from ..errors import (
     BrokerUnavailable,
     ClientIdle,
@@ -159,6 +166,7 @@ async def _handle(
             client_id=client_id,
             max_sessions=config.max_sessions,
             client_confirms=enveloped,
+            resume_after=next(iter(query.get("last_event_id", ())), None),
             params=params,
             permissions=(
                 Permissions.from_claims(client.claims, config.permissions_claim)
@@ -172,6 +180,9 @@ async def _handle(
                 max_message_bytes=config.max_message_bytes,
                 heard=activity.seen,
             )
+            if enveloped:  # the resume position was gone: the events start from the oldest
+                for reason in session.resets:
+                    await websocket.send_messages([(TEXT, encode_reset(reason).encode())])
             await _converse(websocket, session, config, enveloped, activity)
     except MediationError as error:
         await _refuse_or_close(upgrade, websocket, error)
