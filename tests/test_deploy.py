@@ -23,6 +23,7 @@ from .conftest import CLIENT_WAIT, make_config, open_ws
 from .fleet.haproxy import DEPLOY, FLEET_CONFIG, SHIPPED, haproxy_binary, running_haproxy
 
 KUBERNETES = DEPLOY / "kubernetes.yaml"
+SECRET_ENV = {"MEDIATION_CURSOR_SECRET": "a fleet secret of 32 bytes or more"}
 KUBERNETES_VERSION = "1.30.0"  # the oldest minor still maintained upstream when this was written
 
 
@@ -55,11 +56,12 @@ def test_kubernetes_validation_is_not_a_no_op() -> None:
 def test_configmap_is_the_fleet_config_and_valid() -> None:
     text = by_kind("ConfigMap")["data"]["mediation.toml"]
     assert text == FLEET_CONFIG.read_text()
-    parse_config(text, filename="configmap")
+    parse_config(text, filename="configmap", env=SECRET_ENV)
 
 
 def test_probes_prestop_and_grace_fit_shutdown_timeout() -> None:
-    config = load_config(FLEET_CONFIG)
+    config = load_config(FLEET_CONFIG, env=SECRET_ENV)
+    assert config.engine.cursor_secret == SECRET_ENV["MEDIATION_CURSOR_SECRET"]
     pod = by_kind("Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
@@ -79,6 +81,8 @@ def test_probes_prestop_and_grace_fit_shutdown_timeout() -> None:
     assert by_kind("Service")["spec"]["selector"].items() <= labels.items()
     ports = {p["containerPort"] for p in container["ports"]}
     assert {e.port for e in config.entrypoints} <= ports
+    (secret,) = [e for e in container["env"] if e["name"] == "MEDIATION_CURSOR_SECRET"]
+    assert secret["valueFrom"]["secretKeyRef"]["key"] == "cursor-secret"
 
 
 # -- HAProxy ------------------------------------------------------------------------------------
