@@ -3,7 +3,7 @@
 #   just run                      # the embedded default (memory broker), ports 8066-8069 and 9091
 #   just run examples/kafka.toml  # a real broker: installs the broker client extras first
 #   just test -k watcher          # extra arguments go to pytest
-#   just lint | just check FILE | just brokers | just bench [--quick] | just soak
+#   just lint | just check FILE | just brokers | just bench [--quick] | just soak | just fleet
 #
 # Every recipe uses the virtual environment in .venv, created on first use and brought up to date
 # only when pyproject.toml changes (see _venv).
@@ -48,6 +48,11 @@ bench *ARGS: _system-deps (_venv "all,dev,bench")
 [positional-arguments]
 soak *ARGS: (_venv "all,dev")
     {{venv}}/bin/python scripts/soak.py "$@"
+
+# The fleet test at scale: 300 clients behind HAProxy, one engine of three SIGKILLed mid-stream;
+# prints lost, duplicated and resume p50/p99 (`just fleet 600` for another client count).
+fleet CLIENTS="300": _system-deps (_venv "all,dev")
+    FLEET_CLIENTS={{CLIENTS}} {{venv}}/bin/pytest -q tests/test_fleet.py
 
 # Fuzz every entrypoint with random seeds (`just fuzz --seconds 3600`); `just test` runs one fixed seed.
 [positional-arguments]

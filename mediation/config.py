@@ -23,6 +23,7 @@ import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .ack_policy import AckPlan, Guarantee, plan_for
+from .cursors import check_secret as check_cursor_secret
 from .errors import ConfigError
 from .params import BUILTIN, CLAIM_NAME, ENDPOINT_FILLED, EntrypointParams, Template, name_templates
 from .tls_files import tls_files_problem
@@ -50,6 +51,11 @@ class EngineConfig(_Table):
     packet_log: bool = True
     reload_interval: Annotated[float, Field(ge=0)] = 5.0
     shutdown_timeout: Seconds = 30.0
+    # Signs the event ids that carry a broker position (Kafka's topic:partition:offset) as
+    # "<position>.<mac>", so that any instance of a fleet with the same secret resumes a client
+    # from one and refuses a forged one (400). At least 32 bytes; may be "${ENV_VAR}". None:
+    # positions go out and are taken back unsigned (mediation/cursors.py).
+    cursor_secret: str | None = None
 
 
 # -- entrypoints -------------------------------------------------------------------------------
@@ -465,6 +471,11 @@ def _build_config(document: Mapping[str, Any], *, filename: str, env: Mapping[st
             raise fail([key], "unknown table")
 
     engine = _validate(EngineConfig, document.get("engine", {}), ["engine"], fail)
+    if engine.cursor_secret is not None:
+        try:
+            check_cursor_secret(engine.cursor_secret)
+        except ValueError as error:
+            raise fail(["engine", "cursor_secret"], str(error)) from None
     entrypoints = [
         _validate_typed(ENTRYPOINT_TYPES, item, ["entrypoints", i], fail)
         for i, item in enumerate(_array(document, "entrypoints", fail))

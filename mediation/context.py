@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 from trio_util import AsyncValue
 
+from .cursors import Cursors
 from .endpoint_state import EndpointState
 from .endpoints.base import Endpoint
 from .routing import RouteTable
@@ -40,6 +41,8 @@ class EngineContext:
     shutting_down: bool = False
     # Set by the engine once every entrypoint listens (/readyz waits for it).
     entrypoints_listening: bool = False
+    # Signs and checks the event ids that carry a broker position ([engine] cursor_secret).
+    cursors: Cursors = field(default_factory=lambda: Cursors(None))
     # One per endpoint, run by the engine (run_watches): see DownWatch.
     watches: dict[str, DownWatch] = field(init=False)
 

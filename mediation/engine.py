@@ -36,6 +36,7 @@ from trio_util import AsyncValue
 from .bridge import run_bridges
 from .config import Config
 from .context import EngineContext
+from .cursors import Cursors
 from .endpoints import Endpoint, create_endpoint
 from .entrypoints import serve_listener
 from .errors import ConfigError, EngineShuttingDown, RouteChanged
@@ -65,6 +66,7 @@ class MediationEngine:
                 endpoint_states=lambda: {n: e.state.value for n, e in self.endpoints.items()},
             ),
             routes=RouteTable(config.routes),
+            cursors=Cursors(config.engine.cursor_secret),  # fixed for the engine's life
         )
         self._bridge_routes = AsyncValue(self._context.routes.bridges)
         self.ports: dict[str, int] = {}

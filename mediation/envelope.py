@@ -16,6 +16,9 @@ Hot path: a client confirms every event, so ``{"ack": id}`` as clients write it 
 spacing, or compact, an id without escapes) is matched by one regular expression instead of
 json.loads, with the same result (tests/test_envelope.py checks it against json.loads); events
 are encoded with one shared encoder (json.dumps with options builds one per call).
+
+Resume (docs/design.md): ``{"reset": {"reason"}}`` downstream, before any event, says that the
+client's resume position was gone at the broker and the events start from the oldest it has.
 """
 
 from __future__ import annotations
@@ -152,3 +155,9 @@ def _unicode(value: str, what: str) -> str:
     except UnicodeEncodeError:
         raise BadRequest(f'"{what}" is not valid Unicode (a lone surrogate)') from None
     return value
+
+
+def encode_reset(reason: str) -> str:
+    """``{"reset": {"reason": ...}}``: the client's resume position was gone at the broker, the
+    events that follow start from the oldest position it has (sent before any event)."""
+    return _encode({"reset": {"reason": reason}})

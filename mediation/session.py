@@ -39,7 +39,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlencode
 
 import trio
@@ -282,6 +282,10 @@ class Session:
         # Why the session ended (or is ending): the reason given to close(), or the error it
         # ended with (a consumer's BrokerUnavailable, ClientTooSlow).
         self.close_reason: MediationError | None = None
+        # Resume positions the broker no longer held, one reason per route that had to start
+        # from the oldest position instead (Subscription.position_gone): the entrypoint tells
+        # the client right after confirming the session.
+        self.resets: list[str] = []
 
     def info(self) -> SessionInfo:
         return SessionInfo(
@@ -625,10 +629,13 @@ class Session:
             undeliverable=lambda reason: self._context.telemetry.undeliverable.labels(
                 route.source, reason
             ).inc(),
+            position_gone=lambda reason: self._position_gone(route, reason),
         )
         plan = self._plans[route]
         refuses = self.filter.matches if self.filter else None
         filtered = self._context.telemetry.filtered.labels(route.name)
+        cursors = self._context.cursors
+        sign = endpoint.ids_are_positions and cursors.signing
         async with endpoint.consume(subscription) as deliveries:
             task_status.started()
             async for delivery in deliveries:
@@ -639,7 +646,11 @@ class Session:
                     await delivery.ack()
                     filtered.inc()
                     continue
-                if not endpoint.ids_are_positions and not valid_event_id(delivery.event.id):
+                if sign:
+                    # A position goes out signed, so that any instance of the fleet can take it
+                    # back as a resume cursor (mediation/cursors.py).
+                    delivery.event = replace(delivery.event, id=cursors.sign(delivery.event.id))
+                elif not endpoint.ids_are_positions and not valid_event_id(delivery.event.id):
                     # A broker's id, which nobody checked (RabbitMQ message_id, an MQTT or AMQP
                     # property): one that breaks the id rule gets replaced here, once for every
                     # entrypoint, the original kept (escaped) in metadata "original-id". Kafka's
@@ -653,6 +664,14 @@ class Session:
                 await self._enter_channel(item, endpoint)
                 if plan.acks_entered:
                     await self._settle(item, accepted=True)
+
+    def _position_gone(self, route: RouteConfig, reason: str) -> None:
+        self.resets.append(reason)
+        self._context.telemetry.resume_resets.labels(route.source).inc()
+        log.info(
+            "resume position gone: from the oldest",
+            extra={"session_id": self.id, "route": route.name, "reason": reason},
+        )
 
     async def _enter_channel(self, item: SessionDelivery, endpoint: Endpoint) -> None:
         """Put a delivery in the session channel, waiting as long as the slow-client policy allows.
@@ -887,6 +906,12 @@ async def open_session(
             authorize_publish(context, routes.upstream, permissions, params, client_id, entrypoint)
         except Forbidden as refused:
             session.publish_refused = refused
+    if resume_after is not None and any(
+        context.endpoints[route.source].ids_are_positions for route in routes.downstream
+    ):
+        # A cursor whose signature is wrong is BadCursor (400) here, before the session; one
+        # this fleet never signed resumes nothing (mediation/cursors.py).
+        resume_after = context.cursors.resume_position(resume_after)
     if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
         raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
     context.sessions[session.id] = session

@@ -77,6 +77,14 @@ class Telemetry:
             ["route"],
             registry=self.registry,
         )
+        # Resume positions the broker no longer held: the client was told (SSE "event: reset",
+        # envelope {"reset": ...}) and continues from the oldest position there is.
+        self.resume_resets = Counter(
+            "mediation_resume_resets",
+            "Resumes from a position the broker no longer holds (the client was sent a reset)",
+            ["endpoint"],
+            registry=self.registry,
+        )
         self.registry.register(_EndpointStateCollector(endpoint_states))
         self._moved: dict[tuple[str, str], tuple[Counter, Counter]] = {}
         self._settled: dict[tuple[str, bool], Counter] = {}

@@ -51,6 +51,10 @@ def _not_counted(reason: str) -> None:
     """The default ``Subscription.undeliverable``: nobody counts."""
 
 
+def _not_told(reason: str) -> None:
+    """The default ``Subscription.position_gone``: nobody is told."""
+
+
 # ``Subscription.undeliverable`` reasons (a small fixed set: they are metric labels).
 UNDECODABLE = "undecodable"  # the broker's bytes could not be read as a message
 OVERSIZE = "oversize"  # larger than the endpoint accepts
@@ -73,9 +77,18 @@ class Subscription:
     session_id: str
     entrypoint: str
     route: RouteConfig
-    # Last event id the client saw (SSE ``Last-Event-ID``); endpoints that can resume use it.
+    # The position to resume right after (the last event id the client saw, its signature
+    # checked: mediation/cursors.py); endpoints whose ids are positions use it.
     resume_after: str | None = None
     undeliverable: Callable[[str], None] = field(default=_not_counted, compare=False)
+    # Resuming from a position the broker no longer holds (expired by retention, a deleted and
+    # recreated topic): an endpoint with positions calls ``position_gone(reason)`` while
+    # ``consume`` is being entered, before it returns, and then delivers from the oldest
+    # position the broker has. The session tells the client (SSE ``event: reset``, envelope
+    # ``{"reset": {"reason": ...}}``, the polling subscribe answer's ``"reset"``) before any
+    # event, and counts it: the client sees an explicit reset, never a silent jump. Called in
+    # the Trio thread; never raises. (Kafka's detection is pending: docs/design.md, "Resume".)
+    position_gone: Callable[[str], None] = field(default=_not_told, compare=False)
     # The client's parameters (path, query) and usable token claims ("claims.NAME"), checked at
     # admission (mediation.params): what {name} and {claims.NAME} in a name are filled with.
     params: Mapping[str, str] = field(default_factory=dict)

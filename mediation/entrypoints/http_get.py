@@ -11,6 +11,10 @@ events are nacked for redelivery; later polls get ``404``). A session not polled
 ``session_idle_timeout`` expires; the engine ending a session (expiry, broker failure) makes later
 requests ``410``.
 
+``/subscribe?last_event_id=ID`` resumes right after that event where the broker has positions
+(its signature checked, ``400`` for a bad one); when that position was gone, the answer carries
+``"reset": {"reason"}`` and the session starts from the oldest one.
+
 Every request is admitted like a connect elsewhere: ``Origin`` against ``allowed_origins`` (403),
 then, with ``auth = "bearer"``, the token (401), whose identity claim then names the client
 instead of ``X-Client-ID``. Metadata is passed as ``X-Meta-*`` only where it can be a header
@@ -98,6 +102,7 @@ class _PollingEntrypoint:
         value_sets: list[dict[str, str]],
         permissions: Permissions | None,
         filter: Filter,
+        resume_after: str | None = None,
         *,
         task_status: trio.TaskStatus[_Polled] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -110,6 +115,7 @@ class _PollingEntrypoint:
                     client_id=client_id,
                     max_sessions=self.config.max_sessions,
                     client_confirms=True,
+                    resume_after=resume_after,
                     subscriptions=value_sets,
                     max_subscriptions=(
                         self.config.max_subscriptions if self.config.parameters.patterns else 1
@@ -226,11 +232,20 @@ class _PollingEntrypoint:
                     else None
                 )
                 polled = await self.subscribe(
-                    client_id, value_sets, permissions, filter_from_query(request.query), nursery
+                    client_id,
+                    value_sets,
+                    permissions,
+                    filter_from_query(request.query),
+                    nursery,
+                    resume_after=request.query_value("last_event_id"),
                 )
-                await respond_json(
-                    send, 201, {"session_id": polled.session.id, "client_id": client_id}
-                )
+                answer: dict[str, object] = {
+                    "session_id": polled.session.id,
+                    "client_id": client_id,
+                }
+                if polled.session.resets:  # the resume position was gone: from the oldest
+                    answer["reset"] = {"reason": polled.session.resets[0]}
+                await respond_json(send, 201, answer)
             elif action == "poll":
                 await self.poll(self.find(client_id), send)
             elif action == "ack":
@@ -258,6 +273,8 @@ class _PollingEntrypoint:
         permissions: Permissions | None,
         filter: Filter,
         nursery: trio.Nursery,
+        *,
+        resume_after: str | None = None,
     ) -> _Polled:
         """The client's live session, started if it has none (a live one is answered as it is,
         whatever parameters this request gave)."""
@@ -265,7 +282,7 @@ class _PollingEntrypoint:
         try:
             async with lock:
                 return self.live.get(client_id) or await nursery.start(
-                    self.run_session, client_id, value_sets, permissions, filter
+                    self.run_session, client_id, value_sets, permissions, filter, resume_after
                 )
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:

@@ -6,7 +6,9 @@ content can make fail (an id SSE cannot carry as it is is left out of its frame;
 loop has given every broker event an id that obeys the id rule already); a
 ``: keepalive`` comment every ``heartbeat_interval`` keeps proxies from cutting idle streams. A
 completed write is the confirmation ``at_least_once`` waits for (SSE has no way back from the
-client). ``Last-Event-ID`` is passed to the endpoints as the resume position. The session's end
+client). ``Last-Event-ID`` (else ``?last_event_id=``) is the resume position, its signature
+checked (``400`` for a bad one); a position the broker no longer holds is told with
+``event: reset`` (``{"reason"}``) right after ``event: session``. The session's end
 is told in the stream: ``event: error`` with the reason (broker failure, route changed, too
 slow), or, on shutdown, just the end of the response (a final chunk, not a cut connection).
 """
@@ -89,7 +91,10 @@ async def _handle(
             client_id=client_id,
             max_sessions=config.max_sessions,
             client_confirms=False,
-            resume_after=request.headers.get("last-event-id"),
+            # An EventSource's own Last-Event-ID, else one a page chose (?last_event_id=).
+            resume_after=(
+                request.headers.get("last-event-id") or request.query_value("last_event_id")
+            ),
             subscriptions=[{**values, **claims} for values in value_sets],
             max_subscriptions=config.max_subscriptions if parameters.patterns else 1,
             named=bool(parameters.patterns),
@@ -106,6 +111,8 @@ async def _handle(
                     json.dumps({"client_id": client_id, "session_id": session.id}), event="session"
                 )
             )
+            for reason in session.resets:  # the resume position was gone: from the oldest
+                await stream.write(frame_event(json.dumps({"reason": reason}), event="reset"))
             await _stream_events(stream, session, request, config.heartbeat_interval)
     except MediationError as error:
         if not stream.started:

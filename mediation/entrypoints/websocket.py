@@ -50,6 +50,7 @@ from ..envelope import (
     decode_client_message,
     encode_event,
     encode_reply,
+    encode_reset,
 )
 from ..errors import (
     BrokerUnavailable,
@@ -145,6 +146,7 @@ async def _handle(
             client_id=client_id,
             max_sessions=config.max_sessions,
             client_confirms=enveloped,
+            resume_after=next(iter(query.get("last_event_id", ())), None),
             subscriptions=[{**values, **claims} for values in value_sets],
             max_subscriptions=config.max_subscriptions if parameters.patterns else 1,
             named=bool(parameters.patterns),
@@ -161,6 +163,9 @@ async def _handle(
                 max_message_bytes=config.max_message_bytes,
                 heard=activity.seen,
             )
+            if enveloped:  # the resume position was gone: the events start from the oldest
+                for reason in session.resets:
+                    await websocket.send_messages([(TEXT, encode_reset(reason).encode())])
             await _converse(websocket, session, config, enveloped, activity)
     except MediationError as error:
         await _refuse_or_close(upgrade, websocket, error)

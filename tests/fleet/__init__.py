@@ -1,0 +1,1 @@
+"""Helpers of the deploy and fleet tests: HAProxy from examples/deploy/haproxy.cfg on loopback."""
