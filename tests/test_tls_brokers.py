@@ -119,6 +119,7 @@ async def test_mqtt_server_certificate_only_and_tls_server_name(
         ("other name", "certificate verify failed: Hostname mismatch"),
         ("no client certificate", "TLS: "),
         ("client certificate of another CA", "TLS: "),
+        ("expired client certificate", "TLS: "),
     ],
 )
 async def test_mqtt_refused_certificates_leave_the_endpoint_down_retrying(
@@ -137,6 +138,12 @@ async def test_mqtt_refused_certificates_leave_the_endpoint_down_retrying(
             "ca_file": str(tls_files.ca),
             "cert_file": str(tls_files.other_client_cert),
             "key_file": str(tls_files.other_client_key),
+        },
+        "expired client certificate": {
+            "broker": mosquitto_tls.mtls_url,
+            "ca_file": str(tls_files.ca),
+            "cert_file": str(tls_files.expired_client_cert),
+            "key_file": str(tls_files.expired_client_key),
         },
     }[case]
     config = MQTT5Config(**settings, retry_interval=0.05, connect_timeout=5)

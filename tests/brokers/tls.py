@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ class TLSFiles:
     other_ca: Path
     other_client_cert: Path
     other_client_key: Path
+    expired_client_cert: Path  # signed by ``ca``, valid until yesterday
+    expired_client_key: Path
 
 
 def make_certs(directory: Path) -> TLSFiles:
@@ -36,6 +39,13 @@ def make_certs(directory: Path) -> TLSFiles:
     server = ca.issue_cert("localhost", "127.0.0.1")
     client = ca.issue_cert("guest", common_name="guest")
     stranger = other.issue_cert("guest", common_name="guest")
+    now = datetime.datetime.now(datetime.UTC)
+    expired = ca.issue_cert(
+        "guest",
+        common_name="guest",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
     files = TLSFiles(
         ca=directory / "ca.pem",
         server_cert=directory / "server.pem",
@@ -45,6 +55,8 @@ def make_certs(directory: Path) -> TLSFiles:
         other_ca=directory / "other-ca.pem",
         other_client_cert=directory / "other-client.pem",
         other_client_key=directory / "other-client.key",
+        expired_client_cert=directory / "expired-client.pem",
+        expired_client_key=directory / "expired-client.key",
     )
     ca.cert_pem.write_to_path(str(files.ca))
     other.cert_pem.write_to_path(str(files.other_ca))
@@ -52,6 +64,7 @@ def make_certs(directory: Path) -> TLSFiles:
         (server, files.server_cert, files.server_key),
         (client, files.client_cert, files.client_key),
         (stranger, files.other_client_cert, files.other_client_key),
+        (expired, files.expired_client_cert, files.expired_client_key),
     ):
         cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
         leaf.private_key_pem.write_to_path(str(key))
