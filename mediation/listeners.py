@@ -184,12 +184,19 @@ class Router:
         """Whether any entrypoint takes WebSocket handshakes (``websocket``) or other requests."""
         return bool(self._groups[websocket])
 
+    def sole(self, *, websocket: bool) -> str | None:
+        """The entrypoint that gets every WebSocket handshake (``websocket``) or every other
+        request, whatever its path: the only one of its kind on the listener; else None."""
+        group = self._groups[websocket]
+        return group[0][0] if len(group) == 1 else None
+
     def pick(self, *, websocket: bool, raw_path: str) -> str | None:
         """The name of the entrypoint for a request to ``raw_path`` (as received: still
         percent-encoded), a WebSocket handshake or not; None: no entrypoint serves it (404)."""
+        sole = self.sole(websocket=websocket)
+        if sole is not None:
+            return sole
         group = self._groups[websocket]
-        if len(group) == 1:
-            return group[0][0]
         given = [unquote(segment) for segment in raw_path.split("/")[1:]]
         exact = [name for name, paths in group if any(_shaped(p, given) for p in paths)]
         if len(exact) == 1:

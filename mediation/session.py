@@ -142,9 +142,11 @@ class SessionSubscription:
         self.room = None if room is None else trio.Semaphore(room)
         self.params = params
         self.consumer_id = consumer_id
-        self.scope = trio.CancelScope()
-        # Set once its consumers have left (their broker-side subscriptions removed).
-        self.done = trio.Event()
+        # Made when it runs in a task of its own (a session whose subscriptions may change, see
+        # open_session): unsubscribe cancels ``scope``, and ``done`` is set once its consumers
+        # have left (their broker-side subscriptions removed).
+        self.scope: trio.CancelScope | None = None
+        self.done: trio.Event | None = None
         # Unsubscribed: what is still in the session channel of it is skipped, not written.
         self.closed = False
 
@@ -209,6 +211,41 @@ class _SubscribeRequest:
 
 
 class Session:
+    # Slots: past 29 attributes an instance dict no longer shares its keys with the class's
+    # other instances and costs 1.6 KiB a session instead of 0.3 (CPython 3.11).
+    __slots__ = (
+        "_awaiting_confirmation",
+        "_cancel_scope",
+        "_check_names",
+        "_confirm_timeout",
+        "_consumers_made",
+        "_context",
+        "_in_hand",
+        "_permissions",
+        "_plans",
+        "_receive",
+        "_receivers",
+        "_recently_written",
+        "_room",
+        "_send",
+        "_subscribe_requests",
+        "_window",
+        "_window_share",
+        "client_confirms",
+        "client_id",
+        "close_reason",
+        "entrypoint",
+        "filter",
+        "id",
+        "max_subscriptions",
+        "named",
+        "params",
+        "publish_refused",
+        "resets",
+        "routes",
+        "subscriptions",
+    )
+
     def __init__(
         self,
         context: EngineContext,
@@ -234,10 +271,9 @@ class Session:
         self._check_names = True  # set by open_session
         self._consumers_made = 0
         self._plans = {route: _RoutePlan(route) for route in routes.downstream}
-        # WebSocket subscribe requests, for the task that starts consumers in the session nursery.
-        self._subscribe_requests, self._subscribe_requests_out = trio.open_memory_channel[
-            _SubscribeRequest
-        ](0)
+        # WebSocket subscribe requests, for the task that starts consumers in the session nursery:
+        # only on a session whose subscriptions may change (open_session's ``changeable``).
+        self._subscribe_requests: trio.MemorySendChannel[_SubscribeRequest] | None = None
         # The client's server-side filter (?filter.NAME=...), applied in the consumer tasks.
         self.filter = filter
         # The client's parameters and usable token claims (mediation.params), checked on admission.
@@ -523,6 +559,8 @@ class Session:
         consumers are subscribed at the brokers. :class:`BadRequest` (a name not allowed,
         already subscribed, ``max_subscriptions`` reached), :class:`Forbidden`,
         :class:`BrokerUnavailable`: nothing is subscribed."""
+        if self._subscribe_requests is None:
+            raise BadRequest("this session's subscriptions cannot change")
         subscription = self.resolve_subscription(params)
         self._check_new(subscription)
         request = _SubscribeRequest(subscription)
@@ -547,13 +585,17 @@ class Session:
         """End the subscription ``params`` resolve to and return its name once its consumers
         have left the brokers; what it left unsettled is nacked and what of it is still in the
         session channel is not written. :class:`BadRequest` if there is none."""
+        if self._subscribe_requests is None:
+            raise BadRequest("this session's subscriptions cannot change")
         name = self.subscription_name(params, authorize=False)
         subscription = self.subscriptions.pop(name, None)
         if subscription is None:
             raise BadRequest(f"not subscribed to {name}")
         subscription.closed = True
-        subscription.scope.cancel(reason="unsubscribed")
-        await subscription.done.wait()
+        scope, done = subscription.scope, subscription.done
+        assert scope is not None and done is not None  # every one of a changeable session's
+        scope.cancel(reason="unsubscribed")
+        await done.wait()
         with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
             for item in [i for i in self._in_hand if i.subscription is subscription]:
                 await self._settle(item, accepted=False)
@@ -578,8 +620,10 @@ class Session:
     ) -> None:
         """A subscription's consumers, one per downstream route, subscribed at once; started
         once all are. Cancelling its scope removes them."""
+        subscription.scope = scope = trio.CancelScope()
+        subscription.done = done = trio.Event()
         try:
-            with subscription.scope:
+            with scope:
                 async with trio.open_nursery() as consumers:
                     # Subscribe on every route at once (a Kafka group join alone takes seconds).
                     async with trio.open_nursery() as subscribing:
@@ -591,11 +635,13 @@ class Session:
                     self._resize_window()
                     task_status.started()
         finally:
-            subscription.done.set()
+            done.set()
 
-    async def _serve_subscribe_requests(self, nursery: trio.Nursery) -> None:
+    async def _serve_subscribe_requests(
+        self, requests: trio.MemoryReceiveChannel[_SubscribeRequest], nursery: trio.Nursery
+    ) -> None:
         """Start the subscriptions asked for with :meth:`subscribe` in the session nursery."""
-        async for request in self._subscribe_requests_out:
+        async for request in requests:
             try:
                 self._check_new(request.subscription)  # (asked for at the same time as another)
                 await nursery.start(self._run_subscription, request.subscription, None)
@@ -852,6 +898,7 @@ async def open_session(
     subscriptions: Sequence[Mapping[str, str]] | None = None,
     max_subscriptions: int = 1,
     named: bool = False,
+    changeable: bool = False,
 ) -> AsyncIterator[Session]:
     """Admit a client and run its session for the duration of the block (see module docstring).
 
@@ -864,7 +911,10 @@ async def open_session(
     ``subscriptions``: several such value sets (a repeated query parameter), one subscription
     each, all checked as ``params`` is; upstream names are filled with the first. At most
     ``max_subscriptions``, then and later (:meth:`Session.subscribe`). ``named``: events name
-    their subscription (see :class:`Session`).
+    their subscription (see :class:`Session`). ``changeable``: the client may subscribe and
+    unsubscribe while the session runs (:meth:`Session.subscribe`, a ``mediation.v1`` WebSocket
+    on an entrypoint with parameters); otherwise both are :class:`BadRequest`, and the session
+    runs its consumers with no task, scope or channel per subscription.
 
     ``filter``: the client's server-side filter; every downstream route must allow each of its
     fields (``filter_fields``), else :class:`BadRequest`."""
@@ -921,12 +971,37 @@ async def open_session(
             try:
                 async with trio.open_nursery() as nursery:
                     # Every subscription at once (a Kafka group join alone takes seconds).
-                    async with trio.open_nursery() as subscribing:
-                        for subscription in made.values():
-                            subscribing.start_soon(
-                                nursery.start, session._run_subscription, subscription, resume_after
-                            )
-                    nursery.start_soon(session._serve_subscribe_requests, nursery)
+                    if changeable:
+                        # Each in a task of its own that unsubscribe cancels, and a task that
+                        # starts those the client asks for later.
+                        async with trio.open_nursery() as subscribing:
+                            for subscription in made.values():
+                                subscribing.start_soon(
+                                    nursery.start,
+                                    session._run_subscription,
+                                    subscription,
+                                    resume_after,
+                                )
+                        session._subscribe_requests, requests = trio.open_memory_channel[
+                            _SubscribeRequest
+                        ](0)
+                        nursery.start_soon(session._serve_subscribe_requests, requests, nursery)
+                    else:
+                        # Subscriptions that never change: their consumers straight in the
+                        # session nursery, as before there were several. A task, nurseries and a
+                        # channel per session cost some 15 KiB of RSS each (docs/performance.md).
+                        async with trio.open_nursery() as subscribing:
+                            for subscription in made.values():
+                                for route in routes.downstream:
+                                    subscribing.start_soon(
+                                        nursery.start,
+                                        session._consume,
+                                        route,
+                                        subscription,
+                                        resume_after,
+                                    )
+                        session.subscriptions.update(made)
+                        session._resize_window()
                     await session._announce("connect")
                     yield session
                     nursery.cancel_scope.cancel(reason="session ended")
@@ -942,7 +1017,8 @@ async def open_session(
         context.telemetry.sessions.labels(entrypoint).dec()
         session._send.close()
         session._receive.close()
-        session._subscribe_requests.close()
+        if session._subscribe_requests is not None:
+            session._subscribe_requests.close()
         for waiting in session._receivers:
             waiting.cancel()
         with trio.move_on_after(SETTLE_TIMEOUT, shield=True):

@@ -17,7 +17,7 @@ import trio.testing
 from mediation.endpoints import Outbound
 from mediation.endpoints.memory import MemoryEndpoint
 from mediation.engine import MediationEngine
-from mediation.errors import BrokerUnavailable, ClientTooSlow, UnknownEvent
+from mediation.errors import BadRequest, BrokerUnavailable, ClientTooSlow, UnknownEvent
 from mediation.events import Event
 from mediation.session import Session, open_session
 
@@ -211,6 +211,34 @@ async def test_subscription_exists_exactly_while_the_client_is_connected(
             event = await publish(engine, b"still there")
             assert (await a.next_delivery()).event.id == event.id
         assert topic_subscribers() == 0
+
+
+def task_count() -> int:
+    tasks, count = [trio.lowlevel.current_root_task()], 0
+    while tasks:
+        task = tasks.pop()
+        count += 1
+        tasks.extend(t for nursery in task.child_nurseries for t in nursery.child_tasks)
+    return count
+
+
+async def test_a_session_whose_subscriptions_never_change_runs_only_its_consumers(
+    engine_with: EngineFactory,
+) -> None:
+    """No task, channel or scope per subscription on a plain session: each cost some KiB per
+    session (docs/performance.md, S7). Only a changeable session takes subscribe requests."""
+    async with engine_with(entrypoints={"ws": "websocket"}, routes=routes("auto")) as engine:
+        await trio.testing.wait_all_tasks_blocked()
+        before = task_count()
+        async with client_session(engine) as session:
+            await trio.testing.wait_all_tasks_blocked()
+            assert task_count() - before == 1  # its consumer
+            with pytest.raises(BadRequest):
+                await session.subscribe({})
+            with pytest.raises(BadRequest):
+                await session.unsubscribe({})
+            event = await publish(engine, b"still served")
+            assert (await session.next_delivery()).event.id == event.id
 
 
 async def test_presence_events_are_published_upstream(engine_with: EngineFactory) -> None:

@@ -101,6 +101,8 @@ def test_the_router_picks_by_upgrade_then_by_path_shape() -> None:
 
     assert pick("/live", websocket=True) == "e0"
     assert pick("/anything", websocket=True) == "e0"  # the only WebSocket one: it answers 404
+    assert router.sole(websocket=True) == "e0"  # (served its handshakes with no dispatch)
+    assert router.sole(websocket=False) is None
     assert pick("/live") == "e1"
     assert pick("/orders/42") == "e2"
     assert pick("/orders/4%32") == "e2"

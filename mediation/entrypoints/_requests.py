@@ -89,6 +89,10 @@ async def serve_listener(
             name = None if scope is None else pick(scope, websocket=_is_handshake(scope))
             errors.labels(name or listener.label).inc()
 
+        # The only WebSocket entrypoint of its listener gets the handshakes itself: a dispatching
+        # coroutine would stay on the stack of every WebSocket connection for its life.
+        sole = router.sole(websocket=True)
+        direct = None if sole is None else handlers[sole].upgrade
         first = listener.entrypoints[0]
         await serve_http(
             app,
@@ -97,7 +101,7 @@ async def serve_listener(
             max_header_bytes=first.max_header_bytes,
             header_timeout=first.header_timeout,
             body_timeout=first.body_timeout,
-            websocket=upgrade if router.serves(websocket=True) else None,
+            websocket=direct or (upgrade if router.serves(websocket=True) else None),
             on_error=on_error,
             tls=ServerTLS.from_config(first),
             task_status=task_status,

@@ -150,6 +150,9 @@ async def _handle(
             subscriptions=[{**values, **claims} for values in value_sets],
             max_subscriptions=config.max_subscriptions if parameters.patterns else 1,
             named=bool(parameters.patterns),
+            # Only a mediation.v1 client of an entrypoint with parameters can send {"subscribe"}
+            # or {"unsubscribe"} (EntrypointParams.override refuses any other parameter).
+            changeable=enveloped and bool(parameters.patterns),
             permissions=(
                 Permissions.from_claims(client.claims, config.permissions_claim)
                 if config.authorize
