@@ -4,7 +4,7 @@ Pure. Identity is trusted as given (Envoy in front of the engine authenticates);
 for shape, so it can go into topic names and logs safely. An entrypoint with ``auth = "bearer"``
 takes it from a verified token instead (:mod:`mediation.auth`), and one with ``identity =
 "certificate"`` from the client certificate the TLS handshake verified
-(:func:`certificate_client_id`). :func:`admit` is the one order of checks every entrypoint
+(:func:`certificate_client_id`). :func:`admit_client` is the one order of checks every entrypoint
 applies before a session: origin (403), token (401), identity (400).
 """
 
@@ -78,34 +78,6 @@ class Client:
     claims: Mapping[str, Any] = field(default_factory=dict)
 
 
-def admit(
-    headers: Mapping[str, str],
-    query: Mapping[str, list[str]],
-    *,
-    allowed_origins: tuple[str, ...],
-    verifier: BearerVerifier | None,
-    client_id_header_required: bool = False,
-    identity: str = "request",
-    certificate: Mapping[str, Any] | None = None,
-) -> str:
-    """The client id of a request that may proceed; else the error that refuses it.
-
-    ``headers`` are keyed in lower case, ``query`` as :func:`urllib.parse.parse_qs` gives it.
-    ``client_id_header_required``: without a verifier, ``X-Client-ID`` must be given (polling).
-    ``identity`` is the entrypoint's key: with ``"certificate"`` the client id is the one in
-    ``certificate``, the client certificate its TLS handshake verified.
-    """
-    return admit_client(
-        headers,
-        query,
-        allowed_origins=allowed_origins,
-        verifier=verifier,
-        client_id_header_required=client_id_header_required,
-        identity=identity,
-        certificate=certificate,
-    ).id
-
-
 def admit_client(
     headers: Mapping[str, str],
     query: Mapping[str, list[str]],
@@ -116,7 +88,14 @@ def admit_client(
     identity: str = "request",
     certificate: Mapping[str, Any] | None = None,
 ) -> Client:
-    """:func:`admit`, with the verified token's claims (for ``{claims.NAME}`` and permissions)."""
+    """The client of a request that may proceed, with its verified token's claims (for
+    ``{claims.NAME}`` and permissions); else the error that refuses it.
+
+    ``headers`` are keyed in lower case, ``query`` as :func:`urllib.parse.parse_qs` gives it.
+    ``client_id_header_required``: without a verifier, ``X-Client-ID`` must be given (polling).
+    ``identity`` is the entrypoint's key: with ``"certificate"`` the client id is the one in
+    ``certificate``, the client certificate its TLS handshake verified.
+    """
     check_origin(allowed_origins, headers.get("origin"))
     if identity == "certificate":
         return Client(certificate_client_id(certificate))

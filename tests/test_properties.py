@@ -45,7 +45,7 @@ from mediation.envelope import (
     encode_reply,
 )
 from mediation.errors import BadRequest, ConfigError, OriginNotAllowed, Unauthorized
-from mediation.identity import CLIENT_ID, admit, client_identity
+from mediation.identity import CLIENT_ID, admit_client, client_identity
 from mediation.metadata import (
     MAX_ENTRIES,
     MAX_NAME,
@@ -583,13 +583,13 @@ def test_admission_is_an_id_or_a_documented_refusal(
     if token is not None:
         headers = {**headers, "authorization": f"Bearer {token}"}
     try:
-        client_id = admit(
+        client_id = admit_client(
             headers,
             parse_qs(query_string.decode("latin-1")),  # as the entrypoints read a query
             allowed_origins=tuple(allowed_origins),
             verifier=VERIFIER if bearer else None,
             client_id_header_required=header_required,
-        )
+        ).id
     except (BadRequest, OriginNotAllowed, Unauthorized) as refusal:
         assert 400 <= refusal.http_status < 500
         return
