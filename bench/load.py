@@ -130,6 +130,18 @@ class Counter:
         return data
 
 
+async def _read_response(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 response off a keep-alive connection: its head, its body read and dropped."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return head
+
+
 async def until_warm(counter: Counter, live: bool) -> None:
     if not live:
         return
@@ -487,13 +499,7 @@ async def post(spec: dict[str, Any]) -> None:
                 if sent >= t_end:
                     return
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
+                head = await _read_response(reader)
                 done = time.perf_counter()
                 if sent >= t_measure:
                     status = head[9:12].decode()
@@ -545,13 +551,7 @@ async def post_fan(spec: dict[str, Any]) -> None:
                 request = requests[next_request % topics]
                 next_request += 1
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
+                head = await _read_response(reader)
                 status = head[9:12].decode()
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
