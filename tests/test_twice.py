@@ -204,3 +204,26 @@ async def test_a_newer_session_at_max_sessions_takes_the_older_ones_place() -> N
                         assert closed.reason is not None
                         assert closed.reason.code == 4409
         await clients_gone(engine)
+
+
+def test_mqtt_wire_tells_a_takeover_from_a_loss() -> None:
+    """A broker's DISCONNECT 0x8E "Session taken over" (another instance's newer session of the
+    client) is what the MQTT 5 consumer turns into Replaced; any other end is a broker fault."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from mediation.endpoints._mqtt_wire import Wire
+
+    def wire_after(code: int, *, from_server: bool) -> Wire:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        wire = Wire(client)
+        flags = mqtt.DisconnectFlags(is_disconnect_packet_from_server=from_server)
+        wire._on_disconnect(
+            client, None, flags, ReasonCode(PacketTypes.DISCONNECT, identifier=code), None
+        )
+        return wire
+
+    assert wire_after(0x8E, from_server=True).taken_over
+    assert not wire_after(0x80, from_server=True).taken_over
+    assert not wire_after(0x8E, from_server=False).taken_over
