@@ -107,6 +107,21 @@ class RouteChanged(SessionClosed):
     ws_close_code = 1012  # "service restart": the client should reconnect
 
 
+class Replaced(SessionClosed):
+    """A newer session of the same client id took over (design.md, One client id, twice).
+
+    On one instance the engine ends the older session of that entrypoint and client id before
+    the newer one subscribes; across instances a broker that tells the older connection it was
+    taken over (MQTT 5 reason code 0x8E) ends it the same way. Close ``4409`` "replaced", SSE
+    ``event: error`` "replaced", polling ``409`` on the client's next call."""
+
+    http_status = 409
+    ws_close_code = 4409
+
+    def __init__(self, message: str = "replaced") -> None:
+        super().__init__(message)
+
+
 class ClientTooSlow(MediationError):
     http_status = 503
     ws_close_code = 1013

@@ -56,6 +56,7 @@ from .errors import (
     Forbidden,
     MediationError,
     NoRoute,
+    Replaced,
     SessionClosed,
     TooManySessions,
     UnknownEvent,
@@ -322,6 +323,8 @@ class Session:
         # from the oldest position instead (Subscription.position_gone): the entrypoint tells
         # the client right after confirming the session.
         self.resets: list[str] = []
+        # Set once the session is over: consumers gone, what it held unsettled nacked.
+        self.ended = trio.Event()
 
     def info(self) -> SessionInfo:
         return SessionInfo(
@@ -962,6 +965,12 @@ async def open_session(
         # A cursor whose signature is wrong is BadCursor (400) here, before the session; one
         # this fleet never signed resumes nothing (mediation/cursors.py).
         resume_after = context.cursors.resume_position(resume_after)
+    # One client id, two connections (design.md): the newer session takes over. The older
+    # one's place counts as free for max_sessions; the check is repeated once it has gone.
+    older = _sessions_of(context, entrypoint, client_id)
+    if max_sessions is not None and context.session_count(entrypoint) - len(older) >= max_sessions:
+        raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
+    await _replace(context, entrypoint, client_id)
     if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
         raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
     context.sessions[session.id] = session
@@ -1021,6 +1030,33 @@ async def open_session(
             session._subscribe_requests.close()
         for waiting in session._receivers:
             waiting.cancel()
-        with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
-            await session._nack_unsettled()
-            await session._announce("disconnect")
+        try:
+            with trio.move_on_after(SETTLE_TIMEOUT, shield=True):
+                await session._nack_unsettled()
+                await session._announce("disconnect")
+        finally:
+            session.ended.set()
+
+
+def _sessions_of(context: EngineContext, entrypoint: str, client_id: str) -> list[Session]:
+    return [
+        s
+        for s in context.sessions.values()
+        if s.entrypoint == entrypoint and s.client_id == client_id
+    ]
+
+
+async def _replace(context: EngineContext, entrypoint: str, client_id: str) -> None:
+    """End the live sessions of ``client_id`` on ``entrypoint`` (:class:`Replaced`) and wait
+    until they are over: their consumers have left the brokers and what they held unsettled is
+    nacked, so that a newer session subscribing after this gets it again where the broker keeps
+    the client's place (Kafka's group, an MQTT session, a per-client queue).
+
+    The wait is bounded by the older sessions' own exit (their consumers' goodbyes and
+    SETTLE_TIMEOUT). It ends with no session of the client left: one that two newcomers raced
+    for is replaced by the later of them. Returns without a checkpoint when there is none."""
+    while older := _sessions_of(context, entrypoint, client_id):
+        for session in older:
+            session.close(Replaced())
+        for session in older:
+            await session.ended.wait()

@@ -498,17 +498,18 @@ async def test_per_client_topics(engine_with: EngineFactory, mosquitto: Mosquitt
             topic_in=f"{base}/{{client_id}}/down",
             topic_out=f"{base}/{{client_id}}/up",
         ) as engine,
-        open_ws(ws_url(engine, client_id="d1"), subprotocols=[SUBPROTOCOL]) as d1,
+        open_ws(ws_url(engine, client_id="d1"), subprotocols=[SUBPROTOCOL]) as d1_before,
         open_ws(ws_url(engine, client_id="d2"), subprotocols=[SUBPROTOCOL]) as d2,
-        # A second session of d1 (another tab) gets d1's messages too, on an MQTT session of its
-        # own: one MQTT client id cannot be connected twice.
-        open_ws(ws_url(engine, client_id="d1"), subprotocols=[SUBPROTOCOL]) as d1_again,
+        # A second session of d1 (another tab) takes over (design.md, One client id, twice).
+        open_ws(ws_url(engine, client_id="d1"), subprotocols=[SUBPROTOCOL]) as d1,
     ):
+        with pytest.raises(ConnectionClosed) as replaced:
+            await envelope(d1_before)
+        assert replaced.value.reason.code == 4409
         await device.subscribe(f"{base}/+/up")
         await device.publish(f"{base}/d2/down", b"for d2")
         await device.publish(f"{base}/d1/down", b"for d1")
         assert (await envelope(d1))["payload"] == "for d1"
-        assert (await envelope(d1_again))["payload"] == "for d1"
         assert (await envelope(d2))["payload"] == "for d2"
         await d1.send_message(json.dumps({"id": "x", "payload": "from d1"}))
         assert await envelope(d1) == {"ack": "x"}

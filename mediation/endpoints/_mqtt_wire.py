@@ -228,6 +228,9 @@ class Wire:
         self._sock: socket.socket | None = None
         self._read_ahead: _ReadAhead | None = None
         self._lost: str | None = None
+        # The broker ended the connection with DISCONNECT 0x8E "Session taken over": another
+        # connection with this MQTT client id (another instance's session of the same client).
+        self.taken_over = False
         self._connect_failure: str | None = None
         self._write_lock = trio.Lock()
         client.on_connect = self._on_connect
@@ -402,6 +405,7 @@ class Wire:
     ) -> None:
         if self._lost is None:
             from_broker = " by the broker" if flags.is_disconnect_packet_from_server else ""
+            self.taken_over = bool(from_broker) and getattr(reason, "value", None) == 0x8E
             self._lost = self._tls_failure() or f"disconnected{from_broker}: {reason}"
 
     def _on_socket_close_in_connect(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:

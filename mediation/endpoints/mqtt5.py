@@ -63,8 +63,12 @@ the client, and resends it when the client's next consumer connects within ``ses
 kept for it (it has no subscription then). ``session_expiry = 0``: no resume. (A consumer ended
 by a broker failure leaves without a goodbye: its subscription stays in the client's MQTT session,
 and keeps collecting for the client, until the client comes back or the session expires.)
-A second concurrent session of the same client gets a throwaway MQTT session (``<client id>-
-<session id>``, clean, expiry 0): one client id cannot be connected twice. SSE ``Last-Event-ID``
+A second concurrent session of the same client (on one instance the engine replaces the older
+session of an entrypoint, so this is the same client on two entrypoints, or a session's second
+subscription) gets a throwaway MQTT session (``<client id>-<session id>``, clean, expiry 0): one
+client id cannot be connected twice. Across instances the broker decides: a newer connection with
+the client id takes the MQTT session over, and the older consumer, told so (DISCONNECT 0x8E),
+ends its session with :class:`Replaced` (close 4409). SSE ``Last-Event-ID``
 has nothing to add: the MQTT session is the resume.
 
 ``at_most_once``: the session acks just before writing, but a PUBACK still on its way when the
@@ -123,7 +127,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from trio_util import AsyncValue
 
 from ..config import MQTT5Config
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, Replaced
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
 from ._mqtt_wire import ConnectionLost, EngineClient, Wire
@@ -268,7 +272,7 @@ class _Consumer:
         self.requested = False  # SUBSCRIBE sent
         self.subscribed = False  # SUBACK granted it
         self.open = True
-        self.failure: BrokerUnavailable | None = None
+        self.failure: BrokerUnavailable | Replaced | None = None
         self.closed = trio.Event()
         self._acknowledged: dict[int, list[ReasonCode]] = {}  # SUBACK/UNSUBACK by packet id
         self._waiting: trio.CancelScope | None = None
@@ -277,7 +281,7 @@ class _Consumer:
         self._reader: trio.lowlevel.Task | None = None  # the task that calls next_delivery
         self.unsettled = 0  # handed out, neither acked nor nacked yet
 
-    def fail(self, error: BrokerUnavailable) -> None:
+    def fail(self, error: BrokerUnavailable | Replaced) -> None:
         """End the consumer with ``error``: raised by its next (or current) wait."""
         if self.failure is None:
             self.failure = error
@@ -430,7 +434,9 @@ class _Consumer:
             try:
                 await step()
             except ConnectionLost as lost:
-                self.fail(self._lost(str(lost)))
+                # Taken over by the broker: a newer session of the same client, on another
+                # instance (design.md, One client id, twice).
+                self.fail(Replaced() if self.wire.taken_over else self._lost(str(lost)))
             finally:
                 self._waiting = None
         if self.failure is not None:

@@ -9,7 +9,9 @@ lives answers the same session. ``GET /poll`` answers ``200`` with the next even
 ``channel_size`` unconfirmed events. ``DELETE /unsubscribe`` ends the session (``200``; unconfirmed
 events are nacked for redelivery; later polls get ``404``). A session not polled for
 ``session_idle_timeout`` expires; the engine ending a session (expiry, broker failure) makes later
-requests ``410``.
+requests ``410`` (``409`` when a newer session of the client took over: a broker's takeover).
+Subscribing again while the session lives is the same client, not a second connection: it
+answers the same session.
 
 ``/subscribe?last_event_id=ID`` resumes right after that event where the broker has positions
 (its signature checked, ``400`` for a bad one); when that position was gone, the answer carries
@@ -49,6 +51,7 @@ from ..errors import (
     BrokerUnavailable,
     EngineShuttingDown,
     MediationError,
+    Replaced,
     SessionClosed,
     SessionNotFound,
 )
@@ -325,8 +328,10 @@ class _PollingEntrypoint:
 
 def _ended_error(reason: MediationError | None) -> MediationError:
     """What a request about an ended session gets: 503 while the broker is down or the engine
-    stops (the client may retry), 410 when the engine ended the session for good (idle expiry)."""
-    if isinstance(reason, BrokerUnavailable | EngineShuttingDown):
+    stops (the client may retry), 409 when a newer session of the client took over (the
+    broker's takeover, from another instance), 410 when the engine ended the session for good
+    (idle expiry)."""
+    if isinstance(reason, BrokerUnavailable | EngineShuttingDown | Replaced):
         return reason
     return SessionClosed(f"session ended: {reason or 'consumer stopped'}")
 
