@@ -235,6 +235,7 @@ class Session:
         "client_confirms",
         "client_id",
         "close_reason",
+        "ended",
         "entrypoint",
         "filter",
         "id",
