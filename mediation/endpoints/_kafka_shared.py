@@ -71,6 +71,13 @@ log = logging.getLogger(__name__)
 
 # Records asked of librdkafka per consume() call of the shared fetch.
 FETCH_BATCH = 500
+# ``fetch.wait.max.ms`` of the shared fetch (the catch-up readers keep the endpoint's 100). tansu
+# answers a held fetch only when this runs out, not when a record comes, so it is how late a
+# record reaches the sessions at the tail: publish to fetch p50 15-20 ms, p90 40-44 ms at 100;
+# 6-7 and 12-14 ms at 25 (tansu 4 % of a core for an idle fetch instead of 1.6 %). A real
+# Kafka broker answers when a record comes: this then costs only empty fetches, 40 a second
+# per endpoint and topic.
+TAIL_FETCH_WAIT_MS = 25
 # Position writes are batched: a settle marks its session, and the sessions marked write what
 # moved this long after the first mark (one write in flight per session); an at_most_once ack
 # writes at once, as it waits for the answer. So a burst fanned out to many sessions is written
@@ -80,6 +87,12 @@ COMMIT_INTERVAL = 0.2
 # ... or at once, when a session has this many settles not yet written (a busy client's
 # position lags at most about two of these: the write in flight and the next).
 COMMIT_BATCH = 64
+# Position writes an endpoint's committer keeps in flight. A round of marked sessions is issued
+# this many at a time, the next ones as answers come back: one event fanned out to 1,000
+# sessions marks 1,000 groups (one admin request each: librdkafka takes one group per request),
+# and issuing them in one go held the Trio thread 30-100 ms (a shared 2-core machine), so a
+# record fetched meanwhile waited that long before it was fanned out (S8, docs/performance.md).
+WRITES_IN_FLIGHT = 64
 # Idle positions re-written at once (``position_refresh_interval``), each waiting for its answer.
 REFRESH_IN_FLIGHT = 64
 # Batches the shared fetch may have handed to Trio and not yet fanned out.
@@ -263,18 +276,23 @@ class Committer:
     """When the shared sessions of an endpoint write their positions (see ``COMMIT_INTERVAL``).
 
     :meth:`run` is the endpoint's task: it writes the marked sessions' positions
-    ``COMMIT_INTERVAL`` after the first mark, and every ``refresh_interval`` writes again the
-    positions of sessions that stored nothing for that long (an idle client's group would
-    otherwise lose them after the broker's ``offsets.retention.minutes``). Without it running
-    (an endpoint whose ``run`` was not started) a mark writes at once.
+    ``COMMIT_INTERVAL`` after the first mark, at most ``WRITES_IN_FLIGHT`` at a time (the
+    rest of the round as answers come back, so that fan-outs run in between), and every
+    ``refresh_interval`` writes again the positions of sessions that stored nothing for that
+    long (an idle client's group would otherwise lose them after the broker's
+    ``offsets.retention.minutes``). Without it running (an endpoint whose ``run`` was not
+    started) a mark writes at once.
     """
 
     def __init__(self, refresh_interval: float) -> None:
         self.refresh_interval = refresh_interval
         self.sessions: set[SharedSession] = set()  # every session that began reading
         self.running = False
+        self.in_flight = 0  # position writes issued and not answered, whoever issued them
         self._due: dict[SharedSession, None] = {}  # ordered: the first marked writes first
+        self._round: deque[SharedSession] = deque()  # marked before this round began
         self._marked = trio.Event()
+        self._answers = trio.lowlevel.ParkingLot()
 
     def mark(self, session: SharedSession) -> None:
         if not self.running:
@@ -282,6 +300,13 @@ class Committer:
             return
         self._due[session] = None
         self._marked.set()
+
+    def issued(self) -> None:
+        self.in_flight += 1
+
+    def answered(self) -> None:
+        self.in_flight -= 1
+        self._answers.unpark()
 
     async def run(self) -> None:
         self.running = True
@@ -292,12 +317,19 @@ class Committer:
                     await self._marked.wait()
                     await trio.sleep(COMMIT_INTERVAL)
                     self._marked = trio.Event()
-                    due, self._due = self._due, {}
-                    for session in due:
-                        session.write_due()
+                    self._round.extend(self._due)
+                    self._due = {}
+                    while self._round:
+                        # Answers run on this thread, so this parks after WRITES_IN_FLIGHT
+                        # issues at the latest: what was fetched meanwhile is fanned out.
+                        while self.in_flight >= WRITES_IN_FLIGHT:
+                            await self._answers.park()
+                        self._round.popleft().write_due()
         finally:
             self.running = False
-            due, self._due = self._due, {}
+            due = [*self._round, *self._due]
+            self._round.clear()
+            self._due = {}
             for session in due:  # issued, not awaited: the sessions' close() waits for theirs
                 session.write_due()
 
@@ -730,8 +762,10 @@ class SharedSession:
             return False
         self._writing = True
         written = self._written = trio.Event()
+        self._committer.issued()
 
         def done(error: BrokerUnavailable | None) -> None:
+            self._committer.answered()
             if error is not None:
                 log.warning(
                     "kafka position not stored", extra={"group": self.group, "error": str(error)}

@@ -132,7 +132,13 @@ from ..events import Delivery, Event
 from ._backoff import Backoff
 from ._handoff import ToTrio
 from ._kafka_positions import PartitionPositions
-from ._kafka_shared import Committer, GroupOffsets, SharedFetch, SharedSession
+from ._kafka_shared import (
+    TAIL_FETCH_WAIT_MS,
+    Committer,
+    GroupOffsets,
+    SharedFetch,
+    SharedSession,
+)
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -176,7 +182,8 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
 # it has nothing returns after this long at most (librdkafka: 500 ms); tansu answered a held
 # fetch only then (a record took 60-135 ms to reach an idle consumer, 0-1 ms with 100 ms). A
 # real Kafka broker answers as soon as a record comes: this costs only empty fetches, ten a
-# second per fetch and reader, never one per session.
+# second per reader, never one per session. The shared fetch itself waits less
+# (``_kafka_shared.TAIL_FETCH_WAIT_MS``): it is on every tail session's path.
 _SHARED_DEFAULTS: dict[str, Any] = {"fetch.wait.max.ms": 100}
 _PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
@@ -1210,6 +1217,7 @@ class KafkaEndpoint:
                         "queued.max.messages.kbytes": self.config.fetch_prefetch_kbytes,
                         "fetch.message.max.bytes": 1024 * 1024,
                         **_SHARED_DEFAULTS,
+                        "fetch.wait.max.ms": TAIL_FETCH_WAIT_MS,
                     },
                 ),
                 topic,
