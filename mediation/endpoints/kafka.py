@@ -126,6 +126,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from trio_util import AsyncValue
 
+from ..client_state import ClientLedger
 from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
@@ -878,9 +879,14 @@ class _Confirmation:
 class KafkaEndpoint:
     ids_are_positions = True
 
-    def __init__(self, name: str, config: KafkaConfig) -> None:
+    def __init__(
+        self, name: str, config: KafkaConfig, *, clients: ClientLedger | None = None
+    ) -> None:
         self.name = name
         self.config = config
+        # client_state_ttl and who left when (mediation/client_state.py); made on its own
+        # (tests): no expiry.
+        self.clients = clients if clients is not None else ClientLedger(ttl=0)
         self.state = AsyncValue(EndpointState.CONNECTING)
         self._producer: Producer | None = None  # set while up
         # Producer poll threads (the current one and any still draining), probe, flush.

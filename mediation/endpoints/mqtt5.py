@@ -126,6 +126,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from trio_util import AsyncValue
 
+from ..client_state import ClientLedger
 from ..config import MQTT5Config
 from ..errors import BrokerUnavailable, Replaced
 from ..events import Delivery, Event, new_event_id
@@ -562,9 +563,14 @@ class _Link:
 class MQTT5Endpoint:
     ids_are_positions = False
 
-    def __init__(self, name: str, config: MQTT5Config) -> None:
+    def __init__(
+        self, name: str, config: MQTT5Config, *, clients: ClientLedger | None = None
+    ) -> None:
         self.name = name
         self.config = config
+        # client_state_ttl and who left when (mediation/client_state.py); made on its own
+        # (tests): no expiry.
+        self.clients = clients if clients is not None else ClientLedger(ttl=0)
         self.state = AsyncValue(EndpointState.CONNECTING)
         # published, delivered, acked, nacked, undeliverable, ...
         self.stats: Counter[str] = Counter()

@@ -123,6 +123,7 @@ import trio
 from pika.adapters.select_connection import IOLoop  # type: ignore[import-untyped]
 from trio_util import AsyncValue
 
+from ..client_state import ClientLedger
 from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
@@ -1017,9 +1018,14 @@ def _pipeline(steps: list[Callable[..., None]], done: Callable[[Any], None]) -> 
 class RabbitMQEndpoint:
     ids_are_positions = False
 
-    def __init__(self, name: str, config: RabbitMQConfig) -> None:
+    def __init__(
+        self, name: str, config: RabbitMQConfig, *, clients: ClientLedger | None = None
+    ) -> None:
         self.name = name
         self.config = config
+        # client_state_ttl and who left when (mediation/client_state.py); made on its own
+        # (tests): no expiry.
+        self.clients = clients if clients is not None else ClientLedger(ttl=0)
         self.state = AsyncValue(EndpointState.CONNECTING)
         self._link: _Link | None = None  # set while up
         self._to_trio: ToTrio | None = None  # made by run(), in Trio
