@@ -5,12 +5,19 @@ broker's own check, and what the engine did not name survives (docs/design.md, "
 from __future__ import annotations
 
 import os
+import threading
+import uuid
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
 import trio
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from tests.brokers import RabbitMQ
+from mediation.endpoints import EndpointState
+from tests.brokers import Mosquitto, RabbitMQ
 
 from .conftest import EngineFactory, clients_gone, url
 from .test_rabbitmq import names as names  # the fixture
@@ -19,7 +26,8 @@ from .test_rabbitmq import put, rabbit_engine
 # Distinct clients per broker: sized for `just test`; `just soak` sets more.
 CLIENTS = int(os.environ.get("MEDIATION_CLEANUP_CLIENTS", "50"))
 TTL = 1.0
-GONE_WITHIN = TTL + 10.0  # the broker's own expiry check, and a loaded machine
+GONE_WITHIN = TTL + 10.0
+WAIT = 20.0  # the broker's own expiry check, and a loaded machine
 
 
 async def connect_once(engine: Any, http: httpx.AsyncClient, client_id: str) -> None:
@@ -70,3 +78,74 @@ async def test_rabbitmq_per_client_queues_expire_and_others_survive(
             while made & set(queues := await trio.to_thread.run_sync(rabbitmq.list_queues)):  # noqa: ASYNC110
                 await trio.sleep(0.5)
         assert {other, old} <= set(queues)
+
+
+# -- MQTT 5 --------------------------------------------------------------------------------------
+
+
+def session_present(mosquitto: Mosquitto, client_id: str, expiry: int = 0) -> bool:
+    """Connect as ``client_id`` without a clean start: whether the broker still had a session
+    for it (CONNACK session present). It leaves with Session Expiry ``expiry`` (0: the session
+    goes with this connection, so ask once per client)."""
+    connected = threading.Event()
+    present: list[bool] = []
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        present.append(bool(flags.session_present))
+        connected.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = on_connect
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = expiry
+    client.connect(mosquitto.host, mosquitto.port, clean_start=False, properties=properties)
+    client.loop_start()
+    try:
+        assert connected.wait(WAIT), f"no CONNACK for {client_id}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return present[0]
+
+
+async def test_mqtt5_sessions_expire_after_the_ttl_and_others_survive(
+    engine_with: EngineFactory, mosquitto: Mosquitto
+) -> None:
+    foreign = f"foreign-{uuid.uuid4().hex}"  # not of the engine's naming, kept for 600 s
+    await trio.to_thread.run_sync(session_present, mosquitto, foreign, 600)
+    clients = [f"m{uuid.uuid4().hex[:8]}-{n}" for n in range(CLIENTS)]
+    endpoints = {
+        "mqtt": {
+            "type": "mqtt5",
+            "client_state_ttl": TTL,
+            "config": {
+                "broker": f"tcp://{mosquitto.host}:{mosquitto.port}",
+                "topic_in": "cleanup/{client_id}",
+                "retry_interval": 0.1,
+            },
+        }
+    }
+    routes = [{"source": "mqtt", "target": "sse"}]
+    async with (
+        engine_with(entrypoints={"sse": "sse"}, routes=routes, endpoints=endpoints) as engine,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        with trio.fail_after(WAIT):
+            await engine.endpoints["mqtt"].state.wait_value(EndpointState.UP)
+        assert engine.endpoints["mqtt"].session_expiry == 1  # type: ignore[attr-defined]
+        for client in clients[:1]:
+            await connect_once(engine, http, client)
+        # Within the ttl the session is there (asked once: asking ends it).
+        assert await trio.to_thread.run_sync(
+            session_present, mosquitto, f"mediation-mqtt-{clients[0]}"
+        )
+        for client in clients[1:]:
+            await connect_once(engine, http, client)
+        await clients_gone(engine)
+    # The broker tells nobody when a session expires, and asking ends it: ask once, after.
+    await trio.sleep(TTL + 2.0)
+    for client in clients[1:]:
+        assert not await trio.to_thread.run_sync(
+            session_present, mosquitto, f"mediation-mqtt-{client}"
+        ), client
+    assert await trio.to_thread.run_sync(session_present, mosquitto, foreign)
