@@ -66,7 +66,8 @@ class ClientLedger:
         return client_id in self._live
 
     def left_at(self, client_id: str) -> float | None:
-        """When the last session of ``client_id`` ended, if that is within the ttl."""
+        """When the last session of ``client_id`` ended, while the ledger still counts it
+        (it forgets a client at the first :meth:`count` or :meth:`enter` past the ttl)."""
         return self._left.get(client_id)
 
     def count(self, *, now: float) -> int:

@@ -7,6 +7,7 @@ import pytest
 
 from mediation.client_state import ClientLedger
 from mediation.config import build_config
+from mediation.endpoints._kafka_sweep import GroupSweep, group_pattern
 from mediation.errors import ConfigError, TooManyClients
 
 from .conftest import EngineFactory, clients_gone, url
@@ -112,3 +113,53 @@ async def test_max_clients_refuses_the_next_new_client_with_503_and_shows_in_met
         metrics = (await http.get(url(engine, "health", "/metrics"))).text
         assert 'mediation_clients{endpoint="mem"} 2.0' in metrics
         assert 'mediation_clients_limit{endpoint="mem"} 2.0' in metrics
+
+
+# -- the Kafka sweep's choice (no I/O) ---------------------------------------------------------
+
+
+def test_group_pattern_matches_only_the_engines_naming() -> None:
+    pattern = group_pattern("mediation-{endpoint}-{client_id}", "k")
+    assert pattern is not None
+    match = pattern.fullmatch("mediation-k-alice-2")
+    assert match is not None and match.group("client_id") == "alice-2"
+    for other in ("mediation-k2-alice", "mediation-k-", "x-mediation-k-a", "mediation-k"):
+        assert pattern.fullmatch(other) is None, other
+    assert group_pattern("orders-{entrypoint}", "k") is None  # no client's: never swept
+    with_entrypoint = group_pattern("g.{entrypoint}.{client_id}", "k")
+    assert with_entrypoint is not None
+    assert with_entrypoint.fullmatch("g.ws.bob")
+    assert not with_entrypoint.fullmatch("gxwsxbob")  # literal dots stay literal
+
+
+def test_sweep_deletes_empty_groups_of_clients_gone_for_the_ttl() -> None:
+    ledger = ClientLedger(ttl=10.0)
+    pattern = group_pattern("mediation-{endpoint}-{client_id}", "k")
+    assert pattern is not None
+    sweep = GroupSweep(pattern, ledger)
+    ledger.enter("live", now=0.0)
+    ledger.enter("gone", now=0.0)
+    ledger.leave("gone", now=1.0)
+    groups = {
+        "mediation-k-live": True,  # empty (fetch = "shared") but its client reads here
+        "mediation-k-gone": True,
+        "mediation-k-busy": False,  # members: a client of another instance
+        "mediation-k-stranger": True,  # empty, never seen here: counted from first sight
+        "someone-else": True,
+    }
+    assert sweep.due(groups, now=5.0) == []
+    assert sweep.due(groups, now=11.0) == ["mediation-k-gone"]
+    del groups["mediation-k-gone"]  # deleted (one the broker refused to delete comes again)
+    assert sweep.due(groups, now=14.9) == []
+    assert sweep.due(groups, now=15.0) == ["mediation-k-stranger"]
+
+
+def test_a_group_that_filled_again_starts_over() -> None:
+    ledger = ClientLedger(ttl=10.0)
+    pattern = group_pattern("mediation-{endpoint}-{client_id}", "k")
+    assert pattern is not None
+    sweep = GroupSweep(pattern, ledger)
+    assert sweep.due({"mediation-k-x": True}, now=0.0) == []
+    assert sweep.due({"mediation-k-x": False}, now=5.0) == []
+    assert sweep.due({"mediation-k-x": True}, now=10.0) == []
+    assert sweep.due({"mediation-k-x": True}, now=20.0) == ["mediation-k-x"]

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import trio
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -20,6 +21,9 @@ from mediation.endpoints import EndpointState
 from tests.brokers import Mosquitto, RabbitMQ
 
 from .conftest import EngineFactory, clients_gone, url
+from .test_conformance_kafka import FAST_GROUPS
+from .test_kafka import Kafka
+from .test_kafka import kafka as kafka  # the fixture
 from .test_rabbitmq import names as names  # the fixture
 from .test_rabbitmq import put, rabbit_engine
 
@@ -149,3 +153,76 @@ async def test_mqtt5_sessions_expire_after_the_ttl_and_others_survive(
             session_present, mosquitto, f"mediation-mqtt-{client}"
         ), client
     assert await trio.to_thread.run_sync(session_present, mosquitto, foreign)
+
+
+# -- Kafka ---------------------------------------------------------------------------------------
+
+KAFKA_TTL = 2.0
+
+
+def kafka_groups(kafka: Kafka, prefix: str) -> set[str]:
+    listed = kafka.admin.list_consumer_groups().result(10)
+    return {g.group_id for g in listed.valid if g.group_id.startswith(prefix)}
+
+
+def make_group(kafka: Kafka, group: str, topic: str) -> None:
+    """A group with a committed offset, made by someone else than the engine (blocking)."""
+    kafka.admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 0)])]
+    )[group].result(10)
+
+
+async def test_kafka_groups_of_departed_clients_are_swept_and_others_survive(
+    engine_with: EngineFactory, kafka: Kafka
+) -> None:
+    endpoint = f"k{uuid.uuid4().hex[:8]}"
+    topic = await trio.to_thread.run_sync(kafka.topic, "cleanup")
+    # Not of the engine's naming: another endpoint's, and someone else's.
+    foreign = {f"mediation-{endpoint}x-c0", f"other-{endpoint}-c0"}
+    for group in foreign:
+        await trio.to_thread.run_sync(make_group, kafka, group, topic)
+    clients = [f"c{n}" for n in range(CLIENTS)]
+    mine = f"mediation-{endpoint}-"
+    table = {
+        "type": "kafka",
+        "client_state_ttl": KAFKA_TTL,
+        "config": {
+            "brokers": kafka.tansu.bootstrap_servers,
+            "fetch": kafka.fetch,
+            "topic_in": topic,
+            "auto_offset_reset": "earliest",
+            **FAST_GROUPS,
+        },
+    }
+    async with engine_with(
+        entrypoints={"sse": "sse"},
+        routes=[{"source": endpoint, "target": "sse", "delivery_guarantee": "at_least_once"}],
+        endpoints={endpoint: table},
+    ) as engine:
+        with trio.fail_after(WAIT):
+            await engine.endpoints[endpoint].state.wait_value(EndpointState.UP)
+        await trio.to_thread.run_sync(kafka.put, topic, b"one")
+        async with httpx.AsyncClient(timeout=60) as http, trio.open_nursery() as nursery:
+            limiter = trio.CapacityLimiter(10)  # group joins take a while: some at once
+
+            async def read_one(client: str) -> None:
+                async with (
+                    limiter,
+                    http.stream("GET", url(engine, "sse", f"/?client_id={client}")) as sse,
+                ):
+                    assert sse.status_code == 200
+                    async for line in sse.aiter_lines():
+                        if line == "data: one":
+                            break
+
+            for client in clients:
+                nursery.start_soon(read_one, client)
+        await clients_gone(engine)
+        left = trio.current_time()
+        made = await trio.to_thread.run_sync(kafka_groups, kafka, mine)
+        print(f"{len(made)} groups made, {kafka.fetch}")
+        with trio.fail_after(KAFKA_TTL * 2 + WAIT):
+            while await trio.to_thread.run_sync(kafka_groups, kafka, mine):  # noqa: ASYNC110
+                await trio.sleep(0.2)
+        print(f"swept within {trio.current_time() - left:.1f} s")
+        assert foreign <= await trio.to_thread.run_sync(kafka_groups, kafka, "")

@@ -134,6 +134,7 @@ from ._backoff import Backoff
 from ._handoff import ToTrio
 from ._kafka_positions import PartitionPositions
 from ._kafka_shared import Committer, GroupOffsets, SharedFetch, SharedSession
+from ._kafka_sweep import GroupSweep, group_pattern, run_sweep
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -914,10 +915,27 @@ class KafkaEndpoint:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._committer.run)
+                self._start_sweep(nursery)
                 while True:
                     await self._run_producer(nursery, to_trio)
         finally:
             self.state.value = EndpointState.DOWN
+
+    def _start_sweep(self, nursery: trio.Nursery) -> None:
+        """With a ttl and a per-client ``group_id``: delete the groups of departed clients
+        (``_kafka_sweep``)."""
+        pattern = group_pattern(self.config.group_id, self.name)
+        if pattern is None or self.clients.ttl <= 0:
+            return
+        config: dict[str, Any] = {
+            **self.config.librdkafka,
+            "bootstrap.servers": self.config.brokers,
+            "logger": librdkafka_log,
+        }
+        sweep = GroupSweep(pattern, self.clients)
+        nursery.start_soon(
+            run_sweep, self.name, sweep, partial(AdminClient, config), self._blocking
+        )
 
     def _producer_config(self, to_trio: ToTrio, generation: int) -> dict[str, Any]:
         return {
