@@ -6,8 +6,10 @@ import httpx
 import pytest
 
 from mediation.client_state import ClientLedger
-from mediation.config import build_config
+from mediation.config import MQTT5Config, RabbitMQConfig, build_config
 from mediation.endpoints._kafka_sweep import GroupSweep, group_pattern
+from mediation.endpoints.mqtt5 import MQTT5Endpoint
+from mediation.endpoints.rabbitmq import RabbitMQEndpoint
 from mediation.errors import ConfigError, TooManyClients
 
 from .conftest import EngineFactory, clients_gone, url
@@ -163,3 +165,29 @@ def test_a_group_that_filled_again_starts_over() -> None:
     assert sweep.due({"mediation-k-x": False}, now=5.0) == []
     assert sweep.due({"mediation-k-x": True}, now=10.0) == []
     assert sweep.due({"mediation-k-x": True}, now=20.0) == ["mediation-k-x"]
+
+
+# -- what each endpoint asks the broker for -------------------------------------------------------
+
+
+def test_rabbitmq_sets_x_expires_on_per_client_queues_only() -> None:
+    def expires(template: str, ttl: float) -> int | None:
+        endpoint = RabbitMQEndpoint("r", RabbitMQConfig(), clients=ClientLedger(ttl=ttl))
+        return endpoint._expires_ms(template)
+
+    assert expires("q.{client_id}", 5) == 5000
+    assert expires("mediation.{endpoint}.{client_id}.{session_id}", 0.5) == 500
+    assert expires("shared-orders", 5) is None  # not a client's: the operator's rules
+    assert expires("q.{client_id}", 0) is None  # ttl 0: the broker's own rules
+
+
+def test_mqtt_session_expiry_is_capped_by_the_ttl() -> None:
+    def expiry(ttl: float, session_expiry: int = 600) -> int:
+        config = MQTT5Config(session_expiry=session_expiry)
+        return MQTT5Endpoint("m", config, clients=ClientLedger(ttl=ttl)).session_expiry
+
+    assert expiry(0) == 600
+    assert expiry(30) == 30
+    assert expiry(0.2) == 1  # whole seconds, never 0 (which would mean no resume at all)
+    assert expiry(86400) == 600
+    assert expiry(30, session_expiry=0) == 0
