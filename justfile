@@ -54,6 +54,11 @@ soak *ARGS: (_venv "all,dev")
 fleet CLIENTS="300": _system-deps (_venv "all,dev")
     FLEET_CLIENTS={{CLIENTS}} {{venv}}/bin/pytest -q tests/test_fleet.py
 
+# Per-client state cleanup at scale: CLIENTS distinct client ids per broker connect once and
+# leave; their broker objects must be gone within the (shortened) ttl plus one sweep.
+cleanup-soak CLIENTS="10000": _system-deps (_venv "all,dev")
+    MEDIATION_CLEANUP_CLIENTS={{CLIENTS}} {{venv}}/bin/pytest -q tests/test_client_state_brokers.py
+
 # Fuzz every entrypoint with random seeds (`just fuzz --seconds 3600`); `just test` runs one fixed seed.
 [positional-arguments]
 fuzz *ARGS: (_venv "all,dev")

@@ -60,6 +60,7 @@ from .errors import (
     SessionClosed,
     SessionNotFound,
     TargetNotFound,
+    TooManyClients,
     TooManySessions,
     UnknownEvent,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "SessionInfo",
     "SessionNotFound",
     "TargetNotFound",
+    "TooManyClients",
     "TooManySessions",
     "UnknownEvent",
     "load_config",

@@ -358,6 +358,15 @@ class SolaceConfig(_Table):
 class EndpointConfig(_Table):
     name: Name
     type: str
+    # Seconds a client's per-client broker objects (its Kafka group, MQTT session, RabbitMQ or
+    # Solace queue named with {client_id}) are kept after its last session ended: RabbitMQ
+    # x-expires, MQTT session expiry (the smaller of this and session_expiry), the Kafka sweep.
+    # 0: the engine sets no expiry and sweeps nothing (the broker's own rules apply).
+    client_state_ttl: Annotated[float, Field(ge=0)] = 86400.0
+    # Distinct clients the endpoint keeps per-client state for (live, or gone for less than
+    # client_state_ttl: mediation/client_state.py); a new client beyond it is refused (503).
+    # None: no limit.
+    max_clients: Annotated[int, Field(ge=1)] | None = None
     config: Any = None  # one of the *Config models above, chosen by ``type``
 
 

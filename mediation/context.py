@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 from trio_util import AsyncValue
 
+from .client_state import ClientLedger
 from .cursors import Cursors
 from .endpoint_state import EndpointState
 from .endpoints.base import Endpoint
@@ -34,6 +35,8 @@ class EngineContext:
     telemetry: Telemetry
     routes: RouteTable
     sessions: dict[str, Session] = field(default_factory=dict)
+    # Per endpoint: the clients it keeps per-client broker state for (max_clients).
+    clients: Mapping[str, ClientLedger] = field(default_factory=dict)
     # Client connections being handled (sessions, and requests like a POST): shutdown waits for
     # them to have told their client, which happens after their session ended.
     connections: AsyncValue[int] = field(default_factory=lambda: AsyncValue(0))

@@ -34,6 +34,7 @@ import trio
 from trio_util import AsyncValue
 
 from .bridge import run_bridges
+from .client_state import ClientLedger
 from .config import Config
 from .context import EngineContext
 from .cursors import Cursors
@@ -56,14 +57,22 @@ class MediationEngine:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # One ledger per endpoint: the session layer counts clients in it (max_clients), the
+        # endpoint reads its ttl (and Kafka's sweep when each client left).
+        clients = {
+            e.name: ClientLedger(ttl=e.client_state_ttl, max_clients=e.max_clients)
+            for e in config.endpoints
+        }
         self.endpoints: Mapping[str, Endpoint] = {
-            e.name: create_endpoint(e) for e in config.endpoints
+            e.name: create_endpoint(e, clients[e.name]) for e in config.endpoints
         }
         self._context = EngineContext(
             endpoints=self.endpoints,
+            clients=clients,
             telemetry=Telemetry(
                 packet_logging=config.engine.packet_log,
                 endpoint_states=lambda: {n: e.state.value for n, e in self.endpoints.items()},
+                clients=clients,
             ),
             routes=RouteTable(config.routes),
             cursors=Cursors(config.engine.cursor_secret),  # fixed for the engine's life

@@ -84,6 +84,14 @@ class TooManySessions(MediationError):
     ws_close_code = 1013
 
 
+class TooManyClients(MediationError):
+    """An endpoint holds per-client broker state for ``max_clients`` distinct clients already
+    (mediation/client_state.py): a client it does not count yet is refused."""
+
+    http_status = 503
+    ws_close_code = 1013
+
+
 class MessageTooLarge(MediationError):
     http_status = 413
     ws_close_code = 1009

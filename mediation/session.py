@@ -45,6 +45,7 @@ from urllib.parse import urlencode
 import trio
 
 from .ack_policy import Step
+from .client_state import ClientLedger
 from .config import RouteConfig, endpoint_type_of
 from .context import EngineContext
 from .endpoints.base import Endpoint, Outbound, Subscription
@@ -58,6 +59,7 @@ from .errors import (
     NoRoute,
     Replaced,
     SessionClosed,
+    TooManyClients,
     TooManySessions,
     UnknownEvent,
 )
@@ -974,6 +976,17 @@ async def open_session(
     await _replace(context, entrypoint, client_id)
     if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
         raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
+    # Count the client at every endpoint it consumes from (max_clients: TooManyClients, 503).
+    ledgers = _ledgers(context, routes.downstream)
+    entered: list[ClientLedger] = []
+    try:
+        for ledger in ledgers:
+            ledger.enter(client_id, now=trio.current_time())
+            entered.append(ledger)
+    except TooManyClients:
+        for ledger in entered:
+            ledger.leave(client_id, now=trio.current_time())
+        raise
     context.sessions[session.id] = session
     context.telemetry.sessions.labels(entrypoint).inc()
     try:
@@ -1025,6 +1038,8 @@ async def open_session(
     finally:
         del context.sessions[session.id]
         context.telemetry.sessions.labels(entrypoint).dec()
+        for ledger in entered:
+            ledger.leave(client_id, now=trio.current_time())
         session._send.close()
         session._receive.close()
         if session._subscribe_requests is not None:
@@ -1037,6 +1052,12 @@ async def open_session(
                 await session._announce("disconnect")
         finally:
             session.ended.set()
+
+
+def _ledgers(context: EngineContext, downstream: Sequence[RouteConfig]) -> list[ClientLedger]:
+    """The client ledgers of the endpoints ``downstream`` consumes from, each once."""
+    names = dict.fromkeys(route.source for route in downstream)
+    return [context.clients[name] for name in names if name in context.clients]
 
 
 def _sessions_of(context: EngineContext, entrypoint: str, client_id: str) -> list[Session]:

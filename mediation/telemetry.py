@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .client_state import ClientLedger
 from .endpoint_state import EndpointState
 from .events import Event
 from .logs import packet_lines
@@ -34,7 +35,11 @@ packet_log = logging.getLogger("mediation.packets")
 
 class Telemetry:
     def __init__(
-        self, *, packet_logging: bool, endpoint_states: Callable[[], Mapping[str, EndpointState]]
+        self,
+        *,
+        packet_logging: bool,
+        endpoint_states: Callable[[], Mapping[str, EndpointState]],
+        clients: Mapping[str, ClientLedger] | None = None,
     ) -> None:
         self.packet_logging = packet_logging
         self.registry = CollectorRegistry(auto_describe=True)
@@ -86,6 +91,8 @@ class Telemetry:
             registry=self.registry,
         )
         self.registry.register(_EndpointStateCollector(endpoint_states))
+        if clients:
+            self.registry.register(_ClientsCollector(clients))
         self._moved: dict[tuple[str, str], tuple[Counter, Counter]] = {}
         self._settled: dict[tuple[str, bool], Counter] = {}
         self._clock = _MillisecondClock()
@@ -249,3 +256,37 @@ class _EndpointStateCollector(Collector):
             for state in EndpointState:
                 family.add_metric([name, state.value], 1.0 if state is current else 0.0)
         yield family
+
+
+class _ClientsCollector(Collector):
+    """``mediation_clients{endpoint}`` (distinct clients with per-client broker state, live or
+    within ``client_state_ttl``) and ``mediation_clients_limit{endpoint}`` (``max_clients``,
+    endpoints with one only)."""
+
+    def __init__(self, clients: Mapping[str, ClientLedger]) -> None:
+        self._clients = clients
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Registering asks for this rather than collect(), which needs a Trio run (the time).
+        yield GaugeMetricFamily("mediation_clients", "", labels=["endpoint"])
+        yield GaugeMetricFamily("mediation_clients_limit", "", labels=["endpoint"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = trio.current_time()
+        counted = GaugeMetricFamily(
+            "mediation_clients",
+            "Distinct clients an endpoint keeps per-client broker state for (live or within "
+            "client_state_ttl)",
+            labels=["endpoint"],
+        )
+        limit = GaugeMetricFamily(
+            "mediation_clients_limit",
+            "max_clients of each endpoint that has one",
+            labels=["endpoint"],
+        )
+        for name, ledger in self._clients.items():
+            counted.add_metric([name], float(ledger.count(now=now)))
+            if ledger.max_clients is not None:
+                limit.add_metric([name], float(ledger.max_clients))
+        yield counted
+        yield limit

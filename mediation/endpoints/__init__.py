@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
+from ..client_state import ClientLedger
 from ..config import EndpointConfig
 from .base import Endpoint, EndpointState, Outbound, Subscription
 
@@ -20,11 +21,20 @@ _IMPLEMENTATIONS = {
 }
 
 
-def create_endpoint(config: EndpointConfig) -> Endpoint:
-    """Build the endpoint for a validated ``[[endpoints]]`` table."""
+# The endpoints that make per-client broker objects, and so take the client ledger (its ttl
+# sets their expiry; Kafka's sweep reads when each client left).
+_PER_CLIENT = {"kafka", "rabbitmq", "mqtt5", "solace"}
+
+
+def create_endpoint(config: EndpointConfig, clients: ClientLedger | None = None) -> Endpoint:
+    """Build the endpoint for a validated ``[[endpoints]]`` table; ``clients``: its ledger
+    (``client_state_ttl``, ``max_clients``), else one made from the table."""
     module_name, class_name = _IMPLEMENTATIONS[config.type]
     module = importlib.import_module(f".{module_name}", __name__)
-    return cast(Endpoint, getattr(module, class_name)(config.name, config.config))
+    if clients is None:
+        clients = ClientLedger(ttl=config.client_state_ttl, max_clients=config.max_clients)
+    extra = {"clients": clients} if config.type in _PER_CLIENT else {}
+    return cast(Endpoint, getattr(module, class_name)(config.name, config.config, **extra))
 
 
 __all__ = ["Endpoint", "EndpointState", "Outbound", "Subscription", "create_endpoint"]

@@ -126,6 +126,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from trio_util import AsyncValue
 
+from ..client_state import ClientLedger
 from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
@@ -139,6 +140,7 @@ from ._kafka_shared import (
     SharedFetch,
     SharedSession,
 )
+from ._kafka_sweep import GroupSweep, group_pattern, run_sweep
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -885,9 +887,14 @@ class _Confirmation:
 class KafkaEndpoint:
     ids_are_positions = True
 
-    def __init__(self, name: str, config: KafkaConfig) -> None:
+    def __init__(
+        self, name: str, config: KafkaConfig, *, clients: ClientLedger | None = None
+    ) -> None:
         self.name = name
         self.config = config
+        # client_state_ttl and who left when (mediation/client_state.py); made on its own
+        # (tests): no expiry.
+        self.clients = clients if clients is not None else ClientLedger(ttl=0)
         self.state = AsyncValue(EndpointState.CONNECTING)
         self._producer: Producer | None = None  # set while up
         # Producer poll threads (the current one and any still draining), probe, flush.
@@ -915,10 +922,27 @@ class KafkaEndpoint:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._committer.run)
+                self._start_sweep(nursery)
                 while True:
                     await self._run_producer(nursery, to_trio)
         finally:
             self.state.value = EndpointState.DOWN
+
+    def _start_sweep(self, nursery: trio.Nursery) -> None:
+        """With a ttl and a per-client ``group_id``: delete the groups of departed clients
+        (``_kafka_sweep``)."""
+        pattern = group_pattern(self.config.group_id, self.name)
+        if pattern is None or self.clients.ttl <= 0:
+            return
+        config: dict[str, Any] = {
+            **self.config.librdkafka,
+            "bootstrap.servers": self.config.brokers,
+            "logger": librdkafka_log,
+        }
+        sweep = GroupSweep(pattern, self.clients)
+        nursery.start_soon(
+            run_sweep, self.name, sweep, partial(AdminClient, config), self._blocking
+        )
 
     def _producer_config(self, to_trio: ToTrio, generation: int) -> dict[str, Any]:
         return {

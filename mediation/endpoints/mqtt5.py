@@ -60,7 +60,9 @@ connections use a stable client id (``client_id``, default ``mediation-{endpoint
 then DISCONNECT. The broker then keeps what it sent and was not acked, and what it had queued for
 the client, and resends it when the client's next consumer connects within ``session_expiry``
 (the DUP flag shows as ``redelivered``). Events published while a client has no consumer are not
-kept for it (it has no subscription then). ``session_expiry = 0``: no resume. (A consumer ended
+kept for it (it has no subscription then). ``session_expiry = 0``: no resume. The endpoint's
+``client_state_ttl`` caps it: the interval sent is the smaller of the two (ttl 0: session_expiry
+alone). (A consumer ended
 by a broker failure leaves without a goodbye: its subscription stays in the client's MQTT session,
 and keeps collecting for the client, until the client comes back or the session expires.)
 A second concurrent session of the same client (on one instance the engine replaces the older
@@ -108,6 +110,7 @@ transports.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 import uuid
 from collections import Counter, deque
@@ -126,6 +129,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from trio_util import AsyncValue
 
+from ..client_state import ClientLedger
 from ..config import MQTT5Config
 from ..errors import BrokerUnavailable, Replaced
 from ..events import Delivery, Event, new_event_id
@@ -292,7 +296,7 @@ class _Consumer:
         properties = new_properties(PacketTypes.CONNECT)
         properties.ReceiveMaximum = self.credit
         if self.persistent:
-            properties.SessionExpiryInterval = self.endpoint.config.session_expiry
+            properties.SessionExpiryInterval = self.endpoint.session_expiry
 
         async def connect() -> None:
             # No keepalive asked for: this connection may sit unread for as long as its client
@@ -562,9 +566,14 @@ class _Link:
 class MQTT5Endpoint:
     ids_are_positions = False
 
-    def __init__(self, name: str, config: MQTT5Config) -> None:
+    def __init__(
+        self, name: str, config: MQTT5Config, *, clients: ClientLedger | None = None
+    ) -> None:
         self.name = name
         self.config = config
+        # client_state_ttl and who left when (mediation/client_state.py); made on its own
+        # (tests): no expiry.
+        self.clients = clients if clients is not None else ClientLedger(ttl=0)
         self.state = AsyncValue(EndpointState.CONNECTING)
         # published, delivered, acked, nacked, undeliverable, ...
         self.stats: Counter[str] = Counter()
@@ -713,7 +722,16 @@ class MQTT5Endpoint:
             await holder.closed.wait()
         if wanted in self._client_ids:
             return f"{wanted}-{subscription.session_id}", False
-        return wanted, self.config.session_expiry > 0
+        return wanted, self.session_expiry > 0
+
+    @property
+    def session_expiry(self) -> int:
+        """The Session Expiry Interval of consumer connections: ``session_expiry``, or
+        ``client_state_ttl`` where that is shorter (and not 0), rounded up to whole seconds."""
+        ttl = self.clients.ttl
+        if ttl <= 0:
+            return self.config.session_expiry
+        return min(self.config.session_expiry, math.ceil(ttl))
 
     def _release(self, consumer: _Consumer) -> None:
         self._consumers.discard(consumer)

@@ -111,7 +111,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -123,6 +123,7 @@ import trio
 from pika.adapters.select_connection import IOLoop  # type: ignore[import-untyped]
 from trio_util import AsyncValue
 
+from ..client_state import ClientLedger
 from ..config import RabbitMQConfig
 from ..errors import BrokerUnavailable, MediationError, TargetNotFound
 from ..events import Delivery, Event, new_event_id
@@ -369,6 +370,12 @@ class _ConsumePlan:
     exchange: str | None  # bind the queue to it with binding_key
     binding_key: str
     declare_exchange: str | None  # the exchange type to declare it with, or None
+    # A per-client queue (its name holds {client_id}) is declared with x-expires (ms:
+    # client_state_ttl) so that the broker deletes it once unused for that long; None: none.
+    expires_ms: int | None = None
+    # Declare passively (only check that the queue exists): the fallback for a queue declared
+    # before with other arguments, which the broker refuses to declare again (406).
+    passive: bool = False
 
 
 class _Consumer:
@@ -611,6 +618,7 @@ class _Link:
         # This batch's settles; None: rejected without requeue (see _on_message).
         self._to_settle: dict[_Consumer, list[tuple[int, bool | None]]] = {}
         self._writer: Writer | None = None
+        self._expiry_refusal_logged = False  # once per connection (see _on_consumer_closed)
 
     # -- Trio side -------------------------------------------------------------------------------
 
@@ -883,7 +891,9 @@ class _Link:
         channel = self._connection.channel(
             on_open_callback=self._guarded(partial(self._on_consumer_open, consumer, plan))
         )
-        channel.add_on_close_callback(self._guarded(partial(self._on_consumer_closed, consumer)))
+        channel.add_on_close_callback(
+            self._guarded(partial(self._on_consumer_closed, consumer, plan))
+        )
         channel.add_on_cancel_callback(
             self._guarded(partial(self._on_consumer_cancelled, consumer))
         )
@@ -904,13 +914,16 @@ class _Link:
                 )
             )
         if plan.declare_queue:
+            expires = None if plan.expires_ms is None else {"x-expires": plan.expires_ms}
             steps.append(
                 partial(
                     channel.queue_declare,
                     plan.queue,
+                    passive=plan.passive,
                     durable=not plan.exclusive,
                     exclusive=plan.exclusive,
                     auto_delete=plan.exclusive,
+                    arguments=expires,
                 )
             )
         if plan.exchange is not None:
@@ -962,10 +975,24 @@ class _Link:
         )
         self.close_consumer(consumer)
 
-    def _on_consumer_closed(self, consumer: _Consumer, channel: Any, reason: BaseException) -> None:
+    def _on_consumer_closed(
+        self, consumer: _Consumer, plan: _ConsumePlan, channel: Any, reason: BaseException
+    ) -> None:
         self._channels.pop(consumer, None)
         self._acked.pop(consumer, None)
         self._to_settle.pop(consumer, None)
+        if _expiry_refused(plan, reason):
+            # The queue exists with other arguments (declared before client_state_ttl was
+            # set, or with another one): use it as it is, passively; it keeps its own expiry.
+            if not self._expiry_refusal_logged:
+                self._expiry_refusal_logged = True
+                log.warning(
+                    "rabbitmq queue exists with another x-expires: used as it is (set an "
+                    "expires policy, or delete it, for client_state_ttl to apply)",
+                    extra={"endpoint": self.name, "queue": plan.queue, "error": str(reason)},
+                )
+            self.open_consumer(consumer, replace(plan, expires_ms=None, passive=True))
+            return
         if not isinstance(reason, pika.exceptions.ChannelClosedByClient):
             self._to_trio.call_soon(partial(consumer.fail, _consumer_error(reason)))
         self._to_trio.call_soon(consumer.on_closed)
@@ -1000,6 +1027,17 @@ class _Link:
                     channel.basic_nack(tag, requeue=verdict == "nack")
 
 
+def _expiry_refused(plan: _ConsumePlan, reason: BaseException) -> bool:
+    """Whether the broker refused declaring ``plan``'s queue with x-expires because it exists
+    with other arguments (406 PRECONDITION_FAILED, "inequivalent arg 'x-expires'")."""
+    return (
+        plan.expires_ms is not None
+        and isinstance(reason, pika.exceptions.ChannelClosedByBroker)
+        and reason.reply_code == 406
+        and "x-expires" in str(reason.reply_text)
+    )
+
+
 def _pipeline(steps: list[Callable[..., None]], done: Callable[[Any], None]) -> None:
     """Send channel methods back to back; ``done`` gets the last one's answer.
 
@@ -1017,9 +1055,14 @@ def _pipeline(steps: list[Callable[..., None]], done: Callable[[Any], None]) -> 
 class RabbitMQEndpoint:
     ids_are_positions = False
 
-    def __init__(self, name: str, config: RabbitMQConfig) -> None:
+    def __init__(
+        self, name: str, config: RabbitMQConfig, *, clients: ClientLedger | None = None
+    ) -> None:
         self.name = name
         self.config = config
+        # client_state_ttl and who left when (mediation/client_state.py); made on its own
+        # (tests): no expiry.
+        self.clients = clients if clients is not None else ClientLedger(ttl=0)
         self.state = AsyncValue(EndpointState.CONNECTING)
         self._link: _Link | None = None  # set while up
         self._to_trio: ToTrio | None = None  # made by run(), in Trio
@@ -1100,6 +1143,13 @@ class RabbitMQEndpoint:
 
     # -- the endpoint interface ------------------------------------------------------------------
 
+    def _expires_ms(self, template: str) -> int | None:
+        """x-expires for a queue named by ``template``: client_state_ttl in ms for a per-client
+        one (the name holds {client_id}), else (or ttl 0) none."""
+        if "{client_id}" not in template or self.clients.ttl <= 0:
+            return None
+        return max(1, round(self.clients.ttl * 1000))
+
     def _plan(self, subscription: Subscription) -> _ConsumePlan:
         config = self.config
         prefetch = min(max(1, subscription.credit), MAX_PREFETCH)
@@ -1112,6 +1162,7 @@ class RabbitMQEndpoint:
                 exchange=None,
                 binding_key="",
                 declare_exchange=None,
+                expires_ms=self._expires_ms(config.queue_in),
             )
         if config.exchange is not None:
             queue = config.session_queue.replace("{endpoint}", self.name).replace(
@@ -1125,6 +1176,7 @@ class RabbitMQEndpoint:
                 exchange=subscription.fill(config.exchange),
                 binding_key=subscription.fill(config.binding_key),
                 declare_exchange=config.exchange_type if config.declare else None,
+                expires_ms=self._expires_ms(config.session_queue),
             )
         raise TargetNotFound(f"endpoint {self.name} has no queue_in or exchange to consume from")
 

@@ -84,6 +84,7 @@ from typing import Any, TypeVar
 import trio
 from trio_util import AsyncValue
 
+from ..client_state import ClientLedger
 from ..config import SolaceConfig
 from ..errors import BrokerUnavailable, ClientTooSlow, MediationError
 from ..events import Delivery, Event, new_event_id
@@ -447,9 +448,19 @@ class _Connection:
 class SolaceEndpoint:
     ids_are_positions = False
 
-    def __init__(self, name: str, config: SolaceConfig, api: SolaceAPI | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: SolaceConfig,
+        api: SolaceAPI | None = None,
+        *,
+        clients: ClientLedger | None = None,
+    ) -> None:
         self.name = name
         self.config = config
+        # client_state_ttl and who left when (mediation/client_state.py); made on its own
+        # (tests): no expiry.
+        self.clients = clients if clients is not None else ClientLedger(ttl=0)
         self.api = api if api is not None else SolaceAPI.load(config.api)
         self.state = AsyncValue(EndpointState.CONNECTING)
         # published, confirmed, delivered, acked, nacked, dropped, overflowed, lost
