@@ -13,8 +13,9 @@ published afterwards is received.
 - Event id ``"{topic}:{partition}:{offset}"``; a session given one as ``resume_after`` (SSE
   ``Last-Event-ID``) starts that partition right after it, or, when the broker no longer holds
   that offset (``_kafka_positions.resume_gone``: below the low watermark, above the high one),
-  at the oldest offset there is, having told ``subscription.position_gone`` why. Metadata: the Kafka headers (UTF-8),
-  then ``topic``, ``partition``, ``offset``, ``key``, ``timestamp`` (ms since the epoch).
+  at the oldest offset there is, having told ``subscription.position_gone`` why. Metadata:
+  the Kafka headers (UTF-8), then ``topic``, ``partition``, ``offset``, ``key``, ``timestamp``
+  (ms since the epoch).
 - ``ack`` commits (``enable.auto.commit=false``): the committed offset of a partition is the lowest
   offset this consumer handed out and still has unsettled, or the next one to hand out, so a commit
   never passes an unconfirmed event even when a client confirms out of order. Commits are
