@@ -64,6 +64,7 @@ from .events import MAX_EVENT_ID, Delivery, Event, new_event_id, valid_event_id,
 from .exception_groups import single_error
 from .params import NO_FILTER, Filter, check_names, stream_name
 from .permissions import Permissions
+from .resume_gate import ResumeGate
 from .routing import EntrypointRoutes
 from .telemetry import PacketSource
 
@@ -286,6 +287,9 @@ class Session:
         # from the oldest position instead (Subscription.position_gone): the entrypoint tells
         # the client right after confirming the session.
         self.resets: list[str] = []
+        # Holds the consumers with positions until the client's first message may resume them
+        # (the envelope's {"resume": id}; open_session's hold_for_resume).
+        self.resume_gate: ResumeGate | None = None
 
     def info(self) -> SessionInfo:
         return SessionInfo(
@@ -636,7 +640,10 @@ class Session:
         filtered = self._context.telemetry.filtered.labels(route.name)
         cursors = self._context.cursors
         sign = endpoint.ids_are_positions and cursors.signing
-        async with endpoint.consume(subscription) as deliveries:
+        gate = self.resume_gate
+        async with (
+            gate.consume(endpoint, subscription) if gate else endpoint.consume(subscription)
+        ) as deliveries:
             task_status.started()
             async for delivery in deliveries:
                 if refuses is not None and not refuses(delivery.event.metadata):
@@ -852,6 +859,7 @@ async def open_session(
     subscriptions: Sequence[Mapping[str, str]] | None = None,
     max_subscriptions: int = 1,
     named: bool = False,
+    hold_for_resume: bool = False,
 ) -> AsyncIterator[Session]:
     """Admit a client and run its session for the duration of the block (see module docstring).
 
@@ -867,7 +875,11 @@ async def open_session(
     their subscription (see :class:`Session`).
 
     ``filter``: the client's server-side filter; every downstream route must allow each of its
-    fields (``filter_fields``), else :class:`BadRequest`."""
+    fields (``filter_fields``), else :class:`BadRequest`.
+
+    ``hold_for_resume``: without ``resume_after``, the consumers with positions are held until
+    the client's first message may resume them (``session.resume_gate``,
+    :mod:`mediation.resume_gate`)."""
     if context.shutting_down:
         raise EngineShuttingDown("the engine is shutting down")
     routes = context.routes.for_entrypoint(entrypoint)
@@ -912,6 +924,10 @@ async def open_session(
         # A cursor whose signature is wrong is BadCursor (400) here, before the session; one
         # this fleet never signed resumes nothing (mediation/cursors.py).
         resume_after = context.cursors.resume_position(resume_after)
+    elif hold_for_resume and any(
+        context.endpoints[route.source].ids_are_positions for route in routes.downstream
+    ):
+        session.resume_gate = ResumeGate(context.cursors)
     if max_sessions is not None and context.session_count(entrypoint) >= max_sessions:
         raise TooManySessions(f"entrypoint {entrypoint} is at max_sessions ({max_sessions})")
     context.sessions[session.id] = session

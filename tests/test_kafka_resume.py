@@ -26,7 +26,7 @@ from mediation.endpoints.kafka import KafkaEndpoint, read_watermarks
 from mediation.engine import MediationEngine, open_mediation_engine
 from mediation.envelope import SUBPROTOCOL
 
-from .conftest import envelope, make_config, open_ws, sse_events, url
+from .conftest import clients_gone, envelope, make_config, open_ws, sse_events, url
 from .test_conformance_kafka import FAST_GROUPS
 from .test_kafka import WAIT, Kafka, kafka, next_sse, numbered, put, unique
 
@@ -37,12 +37,15 @@ CURSORS = Cursors(SECRET)
 
 
 @asynccontextmanager
-async def resume_engine(kafka: Kafka, topic: str) -> AsyncIterator[MediationEngine]:
-    """SSE, envelope WebSocket and polling on one Kafka endpoint "k", cursors signed."""
+async def resume_engine(
+    kafka: Kafka, topic: str, *, websocket: dict[str, Any] | None = None, **endpoint: Any
+) -> AsyncIterator[MediationEngine]:
+    """SSE, envelope WebSocket and polling on one Kafka endpoint "k", cursors signed;
+    ``websocket``: more keys of the WebSocket entrypoint, ``endpoint``: of the endpoint."""
     config = make_config(
         entrypoints={
             "sse": "sse",
-            "ws": "websocket",
+            "ws": {"type": "websocket", **(websocket or {})},
             "polling": {"type": "http_get", "poll_timeout": 0.2},
         },
         routes=[
@@ -58,6 +61,7 @@ async def resume_engine(kafka: Kafka, topic: str) -> AsyncIterator[MediationEngi
                     "fetch": kafka.fetch,
                     "topic_in": topic,
                     **FAST_GROUPS,
+                    **endpoint,
                 },
             }
         },
@@ -146,3 +150,76 @@ async def test_a_position_above_the_high_watermark_is_a_reset_then_the_oldest(
             # event after 9.
             await put(kafka, topic, b"010")
         assert got == [[("message", "010")]]
+
+
+# -- the envelope's {"resume": id} ------------------------------------------------------------
+
+
+async def left(engine: MediationEngine) -> None:
+    """The previous session of a client has left its group. (tansu: a per-session consumer
+    that joins while the client's previous one is still leaving may wait for ever.)"""
+    with trio.fail_after(WAIT):
+        await clients_gone(engine)
+
+
+def ws_at(engine: MediationEngine, client_id: str) -> str:
+    return url(engine, "ws", f"/?client_id={client_id}", "ws")
+
+
+async def payloads(ws: Any, count: int, *, ack: bool = True) -> list[str]:
+    """The next ``count`` events' payloads, each acked (or not)."""
+    taken = []
+    for _ in range(count):
+        document = await envelope(ws)
+        assert "payload" in document, document
+        taken.append(document["payload"])
+        if ack:
+            await ws.send_message(json.dumps({"ack": document["id"]}))
+    return taken
+
+
+async def test_an_envelope_resume_as_the_first_message_continues_right_after_it(
+    kafka: Kafka,
+) -> None:
+    """The client's group has 000-002 confirmed; it saw up to 006 elsewhere (another instance,
+    not yet committed) and resumes after it: 007 on, nothing before it again, nothing missing."""
+    topic = await trio.to_thread.run_sync(kafka.topic, "resume")
+    await put(kafka, topic, *numbered(10))
+    client = unique("c")
+    async with resume_engine(kafka, topic, auto_offset_reset="earliest") as engine:
+        async with open_ws(ws_at(engine, client), subprotocols=[SUBPROTOCOL]) as ws:
+            # No first message within resume_grace: from the group's place (the beginning).
+            assert await payloads(ws, 3) == ["000", "001", "002"]
+        await left(engine)
+        async with open_ws(ws_at(engine, client), subprotocols=[SUBPROTOCOL]) as ws:
+            await ws.send_message(json.dumps({"resume": CURSORS.sign(f"{topic}:0:6")}))
+            assert await envelope(ws) == {"ack": "resume"}
+            assert await payloads(ws, 3) == ["007", "008", "009"]
+            await put(kafka, topic, *numbered(2, start=10))
+            assert await payloads(ws, 2) == ["010", "011"]
+            # Only the first message resumes.
+            await ws.send_message(json.dumps({"resume": CURSORS.sign(f"{topic}:0:1")}))
+            assert "first message" in (await envelope(ws))["error"]
+        await left(engine)
+        # A changed byte: nacked with the reason, then from the client's place at the broker.
+        async with open_ws(ws_at(engine, client), subprotocols=[SUBPROTOCOL]) as ws:
+            forged = CURSORS.sign(f"{topic}:0:3")[:-2] + "AA"
+            await ws.send_message(json.dumps({"resume": forged}))
+            assert await envelope(ws) == {
+                "nack": "resume",
+                "error": "resume position: bad signature",
+            }
+            await put(kafka, topic, b"012")
+            assert await payloads(ws, 1, ack=False) == ["012"]
+
+
+async def test_an_envelope_resume_of_a_position_gone_is_acked_then_a_reset(kafka: Kafka) -> None:
+    topic = await trio.to_thread.run_sync(kafka.topic, "resumegone")
+    await put(kafka, topic, *numbered(10))
+    async with resume_engine(kafka, topic) as engine:
+        cast(KafkaEndpoint, engine.endpoints["k"]).watermarks = retention(6)
+        async with open_ws(ws_at(engine, unique("c")), subprotocols=[SUBPROTOCOL]) as ws:
+            await ws.send_message(json.dumps({"resume": CURSORS.sign(f"{topic}:0:2")}))
+            assert await envelope(ws) == {"ack": "resume"}
+            assert "oldest offset is 6" in (await envelope(ws))["reset"]["reason"]
+            assert await payloads(ws, 2) == ["006", "007"]
