@@ -136,6 +136,10 @@ class WebSocketEntrypoint(_EntrypointConfig):
     # nothing written to it. After half of it the engine pings (every live client answers by
     # itself); after all of it the connection is closed with 1001 "idle". 0: never.
     idle_timeout: Annotated[float, Field(ge=0)] = 120.0
+    # Seconds a mediation.v1 session's consumers with positions (Kafka) wait for the client's
+    # first message, which may be {"resume": id} (mediation/resume_gate.py): their first event
+    # is that much later for a client that sends nothing. 0: no envelope resume.
+    resume_grace: Annotated[float, Field(ge=0)] = 0.5
 
 
 class SSEEntrypoint(_EntrypointConfig):

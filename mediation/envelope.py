@@ -17,8 +17,10 @@ spacing, or compact, an id without escapes) is matched by one regular expression
 json.loads, with the same result (tests/test_envelope.py checks it against json.loads); events
 are encoded with one shared encoder (json.dumps with options builds one per call).
 
-Resume (docs/design.md): ``{"reset": {"reason"}}`` downstream, before any event, says that the
-client's resume position was gone at the broker and the events start from the oldest it has.
+Resume (docs/design.md): the client's first message may be ``{"resume": id}`` (an event id it
+was given), answered ``{"ack": "resume"}`` or ``{"nack": "resume", "error"}``;
+``{"reset": {"reason"}}`` downstream, before any event, says that the client's resume position
+was gone at the broker and the events start from the oldest it has.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ class SubscriptionChange:
 
     subscribe: bool
     params: object
+
+
+@dataclass(frozen=True)
+class Resume:
+    """``{"resume": id}``: resume right after the event ``cursor`` (the session's first message)."""
+
+    cursor: str
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,9 @@ def encode_reply(event_id: str, *, error: str | None = None) -> str:
     return json.dumps({"nack": event_id, "error": error})
 
 
-def decode_client_message(text: str | bytes) -> Confirmation | Publication | SubscriptionChange:
+def decode_client_message(
+    text: str | bytes,
+) -> Confirmation | Publication | SubscriptionChange | Resume:
     """Parse one client message; :class:`BadRequest` says what is wrong with it.
 
     An upstream event whose ``"id"`` is a string that breaks the id rule raises
@@ -116,6 +127,11 @@ def decode_client_message(text: str | bytes) -> Confirmation | Publication | Sub
     for action, subscribe in (("subscribe", True), ("unsubscribe", False)):
         if action in document:
             return SubscriptionChange(subscribe, document[action])
+    if "resume" in document:
+        cursor = document["resume"]
+        if not isinstance(cursor, str):
+            raise BadRequest('"resume" must be an event id string')
+        return Resume(_unicode(cursor, "resume"))
     event_id, payload = document.get("id"), document.get("payload")
     if not isinstance(event_id, str):
         raise BadRequest('envelope needs "id" (a string)')

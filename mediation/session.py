@@ -67,6 +67,7 @@ from .events import MAX_EVENT_ID, Delivery, Event, new_event_id, valid_event_id,
 from .exception_groups import single_error
 from .params import NO_FILTER, Filter, check_names, stream_name
 from .permissions import Permissions
+from .resume_gate import ResumeGate
 from .routing import EntrypointRoutes
 from .telemetry import PacketSource
 
@@ -246,6 +247,7 @@ class Session:
         "params",
         "publish_refused",
         "resets",
+        "resume_gate",
         "routes",
         "subscriptions",
     )
@@ -328,6 +330,9 @@ class Session:
         self.resets: list[str] = []
         # Set once the session is over: consumers gone, what it held unsettled nacked.
         self.ended = trio.Event()
+        # Holds the consumers with positions until the client's first message may resume them
+        # (the envelope's {"resume": id}; open_session's hold_for_resume).
+        self.resume_gate: ResumeGate | None = None
 
     def info(self) -> SessionInfo:
         return SessionInfo(
@@ -688,7 +693,10 @@ class Session:
         filtered = self._context.telemetry.filtered.labels(route.name)
         cursors = self._context.cursors
         sign = endpoint.ids_are_positions and cursors.signing
-        async with endpoint.consume(subscription) as deliveries:
+        gate = self.resume_gate
+        async with (
+            gate.consume(endpoint, subscription) if gate else endpoint.consume(subscription)
+        ) as deliveries:
             task_status.started()
             async for delivery in deliveries:
                 if refuses is not None and not refuses(delivery.event.metadata):
@@ -905,6 +913,7 @@ async def open_session(
     max_subscriptions: int = 1,
     named: bool = False,
     changeable: bool = False,
+    hold_for_resume: bool = False,
 ) -> AsyncIterator[Session]:
     """Admit a client and run its session for the duration of the block (see module docstring).
 
@@ -923,7 +932,11 @@ async def open_session(
     runs its consumers with no task, scope or channel per subscription.
 
     ``filter``: the client's server-side filter; every downstream route must allow each of its
-    fields (``filter_fields``), else :class:`BadRequest`."""
+    fields (``filter_fields``), else :class:`BadRequest`.
+
+    ``hold_for_resume``: without ``resume_after``, the consumers with positions are held until
+    the client's first message may resume them (``session.resume_gate``,
+    :mod:`mediation.resume_gate`)."""
     if context.shutting_down:
         raise EngineShuttingDown("the engine is shutting down")
     routes = context.routes.for_entrypoint(entrypoint)
@@ -968,6 +981,10 @@ async def open_session(
         # A cursor whose signature is wrong is BadCursor (400) here, before the session; one
         # this fleet never signed resumes nothing (mediation/cursors.py).
         resume_after = context.cursors.resume_position(resume_after)
+    elif hold_for_resume and any(
+        context.endpoints[route.source].ids_are_positions for route in routes.downstream
+    ):
+        session.resume_gate = ResumeGate(context.cursors)
     # One client id, two connections (design.md): the newer session takes over. The older
     # one's place counts as free for max_sessions; the check is repeated once it has gone.
     older = _sessions_of(context, entrypoint, client_id)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from mediation.envelope import (
     Confirmation,
     Publication,
+    Resume,
     decode_client_message,
     encode_event,
     encode_reply,
@@ -141,3 +142,9 @@ def test_a_confirmation_with_a_broken_id_decodes_on_both_paths(event_id: str, ve
         json.dumps({verdict: event_id}, ensure_ascii=False),
     ):
         assert fast(written) == general(written) == Confirmation(event_id, verdict == "ack")
+
+
+def test_a_resume_carries_its_cursor_as_given() -> None:
+    assert decode_client_message('{"resume": "t:0:4.abc"}') == Resume("t:0:4.abc")
+    for bad in ('{"resume": 4}', '{"resume": null}', '{"resume": "\\ud800"}'):
+        assert fast(bad) is BadRequest

@@ -21,7 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mediation.endpoints._kafka_positions import PartitionPositions
+from mediation.endpoints._kafka_positions import PartitionPositions, resume_gone
 
 LOG = 40
 
@@ -168,3 +168,10 @@ def test_a_failed_commit_is_carried_by_the_next() -> None:
     assert positions.to_commit() == 1
     positions.commit_failed(1)
     assert positions.to_commit() == 1
+
+
+def test_a_resume_is_possible_between_the_watermarks_only() -> None:
+    assert resume_gone("t", 0, 6, 6, 10) is None  # right after the last offset retention took
+    assert resume_gone("t", 0, 10, 6, 10) is None  # right after the last record: the end
+    assert "t:0:4 is gone" in (resume_gone("t", 0, 5, 6, 10) or "")
+    assert "next offset is 10" in (resume_gone("t", 0, 11, 6, 10) or "")

@@ -31,13 +31,37 @@ The rules:
   dropped (:meth:`dropped`): it is fetched again.
 - **Commits** (:meth:`to_commit`, :meth:`commit_failed`): a point is committed at most once and
   only when it moves forward; a commit that failed is forgotten so that the next one carries it.
+- **A resume position the broker no longer holds** (:func:`resume_gone`): resuming at offset
+  ``s`` of a partition whose watermarks are ``low`` (the oldest offset kept) and ``high`` (the
+  next offset to be written) is possible for ``low <= s <= high``. Below ``low`` retention (or
+  ``DeleteRecords``) removed what the client had not seen yet; above ``high`` the partition never
+  held the event the client names (the topic was deleted and created again). Either way the
+  session starts at ``low`` and the client is told (``Subscription.position_gone``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-__all__ = ["PartitionPositions"]
+__all__ = ["PartitionPositions", "resume_gone"]
+
+
+def resume_gone(topic: str, partition: int, start: int, low: int, high: int) -> str | None:
+    """Why resuming ``partition`` at ``start`` is impossible given its watermarks, or ``None``.
+
+    ``low``: the oldest offset the broker holds; ``high``: the next offset it will write (the
+    module docstring's rule). The reason is what the client is told in its reset."""
+    if start < low:
+        return (
+            f"position {topic}:{partition}:{start - 1} is gone: the partition's oldest "
+            f"offset is {low} (retention)"
+        )
+    if start > high:
+        return (
+            f"position {topic}:{partition}:{start - 1} is gone: the partition's next offset is "
+            f"{high} (the topic was deleted and created again?)"
+        )
+    return None
 
 
 class PartitionPositions:

@@ -11,8 +11,11 @@ then committed so that the group has a resume point from the first session on), 
 published afterwards is received.
 
 - Event id ``"{topic}:{partition}:{offset}"``; a session given one as ``resume_after`` (SSE
-  ``Last-Event-ID``) starts that partition right after it. Metadata: the Kafka headers (UTF-8),
-  then ``topic``, ``partition``, ``offset``, ``key``, ``timestamp`` (ms since the epoch).
+  ``Last-Event-ID``) starts that partition right after it, or, when the broker no longer holds
+  that offset (``_kafka_positions.resume_gone``: below the low watermark, above the high one),
+  at the oldest offset there is, having told ``subscription.position_gone`` why. Metadata:
+  the Kafka headers (UTF-8), then ``topic``, ``partition``, ``offset``, ``key``, ``timestamp``
+  (ms since the epoch).
 - ``ack`` commits (``enable.auto.commit=false``): the committed offset of a partition is the lowest
   offset this consumer handed out and still has unsettled, or the next one to hand out, so a commit
   never passes an unconfirmed event even when a client confirms out of order. Commits are
@@ -132,7 +135,7 @@ from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
 from ._backoff import Backoff
 from ._handoff import ToTrio
-from ._kafka_positions import PartitionPositions
+from ._kafka_positions import PartitionPositions, resume_gone
 from ._kafka_shared import (
     TAIL_FETCH_WAIT_MS,
     Committer,
@@ -159,6 +162,9 @@ READ_AHEAD = 32
 # watermarks read on assignment, the producer's metadata probe, the final flush.
 CLOSE_TIMEOUT = 5.0
 ASSIGN_TIMEOUT = 10.0
+# fetch = "shared": resumes that read a partition's watermarks at once (a consumer each, for the
+# time of a ListOffsets request); more wait.
+WATERMARK_READS = 4
 PROBE_TIMEOUT = 2.0
 FLUSH_TIMEOUT = 5.0
 # Reconnect probing after the broker went away: from RETRY_MIN, doubling up to RETRY_MAX, each
@@ -247,6 +253,17 @@ def _header_metadata(
     return metadata
 
 
+# (low, high) of a partition, asked of the broker through a consumer, in the thread that owns
+# the consumer: low is the oldest offset the broker holds, high the next it will write.
+Watermarks = Callable[[Consumer, TopicPartition], tuple[int, int]]
+
+
+def read_watermarks(consumer: Consumer, partition: TopicPartition) -> tuple[int, int]:
+    """:data:`Watermarks` from the broker (a ListOffsets request, at most ``ASSIGN_TIMEOUT``)."""
+    low, high = consumer.get_watermark_offsets(partition, timeout=ASSIGN_TIMEOUT)
+    return low, high
+
+
 def resume_position(event_id: str | None, topic: str) -> tuple[int, int] | None:
     """``(partition, offset to start at)`` for an event id of ours on ``topic``, else None."""
     if not event_id:
@@ -311,6 +328,7 @@ class _SessionConsumer:
         resume: tuple[int, int] | None,
         to_trio: ToTrio,
         undeliverable: Callable[[str], None],
+        watermarks: Watermarks,
     ) -> None:
         self._config = config
         self._topic = topic
@@ -319,6 +337,7 @@ class _SessionConsumer:
         self._latest = latest
         self._sync_commits = sync_commits
         self._resume = resume
+        self._watermarks = watermarks
         self._to_trio = to_trio
         # Fetched and unsettled events at most: the credit plus the read-ahead, where the route's
         # plan allows one (not at_most_once: README, "Known issues").
@@ -330,6 +349,8 @@ class _SessionConsumer:
         self._settles: list[_Settle] = []
         self._rewinding = 0  # nacks the thread has not applied yet: nothing is handed meanwhile
         self._failure: BrokerUnavailable | None = None
+        # Why the resume position could not be used (resume_gone), set before _subscribed.
+        self.gone: str | None = None
         self._subscribed = False
         self._stopping = False
         self._finished = False
@@ -625,7 +646,14 @@ class _SessionConsumer:
                 extra={"topic": self._topic, "error": error.str()},
             )
         self._waiting_for_topic = True
+        gone = None
+        if self._resume is not None:
+            # The client names a position of a topic that does not exist: deleted since.
+            gone = f"position in {self._topic} is gone: the topic does not exist"
+            self._resume = None
         with self._lock:
+            if gone is not None and not self._subscribed:
+                self.gone = gone
             subscribed, self._subscribed = self._subscribed, True
         if not subscribed:
             self._wake_trio()
@@ -791,6 +819,12 @@ class _SessionConsumer:
             if self._resume is not None and self._resume[0] == tp.partition:
                 start = self._resume[1]
                 self._resume = None
+                low, high = self._watermarks(consumer, TopicPartition(self._topic, tp.partition))
+                gone = resume_gone(self._topic, tp.partition, start, low, high)
+                if gone is not None:  # from the oldest there is, and the client is told
+                    start = low
+                    with self._lock:
+                        self.gone = gone
             if start != tp.offset:
                 to_commit.append(TopicPartition(self._topic, tp.partition, start))
             starts.append(TopicPartition(self._topic, tp.partition, start))
@@ -895,6 +929,11 @@ class KafkaEndpoint:
         # client_state_ttl and who left when (mediation/client_state.py); made on its own
         # (tests): no expiry.
         self.clients = clients if clients is not None else ClientLedger(ttl=0)
+        # How a resume reads the partition's watermarks (resume_gone): the broker's, in the
+        # thread that owns the consumer asking. A test may put a broker with retention here.
+        self.watermarks: Watermarks = read_watermarks
+        # fetch = "shared" resumes asking the broker for watermarks at once (_resumable).
+        self._watermark_reads = trio.CapacityLimiter(WATERMARK_READS)
         self.state = AsyncValue(EndpointState.CONNECTING)
         self._producer: Producer | None = None  # set while up
         # Producer poll threads (the current one and any still draining), probe, flush.
@@ -1186,12 +1225,15 @@ class KafkaEndpoint:
             resume=resume_position(subscription.resume_after, topic),
             to_trio=self._handoff(),
             undeliverable=subscription.undeliverable,
+            watermarks=self.watermarks,
         )
         trio.lowlevel.start_thread_soon(
             consumer.run, consumer.thread_exited, name=f"kafka consumer {group}"
         )
         try:
             await consumer.subscribed()
+            if consumer.gone is not None:
+                subscription.position_gone(consumer.gone)
             yield Deliveries(consumer.next_delivery)
         finally:
             consumer.stop()
@@ -1275,10 +1317,14 @@ class KafkaEndpoint:
             await fetch.started.wait()
             if fetch.failure is not None:
                 raise fetch.failure
+            resume = resume_position(subscription.resume_after, topic)
+            if fetch.waiting_for_topic and resume is not None:
+                subscription.position_gone(f"position in {topic} is gone: the topic does not exist")
             if not fetch.waiting_for_topic:
                 partitions = sorted(fetch.next)
                 stored = await offsets.read(group, topic, partitions)
-                resume = resume_position(subscription.resume_after, topic)
+                if resume is not None:
+                    resume = await self._resumable(subscription, topic, partitions, resume)
                 starts: dict[int, int] = {}
                 to_write: dict[int, int] = {}
                 for partition in partitions:
@@ -1319,6 +1365,48 @@ class KafkaEndpoint:
                     "kafka shared session did not close in time",
                     extra={"endpoint": self.name, "group": group},
                 )
+
+    async def _resumable(
+        self,
+        subscription: Subscription,
+        topic: str,
+        partitions: list[int],
+        resume: tuple[int, int],
+    ) -> tuple[int, int]:
+        """Where a ``fetch = "shared"`` session resumes: ``resume``, or the partition's oldest
+        offset when the broker no longer holds it (``subscription.position_gone`` told).
+
+        The shared fetch's watermarks are its own reading's (its low from when it started, its
+        next behind the broker's whenever it lags), so the broker is asked, by a consumer of
+        the resume's own that joins no group, in a worker thread."""
+        partition, start = resume
+        if partition not in partitions:
+            subscription.position_gone(
+                f"position {topic}:{partition}:{start - 1} is gone: the topic has no partition "
+                f"{partition}"
+            )
+            return partition, start  # matches no partition: the stored positions apply
+        config = self._reader_config(f"mediation-{self.name}-watermarks")
+        watermarks = self.watermarks
+
+        def read() -> tuple[int, int]:
+            consumer = Consumer(config)
+            try:
+                return watermarks(consumer, TopicPartition(topic, partition))
+            finally:
+                consumer.close()
+
+        try:
+            low, high = await trio.to_thread.run_sync(
+                read, abandon_on_cancel=True, limiter=self._watermark_reads
+            )
+        except KafkaException as error:
+            raise BrokerUnavailable(f"kafka watermarks of {topic}:{partition}: {error}") from error
+        gone = resume_gone(topic, partition, start, low, high)
+        if gone is None:
+            return resume
+        subscription.position_gone(gone)
+        return partition, low
 
     async def publish(self, message: Outbound, *, confirm: bool) -> None:
         if self.config.topic_out is None:

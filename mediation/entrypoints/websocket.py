@@ -16,7 +16,10 @@ HTTP entrypoint (:mod:`mediation.http.server`: ``max_header_bytes``, ``header_ti
 admitted here (path, origin, token, identity, routes, ``max_sessions``) and refused before the
 upgrade with the documented status. It is answered ``101`` only after the session's consumers are
 subscribed, so whatever is published after the client saw ``101`` reaches it; frames the client
-sent with its handshake are processed first, in order. A request without ``Upgrade: websocket``
+sent with its handshake are processed first, in order. A ``mediation.v1`` session without
+``?last_event_id=`` holds its consumers with positions (Kafka) until its first message, or
+``resume_grace`` without one: a first ``{"resume": id}`` starts them again right after ``id``
+(:mod:`mediation.resume_gate`). A request without ``Upgrade: websocket``
 is not this entrypoint's: it goes to an HTTP entrypoint on the same port and path (an SSE one,
 say), and on a port with none it gets ``426``.
 Once upgraded, the session's end is told with a close code (1001 shutdown, 1009 too big, 1011
@@ -42,10 +45,12 @@ import trio
 from ..auth import BearerVerifier
 from ..config import WebSocketEntrypoint
 from ..context import EngineContext
+from ..cursors import BadCursor
 from ..envelope import (
     SUBPROTOCOL,
     Confirmation,
     Publication,
+    Resume,
     SubscriptionChange,
     decode_client_message,
     encode_event,
@@ -72,6 +77,7 @@ from ..identity import admit_client
 from ..metadata import client_metadata
 from ..params import EntrypointParams, filter_from_query
 from ..permissions import Permissions
+from ..resume_gate import ResumeGate
 from ..session import Session, SessionDelivery, open_session
 from ._requests import Handlers
 
@@ -153,6 +159,7 @@ async def _handle(
             # Only a mediation.v1 client of an entrypoint with parameters can send {"subscribe"}
             # or {"unsubscribe"} (EntrypointParams.override refuses any other parameter).
             changeable=enveloped and bool(parameters.patterns),
+            hold_for_resume=enveloped and config.resume_grace > 0,
             permissions=(
                 Permissions.from_claims(client.claims, config.permissions_claim)
                 if config.authorize
@@ -262,6 +269,8 @@ async def _converse(
 
         nursery.start_soon(websocket.run_reader)
         nursery.start_soon(relay_then_stop)
+        if session.resume_gate is not None:
+            nursery.start_soon(_open_after, session.resume_gate, config.resume_grace)
         if config.idle_timeout > 0:
             nursery.start_soon(_close_when_idle, websocket, session, activity, config.idle_timeout)
         try:
@@ -350,8 +359,12 @@ async def _handle_message(
     try:
         parsed = decode_client_message(message)
     except InvalidEventId as error:
+        _first_message(session)
         reply = encode_reply(error.event_id, error=str(error))
     else:
+        if isinstance(parsed, Resume):
+            return await _resume(websocket, session, parsed.cursor)
+        _first_message(session)
         if isinstance(parsed, Confirmation):
             try:
                 await session.confirm(parsed.event_id, accepted=parsed.accepted)
@@ -368,6 +381,54 @@ async def _handle_message(
         await websocket.send_message(reply)
     except ConnectionClosed:
         return False
+    return True
+
+
+async def _open_after(gate: ResumeGate, grace: float) -> None:
+    """No ``{"resume"}`` within ``resume_grace`` of the ``101``: the held consumers go on."""
+    await trio.sleep(grace)
+    gate.open()
+
+
+def _first_message(session: Session) -> None:
+    """Any message but ``{"resume"}``: the held consumers go on (a no-op after the first)."""
+    if session.resume_gate is not None:
+        session.resume_gate.open()
+
+
+async def _resume(websocket: WebSocket, session: Session, cursor: str) -> bool:
+    """``{"resume": id}``: as the session's first message, its consumers with positions start
+    again right after ``id`` (:mod:`mediation.resume_gate`), answered ``{"ack": "resume"}``
+    then a ``{"reset"}`` per position the broker no longer had, before any of their events; a
+    bad signature is ``{"nack": "resume", "error"}`` and they go on from the client's place at
+    the broker. Anywhere else: a nack, nothing changes. False once the client is gone."""
+    gate = session.resume_gate
+    replies: list[str] = []
+    if gate is None or gate.decided:
+        replies.append(
+            encode_reply(
+                "resume",
+                error="resume: only as the first message, within resume_grace, of a session "
+                "without ?last_event_id= whose routes have positions",
+            )
+        )
+    else:
+        resets = len(session.resets)
+        try:
+            await gate.resume(cursor)
+        except BadCursor as error:
+            gate.open()
+            replies.append(encode_reply("resume", error=str(error)))
+        else:
+            replies.append(encode_reply("resume"))
+            replies.extend(encode_reset(reason) for reason in session.resets[resets:])
+    try:
+        await websocket.send_messages([(TEXT, reply.encode()) for reply in replies])
+    except ConnectionClosed:
+        return False
+    finally:
+        if gate is not None:
+            gate.release()  # after the answer: the resets come before any event
     return True
 
 
