@@ -99,14 +99,19 @@ CLIENT_WAIT = 20.0
 
 @asynccontextmanager
 async def sse_events(
-    client: httpx.AsyncClient, engine: MediationEngine, name: str = "sse", **headers: str
+    client: httpx.AsyncClient,
+    engine: MediationEngine,
+    name: str = "sse",
+    *,
+    path: str = "/",
+    **headers: str,
 ) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
     """An open SSE stream past its ``session`` event.
 
     On leaving, the connection is closed and the iteration run to its end: httpx leaves abandoned
     async generators to the garbage collector, which trio warns about (encode/httpx#3686).
     """
-    async with aconnect_sse(client, "GET", url(engine, name), headers=headers) as source:
+    async with aconnect_sse(client, "GET", url(engine, name, path), headers=headers) as source:
         assert source.response.status_code == 200
         events = source.aiter_sse()
         try:

@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
 import trio
-from httpx_sse import ServerSentEvent, aconnect_sse
+from httpx_sse import ServerSentEvent
 
 from mediation.endpoints import EndpointState
 from mediation.engine import MediationEngine
 from mediation.envelope import SUBPROTOCOL
 
-from ..conftest import EngineFactory, clients_gone, envelope, open_ws, url
+from ..conftest import EngineFactory, clients_gone, envelope, open_ws, sse_events, url
 
 WAIT = 20.0
 ORDERS = ("1", "2", "3")
@@ -60,23 +60,11 @@ class ParamsAdapter:
         raise NotImplementedError
 
 
-@asynccontextmanager
-async def sse_on(
+def sse_on(
     client: httpx.AsyncClient, engine: MediationEngine, path: str, **headers: str
-) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    """An open SSE stream on ``path``, past its ``session`` event."""
-    async with aconnect_sse(client, "GET", url(engine, "sse", path), headers=headers) as source:
-        assert source.response.status_code == 200, source.response.status_code
-        events = source.aiter_sse()
-        try:
-            with trio.fail_after(WAIT):
-                assert (await anext(events)).event == "session"
-            yield events
-        finally:
-            await source.response.aclose()
-            with suppress(httpx.ReadError, httpx.StreamError):
-                async for _ in events:
-                    pass
+) -> AbstractAsyncContextManager[AsyncIterator[ServerSentEvent]]:
+    """An open SSE stream of the "sse" entrypoint on ``path``, past its ``session`` event."""
+    return sse_events(client, engine, "sse", path=path, **headers)
 
 
 class ParamsConformance:
