@@ -357,6 +357,12 @@ class SolaceConfig(_Table):
     # The module that implements the Solace API: the real one, or a drop-in laid out like it or
     # exporting its names at the top level (the tests use "tests.solace_fake").
     api: str = "solace.messaging"
+    # The broker's management API (SEMP v2, "http(s)://host:port"), for deleting the queues the
+    # engine created for clients gone for client_state_ttl (the messaging API cannot delete a
+    # queue). None: those queues stay until an administrator removes them.
+    semp_url: str | None = None
+    semp_username: str = "admin"
+    semp_password: str = ""
 
 
 class EndpointConfig(_Table):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from mediation.client_state import ClientLedger
+from mediation.client_state import ClientLedger, Sweep, name_pattern
 from mediation.config import MQTT5Config, RabbitMQConfig, build_config
-from mediation.endpoints._kafka_sweep import GroupSweep, group_pattern
 from mediation.endpoints.mqtt5 import MQTT5Endpoint
 from mediation.endpoints.rabbitmq import RabbitMQEndpoint
 from mediation.errors import ConfigError, TooManyClients
@@ -117,18 +116,18 @@ async def test_max_clients_refuses_the_next_new_client_with_503_and_shows_in_met
         assert 'mediation_clients_limit{endpoint="mem"} 2.0' in metrics
 
 
-# -- the Kafka sweep's choice (no I/O) ---------------------------------------------------------
+# -- the sweep's choice (no I/O) ---------------------------------------------------------
 
 
-def test_group_pattern_matches_only_the_engines_naming() -> None:
-    pattern = group_pattern("mediation-{endpoint}-{client_id}", "k")
+def test_name_pattern_matches_only_the_engines_naming() -> None:
+    pattern = name_pattern("mediation-{endpoint}-{client_id}", "k")
     assert pattern is not None
     match = pattern.fullmatch("mediation-k-alice-2")
     assert match is not None and match.group("client_id") == "alice-2"
     for other in ("mediation-k2-alice", "mediation-k-", "x-mediation-k-a", "mediation-k"):
         assert pattern.fullmatch(other) is None, other
-    assert group_pattern("orders-{entrypoint}", "k") is None  # no client's: never swept
-    with_entrypoint = group_pattern("g.{entrypoint}.{client_id}", "k")
+    assert name_pattern("orders-{entrypoint}", "k") is None  # no client's: never swept
+    with_entrypoint = name_pattern("g.{entrypoint}.{client_id}", "k")
     assert with_entrypoint is not None
     assert with_entrypoint.fullmatch("g.ws.bob")
     assert not with_entrypoint.fullmatch("gxwsxbob")  # literal dots stay literal
@@ -136,9 +135,9 @@ def test_group_pattern_matches_only_the_engines_naming() -> None:
 
 def test_sweep_deletes_empty_groups_of_clients_gone_for_the_ttl() -> None:
     ledger = ClientLedger(ttl=10.0)
-    pattern = group_pattern("mediation-{endpoint}-{client_id}", "k")
+    pattern = name_pattern("mediation-{endpoint}-{client_id}", "k")
     assert pattern is not None
-    sweep = GroupSweep(pattern, ledger)
+    sweep = Sweep(pattern, ledger)
     ledger.enter("live", now=0.0)
     ledger.enter("gone", now=0.0)
     ledger.leave("gone", now=1.0)
@@ -158,9 +157,9 @@ def test_sweep_deletes_empty_groups_of_clients_gone_for_the_ttl() -> None:
 
 def test_a_group_that_filled_again_starts_over() -> None:
     ledger = ClientLedger(ttl=10.0)
-    pattern = group_pattern("mediation-{endpoint}-{client_id}", "k")
+    pattern = name_pattern("mediation-{endpoint}-{client_id}", "k")
     assert pattern is not None
-    sweep = GroupSweep(pattern, ledger)
+    sweep = Sweep(pattern, ledger)
     assert sweep.due({"mediation-k-x": True}, now=0.0) == []
     assert sweep.due({"mediation-k-x": False}, now=5.0) == []
     assert sweep.due({"mediation-k-x": True}, now=10.0) == []

@@ -129,7 +129,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from trio_util import AsyncValue
 
-from ..client_state import ClientLedger
+from ..client_state import ClientLedger, Sweep, name_pattern
 from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
@@ -143,7 +143,8 @@ from ._kafka_shared import (
     SharedFetch,
     SharedSession,
 )
-from ._kafka_sweep import GroupSweep, group_pattern, run_sweep
+from ._kafka_sweep import KafkaGroups
+from ._sweep import run_sweep
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -970,7 +971,7 @@ class KafkaEndpoint:
     def _start_sweep(self, nursery: trio.Nursery) -> None:
         """With a ttl and a per-client ``group_id``: delete the groups of departed clients
         (``_kafka_sweep``)."""
-        pattern = group_pattern(self.config.group_id, self.name)
+        pattern = name_pattern(self.config.group_id, self.name)
         if pattern is None or self.clients.ttl <= 0:
             return
         config: dict[str, Any] = {
@@ -978,9 +979,9 @@ class KafkaEndpoint:
             "bootstrap.servers": self.config.brokers,
             "logger": librdkafka_log,
         }
-        sweep = GroupSweep(pattern, self.clients)
+        groups = KafkaGroups(partial(AdminClient, config))
         nursery.start_soon(
-            run_sweep, self.name, sweep, partial(AdminClient, config), self._blocking
+            run_sweep, self.name, Sweep(pattern, self.clients), groups, self._blocking
         )
 
     def _producer_config(self, to_trio: ToTrio, generation: int) -> dict[str, Any]:

@@ -84,12 +84,14 @@ from typing import Any, TypeVar
 import trio
 from trio_util import AsyncValue
 
-from ..client_state import ClientLedger
+from ..client_state import ClientLedger, Sweep, name_pattern
 from ..config import SolaceConfig
 from ..errors import BrokerUnavailable, ClientTooSlow, MediationError
 from ..events import Delivery, Event, new_event_id
 from ._backoff import Backoff
 from ._handoff import ToTrio
+from ._solace_semp import SempQueues
+from ._sweep import run_sweep
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
 log = logging.getLogger(__name__)
@@ -481,25 +483,48 @@ class SolaceEndpoint:
             self.config.retry_interval, max(MAX_RETRY_INTERVAL, self.config.retry_interval)
         )
         try:
-            while True:
-                self.state.value = EndpointState.CONNECTING
-                try:
-                    connection = await self._connect()
-                except BrokerUnavailable as error:
-                    log.warning(
-                        "solace connect failed", extra={"endpoint": self.name, "error": str(error)}
-                    )
-                else:
-                    backoff.reset()
+            async with trio.open_nursery() as nursery:
+                self._start_sweep(nursery)
+                while True:
+                    self.state.value = EndpointState.CONNECTING
                     try:
-                        await self._serve(connection)
-                    finally:
-                        with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                            await self._blocking(self._close, connection, abandon=True)
-                self.state.value = EndpointState.DOWN
-                await trio.sleep(backoff.next())
+                        connection = await self._connect()
+                    except BrokerUnavailable as error:
+                        log.warning(
+                            "solace connect failed",
+                            extra={"endpoint": self.name, "error": str(error)},
+                        )
+                    else:
+                        backoff.reset()
+                        try:
+                            await self._serve(connection)
+                        finally:
+                            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                                await self._blocking(self._close, connection, abandon=True)
+                    self.state.value = EndpointState.DOWN
+                    await trio.sleep(backoff.next())
         finally:
             self.state.value = EndpointState.DOWN
+
+    def _start_sweep(self, nursery: trio.Nursery) -> None:
+        """With a ttl, ``semp_url``, ``create_queues`` and a per-client ``queue_in``: delete the
+        queues of departed clients (``_solace_semp``)."""
+        config = self.config
+        pattern = name_pattern(config.queue_in, self.name)
+        if pattern is None or config.semp_url is None or not config.create_queues:
+            return
+        if self.clients.ttl <= 0:
+            return
+        queues = SempQueues(
+            config.semp_url,
+            config.vpn,
+            config.semp_username,
+            config.semp_password,
+            template=config.queue_in,
+        )
+        nursery.start_soon(
+            run_sweep, self.name, Sweep(pattern, self.clients), queues, self._limiter
+        )
 
     async def _connect(self) -> _Connection:
         api = self.api
