@@ -21,6 +21,9 @@ What each harness broker keeps across a SIGKILL, and so what "mid-stream" can me
   stream goes on after the restart (the topic created again, as an operator would).
 
 A SIGSTOP freezes a broker with its state in memory, so the stream runs straight through it.
+
+Kafka runs in both fetch designs: ``kafka`` (a consumer per session, ``fetch = "per_session"``)
+and ``kafka_shared`` (``fetch = "shared"``), side by side where the brokers are faulted at once.
 """
 
 from __future__ import annotations
@@ -146,12 +149,12 @@ class RabbitSide(Side):
 
 
 class KafkaSide(Side):
-    kind = "kafka"
-
-    def __init__(self, broker: Tansu) -> None:
+    def __init__(self, broker: Tansu, fetch: str = "per_session") -> None:
         super().__init__()
         self.broker = self.tansu = broker
         self.topic = f"faults-{uuid.uuid4().hex[:12]}"
+        self.fetch = fetch
+        self.kind = "kafka" if fetch == "per_session" else f"kafka_{fetch}"
 
     def endpoint(self) -> dict[str, Any]:
         config = {
@@ -160,6 +163,7 @@ class KafkaSide(Side):
             # After a broker lost its state (no committed offsets), start at the beginning.
             "auto_offset_reset": "earliest",
             **FAST_GROUPS,
+            "fetch": self.fetch,
             "librdkafka": {"log.connection.close": False},
         }
         return {"type": "kafka", "config": config}
@@ -224,6 +228,7 @@ class MQTTSide(Side):
 SIDES: dict[str, Callable[[pytest.FixtureRequest], Side]] = {
     "rabbitmq": lambda request: RabbitSide(request.getfixturevalue("rabbitmq")),
     "kafka": lambda request: KafkaSide(request.getfixturevalue("tansu")),
+    "kafka_shared": lambda request: KafkaSide(request.getfixturevalue("tansu"), "shared"),
     "mqtt5": lambda request: MQTTSide(request.getfixturevalue("mosquitto")),
 }
 
@@ -393,7 +398,7 @@ def seqs(start: int, count: int = HALF) -> range:
 # -- SIGKILL and restart -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["rabbitmq", "kafka", "mqtt5"])
+@pytest.mark.parametrize("kind", ["rabbitmq", "kafka", "kafka_shared", "mqtt5"])
 async def test_broker_killed_and_restarted_mid_stream(
     kind: str,
     engine_with: EngineFactory,
@@ -495,10 +500,15 @@ async def test_brokers_frozen_for_20_s_lose_nothing_and_wedge_nothing(
     mosquitto: Mosquitto,
     report_figures: Callable[..., None],
 ) -> None:
-    """All three brokers SIGSTOPped at once, mid-stream (deliveries unconfirmed in the engine,
+    """All three brokers (Kafka in both fetch designs) SIGSTOPped at once, mid-stream (deliveries unconfirmed in the engine,
     more waiting in the brokers, acks sent into the frozen sockets), for 20 s, then SIGCONT.
     Meanwhile a memory route keeps answering and ``/healthz`` stays fast."""
-    sides: list[Side] = [RabbitSide(rabbitmq), KafkaSide(tansu), MQTTSide(mosquitto)]
+    sides: list[Side] = [
+        RabbitSide(rabbitmq),
+        KafkaSide(tansu),
+        KafkaSide(tansu, "shared"),
+        MQTTSide(mosquitto),
+    ]
     for side in sides:
         side.broker.ensure_running()
     try:
@@ -610,13 +620,18 @@ async def test_network_faults_between_the_engine_and_the_brokers(
     heartbeat is 2 s here so that RabbitMQ gives up on the cut connection, and requeues what it
     held for it, within seconds rather than minutes.)
 
-    Not Kafka under ``reset``: tansu 0.6.0's group coordinator wedges there. In 4 runs of 6 the
-    ``at_most_once`` client's group (its member's connections reset mid-commit) stayed in a state
-    tansu describes as UNKNOWN, with no members, and never assigned a new member its partition,
-    even to fresh consumers joining later (so neither the engine's nor the client's retries can
-    help); the ``at_least_once`` group beside it settled every time. tansu is the only Kafka
-    broker the harness has; a real Kafka cluster times out such a rebalance."""
-    sides: list[Side] = [RabbitSide(rabbitmq, heartbeat=2), MQTTSide(mosquitto)]
+    Not Kafka's per-session design under ``reset``: tansu 0.6.0's group coordinator wedges
+    there. In 4 runs of 6 the ``at_most_once`` client's group (its member's connections reset
+    mid-commit) stayed in a state tansu describes as UNKNOWN, with no members, and never
+    assigned a new member its partition, even to fresh consumers joining later (so neither the
+    engine's nor the client's retries can help); the ``at_least_once`` group beside it settled
+    every time. tansu is the only Kafka broker the harness has; a real Kafka cluster times out
+    such a rebalance. The shared design joins no group, so it runs under ``reset`` too."""
+    sides: list[Side] = [
+        RabbitSide(rabbitmq, heartbeat=2),
+        KafkaSide(tansu, "shared"),  # no group membership: nothing for tansu to wedge
+        MQTTSide(mosquitto),
+    ]
     if kind != "reset":
         sides.insert(1, KafkaSide(tansu))
     for side in sides:
