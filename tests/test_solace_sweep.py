@@ -8,6 +8,8 @@ messaging API's fake talks to: queues the engine's receivers created are the one
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ import trio
 from mediation.client_state import ClientLedger, Sweep, name_pattern
 from mediation.endpoints._solace_semp import SempError, SempQueues
 from mediation.endpoints.base import EndpointState
+from mediation.engine import MediationEngine
 
 from .conftest import EngineFactory, clients_gone, sse_events
 from .solace_fake import FakeBroker, open_broker
@@ -54,7 +57,24 @@ def solace_endpoint(broker: FakeBroker, semp: FakeSemp | None, **config: Any) ->
     return {"type": "solace", "client_state_ttl": TTL, "config": table}
 
 
-ROUTES = [{"source": "sol", "target": "sse", "delivery_guarantee": "at_least_once"}]
+@asynccontextmanager
+async def sweeping_engine(
+    engine_with: EngineFactory, broker: FakeBroker, semp: FakeSemp, **config: Any
+) -> AsyncIterator[tuple[MediationEngine, httpx.AsyncClient]]:
+    """An engine with an SSE entrypoint fed by ``sol`` (at_least_once: a queue per client),
+    the endpoint up, and an HTTP client."""
+    routes = [{"source": "sol", "target": "sse", "delivery_guarantee": "at_least_once"}]
+    async with (
+        engine_with(
+            entrypoints={"sse": "sse"},
+            endpoints={"sol": solace_endpoint(broker, semp, **config)},
+            routes=routes,
+        ) as engine,
+        httpx.AsyncClient(timeout=WAIT) as http,
+    ):
+        with trio.fail_after(WAIT):
+            await engine.endpoints["sol"].state.wait_value(EndpointState.UP)
+        yield engine, http
 
 
 async def test_queues_of_departed_clients_are_deleted_and_no_other(
@@ -63,16 +83,7 @@ async def test_queues_of_departed_clients_are_deleted_and_no_other(
     with open_broker() as broker, serving_semp(broker) as semp:
         add_queue(broker, "orders")  # not of the engine's naming: never touched
         add_queue(broker, "mediation-ghost")  # the engine's naming, no client seen: first sight
-        async with (
-            engine_with(
-                entrypoints={"sse": "sse"},
-                endpoints={"sol": solace_endpoint(broker, semp)},
-                routes=ROUTES,
-            ) as engine,
-            httpx.AsyncClient(timeout=WAIT) as http,
-        ):
-            with trio.fail_after(WAIT):
-                await engine.endpoints["sol"].state.wait_value(EndpointState.UP)
+        async with sweeping_engine(engine_with, broker, semp) as (engine, http):
             for n in range(CLIENTS):
                 async with sse_events(http, engine, path=f"/?client_id=gone-{n}"):
                     pass
@@ -106,14 +117,7 @@ async def test_queues_the_engine_did_not_make_for_a_client_are_never_swept(
     with open_broker() as broker, serving_semp(broker) as semp:
         for name in ("mediation-old", "shared-queue", "mediation-c"):
             add_queue(broker, name)
-        async with (
-            engine_with(
-                entrypoints={"sse": "sse"},
-                endpoints={"sol": solace_endpoint(broker, semp, **config)},
-                routes=ROUTES,
-            ) as engine,
-            httpx.AsyncClient(timeout=WAIT) as http,
-        ):
+        async with sweeping_engine(engine_with, broker, semp, **config) as (engine, http):
             async with sse_events(http, engine, path="/?client_id=c"):
                 pass
             await clients_gone(engine)
@@ -129,14 +133,7 @@ async def test_a_semp_that_cannot_answer_fails_the_sweep_not_the_endpoint(
     caplog.set_level(logging.INFO, logger="mediation")
     with open_broker() as broker, serving_semp(broker) as semp:
         semp.answer = b"<html>a proxy's error page</html>"
-        async with (
-            engine_with(
-                entrypoints={"sse": "sse"},
-                endpoints={"sol": solace_endpoint(broker, semp)},
-                routes=ROUTES,
-            ) as engine,
-            httpx.AsyncClient(timeout=WAIT) as http,
-        ):
+        async with sweeping_engine(engine_with, broker, semp) as (engine, http):
             async with sse_events(http, engine, path="/?client_id=gone"):
                 pass
             await eventually(lambda: "sweep failed" in caplog.messages)

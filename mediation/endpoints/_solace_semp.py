@@ -104,6 +104,7 @@ class SempQueues:
             with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as error:
+            error.close()  # it holds the response, and so the connection
             raise SempError(f"SEMP {method} answered {error.code}") from None
         except (OSError, ValueError) as error:  # unreachable, timed out, not JSON
             raise SempError(f"SEMP {method} failed: {error}") from None
