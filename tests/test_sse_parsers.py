@@ -15,9 +15,11 @@ its own).
   spaces, field-like lines, unicode, a NUL, bytes that are not UTF-8, a 70 000-character line,
   2000 lines), all four parsers on one engine; then heartbeat comments between events, per
   parser.
-- Kafka (tansu): the relay cuts every stream three times in the middle of an event; each client
-  reconnects with ``Last-Event-ID`` (the two EventSources by themselves, after their default
-  3 s); the engine resumes right after it: no gaps, no duplicates.
+- Kafka (tansu): the relay cuts every stream three times in the middle of an event, once the
+  client has dispatched every whole event before it (Chromium may drop what came in the same
+  read as a hang-up, and then resume from earlier: correct, but not this test's expected
+  list); each client reconnects with ``Last-Event-ID`` (the two EventSources by themselves,
+  after their default 3 s); the engine resumes right after it: no gaps, no duplicates.
 
 npm ``eventsource`` parses with ``eventsource-parser`` inside, so those two share a tokenizer
 (but not the connection handling); httpx-sse and Chromium (Blink) are independent of both.
@@ -45,6 +47,7 @@ from tests.brokers import Tansu
 from tests.browser.harness import (
     EVENTS_PATH,
     PageServer,
+    Relayed,
     Reports,
     ensure_node_modules,
     events_of,
@@ -194,6 +197,16 @@ def assert_decoded_alike(clients: dict[str, Reports], expected: list[tuple[str, 
             assert got == wanted, f"{name}, event {n}: {got!r:.200} != {wanted!r:.200}"
 
 
+def relayed_summary(server: PageServer) -> str:
+    """Each relayed stream: its client, Last-Event-ID, whether the relay cut it, how it began
+    and ended (what a failure needs to tell who ended a stream early)."""
+    return "\n".join(
+        f"  {s.client}: last-event-id={s.head.get('last-event-id')!r} cut={s.cut} "
+        f"bytes={len(s.raw)} head={bytes(s.raw[:120])!r} tail={bytes(s.raw[-160:])!r}"
+        for s in server.relayed
+    )
+
+
 def keepalive_after(server: PageServer, event_id: str) -> bool:
     """The (one) relayed stream has a heartbeat after the event ``event_id``."""
     [stream] = server.relayed
@@ -335,8 +348,28 @@ async def test_kafka_resume_over_forced_disconnects_has_no_gaps_and_no_duplicate
     tansu.ensure_running()
     admin = AdminClient({"bootstrap.servers": tansu.bootstrap_servers})
     topic = await trio.to_thread.run_sync(new_topic, admin, "sse-parsers")
+
+    def event_id(offset: int) -> str:
+        return f"{topic}:0:{offset}"
+
     await trio.to_thread.run_sync(produce, tansu, topic)
-    server = PageServer(cuts={name: [b"#%04d" % n for n in CUT_AT] for name in PARSERS})
+    clients: dict[str, Reports] = {}
+
+    async def dispatched_before_cut(relayed: Relayed, marker: bytes) -> None:
+        # Every whole event before the cut reaches the client before the hang-up: Chromium can
+        # drop what arrived in the same read as the end of the connection (then it resumes from
+        # the event before those, which the expected list below does not allow for).
+        before = event_id(int(marker[1:]) - 1)
+        with trio.fail_after(WAIT):
+            await clients[relayed.client].wait_until(
+                lambda seen: any(r.get("id") == before for r in seen if r.get("type") == "message"),
+                f"event {before}",
+            )
+
+    server = PageServer(
+        cuts={name: [b"#%04d" % n for n in CUT_AT] for name in PARSERS},
+        before_cut=dispatched_before_cut,
+    )
     endpoint = {
         "type": "kafka",
         "config": {
@@ -358,14 +391,10 @@ async def test_kafka_resume_over_forced_disconnects_has_no_gaps_and_no_duplicate
             with trio.fail_after(WAIT):
                 await engine.endpoints["k"].state.wait_value(EndpointState.UP)
             server.sse_port = engine.ports["sse"]
-            clients = {}
             for name in PARSERS:
                 clients[name] = await start_client(nursery, server, name)
             await finished(clients)
             nursery.cancel_scope.cancel()
-
-    def event_id(offset: int) -> str:
-        return f"{topic}:0:{offset}"
 
     expected: list[tuple[str, str, str]] = []
     for start, stop in zip((0, *CUT_AT), (*CUT_AT, KAFKA_EVENTS), strict=True):
@@ -382,7 +411,10 @@ async def test_kafka_resume_over_forced_disconnects_has_no_gaps_and_no_duplicate
         lost=sum(KAFKA_EVENTS - len(set(ids)) for ids in received.values()),
         duplicated=sum(len(ids) - len(set(ids)) for ids in received.values()),
     )
-    assert_decoded_alike(clients, expected)
+    try:
+        assert_decoded_alike(clients, expected)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\nrelayed streams:\n{relayed_summary(server)}") from None
     # Chromium, per the spec: a session event after a reconnect has the last id before the cut.
     assert [r["id"] for r in clients["chromium"].seen if r.get("type") == "session"] == [
         "",

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -105,11 +105,17 @@ class Reports:
 
     async def wait_for(self, kind: str, count: int = 1) -> None:
         """Return once ``count`` reports of ``kind`` have come."""
-        while self.count(kind) < count:
+        await self.wait_until(lambda _: self.count(kind) >= count, f"{count} {kind}")
+
+    async def wait_until(
+        self, condition: Callable[[list[dict[str, Any]]], bool], what: str = "a condition"
+    ) -> None:
+        """Return once ``condition(seen)`` holds (checked after every report)."""
+        while not condition(self.seen):
             fatal = [r for r in self.seen if r["kind"] == "fatal"]
             if fatal or self.ended.is_set():
                 raise AssertionError(
-                    f"{self.name} ended (exit {self.exit_code}) waiting for {kind}: "
+                    f"{self.name} ended (exit {self.exit_code}) waiting for {what}: "
                     f"{fatal or self.seen[-3:]}"
                 )
             await self._changed.wait()
@@ -179,11 +185,21 @@ class Relayed:
 class PageServer:
     """See :func:`serve_pages`. ``sse_port`` is set once the engine is up."""
 
-    def __init__(self, cuts: dict[str, list[bytes]]) -> None:
+    def __init__(
+        self,
+        cuts: dict[str, list[bytes]],
+        before_cut: Callable[[Relayed, bytes], Awaitable[None]] | None = None,
+    ) -> None:
         self.port = 0
         self.sse_port = 0
         self.relayed: list[Relayed] = []
         self._cuts = cuts
+        # Awaited with the stream and its marker once the bytes up to the marker are sent, before
+        # the hang-up: a client may drop what came in the same read as the end of the connection
+        # (Chromium's loader can fail the stream before the page has read the last bytes), so a
+        # test that counts on every whole event before the cut waits here for the client to
+        # have dispatched them.
+        self._before_cut = before_cut
         self._changed = trio.Event()
 
     @property
@@ -264,6 +280,8 @@ class PageServer:
                             chunk = chunk[: end - len(relayed.raw)]
                             await client.send_all(chunk)
                             relayed.raw += chunk
+                            if self._before_cut is not None:
+                                await self._before_cut(relayed, marker)
                             relayed.cut = True
                             break
                         await client.send_all(chunk)
