@@ -366,6 +366,9 @@ class SharedFetch:
         self.next: dict[int, int] = {}
         self.tail: set[SharedSession] = set()
         self.sessions: set[SharedSession] = set()  # every session using this fetch
+        # Sessions that joined while the topic did not exist: begun by the assignment, at the
+        # partitions' beginnings. Only these: the others begin at their group's positions.
+        self.awaiting_topic: set[SharedSession] = set()
         self.failure: BrokerUnavailable | None = None
         self.started = trio.Event()  # assigned, or waiting for the topic to appear
         self.finished = trio.Event()
@@ -467,9 +470,14 @@ class SharedFetch:
             self.next[partition] = start
         self.waiting_for_topic = False
         self.started.set()
-        for session in list(self.sessions):
-            if not session.positions:  # joined while the topic did not exist: all of it is new
-                session.begin({p: low for p, (low, _) in starts.items()})
+        # Not every session without positions: one that came before this assignment (the first
+        # of the fetch, a bridge started with its endpoint) is still reading its group's stored
+        # positions and begins once it has them. Begun here too, it took records at the wrong
+        # positions, then began again: the records it held were not its positions' any more,
+        # their settles were ignored and its credit never came back (a bridge moved one event).
+        awaiting, self.awaiting_topic = self.awaiting_topic, set()
+        for session in awaiting:  # all of the topic is new to them
+            session.begin({p: low for p, (low, _) in starts.items()})
 
     def _fan_out(self, records: list[Record]) -> None:
         self._room.release()
@@ -555,7 +563,10 @@ class SharedSession:
     # -- joining -------------------------------------------------------------------------------
 
     def begin(self, starts: dict[int, int]) -> None:
-        """Start reading at ``starts``: at the tail if nothing lies between, else behind it."""
+        """Start reading at ``starts``: at the tail if nothing lies between, else behind it.
+
+        Once per session: either by the endpoint, at its group's positions, or by the fetch's
+        assignment for a session in ``awaiting_topic``."""
         self.positions = {p: PartitionPositions(o) for p, o in starts.items()}
         self._committer.sessions.add(self)
         if self.fetch.at_tail(self.positions):
@@ -734,6 +745,7 @@ class SharedSession:
         self._closed = True
         self.fetch.tail.discard(self)
         self.fetch.sessions.discard(self)
+        self.fetch.awaiting_topic.discard(self)
         self._committer.sessions.discard(self)
         reader = self._reader
         if reader is not None:

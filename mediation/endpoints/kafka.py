@@ -1318,9 +1318,13 @@ class KafkaEndpoint:
             if fetch.failure is not None:
                 raise fetch.failure
             resume = resume_position(subscription.resume_after, topic)
-            if fetch.waiting_for_topic and resume is not None:
-                subscription.position_gone(f"position in {topic} is gone: the topic does not exist")
-            if not fetch.waiting_for_topic:
+            if fetch.waiting_for_topic:
+                fetch.awaiting_topic.add(session)  # begun when the topic appears
+                if resume is not None:
+                    subscription.position_gone(
+                        f"position in {topic} is gone: the topic does not exist"
+                    )
+            else:
                 partitions = sorted(fetch.next)
                 stored = await offsets.read(group, topic, partitions)
                 if resume is not None:
