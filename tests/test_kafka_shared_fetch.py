@@ -8,14 +8,19 @@ answered at once by a stand-in for ``GroupOffsets``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, cast
 
+import pytest
 import trio
 import trio.testing
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from mediation.endpoints._handoff import ToTrio
 from mediation.endpoints._kafka_shared import (
+    READS_IN_FLIGHT,
     Committer,
     GroupOffsets,
     Record,
@@ -29,10 +34,28 @@ TOPIC = "t"
 
 
 class _Offsets:
-    """``GroupOffsets.write_nowait``, answered at once; what was written is kept."""
+    """``GroupOffsets``: ``write_nowait`` answered at once (what was written is kept);
+    ``read_soon`` answered when the test says (:meth:`answer`)."""
 
     def __init__(self) -> None:
         self.written: list[dict[int, int]] = []
+        self.reads: list[tuple[list[int], Callable[[dict[int, int] | BrokerUnavailable], None]]]
+        self.reads = []
+
+    def read_soon(
+        self,
+        group: str,
+        topic: str,
+        partitions: Iterable[int],
+        done: Callable[[dict[int, int] | BrokerUnavailable], None],
+    ) -> None:
+        self.reads.append((list(partitions), done))
+
+    def answer(self, stored: dict[int, int] | BrokerUnavailable) -> list[int]:
+        """Answer the oldest read; the partitions it asked for."""
+        partitions, done = self.reads.pop(0)
+        done(stored)
+        return partitions
 
     def write_nowait(
         self,
@@ -52,7 +75,8 @@ def _unconvertible(message: Any) -> Event:  # pragma: no cover - records come co
 def shared(credit: int = 1) -> tuple[SharedFetch, SharedSession, _Offsets]:
     """A fetch (thread not started) and one session of it, registered as the endpoint does."""
     to_trio = ToTrio("test")
-    fetch = SharedFetch({}, TOPIC, to_trio, _unconvertible)
+    # The thread is not started: nothing reads metadata.
+    fetch = SharedFetch({}, TOPIC, to_trio, _unconvertible, cast(AdminClient, None))
     offsets = _Offsets()
     session = SharedSession(
         fetch,
@@ -138,3 +162,154 @@ async def test_a_session_that_left_while_waiting_for_the_topic_is_not_begun(
     fetch._assigned({0: (0, 0)})
     fan_out(fetch, records(0, 0))
     assert not session.positions and session not in fetch.tail
+
+
+# -- partitions added while the fetch runs ---------------------------------------------------------
+
+NONE = -1001  # what the admin API answers for a partition the group has no offset of
+
+
+def positions_of(session: SharedSession) -> dict[int, int]:
+    return {p: positions.position for p, positions in session.positions.items()}
+
+
+async def test_partitions_added_start_at_the_stored_position_else_at_their_beginning(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The fetch found partitions 1 and 2 (assigned at their beginnings, 0): a session at the
+    tail reads its group's positions there. Partition 1 is new to the client: it starts at 0,
+    and that start is written at once (a client that never acks there resumes at 0, not at
+    the end). The client read partition 2 up to 3 on an instance that found it earlier: it
+    starts at 3. Answered before any of their records came, it stays at the tail."""
+    fetch, session, offsets = shared(credit=4)
+    fetch._assigned({0: (0, 0)})
+    session.begin({0: 0})
+    fetch._grown({1: 0, 2: 0})
+    assert offsets.answer({1: NONE, 2: 3}) == [1, 2]
+    assert positions_of(session) == {0: 0, 1: 0, 2: 3}
+    assert offsets.written == [{1: 0}]
+    assert session in fetch.tail
+    fan_out(fetch, records(1, 0, 1) + records(2, 2, 3) + records(0, 0))
+    got = [(await take(session)).event.id for _ in range(4)]
+    assert got == [f"{TOPIC}:1:0", f"{TOPIC}:1:1", f"{TOPIC}:2:3", f"{TOPIC}:0:0"]
+
+
+async def test_a_record_of_a_partition_whose_start_is_not_known_yet_sends_the_session_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A record of a new partition fanned out before the group answered is not skipped: the
+    session leaves the tail (a catch-up reader reads it from the start the group gives)."""
+    fetch, session, offsets = shared(credit=4)
+    fetch._assigned({0: (0, 0)})
+    session.begin({0: 0})
+    fetch._grown({1: 0})
+    fan_out(fetch, records(0, 0) + records(1, 0))
+    assert session not in fetch.tail and session.behind
+    assert (await take(session)).event.id == f"{TOPIC}:0:0"  # taken before it left
+    offsets.answer({1: NONE})
+    assert positions_of(session) == {0: 1, 1: 0}  # 1:0 is behind the fetch (next: 1)
+    assert fetch.next == {0: 1, 1: 1} and not fetch.at_tail(session.positions)
+
+
+async def test_a_session_that_begins_after_the_fetch_grew_reads_the_new_partitions_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The endpoint read the group's positions of the partitions it knew (0); the fetch found
+    partition 1 meanwhile: the session asks its group for that one too, at the tail."""
+    fetch, session, offsets = shared()
+    fetch._assigned({0: (0, 0)})
+    fetch._grown({1: 0})
+    session.begin({0: 0})
+    assert session in fetch.tail
+    assert offsets.answer({1: NONE}) == [1]
+    assert positions_of(session) == {0: 0, 1: 0}
+    fan_out(fetch, records(1, 0))
+    assert (await take(session)).event.id == f"{TOPIC}:1:0"
+
+
+async def test_a_group_that_cannot_be_read_for_a_new_partition_ends_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fetch, session, offsets = shared()
+    fetch._assigned({0: (0, 0)})
+    session.begin({0: 0})
+    fetch._grown({1: 0})
+    offsets.answer(BrokerUnavailable("no answer"))
+    with pytest.raises(BrokerUnavailable):
+        await take(session)
+
+
+async def test_a_closed_session_ignores_its_groups_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fetch, session, offsets = shared()
+    fetch._assigned({0: (0, 0)})
+    session.begin({0: 0})
+    fetch._grown({1: 0})
+    await session.close()
+    offsets.answer({1: NONE})
+    assert positions_of(session) == {0: 0}
+
+
+# -- position reads, bounded ---------------------------------------------------------------------
+
+
+class _Future:
+    """The part of ``concurrent.futures.Future`` that GroupOffsets uses, answered by the test."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._answer: Any = None
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._callbacks.append(callback)
+
+    def result(self) -> Any:
+        return self._answer
+
+    def resolve(self, answer: Any) -> None:
+        self._answer = answer
+        for callback in self._callbacks:
+            callback(self)
+
+
+class _Admin:
+    """``list_consumer_group_offsets`` answered when the test says."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, _Future]] = []
+
+    def list_consumer_group_offsets(self, requests: list[Any], **_: Any) -> dict[str, _Future]:
+        (request,) = requests
+        future = _Future()
+        self.pending.append((request, future))
+        return {request.group_id: future}
+
+
+class _Answer:
+    def __init__(self, request: Any, offset: int) -> None:
+        self.topic_partitions = [
+            TopicPartition(tp.topic, tp.partition, offset) for tp in request.topic_partitions
+        ]
+
+
+async def test_reads_for_new_partitions_are_issued_reads_in_flight_at_a_time() -> None:
+    """A topic that grows under 200 sessions: 200 reads, ``READS_IN_FLIGHT`` issued at once,
+    the next ones as answers come back; each answered once, with its group's offsets."""
+    admin = _Admin()
+    offsets = GroupOffsets({}, ToTrio("test"))
+    offsets._admin = cast(AdminClient, admin)
+    answers: dict[str, dict[int, int] | BrokerUnavailable] = {}
+    for n in range(200):
+        group = f"g{n}"
+        offsets.read_soon(group, TOPIC, [1, 2], partial(answers.__setitem__, group))
+    most = 0
+    while admin.pending or len(answers) < 200:
+        most = max(most, len(admin.pending))
+        issued, admin.pending = admin.pending, []
+        for n, (request, future) in enumerate(issued):
+            future.resolve(_Answer(request, n))
+        await trio.testing.wait_all_tasks_blocked()  # the answers come through ToTrio
+    assert most == READS_IN_FLIGHT
+    assert sorted(answers) == sorted(f"g{n}" for n in range(200))
+    assert all(isinstance(a, dict) and set(a) == {1, 2} for a in answers.values())
