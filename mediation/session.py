@@ -400,8 +400,15 @@ class Session:
                 return taken
 
     async def before_write(self, item: SessionDelivery) -> None:
+        """The event is about to be written: ack it (``at_most_once``), or expect the client's
+        confirmation from now on. Not only once written: the client may have it, and its
+        confirmation may be read (by another task) before the writer is back from the write;
+        taken as unknown, that confirmation was lost and the event held its window slot for
+        good (a fast client's stream stopped a window short)."""
         if item.plan.acks_before_write:
             await self._settle(item, accepted=True)
+        elif item.plan.confirms and self.client_confirms:
+            self._awaiting_confirmation[item.event.id] = item
 
     async def written(self, item: SessionDelivery) -> None:
         """The event reached the client: log it and, per guarantee, ack or await confirmation."""
@@ -419,10 +426,9 @@ class Session:
         telemetry.packet_from(source, item.event)
         if not plan.confirms:
             self._recently_written.append(item.event.id)
-        elif self.client_confirms:
-            self._awaiting_confirmation[item.event.id] = item
-        else:
+        elif not self.client_confirms:
             await self._confirmed(item, accepted=True)
+        # else: awaiting the client's confirmation since before_write
 
     async def next_delivery(self) -> SessionDelivery:
         """:meth:`receive` and :meth:`before_write`: the next event, ready to be written."""
@@ -476,9 +482,11 @@ class Session:
             # lost its successor's events in tests/test_kafka.py).
             max_events = 1
         while True:
-            batch = [await self.next_delivery()]
-            size = len(batch[0].delivery.event.payload)
-            waited = not self._awaiting_confirmation
+            first = await self.receive()
+            waited = not self._awaiting_confirmation  # (written events: before this one's)
+            await self.before_write(first)
+            batch = [first]
+            size = len(first.delivery.event.payload)
             while len(batch) < max_events and size < max_bytes:
                 item = self.receive_nowait()
                 if item is None:

@@ -207,10 +207,20 @@ class Output:
         return record
 
     async def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The next record that matches (records already read are not looked at)."""
         while True:
             record = await self.next_record()
             if predicate(record):
                 return record
+
+    async def first(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first record that matches, read already or still to come: for what the process
+        may log before the record a wait began after (an endpoint connected before
+        :func:`running` saw "listening", say)."""
+        for record in self.records:
+            if predicate(record):
+                return record
+        return await self.wait_for(predicate)
 
     async def rest(self) -> list[dict[str, Any]]:
         """Every record up to the end of the output (the process has exited)."""

@@ -10,7 +10,11 @@ a ``group_id`` holding ``{client_id}``:
   (``fetch_prefetch_kbytes``) and at most ``TAIL_BATCHES`` batches handed to Trio and not yet
   fanned out. Each record is converted once; the sessions at the tail get references to the
   same :class:`Event`. The fetch never waits for a session: one whose window (credit plus
-  ``READ_AHEAD``) is full, or that refused a record, leaves the tail.
+  ``READ_AHEAD``) is full, or that refused a record, leaves the tail. Every
+  ``topic.metadata.refresh.interval.ms`` it looks for partitions added to the topic and reads
+  them from their beginnings; each session starts those at its client's stored position, else
+  at their beginnings (:meth:`SharedSession.add_partitions`; docs/design.md, "Endpoint
+  semantics").
 - :class:`SharedSession`: one session's reading, on the Trio thread only: a
   :class:`PartitionPositions` per partition, its credit, its read-ahead buffer. A record is
   taken only at the session's position (an older one is a duplicate and ignored; a newer one
@@ -44,7 +48,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -93,6 +97,9 @@ COMMIT_BATCH = 64
 # and issuing them in one go held the Trio thread 30-100 ms (a shared 2-core machine), so a
 # record fetched meanwhile waited that long before it was fanned out (S8, docs/performance.md).
 WRITES_IN_FLIGHT = 64
+# Position reads an endpoint keeps in flight for partitions found while sessions read (one per
+# session of the topic); the others are issued as answers come back, like WRITES_IN_FLIGHT.
+READS_IN_FLIGHT = 64
 # Idle positions re-written at once (``position_refresh_interval``), each waiting for its answer.
 REFRESH_IN_FLIGHT = 64
 # Batches the shared fetch may have handed to Trio and not yet fanned out.
@@ -106,6 +113,23 @@ STALL_PAUSE = 0.5
 # this often.
 REQUEST_TIMEOUT = 10.0
 TOPIC_RETRY = 3.0
+# The fetch thread's own metadata requests (is the broker there; has the topic new partitions):
+# the tail waits for them.
+METADATA_TIMEOUT = 2.0
+
+# A topic's partitions as the broker reports them (empty: no such topic), at most ``timeout``
+# seconds (then KafkaException); the endpoint's ``partitions`` (a test may put a topic that grows
+# there: tansu has no CreatePartitions).
+Partitions = Callable[[Consumer | AdminClient, str, float], list[int]]
+
+
+def read_partitions(client: Consumer | AdminClient, topic: str, timeout: float) -> list[int]:
+    """:data:`Partitions` from the broker (a metadata request)."""
+    metadata = client.list_topics(topic, timeout=timeout).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        return []
+    return sorted(metadata.partitions)
+
 
 # A converted record, or None for one that cannot be converted (skipped by every session).
 Record = tuple[int, int, Event | None]
@@ -163,8 +187,14 @@ class GroupOffsets:
         self._config = config
         self._to_trio = to_trio
         self._admin: AdminClient | None = None
+        self._reads: deque[Callable[[], None]] = deque()  # read_soon()s not issued yet
+        self._reading = 0  # read_soon()s issued and not answered
+        self._issuing = False
 
-    def _client(self) -> AdminClient:
+    def client(self) -> AdminClient:
+        """The endpoint's admin client (made on first use, on the Trio thread). The shared
+        fetches' threads read metadata with it too: its connection is not held up behind a
+        fetch the broker holds, as the fetch consumer's own is."""
         if self._admin is None:
             self._admin = AdminClient(self._config)
         return self._admin
@@ -200,23 +230,59 @@ class GroupOffsets:
             raise box[0]
         return box[0]
 
-    async def read(self, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
-        """The group's committed offset of each partition (negative: none)."""
+    def _list(self, group: str, topic: str, partitions: Iterable[int]) -> Callable[[], Any]:
         request = ConsumerGroupTopicPartitions(
             group, [TopicPartition(topic, p) for p in partitions]
         )
-        answer = await self._answer(
-            lambda: self._client().list_consumer_group_offsets(
-                [request], request_timeout=REQUEST_TIMEOUT
-            ),
-            group,
+        return lambda: self.client().list_consumer_group_offsets(
+            [request], request_timeout=REQUEST_TIMEOUT
         )
-        offsets: dict[int, int] = {}
-        for tp in answer.topic_partitions or ():
-            if tp.error is not None:
-                raise BrokerUnavailable(f"kafka could not read the position of {group}: {tp.error}")
-            offsets[tp.partition] = tp.offset
+
+    async def read(self, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """The group's committed offset of each partition (negative: none)."""
+        offsets = _positions(group, await self._answer(self._list(group, topic, partitions), group))
+        if isinstance(offsets, BrokerUnavailable):
+            raise offsets
         return offsets
+
+    def read_soon(
+        self,
+        group: str,
+        topic: str,
+        partitions: Iterable[int],
+        done: Callable[[dict[int, int] | BrokerUnavailable], None],
+    ) -> None:
+        """:meth:`read` without waiting: ``done(offsets or error)`` runs on the Trio thread.
+
+        At most ``READS_IN_FLIGHT`` of these are issued at once, the others as answers come
+        back: partitions found while the topic's sessions run need one read per session."""
+        self._reads.append(partial(self._read_now, group, topic, list(partitions), done))
+        self._issue_reads()
+
+    def _issue_reads(self) -> None:
+        if self._issuing:  # an answer that came at once (a local refusal): the loop goes on
+            return
+        self._issuing = True
+        try:
+            while self._reads and self._reading < READS_IN_FLIGHT:
+                self._reading += 1
+                self._reads.popleft()()
+        finally:
+            self._issuing = False
+
+    def _read_now(
+        self,
+        group: str,
+        topic: str,
+        partitions: list[int],
+        done: Callable[[dict[int, int] | BrokerUnavailable], None],
+    ) -> None:
+        def answered(answer: Any) -> None:
+            self._reading -= 1
+            done(answer if isinstance(answer, BrokerUnavailable) else _positions(group, answer))
+            self._issue_reads()
+
+        self._request(self._list(group, topic, partitions), group, answered)
 
     def write_nowait(
         self,
@@ -234,7 +300,7 @@ class GroupOffsets:
             done(answer if isinstance(answer, BrokerUnavailable) else _refusal(group, answer))
 
         self._request(
-            lambda: self._client().alter_consumer_group_offsets(
+            lambda: self.client().alter_consumer_group_offsets(
                 [request], request_timeout=REQUEST_TIMEOUT
             ),
             group,
@@ -254,6 +320,16 @@ class GroupOffsets:
         await done.wait()
         if box[0] is not None:
             raise box[0]
+
+
+def _positions(group: str, answer: Any) -> dict[int, int] | BrokerUnavailable:
+    """The offsets of a list answer (negative: none), or its first partition error."""
+    offsets: dict[int, int] = {}
+    for tp in answer.topic_partitions or ():
+        if tp.error is not None:
+            return BrokerUnavailable(f"kafka could not read the position of {group}: {tp.error}")
+        offsets[tp.partition] = tp.offset
+    return offsets
 
 
 def _refusal(group: str, answer: Any) -> BrokerUnavailable | None:
@@ -355,17 +431,33 @@ class SharedFetch:
     """
 
     def __init__(
-        self, config: dict[str, Any], topic: str, to_trio: ToTrio, convert: Convert
+        self,
+        config: dict[str, Any],
+        topic: str,
+        to_trio: ToTrio,
+        convert: Convert,
+        metadata: AdminClient,
+        partitions: Partitions = read_partitions,
     ) -> None:
         self.topic = topic
         self._config = config
         self._to_trio = to_trio
         self._convert = convert
+        self._metadata = metadata
+        self._partitions_of = partitions
+        # How often the thread looks for partitions added to the topic: librdkafka's metadata
+        # refresh of the consumer config, the interval at which a group of the per-session
+        # design learns of them too (not positive: never, as librdkafka does).
+        refresh = float(config.get("topic.metadata.refresh.interval.ms", 300_000))
+        self._look_every = refresh / 1000 if refresh > 0 else math.inf
         # Trio side.
         self.low: dict[int, int] = {}
         self.next: dict[int, int] = {}
         self.tail: set[SharedSession] = set()
         self.sessions: set[SharedSession] = set()  # every session using this fetch
+        # Sessions that joined while the topic did not exist: begun by the assignment, at the
+        # partitions' beginnings. Only these: the others begin at their group's positions.
+        self.awaiting_topic: set[SharedSession] = set()
         self.failure: BrokerUnavailable | None = None
         self.started = trio.Event()  # assigned, or waiting for the topic to appear
         self.finished = trio.Event()
@@ -400,14 +492,19 @@ class SharedFetch:
                 starts[partition] = (low, low if self._waited else high)
             consumer.assign([TopicPartition(self.topic, p, s) for p, (_, s) in starts.items()])
             self._to_trio.call_soon(self._assigned, starts)
+            known = set(partitions)
+            look_at = time.monotonic() + self._look_every
             while not self._stop.is_set():
                 if self._suspect is not None:
                     reason, self._suspect = self._suspect, None
                     try:
-                        consumer.list_topics(self.topic, timeout=2.0)
+                        consumer.list_topics(self.topic, timeout=METADATA_TIMEOUT)
                     except KafkaException:
                         self._to_trio.call_soon(self._fail, f"kafka broker unavailable: {reason}")
                         return
+                if time.monotonic() >= look_at:
+                    self._look_for_partitions(consumer, known)
+                    look_at = time.monotonic() + self._look_every
                 if not self._room.acquire(timeout=POLL_INTERVAL):
                     continue  # Trio has TAIL_BATCHES to fan out
                 records, error = _records(_consume(consumer, FETCH_BATCH), self._convert)
@@ -432,15 +529,46 @@ class SharedFetch:
     def _partitions(self, consumer: Consumer) -> list[int] | None:
         """The topic's partitions; waits (reporting it) while the topic does not exist."""
         while not self._stop.is_set():
-            metadata = consumer.list_topics(self.topic, timeout=REQUEST_TIMEOUT)
-            topic = metadata.topics.get(self.topic)
-            if topic is not None and topic.error is None and topic.partitions:
-                return sorted(topic.partitions)
+            partitions = self._partitions_of(consumer, self.topic, REQUEST_TIMEOUT)
+            if partitions:
+                return sorted(partitions)
             if not self._waited:
                 self._waited = True
                 self._to_trio.call_soon(self._topic_missing)
             self._stop.wait(TOPIC_RETRY)
         return None
+
+    def _look_for_partitions(self, consumer: Consumer, known: set[int]) -> None:
+        """Partitions added to the topic since the fetch last looked: assigned at their
+        beginnings (everything in them is new to the sessions at the tail) and handed to Trio
+        (:meth:`_grown`). A broker that does not answer now is asked again next time (an
+        outage is the error callback's business)."""
+        try:
+            listed = self._partitions_of(self._metadata, self.topic, METADATA_TIMEOUT)
+            found = sorted(set(listed) - known)
+            if not found:
+                return
+            starts = {
+                p: consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=METADATA_TIMEOUT
+                )[0]
+                for p in found
+            }
+            consumer.incremental_assign(
+                [TopicPartition(self.topic, p, o) for p, o in starts.items()]
+            )
+        except KafkaException as error:
+            log.debug(
+                "kafka topic's partitions not read; asked again later",
+                extra={"topic": self.topic, "error": str(error)},
+            )
+            return
+        known.update(starts)
+        log.info(
+            "kafka topic has new partitions: read from their beginnings",
+            extra={"topic": self.topic, "offsets": starts},
+        )
+        self._to_trio.call_soon(self._grown, starts)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -467,9 +595,23 @@ class SharedFetch:
             self.next[partition] = start
         self.waiting_for_topic = False
         self.started.set()
+        # Not every session without positions: one that came before this assignment (the first
+        # of the fetch, a bridge started with its endpoint) is still reading its group's stored
+        # positions and begins once it has them. Begun here too, it took records at the wrong
+        # positions, then began again: the records it held were not its positions' any more,
+        # their settles were ignored and its credit never came back (a bridge moved one event).
+        awaiting, self.awaiting_topic = self.awaiting_topic, set()
+        for session in awaiting:  # all of the topic is new to them
+            session.begin({p: low for p, (low, _) in starts.items()})
+
+    def _grown(self, starts: dict[int, int]) -> None:
+        """Partitions added to the topic, assigned at ``starts`` (their beginnings)."""
+        for partition, start in starts.items():
+            self.low[partition] = start
+            self.next[partition] = start
         for session in list(self.sessions):
-            if not session.positions:  # joined while the topic did not exist: all of it is new
-                session.begin({p: low for p, (low, _) in starts.items()})
+            if session.positions:  # begun; the others find them in next when they begin
+                session.add_partitions(sorted(starts))
 
     def _fan_out(self, records: list[Record]) -> None:
         self._room.release()
@@ -488,10 +630,15 @@ class SharedFetch:
         for session in list(self.sessions):
             session.fail(self.failure)
 
-    def at_tail(self, positions: dict[int, PartitionPositions]) -> bool:
-        """Whether a session at these positions misses nothing the fetch fans out from now on."""
+    def at_tail(
+        self, positions: dict[int, PartitionPositions], pending: Container[int] = ()
+    ) -> bool:
+        """Whether a session at these positions misses nothing the fetch fans out from now on
+        (``pending``: partitions whose start it is reading; a record of one fanned out before
+        it knows makes it leave the tail, :meth:`SharedSession.offer`)."""
         return all(
-            positions[p].position >= self.next[p] if p in positions else False for p in self.next
+            p in pending or (p in positions and positions[p].position >= n)
+            for p, n in self.next.items()
         )
 
 
@@ -540,6 +687,8 @@ class SharedSession:
         self._to_trio = to_trio
         self._ready: deque[_Item] = deque()
         self._out = 0
+        # Partitions found after the session began, whose start is being read from its group.
+        self._pending: set[int] = set()
         self._changed = trio.lowlevel.ParkingLot()
         self._failure: BrokerUnavailable | None = None
         self._reader: CatchUpReader | None = None
@@ -555,11 +704,53 @@ class SharedSession:
     # -- joining -------------------------------------------------------------------------------
 
     def begin(self, starts: dict[int, int]) -> None:
-        """Start reading at ``starts``: at the tail if nothing lies between, else behind it."""
+        """Start reading at ``starts``: at the tail if nothing lies between, else behind it.
+
+        Once per session: either by the endpoint, at its group's positions, or by the fetch's
+        assignment for a session in ``awaiting_topic``. Partitions the fetch found since the
+        endpoint looked are added as partitions found later are (:meth:`add_partitions`)."""
         self.positions = {p: PartitionPositions(o) for p, o in starts.items()}
         self._committer.sessions.add(self)
-        if self.fetch.at_tail(self.positions):
+        self.add_partitions([p for p in self.fetch.next if p not in starts])
+        if self.fetch.at_tail(self.positions, self._pending):
             self.fetch.tail.add(self)
+        self._changed.unpark_all()
+
+    def add_partitions(self, partitions: list[int]) -> None:
+        """Partitions added to the topic while the session reads: each starts at the client's
+        stored position if its group has one (it read there on an instance that found the
+        partition earlier), else at the partition's beginning (all of it is new to the
+        client), which the next position write stores. Until its group answered, a record of
+        such a partition fanned out makes the session leave the tail (read again later by a
+        catch-up reader, never skipped)."""
+        new = [p for p in partitions if p not in self.positions and p not in self._pending]
+        if not new or self._closed:
+            return
+        self._pending.update(new)
+        self._offsets.read_soon(self.group, self.fetch.topic, new, partial(self._added, new))
+
+    def _added(self, partitions: list[int], stored: dict[int, int] | BrokerUnavailable) -> None:
+        """The group's answer for partitions added while the session reads."""
+        if self._closed:
+            return
+        if isinstance(stored, BrokerUnavailable):
+            self.fail(stored)
+            return
+        for partition in partitions:
+            self._pending.discard(partition)
+            start = stored.get(partition, -1)
+            if start >= 0:
+                positions = PartitionPositions(start)
+            else:
+                start = self.fetch.low[partition]
+                positions = PartitionPositions(start, committed=-1)  # written with the next
+                self._dirty.add(partition)
+            self.positions[partition] = positions
+            if start < self.fetch.next[partition]:
+                self.fetch.tail.discard(self)  # behind in it: a catch-up reader reads it
+        if self._reader is not None:
+            self._reader.reposition(self._starts())
+        self._commit_soon()
         self._changed.unpark_all()
 
     @property
@@ -573,8 +764,12 @@ class SharedSession:
         took = False
         for partition, offset, event in records:
             positions = self.positions.get(partition)
-            if positions is None or offset < positions.position:
-                continue  # a partition it does not read, or already taken
+            if positions is None:
+                if partition in self._pending:  # its start is not known yet: read it later
+                    return self._woken(took, stay=False)
+                continue  # a partition it does not read
+            if offset < positions.position:
+                continue  # already taken
             if offset > positions.position:
                 return self._woken(took, stay=False)  # a gap: read it with a catch-up reader
             if event is None:
@@ -609,7 +804,7 @@ class SharedSession:
             else:
                 self._ready.append(_Item(event, partition, offset, positions.fetched(offset)))
                 took = True
-        if self.fetch.failure is None and self.fetch.at_tail(self.positions):
+        if self.fetch.failure is None and self.fetch.at_tail(self.positions, self._pending):
             self.fetch.tail.add(self)
             reader.stop()
             self._reader = None
@@ -734,6 +929,7 @@ class SharedSession:
         self._closed = True
         self.fetch.tail.discard(self)
         self.fetch.sessions.discard(self)
+        self.fetch.awaiting_topic.discard(self)
         self._committer.sessions.discard(self)
         reader = self._reader
         if reader is not None:

@@ -48,6 +48,10 @@ published afterwards is received.
   and a partition without a committed offset then starts at its beginning whatever
   ``auto_offset_reset`` says: all of it was written after the session started, and the produce
   that created the topic (tansu creates one on first use) is in it.
+  Partitions added to a topic while a session reads it come the same way: the group rebalances
+  at a metadata refresh, and a new partition without a committed offset starts where
+  ``auto_offset_reset`` says (librdkafka's rule; ``fetch = "shared"`` starts it at its
+  beginning instead, see ``_kafka_shared``).
   Topics come from the operator, from the cluster on first produce, or from the endpoint itself
   when it starts (``create_topics = true``: topic_in and topic_out, unless they hold a
   ``{placeholder}``, through the admin API; one that exists already is left as it is).
@@ -140,8 +144,10 @@ from ._kafka_shared import (
     TAIL_FETCH_WAIT_MS,
     Committer,
     GroupOffsets,
+    Partitions,
     SharedFetch,
     SharedSession,
+    read_partitions,
 )
 from ._kafka_sweep import KafkaGroups
 from ._sweep import run_sweep
@@ -933,6 +939,10 @@ class KafkaEndpoint:
         # How a resume reads the partition's watermarks (resume_gone): the broker's, in the
         # thread that owns the consumer asking. A test may put a broker with retention here.
         self.watermarks: Watermarks = read_watermarks
+        # How the shared fetch reads the topic's partitions, when it starts and every
+        # topic.metadata.refresh.interval.ms after (partitions added meanwhile): the broker's.
+        # A test may put a topic that grows here (tansu has no CreatePartitions).
+        self.partitions: Partitions = read_partitions
         # fetch = "shared" resumes asking the broker for watermarks at once (_resumable).
         self._watermark_reads = trio.CapacityLimiter(WATERMARK_READS)
         self.state = AsyncValue(EndpointState.CONNECTING)
@@ -1290,6 +1300,8 @@ class KafkaEndpoint:
                 topic,
                 to_trio,
                 event_from_message,
+                offsets.client(),
+                self.partitions,
             )
             self._fetches[topic] = fetch
             fetch.start(f"kafka fetch {self.name} {topic}")
@@ -1319,9 +1331,13 @@ class KafkaEndpoint:
             if fetch.failure is not None:
                 raise fetch.failure
             resume = resume_position(subscription.resume_after, topic)
-            if fetch.waiting_for_topic and resume is not None:
-                subscription.position_gone(f"position in {topic} is gone: the topic does not exist")
-            if not fetch.waiting_for_topic:
+            if fetch.waiting_for_topic:
+                fetch.awaiting_topic.add(session)  # begun when the topic appears
+                if resume is not None:
+                    subscription.position_gone(
+                        f"position in {topic} is gone: the topic does not exist"
+                    )
+            else:
                 partitions = sorted(fetch.next)
                 stored = await offsets.read(group, topic, partitions)
                 if resume is not None:

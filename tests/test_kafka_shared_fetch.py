@@ -1,0 +1,315 @@
+"""The shared Kafka design's fetch and sessions on the Trio side (``mediation/endpoints/
+_kafka_shared.py``: ``SharedFetch``, ``SharedSession``), with no broker.
+
+The fetch's thread is not started: the tests call what it hands to Trio (``_assigned``,
+``_fan_out``) in the order the thread and the endpoint would, and the position writes are
+answered at once by a stand-in for ``GroupOffsets``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from mediation.endpoints._handoff import ToTrio
+from mediation.endpoints._kafka_shared import (
+    READS_IN_FLIGHT,
+    Committer,
+    GroupOffsets,
+    Record,
+    SharedFetch,
+    SharedSession,
+)
+from mediation.errors import BrokerUnavailable
+from mediation.events import Delivery, Event
+
+TOPIC = "t"
+
+
+class _Offsets:
+    """``GroupOffsets``: ``write_nowait`` answered at once (what was written is kept);
+    ``read_soon`` answered when the test says (:meth:`answer`)."""
+
+    def __init__(self) -> None:
+        self.written: list[dict[int, int]] = []
+        self.reads: list[tuple[list[int], Callable[[dict[int, int] | BrokerUnavailable], None]]]
+        self.reads = []
+
+    def read_soon(
+        self,
+        group: str,
+        topic: str,
+        partitions: Iterable[int],
+        done: Callable[[dict[int, int] | BrokerUnavailable], None],
+    ) -> None:
+        self.reads.append((list(partitions), done))
+
+    def answer(self, stored: dict[int, int] | BrokerUnavailable) -> list[int]:
+        """Answer the oldest read; the partitions it asked for."""
+        partitions, done = self.reads.pop(0)
+        done(stored)
+        return partitions
+
+    def write_nowait(
+        self,
+        group: str,
+        topic: str,
+        offsets: dict[int, int],
+        done: Callable[[BrokerUnavailable | None], None],
+    ) -> None:
+        self.written.append(dict(offsets))
+        done(None)
+
+
+def _unconvertible(message: Any) -> Event:  # pragma: no cover - records come converted here
+    raise AssertionError("no message is converted in these tests")
+
+
+def shared(credit: int = 1) -> tuple[SharedFetch, SharedSession, _Offsets]:
+    """A fetch (thread not started) and one session of it, registered as the endpoint does."""
+    to_trio = ToTrio("test")
+    # The thread is not started: nothing reads metadata.
+    fetch = SharedFetch({}, TOPIC, to_trio, _unconvertible, cast(AdminClient, None))
+    offsets = _Offsets()
+    session = SharedSession(
+        fetch,
+        cast(GroupOffsets, cast(Any, offsets)),
+        trio.CapacityLimiter(1),
+        {},
+        committer=Committer(refresh_interval=3600.0),  # not running: a mark writes at once
+        group="mediation-k-client",
+        credit=credit,
+        window=credit + 4,
+        sync_commits=False,
+        undeliverable=lambda reason: None,
+        convert=_unconvertible,
+        to_trio=to_trio,
+    )
+    fetch.sessions.add(session)  # the endpoint, before it waits for fetch.started
+    return fetch, session, offsets
+
+
+def records(partition: int, *offsets: int) -> list[Record]:
+    return [
+        (partition, o, Event(payload=b"%d" % o, id=f"{TOPIC}:{partition}:{o}")) for o in offsets
+    ]
+
+
+def fan_out(fetch: SharedFetch, batch: list[Record]) -> None:
+    """What the fetch's thread does with a batch: take a place for it, hand it to Trio."""
+    assert fetch._room.acquire(blocking=False)
+    fetch._fan_out(batch)
+
+
+async def take(session: SharedSession) -> Delivery:
+    with trio.fail_after(5):  # the autojump clock: a session that is stuck fails at once
+        return await session.next_delivery()
+
+
+async def test_the_first_session_of_a_fetch_begins_at_its_groups_positions_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The first session of a fetch waits for the fetch's assignment, then reads its group's
+    stored position (2 here) while the fetch already fans records out. It must begin once, at
+    2: begun at the partition's start by the assignment as well, it took records 0 and 1,
+    handed out record 0 (before its stored position), ignored that record's ack (not its
+    positions' any more) and never got its credit back: a bridge moved one event, then none."""
+    fetch, session, offsets = shared(credit=1)
+    fetch._assigned({0: (0, 0)})  # the thread: partition 0 assigned at 0, the topic held nothing
+    fan_out(fetch, records(0, 0, 1))  # fetched while the endpoint reads the stored position
+    session.begin({0: 2})  # the endpoint: the group's stored position
+    fan_out(fetch, records(0, 2, 3))
+    got = []
+    for _ in range(2):
+        delivery = await take(session)
+        got.append(delivery.event.id)
+        await delivery.ack()
+    assert got == [f"{TOPIC}:0:2", f"{TOPIC}:0:3"]
+    assert offsets.written[-1] == {0: 4}
+
+
+async def test_a_session_that_waited_for_the_topic_begins_at_its_beginning(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A session that joined while the topic did not exist is begun by the assignment at each
+    partition's beginning (everything in the topic is new to it), and reads from the tail."""
+    fetch, session, _ = shared(credit=2)
+    fetch._topic_missing()
+    assert fetch.waiting_for_topic
+    fetch.awaiting_topic.add(session)  # the endpoint: the topic does not exist yet
+    fetch._assigned({0: (0, 0), 1: (0, 0)})
+    assert {p: positions.position for p, positions in session.positions.items()} == {0: 0, 1: 0}
+    assert session in fetch.tail and not fetch.awaiting_topic
+    fan_out(fetch, records(1, 0) + records(0, 0))
+    assert [(await take(session)).event.id for _ in range(2)] == [f"{TOPIC}:1:0", f"{TOPIC}:0:0"]
+
+
+async def test_a_session_that_left_while_waiting_for_the_topic_is_not_begun(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fetch, session, _ = shared()
+    fetch._topic_missing()
+    fetch.awaiting_topic.add(session)
+    await session.close()
+    assert not fetch.sessions and not fetch.awaiting_topic
+    fetch._assigned({0: (0, 0)})
+    fan_out(fetch, records(0, 0))
+    assert not session.positions and session not in fetch.tail
+
+
+# -- partitions added while the fetch runs ---------------------------------------------------------
+
+NONE = -1001  # what the admin API answers for a partition the group has no offset of
+
+
+def positions_of(session: SharedSession) -> dict[int, int]:
+    return {p: positions.position for p, positions in session.positions.items()}
+
+
+async def test_partitions_added_start_at_the_stored_position_else_at_their_beginning(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The fetch found partitions 1 and 2 (assigned at their beginnings, 0): a session at the
+    tail reads its group's positions there. Partition 1 is new to the client: it starts at 0,
+    and that start is written at once (a client that never acks there resumes at 0, not at
+    the end). The client read partition 2 up to 3 on an instance that found it earlier: it
+    starts at 3. Answered before any of their records came, it stays at the tail."""
+    fetch, session, offsets = shared(credit=4)
+    fetch._assigned({0: (0, 0)})
+    session.begin({0: 0})
+    fetch._grown({1: 0, 2: 0})
+    assert offsets.answer({1: NONE, 2: 3}) == [1, 2]
+    assert positions_of(session) == {0: 0, 1: 0, 2: 3}
+    assert offsets.written == [{1: 0}]
+    assert session in fetch.tail
+    fan_out(fetch, records(1, 0, 1) + records(2, 2, 3) + records(0, 0))
+    got = [(await take(session)).event.id for _ in range(4)]
+    assert got == [f"{TOPIC}:1:0", f"{TOPIC}:1:1", f"{TOPIC}:2:3", f"{TOPIC}:0:0"]
+
+
+async def test_a_record_of_a_partition_whose_start_is_not_known_yet_sends_the_session_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A record of a new partition fanned out before the group answered is not skipped: the
+    session leaves the tail (a catch-up reader reads it from the start the group gives)."""
+    fetch, session, offsets = shared(credit=4)
+    fetch._assigned({0: (0, 0)})
+    session.begin({0: 0})
+    fetch._grown({1: 0})
+    fan_out(fetch, records(0, 0) + records(1, 0))
+    assert session not in fetch.tail and session.behind
+    assert (await take(session)).event.id == f"{TOPIC}:0:0"  # taken before it left
+    offsets.answer({1: NONE})
+    assert positions_of(session) == {0: 1, 1: 0}  # 1:0 is behind the fetch (next: 1)
+    assert fetch.next == {0: 1, 1: 1} and not fetch.at_tail(session.positions)
+
+
+async def test_a_session_that_begins_after_the_fetch_grew_reads_the_new_partitions_start(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The endpoint read the group's positions of the partitions it knew (0); the fetch found
+    partition 1 meanwhile: the session asks its group for that one too, at the tail."""
+    fetch, session, offsets = shared()
+    fetch._assigned({0: (0, 0)})
+    fetch._grown({1: 0})
+    session.begin({0: 0})
+    assert session in fetch.tail
+    assert offsets.answer({1: NONE}) == [1]
+    assert positions_of(session) == {0: 0, 1: 0}
+    fan_out(fetch, records(1, 0))
+    assert (await take(session)).event.id == f"{TOPIC}:1:0"
+
+
+async def test_a_group_that_cannot_be_read_for_a_new_partition_ends_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fetch, session, offsets = shared()
+    fetch._assigned({0: (0, 0)})
+    session.begin({0: 0})
+    fetch._grown({1: 0})
+    offsets.answer(BrokerUnavailable("no answer"))
+    with pytest.raises(BrokerUnavailable):
+        await take(session)
+
+
+async def test_a_closed_session_ignores_its_groups_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fetch, session, offsets = shared()
+    fetch._assigned({0: (0, 0)})
+    session.begin({0: 0})
+    fetch._grown({1: 0})
+    await session.close()
+    offsets.answer({1: NONE})
+    assert positions_of(session) == {0: 0}
+
+
+# -- position reads, bounded ---------------------------------------------------------------------
+
+
+class _Future:
+    """The part of ``concurrent.futures.Future`` that GroupOffsets uses, answered by the test."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._answer: Any = None
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._callbacks.append(callback)
+
+    def result(self) -> Any:
+        return self._answer
+
+    def resolve(self, answer: Any) -> None:
+        self._answer = answer
+        for callback in self._callbacks:
+            callback(self)
+
+
+class _Admin:
+    """``list_consumer_group_offsets`` answered when the test says."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, _Future]] = []
+
+    def list_consumer_group_offsets(self, requests: list[Any], **_: Any) -> dict[str, _Future]:
+        (request,) = requests
+        future = _Future()
+        self.pending.append((request, future))
+        return {request.group_id: future}
+
+
+class _Answer:
+    def __init__(self, request: Any, offset: int) -> None:
+        self.topic_partitions = [
+            TopicPartition(tp.topic, tp.partition, offset) for tp in request.topic_partitions
+        ]
+
+
+async def test_reads_for_new_partitions_are_issued_reads_in_flight_at_a_time() -> None:
+    """A topic that grows under 200 sessions: 200 reads, ``READS_IN_FLIGHT`` issued at once,
+    the next ones as answers come back; each answered once, with its group's offsets."""
+    admin = _Admin()
+    offsets = GroupOffsets({}, ToTrio("test"))
+    offsets._admin = cast(AdminClient, admin)
+    answers: dict[str, dict[int, int] | BrokerUnavailable] = {}
+    for n in range(200):
+        group = f"g{n}"
+        offsets.read_soon(group, TOPIC, [1, 2], partial(answers.__setitem__, group))
+    most = 0
+    while admin.pending or len(answers) < 200:
+        most = max(most, len(admin.pending))
+        issued, admin.pending = admin.pending, []
+        for n, (request, future) in enumerate(issued):
+            future.resolve(_Answer(request, n))
+        await trio.testing.wait_all_tasks_blocked()  # the answers come through ToTrio
+    assert most == READS_IN_FLIGHT
+    assert sorted(answers) == sorted(f"g{n}" for n in range(200))
+    assert all(isinstance(a, dict) and set(a) == {1, 2} for a in answers.values())
