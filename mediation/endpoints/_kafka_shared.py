@@ -28,7 +28,8 @@ a ``group_id`` holding ``{client_id}``:
 - :class:`GroupOffsets`: the positions stay in the broker, in the groups of the per-session
   design (``mediation-{endpoint}-{client_id}``), written with
   ``AdminClient.alter_consumer_group_offsets`` and read with ``list_consumer_group_offsets``
-  (one ``AdminClient`` per endpoint; many requests in flight). Stored positions therefore carry
+  (one ``AdminClient`` per endpoint, a new one after each outage: :meth:`GroupOffsets.renew`;
+  many requests in flight). Stored positions therefore carry
   over between the two designs and between instances. Every partition's error is checked: a
   group with a live member (a per-session consumer of the same client, during an upgrade)
   answers ``UNKNOWN_MEMBER_ID``, which refuses the session. Commits are coalesced per session
@@ -187,6 +188,9 @@ class GroupOffsets:
         self._config = config
         self._to_trio = to_trio
         self._admin: AdminClient | None = None
+        # Requests unanswered per client; a client renewed away is dropped once it has none
+        # (destroying one with requests out trips librdkafka's own assertions).
+        self._unanswered: dict[AdminClient, int] = {}
         self._reads: deque[Callable[[], None]] = deque()  # read_soon()s not issued yet
         self._reading = 0  # read_soon()s issued and not answered
         self._issuing = False
@@ -199,24 +203,48 @@ class GroupOffsets:
             self._admin = AdminClient(self._config)
         return self._admin
 
-    def _request(self, call: Callable[[], Any], group: str, done: Callable[[Any], None]) -> None:
+    def renew(self) -> None:
+        """The cluster is back after an outage: the next requests go through a new client.
+
+        The old one may have requests left from the outage (a session's last position write)
+        that hold later requests for the same group until they time out (``REQUEST_TIMEOUT``
+        after the cluster is back: seen on tansu), and the client's next session must not wait
+        behind its previous session's write to learn where to start. It is dropped once its
+        last request is answered."""
+        old, self._admin = self._admin, None
+        if old is not None and not self._unanswered.get(old):
+            self._unanswered.pop(old, None)
+
+    def _request(
+        self, call: Callable[[AdminClient], Any], group: str, done: Callable[[Any], None]
+    ) -> None:
         """Issue an admin request; ``done(answer or BrokerUnavailable)`` runs on the Trio thread."""
+        client = self.client()
+
+        def finished(answer: Any) -> None:  # on the Trio thread
+            left = self._unanswered[client] - 1
+            if left or client is self._admin:
+                self._unanswered[client] = left
+            else:
+                del self._unanswered[client]  # renewed away: its last reference goes
+            done(answer)
 
         def answered(future: Any) -> None:  # librdkafka's admin thread (or here, if done)
             try:
                 answer = future.result()
             except Exception as error:
                 answer = BrokerUnavailable(f"kafka refused the request for {group}: {error}")
-            self._to_trio.call_soon(done, answer)
+            self._to_trio.call_soon(finished, answer)
 
         try:
-            futures = call()
+            futures = call(client)
         except Exception as error:  # refused locally (a bad argument, a closed client)
             done(BrokerUnavailable(f"kafka refused the request for {group}: {error}"))
             return
+        self._unanswered[client] = self._unanswered.get(client, 0) + 1
         futures[group].add_done_callback(answered)
 
-    async def _answer(self, call: Callable[[], Any], group: str) -> Any:
+    async def _answer(self, call: Callable[[AdminClient], Any], group: str) -> Any:
         done = trio.Event()
         box: list[Any] = []
 
@@ -230,11 +258,13 @@ class GroupOffsets:
             raise box[0]
         return box[0]
 
-    def _list(self, group: str, topic: str, partitions: Iterable[int]) -> Callable[[], Any]:
+    def _list(
+        self, group: str, topic: str, partitions: Iterable[int]
+    ) -> Callable[[AdminClient], Any]:
         request = ConsumerGroupTopicPartitions(
             group, [TopicPartition(topic, p) for p in partitions]
         )
-        return lambda: self.client().list_consumer_group_offsets(
+        return lambda client: client.list_consumer_group_offsets(
             [request], request_timeout=REQUEST_TIMEOUT
         )
 
@@ -300,7 +330,7 @@ class GroupOffsets:
             done(answer if isinstance(answer, BrokerUnavailable) else _refusal(group, answer))
 
         self._request(
-            lambda: self.client().alter_consumer_group_offsets(
+            lambda client: client.alter_consumer_group_offsets(
                 [request], request_timeout=REQUEST_TIMEOUT
             ),
             group,

@@ -1060,6 +1060,8 @@ class KafkaEndpoint:
             await self._create_topics()
         self._up_since = time.monotonic()
         self._producer = producer
+        if self._offsets is not None:  # back after an outage: see GroupOffsets.renew
+            self._offsets.renew()
         self.state.value = EndpointState.UP
         log.info("kafka connected", extra={"endpoint": self.name})
         while True:
