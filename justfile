@@ -4,6 +4,7 @@
 #   just run examples/kafka.toml  # a real broker: installs the broker client extras first
 #   just test -k watcher          # extra arguments go to pytest
 #   just lint | just check FILE | just brokers | just bench [--quick] | just soak | just fleet
+#   just cleanup-soak [CLIENTS]
 #
 # Every recipe uses the virtual environment in .venv, created on first use and brought up to date
 # only when pyproject.toml changes (see _venv).
@@ -54,10 +55,12 @@ soak *ARGS: (_venv "all,dev")
 fleet CLIENTS="300": _system-deps (_venv "all,dev")
     FLEET_CLIENTS={{CLIENTS}} {{venv}}/bin/pytest -q tests/test_fleet.py
 
-# Per-client state cleanup at scale: CLIENTS distinct client ids per broker connect once and
-# leave; their broker objects must be gone within the (shortened) ttl plus one sweep.
-cleanup-soak CLIENTS="10000": _system-deps (_venv "all,dev")
-    MEDIATION_CLEANUP_CLIENTS={{CLIENTS}} {{venv}}/bin/pytest -q tests/test_client_state_brokers.py
+# Per-client state cleanup at scale (`just test` runs 1,000 per broker): the broker objects must
+# be gone within the (shortened) ttl plus one sweep. Extra arguments go to pytest.
+# CLIENTS distinct client ids per broker connect once and leave; prints the timings.
+[positional-arguments]
+cleanup-soak CLIENTS="10000" *ARGS: _system-deps (_venv "all,dev")
+    MEDIATION_CLEANUP_CLIENTS={{CLIENTS}} {{venv}}/bin/pytest -q -s tests/test_client_state_brokers.py "${@:2}"
 
 # Fuzz every entrypoint with random seeds (`just fuzz --seconds 3600`); `just test` runs one fixed seed.
 [positional-arguments]
