@@ -400,11 +400,22 @@ class Session:
                 return taken
 
     async def before_write(self, item: SessionDelivery) -> None:
-        if item.plan.acks_before_write:
+        """The event is about to be written: per guarantee, ack it, and from now on take the
+        client's confirmation of it. The client may confirm as soon as the bytes leave, and its
+        confirmation may be handled before the writer is back to call :meth:`written` (a busy
+        engine): it must find the event awaiting it, or the event would wait for one forever,
+        holding its window place and its broker's credit."""
+        plan = item.plan
+        if plan.acks_before_write:
             await self._settle(item, accepted=True)
+        if not plan.confirms:
+            self._recently_written.append(item.event.id)
+        elif self.client_confirms:
+            self._awaiting_confirmation[item.event.id] = item
 
     async def written(self, item: SessionDelivery) -> None:
-        """The event reached the client: log it and, per guarantee, ack or await confirmation."""
+        """The event reached the client: log it and, per guarantee, ack it (a confirmation the
+        client gives is awaited from :meth:`before_write` on)."""
         plan = item.plan
         telemetry = self._context.telemetry
         source = plan.packets
@@ -417,11 +428,7 @@ class Session:
                 direction="downstream",
             )
         telemetry.packet_from(source, item.event)
-        if not plan.confirms:
-            self._recently_written.append(item.event.id)
-        elif self.client_confirms:
-            self._awaiting_confirmation[item.event.id] = item
-        else:
+        if plan.confirms and not self.client_confirms:
             await self._confirmed(item, accepted=True)
 
     async def next_delivery(self) -> SessionDelivery:
@@ -476,9 +483,13 @@ class Session:
             # lost its successor's events in tests/test_kafka.py).
             max_events = 1
         while True:
-            batch = [await self.next_delivery()]
-            size = len(batch[0].delivery.event.payload)
-            waited = not self._awaiting_confirmation
+            first = await self.next_delivery()
+            batch = [first]
+            size = len(first.delivery.event.payload)
+            # Events written before and not confirmed yet (the first awaits its confirmation
+            # already: before_write).
+            awaited = self._awaiting_confirmation
+            waited = len(awaited) == (awaited.get(first.event.id) is first)
             while len(batch) < max_events and size < max_bytes:
                 item = self.receive_nowait()
                 if item is None:
