@@ -50,8 +50,9 @@ bench *ARGS: _system-deps (_venv "all,dev,bench")
 soak *ARGS: (_venv "all,dev")
     {{venv}}/bin/python scripts/soak.py "$@"
 
-# The fleet test at scale: 300 clients behind HAProxy, one engine of three SIGKILLed mid-stream;
-# prints lost, duplicated and resume p50/p99 (`just fleet 600` for another client count).
+# The fleet test at scale: 300 clients behind HAProxy on Kafka, RabbitMQ, MQTT 5 and AMQP 1.0 at
+# once, one engine of three SIGKILLed mid-stream; prints lost, duplicated (per broker) and resume
+# p50/p99 (`just fleet 600` for another client count; FLEET_EVENTS=N events per broker).
 fleet CLIENTS="300": _system-deps (_venv "all,dev")
     FLEET_CLIENTS={{CLIENTS}} {{venv}}/bin/pytest -q tests/test_fleet.py
 

@@ -26,6 +26,7 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.brokers import start_tansu  # noqa: E402
 from tests.fuzz.driver import FuzzResult, run_fuzz  # noqa: E402
 
 
@@ -42,6 +43,7 @@ async def _rounds(args: argparse.Namespace) -> list[FuzzResult]:
         with tempfile.TemporaryDirectory(prefix="fuzz-") as workdir:
             result = await run_fuzz(
                 seed,
+                kafka=args.kafka,
                 workdir=Path(workdir),
                 seconds=min(args.round, left),
                 batch_size=args.batch_size,
@@ -56,6 +58,7 @@ async def _again(args: argparse.Namespace) -> list[FuzzResult]:
     with tempfile.TemporaryDirectory(prefix="fuzz-") as workdir:
         result = await run_fuzz(
             args.seed,
+            kafka=args.kafka,
             workdir=Path(workdir),
             seconds=args.seconds,
             indices=args.index,
@@ -81,7 +84,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.index and args.seed is None:
         parser.error("--index needs --seed")
-    results = trio.run(_again if args.index else _rounds, args)
+    with start_tansu() as tansu:  # the Kafka broker of the resume entrypoint (ws-k)
+        args.kafka = tansu.bootstrap_servers
+        results = trio.run(_again if args.index else _rounds, args)
     inputs = sum(r.inputs for r in results)
     failures = sum(len(r.failures) for r in results)
     seeds = ", ".join(str(r.seed) for r in results)

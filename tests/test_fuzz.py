@@ -1,5 +1,7 @@
 """Hostile bytes for every entrypoint while bystanders keep working (issue 12), parameterised
-ones included (issue 14: paths, repeated query parameters, filters, subscribe/unsubscribe).
+ones included (issue 14: paths, repeated query parameters, filters, subscribe/unsubscribe), and
+the envelope's ``{"resume": id}`` on a WebSocket entrypoint fed by Kafka (issue 16: valid,
+tampered and malformed cursors, first and later messages; tansu is the broker).
 
 One engine process, one fixed seed, about a minute: see :mod:`tests.fuzz.driver` for the inputs
 and the oracle. ``just fuzz`` runs the same with random seeds for as long as asked. A failure
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.brokers import Tansu
 from tests.fuzz.driver import params_refusal, run_fuzz
 from tests.fuzz.mutations import FuzzInput
 
@@ -32,11 +35,12 @@ TLS_MAX_INPUTS = 1500
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize("seed", [SEED], ids=lambda seed: f"seed={seed}")
 async def test_fuzz_every_entrypoint(
-    tmp_path: Path, seed: int, tls: bool, report_figures: Callable[..., None]
+    tansu: Tansu, tmp_path: Path, seed: int, tls: bool, report_figures: Callable[..., None]
 ) -> None:
     print(f"fuzz seed {seed}{' over TLS' if tls else ''}")
     result = await run_fuzz(
         seed,
+        kafka=tansu.bootstrap_servers,
         workdir=tmp_path,
         seconds=TLS_SECONDS if tls else SECONDS,
         max_inputs=TLS_MAX_INPUTS if tls else MAX_INPUTS,

@@ -3,16 +3,19 @@ the scheduler, so an event entering the channel in that round goes out in the sa
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import pytest
 import trio
 import trio.testing
 
 from mediation import session as session_module
+from mediation.errors import UnknownEvent
 from mediation.events import Delivery, Event
 from mediation.session import SessionDelivery
 
 from .conftest import EngineFactory
-from .test_session import client_session, publish, routes
+from .test_session import client_session, publish, routes, settled
 
 
 async def batches(engine_with: EngineFactory) -> list[list[bytes]]:
@@ -74,3 +77,57 @@ async def test_without_the_wait_some_orders_write_them_separately(
     monkeypatch.setattr(session_module, "COALESCE_BELOW", 1)
     seen = [await batches(engine_with) for _ in range(24)]
     assert [[b"1"], [b"a"], [b"b"]] in seen
+
+
+async def test_a_confirmation_before_the_writer_is_back_settles_the_event(
+    engine_with: EngineFactory,
+) -> None:
+    """A client may confirm an event as soon as its bytes leave, before the writer task runs
+    again to call ``written`` (a loaded engine: the fleet test at 300 clients). That
+    confirmation was dropped ("no event awaits confirmation"), the event then waited for one
+    forever, holding a window place and the broker's credit: after channel_size of them the
+    client's stream from that broker stopped. Here the client confirms inside the write."""
+    async with (
+        engine_with(
+            entrypoints={"ws": "websocket"}, routes=routes("at_least_once", channel_size=1)
+        ) as engine,
+        client_session(engine) as session,
+    ):
+        received: list[bytes] = []
+
+        async def write(batch: list[SessionDelivery]) -> None:
+            for item in batch:
+                received.append(item.event.payload)
+                with suppress(UnknownEvent):  # as the WebSocket entrypoint takes it
+                    await session.confirm(item.event.id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run_writer, write)
+            for n in range(3):
+                await publish(engine, b"%d" % n)
+            assert await settled(engine) == (3, 0)
+            assert received == [b"0", b"1", b"2"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_poll_confirmed_before_written_settles_the_event(
+    engine_with: EngineFactory,
+) -> None:
+    """The same for polling: ``/ack`` on another connection may be handled between the
+    ``/poll`` response and ``written``."""
+    async with (
+        engine_with(
+            entrypoints={"ws": "websocket"}, routes=routes("at_least_once", channel_size=1)
+        ) as engine,
+        client_session(engine) as session,
+    ):
+        for n in range(2):
+            await publish(engine, b"%d" % n)
+        for n in range(2):
+            with trio.fail_after(5):
+                item = await session.receive()
+            assert item.event.payload == b"%d" % n
+            await session.before_write(item)
+            await session.confirm(item.event.id)
+            await session.written(item)
+        assert await settled(engine) == (2, 0)

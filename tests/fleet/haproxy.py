@@ -5,8 +5,9 @@ becomes ``bind fd@N``, a listening socket this process bound on port 0 and hands
 the port is the OS's choice and there is no race for it), and each ``server engineK
 10.0.0.1K:PORT`` becomes engine K's own port for the entrypoint the shipped config serves on
 PORT (read from examples/deploy/mediation.toml), checked on engine K's health port. Servers
-beyond the engines given are dropped, and the check interval may be shortened; everything else
-(balancing, hashing, health checks, timeouts, retries) is the shipped file's.
+beyond the engines given are dropped, and the check interval may be shortened (a dead engine
+is out sooner; the check's timeout stays the shipped interval, so a busy one is not); everything
+else (balancing, hashing, health checks, timeouts, retries) is the shipped file's.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ def loopback_config(
                 f" port {ports['health']}"
             )
         elif inter is not None and line.strip().startswith("default-server"):
+            # A check's timeout is its interval unless "timeout check" says otherwise: keep the
+            # shipped one, so that a busy engine is not taken out sooner than it would be.
+            shipped = re.search(r"inter (\S+)", line)
+            assert shipped is not None, line
+            indent = line[: len(line) - len(line.lstrip())]
+            lines.append(f"{indent}timeout check {shipped[1]}")
             lines.append(re.sub(r"inter \S+", f"inter {inter}", line))
         elif line.strip().startswith("maxconn"):
             # The fleet's figure needs a raised file limit; a test machine may not grant it.

@@ -69,6 +69,8 @@ from httpx_sse import aconnect_sse
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from .mutations import (
+    CURSOR_SECRET,
+    FILLED,
     FILTER_FIELDS,
     MAX_BODY,
     MAX_HEADER_BYTES,
@@ -78,6 +80,7 @@ from .mutations import (
     PARAMS,
     PARAMS_PATH,
     PARAMS_PREFIX,
+    RESUME_TOPIC,
     TARGETS,
     FuzzInput,
     Mutations,
@@ -146,8 +149,9 @@ class TLSFiles:
         return outgoing.read()
 
 
-def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
-    """The engine's configuration: every entrypoint type, the memory endpoint, short timeouts."""
+def config_text(limits: Limits, kafka: str, tls: TLSFiles | None = None) -> str:
+    """The engine's configuration: every entrypoint type, the memory endpoint, short timeouts;
+    ``ws-k`` on a Kafka topic (``kafka``: its bootstrap servers) with signed cursors."""
     common = (
         f"port = 0\nheader_timeout = {limits.header_timeout}\n"
         f"max_header_bytes = {MAX_HEADER_BYTES}\nmax_message_bytes = {MAX_MESSAGE_BYTES}\n"
@@ -174,6 +178,7 @@ def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
         "sse-p": extra["sse"] + params,
         "hook-p": extra["hook"] + params,
         "poll-p": extra["poll"] + params,
+        "ws-k": extra["ws"],
     }
     text = [
         "[engine]",
@@ -183,10 +188,14 @@ def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
         "packet_log = false",
         "reload_interval = 0",
         "shutdown_timeout = 5",
+        f'cursor_secret = "{CURSOR_SECRET}"',
         "",
     ]
     for name, kind in TARGETS.items():
         text += ["[[entrypoints]]", f'name = "{name}"', f'type = "{kind}"', common + extra[name]]
+    # The oracle's own way into the Kafka topic (not a target): its markers, and the records a
+    # valid cursor names (FILLED of them first).
+    text += ["[[entrypoints]]", 'name = "hook-k"', 'type = "http_post"', common]
     # A large buffer per subscriber: hostile sessions that never read (polling sessions until
     # they expire) must not hold the publishers up in the meantime.
     text += ["[[endpoints]]", 'name = "mem"', 'type = "memory"', "[endpoints.config]"]
@@ -194,6 +203,15 @@ def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
     text += ["[[endpoints]]", 'name = "mem-p"', 'type = "memory"', "[endpoints.config]"]
     text += ['topic_in = "p.{room}.{symbol}"', 'topic_out = "p.{room}.{symbol}"']
     text += ["capacity = 4096", ""]
+    # Positions as event ids: ws-k's enveloped sessions get a resume gate. The shared fetch:
+    # a session (and a resume) costs a position read, not a group join.
+    text += ["[[endpoints]]", 'name = "kafka"', 'type = "kafka"', "[endpoints.config]"]
+    text += [
+        f'brokers = "{kafka}"',
+        f'topic_in = "{RESUME_TOPIC}"',
+        f'topic_out = "{RESUME_TOPIC}"',
+    ]
+    text += ['fetch = "shared"', "create_topics = true", ""]
     routes = [
         ("ws", "mem", "auto"),
         ("mem", "ws", "auto"),
@@ -208,6 +226,8 @@ def config_text(limits: Limits, tls: TLSFiles | None = None) -> str:
         ("mem-p", "sse-p", "auto"),
         ("hook-p", "mem-p", "auto"),
         ("mem-p", "poll-p", "at_least_once"),
+        ("kafka", "ws-k", "at_least_once"),
+        ("hook-k", "kafka", "at_least_once"),
     ]
     for source, target, guarantee in routes:
         text += [
@@ -342,9 +362,14 @@ class Bystander:
 
 
 async def websocket_bystander(
-    port: int, me: Bystander, tls: ssl.SSLContext | None, *, task_status: Any
+    port: int,
+    me: Bystander,
+    tls: ssl.SSLContext | None,
+    client_id: str = "bystander-ws",
+    *,
+    task_status: Any,
 ) -> None:
-    url = f"{'wss' if tls else 'ws'}://{HOST}:{port}/?client_id=bystander-ws"
+    url = f"{'wss' if tls else 'ws'}://{HOST}:{port}/?client_id={client_id}"
     try:
         async with open_websocket_url(url, ssl_context=tls) as ws:
             task_status.started()
@@ -1012,6 +1037,7 @@ async def _check_clients(
                 await client.post(
                     f"{base}:{engine.ports['hook-p']}{BYSTANDER_PARAMS}", content=marker
                 ),
+                await client.post(f"{base}:{engine.ports['hook-k']}/", content=marker),
             ]
             for answer in posted:
                 if answer.status_code != 202:
@@ -1030,6 +1056,7 @@ async def _check_clients(
 async def run_fuzz(
     seed: int,
     *,
+    kafka: str,
     workdir: Path,
     seconds: float,
     max_inputs: int | None = None,
@@ -1042,7 +1069,9 @@ async def run_fuzz(
 ) -> FuzzResult:
     """Fuzz a fresh engine with the inputs of ``seed`` (or only ``indices``) until ``seconds``
     are up or ``max_inputs`` were tried; stops early if the engine or a bystander is gone.
-    ``tls``: every entrypoint on TLS, and some inputs aimed at the TLS layer (:func:`tls_mode`)."""
+    ``kafka``: the bootstrap servers of a Kafka broker for ``ws-k`` (its topic is made if
+    missing, and kept). ``tls``: every entrypoint on TLS, and some inputs aimed at the TLS layer
+    (:func:`tls_mode`)."""
     if limits is None:
         limits = Limits(body_timeout=1.0 if engine_has_body_timeout() else None)
     result = FuzzResult(seed, tls=tls)
@@ -1050,7 +1079,7 @@ async def run_fuzz(
         result.notes.append("the engine has no body_timeout key: left out of the configuration")
     config = workdir / "fuzz.toml"
     files = TLSFiles.make(workdir) if tls else None
-    config.write_text(config_text(limits, files))
+    config.write_text(config_text(limits, kafka, files))
     mutations = Mutations(seed)
     chosen = iter(indices) if indices is not None else None
     out(
@@ -1063,18 +1092,27 @@ async def run_fuzz(
             Bystander("websocket bystander"),
             Bystander("SSE bystander"),
             Bystander("parameterised-SSE bystander"),
+            Bystander("Kafka websocket bystander"),
         ]
         async with trio.open_nursery() as nursery:
             client_tls = None if files is None else files.client
             engine.scheme = "http" if files is None else "https"
-            await nursery.start(websocket_bystander, engine.ports["ws"], bystanders[0], client_tls)
-            await nursery.start(sse_bystander, engine.ports["sse"], bystanders[1], client_tls)
-            await nursery.start(
-                sse_bystander, engine.ports["sse-p"], bystanders[2], client_tls, BYSTANDER_PARAMS
-            )
             async with httpx.AsyncClient(
                 timeout=MARKER_TIMEOUT, verify=client_tls or True
             ) as client:
+                await _until_ready(engine, client)
+                await _fill(engine, client)
+                ports = engine.ports
+                await nursery.start(websocket_bystander, ports["ws"], bystanders[0], client_tls)
+                await nursery.start(sse_bystander, ports["sse"], bystanders[1], client_tls)
+                await nursery.start(
+                    sse_bystander, ports["sse-p"], bystanders[2], client_tls, BYSTANDER_PARAMS
+                )
+                # A client id of its own per run: the topic and its groups outlive a run.
+                kafka_id = f"bystander-wsk-{os.urandom(4).hex()}"
+                await nursery.start(
+                    websocket_bystander, ports["ws-k"], bystanders[3], client_tls, kafka_id
+                )
                 problems = await check_oracle(engine, bystanders, client, f"marker-{seed}-start")
                 result.failures += [Failure(0, p) for p in problems]
                 next_index = 0
@@ -1116,6 +1154,27 @@ async def run_fuzz(
     result.elapsed = trio.current_time() - start
     out(result.report())
     return result
+
+
+async def _until_ready(engine: EngineProcess, client: httpx.AsyncClient) -> None:
+    """``/readyz`` is 200: the Kafka endpoint is up (a ``503`` on ws-k would be a failure)."""
+    with trio.fail_after(STARTUP_TIMEOUT):
+        while True:  # polling a server that has no way to notify us
+            with suppress(httpx.HTTPError):
+                ready = await client.get(f"http://{HOST}:{engine.ports['health']}/readyz")
+                if ready.status_code == 200:
+                    return
+            await trio.sleep(0.1)
+
+
+async def _fill(engine: EngineProcess, client: httpx.AsyncClient) -> None:
+    """At least FILLED records in the Kafka topic, so that a valid cursor for an offset below
+    FILLED names one it holds (the topic outlives a run: it may have them already)."""
+    for i in range(FILLED):
+        answer = await client.post(
+            f"{engine.scheme}://{HOST}:{engine.ports['hook-k']}/", content=f"fill-{i}"
+        )
+        assert answer.status_code == 202, (answer.status_code, answer.text)
 
 
 async def connection_errors(engine: EngineProcess, client: httpx.AsyncClient) -> float | None:

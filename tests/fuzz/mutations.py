@@ -21,6 +21,17 @@ repeated symbols, ``filter.NAME=``; WebSocket handshakes followed by ``{"subscri
 every spelling, look-alikes, 10 KiB, template syntax), more subscriptions than allowed, bad
 filters, and mutated subscription changes.
 
+The envelope's ``{"resume": id}`` (issue 16): WebSocket handshakes to ``ws-k``, whose route
+reads a Kafka topic (event ids are positions, so its sessions have a resume gate,
+mediation/resume_gate.py), followed by a ``{"resume"}`` as the first message or a later one, and
+a ``{"resume"}`` inserted anywhere in any WebSocket input. The cursors: valid ones (signed with
+the driver's ``cursor_secret``, :data:`CURSOR_SECRET`) for positions the topic holds, positions
+past its end, other partitions and topics, offsets beyond 64 bits, malformed positions;
+tampered ones (a changed character of the position or the mac, another secret's mac, a mac cut
+short), unsigned ids; values that are not strings (numbers, ``null``, arrays, objects, numbers
+of 5,000 digits, ``1e999``); huge and odd strings (near ``max_message_bytes``, lone surrogates,
+NUL). Sometimes the handshake gives ``?last_event_id=`` too (a resume message is then refused).
+
 The targets are entrypoint names of the driver's configuration (:data:`TARGETS`).
 """
 
@@ -31,6 +42,9 @@ import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from mediation.cursors import Cursors
 
 # Entrypoint name -> its type, as the driver configures them.
 TARGETS: dict[str, str] = {
@@ -45,8 +59,17 @@ TARGETS: dict[str, str] = {
     "sse-p": "sse",
     "hook-p": "http_post",
     "poll-p": "http_get",
+    # Resume (issue 16): routes from a Kafka topic (ids are positions: a resume gate), at least once.
+    "ws-k": "websocket",
 }
 PARAM_TARGETS = frozenset({"ws-p", "sse-p", "hook-p", "poll-p"})
+
+# The Kafka topic ws-k reads (RESUME_TOPIC, one partition), the driver's cursor_secret, and how
+# many records the driver puts in the topic before the first input: a cursor for an offset
+# below FILLED names an event the topic holds.
+RESUME_TOPIC = "fuzz.resume"
+CURSOR_SECRET = "the fuzz driver's cursor secret: 32 bytes or more"
+FILLED = 20
 
 # The parameterised entrypoints' template and patterns, as the driver configures them: a path
 # parameter and a query parameter that may repeat (one subscription per value), on routes that
@@ -352,8 +375,8 @@ def websocket_seed(rng: random.Random) -> Seed:
             frames.append(Frame(0x0, b"ment", mask_key=key4))
         else:
             frames.append(Frame(0x8, (1000).to_bytes(2, "big") + b"bye", mask_key=key4))
-    kind = "ws-envelope" if enveloped else "ws-plain"
-    return Seed(target, kind, [Request(b"GET", b"/", headers=headers)], frames, key)
+    name = "ws-envelope" if enveloped else "ws-plain"
+    return Seed(target, name, [Request(b"GET", b"/", headers=headers)], frames, key)
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -454,6 +477,141 @@ def websocket_params_seed(rng: random.Random) -> Seed:
     return Seed("ws-p", "ws-params", [Request(b"GET", target, headers=headers)], frames, key)
 
 
+# -- valid requests that resume (issue 16) ------------------------------------------------------
+
+_SIGNED = Cursors(CURSOR_SECRET)
+_OTHER_FLEET = Cursors("another fleet's cursor secret, also 32 bytes or more")
+
+
+def _resume_position(rng: random.Random) -> str:
+    """A position to sign: mostly one the topic holds, else one that is not there or odd."""
+    how = rng.randrange(8)
+    if how < 4:  # held: the session resumes right after it
+        return f"{RESUME_TOPIC}:0:{rng.choice([0, 1, FILLED // 2, FILLED - 1])}"
+    if how == 4:  # past the end (a reset), or beyond what Kafka's 64-bit offsets hold
+        offset = rng.choice([FILLED + 10**6, 2**31, 2**63 - 2, 2**63 - 1, 2**63, 2**64, 10**30])
+        return f"{RESUME_TOPIC}:0:{offset}"
+    if how == 5:  # a partition the topic does not have, or no partition at all
+        return f"{RESUME_TOPIC}:{rng.choice([1, 7, 2**31 - 1, 2**31, 2**63, -1])}:0"
+    if how == 6:  # another topic
+        topic = rng.choice(
+            ["fuzz.other", "", RESUME_TOPIC + "x", "t" * 300, "fuzz/resume", "\u00e9"]
+        )
+        return f"{topic}:0:1"
+    return rng.choice(  # not a position of the form topic:partition:offset
+        [
+            "",
+            ":",
+            "::",
+            "a:b:c",
+            f"{RESUME_TOPIC}:0:",
+            f"{RESUME_TOPIC}:0:-1",
+            f"{RESUME_TOPIC}:0:1e3",
+            f"{RESUME_TOPIC}:0:\u0663",  # ARABIC-INDIC DIGIT THREE: int() takes it
+            f"{RESUME_TOPIC}:0:1_0",
+            f"{RESUME_TOPIC}: 0:+3",
+            f"{RESUME_TOPIC}:0:" + "9" * 5000,
+            f"{RESUME_TOPIC}:0:0:0",
+            f"{RESUME_TOPIC}:0:1\x00",
+            f"{RESUME_TOPIC}:0:1.abc",
+        ]
+    )
+
+
+def _cursor(rng: random.Random) -> tuple[str, str]:
+    """A cursor string, and what it is (for the report): valid, tampered or unsigned."""
+    position = _resume_position(rng)
+    valid = _SIGNED.sign(position)
+    how = rng.randrange(10)
+    if how < 5:
+        return valid, "valid"
+    if how == 5:  # one character of the position or the mac changed
+        at = rng.randrange(len(valid))
+        changed = "A" if valid[at] != "A" else "B"
+        return valid[:at] + changed + valid[at + 1 :], "tampered"
+    if how == 6:
+        return _OTHER_FLEET.sign(position), "another secret"
+    if how == 7:  # the mac cut short, one too long, or made of something else
+        return rng.choice([valid[:-1], valid + "A", position + "." + "A" * 22]), "bad mac"
+    if how == 8:  # no mac: another broker's id, or a position as before fleets
+        return rng.choice([position, "mem-1", "k:0:1", "x" * 200]), "unsigned"
+    return rng.choice(["." + valid[-22:], valid[-23:], valid + valid]), "mac only"
+
+
+def _resume_message(rng: random.Random) -> tuple[bytes, str]:
+    """A ``{"resume": ...}`` message (JSON text, maybe not valid JSON), and what it holds."""
+    how = rng.randrange(12)
+    if how < 7:
+        cursor, what = _cursor(rng)
+        return json.dumps({"resume": cursor}).encode(), f"resume {what}"
+    if how == 7:  # not a string
+        value = rng.choice(["5", "-1", "1.5", "null", "true", "[]", "{}", "1e999", "-0"])
+        return b'{"resume": ' + value.encode() + b"}", f"resume {value}"
+    if how == 8:  # a valid cursor inside something else
+        cursor = _SIGNED.sign(f"{RESUME_TOPIC}:0:1")
+        wrapped: object = rng.choice([[cursor], {"cursor": cursor}, {"resume": cursor}])
+        return json.dumps({"resume": wrapped}).encode(), "resume wrapped"
+    if how == 9:  # huge: a 5,000-digit number (beyond Python's int parsing), a long string
+        value = rng.choice(["9" * 5000, json.dumps("c" * (MAX_MESSAGE_BYTES - 20))])
+        return b'{"resume": ' + value.encode() + b"}", f"resume huge {value[:8]}"
+    if how == 10:  # odd strings: lone surrogates, NUL, escapes
+        value = rng.choice(['"\\ud800"', '"\\u0000"', '"\\udfff.AAAAAAAAAAAAAAAAAAAAAA"', '"."'])
+        return b'{"resume": ' + value.encode() + b"}", f"resume odd {value}"
+    # With other keys: the first that the envelope knows decides.
+    cursor = _SIGNED.sign(f"{RESUME_TOPIC}:0:2")
+    document = rng.choice(
+        [
+            {"resume": cursor, "ack": "x"},
+            {"resume": cursor, "id": "e1", "payload": "p"},
+            {"resume": cursor, "subscribe": {"symbol": "A"}},
+        ]
+    )
+    return json.dumps(document).encode(), "resume with others"
+
+
+def _handshake(rng: random.Random, key: str, *, subprotocol: float) -> list[bytes]:
+    headers = [
+        _host(rng),
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: " + key.encode(),
+        b"Sec-WebSocket-Version: 13",
+    ]
+    if rng.random() < subprotocol:
+        headers.append(b"Sec-WebSocket-Protocol: mediation.v1")
+    if rng.random() < 0.5:
+        headers.append(b"X-Client-ID: " + _client_id(rng))
+    return headers
+
+
+def websocket_resume_seed(rng: random.Random) -> Seed:
+    """A ``mediation.v1`` session on ``ws-k`` whose first message is mostly ``{"resume"}``,
+    then acks, envelopes and maybe another resume (refused: only the first may be one)."""
+    key = _websocket_key(rng)
+    headers = _handshake(rng, key, subprotocol=0.9)
+    target = b"/"
+    if rng.random() < 0.15:
+        cursor, _ = _cursor(rng)
+        target = b"/?last_event_id=" + quote(cursor[:300], safe=":.").encode()
+    frames = []
+    if rng.random() < 0.75:
+        message, _ = _resume_message(rng)
+        frames.append(Frame(0x1, message, mask_key=bytes(rng.randrange(256) for _ in range(4))))
+    for _ in range(rng.randrange(3)):
+        key4 = bytes(rng.randrange(256) for _ in range(4))
+        choice = rng.randrange(3)
+        if choice == 0:
+            payload, _ = _resume_message(rng)
+        elif choice == 1:
+            cursor, _ = _cursor(rng)
+            payload = json.dumps({rng.choice(["ack", "nack"]): cursor}).encode()
+        else:
+            payload = _envelope(rng)
+        frames.append(Frame(0x1, payload, mask_key=key4))
+    request = Request(b"GET", target, headers=headers)
+    return Seed("ws-k", "ws-resume", [request], frames, key)
+
+
 SEEDS: list[Callable[[random.Random], Seed]] = [
     sse_seed,
     post_seed,
@@ -463,6 +621,7 @@ SEEDS: list[Callable[[random.Random], Seed]] = [
     post_params_seed,
     poll_params_seed,
     websocket_params_seed,
+    websocket_resume_seed,
 ]
 
 
@@ -931,6 +1090,24 @@ def subscription_envelope(seed: Seed, rng: random.Random) -> str | None:
     return f"subscription {how} {payloads[0][:40]!r}"
 
 
+def resume_envelope(seed: Seed, rng: random.Random) -> str | None:
+    """A ``{"resume": ...}`` (valid, tampered, of the wrong type, huge) as the first message of
+    any WebSocket input, or a later one, or several."""
+    frames = _frames(seed)
+    if frames is None:
+        return None
+    message, what = _resume_message(rng)
+    key4 = bytes(rng.randrange(256) for _ in range(4))
+    where = rng.randrange(3)
+    if where == 0 or not frames:
+        frames.insert(0, Frame(0x1, message, mask_key=key4))
+    elif where == 1:
+        frames.insert(rng.randrange(1, len(frames) + 1), Frame(0x1, message, mask_key=key4))
+    else:  # the same resume again and again
+        frames[:0] = [Frame(0x1, message, mask_key=key4)] * rng.choice([2, 50])
+    return f"{what} at {['first', 'later', 'repeated'][where]}"
+
+
 STRUCTURAL: list[Callable[[Seed, random.Random], str | None]] = [
     duplicate_header,
     reorder_headers,
@@ -956,6 +1133,8 @@ STRUCTURAL: list[Callable[[Seed, random.Random], str | None]] = [
     param_value,
     subscription_envelope,
     subscription_envelope,
+    resume_envelope,
+    resume_envelope,
 ]
 
 
