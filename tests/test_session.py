@@ -19,7 +19,7 @@ from mediation.endpoints.memory import MemoryEndpoint
 from mediation.engine import MediationEngine
 from mediation.errors import BadRequest, BrokerUnavailable, ClientTooSlow, UnknownEvent
 from mediation.events import Event
-from mediation.session import Session, SessionDelivery, open_session
+from mediation.session import Session, open_session
 
 from .conftest import EngineFactory
 
@@ -110,34 +110,6 @@ async def test_at_least_once_acks_after_the_client_confirmed(engine_with: Engine
         assert await settled(engine) == (1, 0)
         with pytest.raises(UnknownEvent):
             await session.confirm(event.id)
-
-
-async def test_a_confirmation_read_while_its_event_is_being_written_counts(
-    engine_with: EngineFactory,
-) -> None:
-    """A fast client: its confirmation of an event is read (the WebSocket's reader task) before
-    the writer is back from writing that event. It must count: ignored as unknown, the event
-    kept its window slot for good, and with a window of 2 the third event never went out."""
-    async with (
-        engine_with(
-            entrypoints={"ws": "websocket"}, routes=routes("at_least_once", channel_size=2)
-        ) as engine,
-        client_session(engine) as session,
-    ):
-        written: list[bytes] = []
-
-        async def write(batch: list[SessionDelivery]) -> None:
-            for item in batch:
-                written.append(item.event.payload)
-                await session.confirm(item.event.id)  # the client answered within the write
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(session.run_writer, write)
-            for payload in (b"1", b"2", b"3", b"4"):
-                await publish(engine, payload)
-            assert await settled(engine) == (4, 0)
-            nursery.cancel_scope.cancel()
-        assert written == [b"1", b"2", b"3", b"4"]
 
 
 async def test_at_least_once_without_client_confirmation_acks_on_completed_write(
