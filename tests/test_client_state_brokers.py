@@ -269,16 +269,17 @@ def kafka_table(kafka: Kafka, topic: str, **table: Any) -> dict[str, Any]:
 def swept(caplog: pytest.LogCaptureFixture) -> int:
     """The groups the endpoints' sweeps logged as deleted."""
     return sum(
-        getattr(record, "groups", 0)
+        getattr(record, "deleted", 0)
         for record in caplog.records
-        if record.getMessage() == "kafka consumer groups of departed clients deleted"
+        if record.getMessage() == "per-client objects of departed clients deleted"
+        and getattr(record, "objects", None) == "kafka consumer groups"
     )
 
 
 async def test_kafka_groups_of_departed_clients_are_swept_and_others_survive(
     engine_with: EngineFactory, kafka: Kafka, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="mediation.endpoints._kafka_sweep")
+    caplog.set_level(logging.INFO, logger="mediation.endpoints._sweep")
     endpoint = f"k{uuid.uuid4().hex[:8]}"
     topic = await trio.to_thread.run_sync(kafka.topic, "cleanup")
     # Not of the engine's naming: another endpoint's, and someone else's.

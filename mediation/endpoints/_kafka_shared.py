@@ -113,6 +113,7 @@ STALL_PAUSE = 0.5
 # Broker requests: metadata, watermarks, admin reads and writes; a missing topic is looked for
 # this often.
 REQUEST_TIMEOUT = 10.0
+RETIRED_FOR = 60.0  # seconds an admin client renewed away is kept (GroupOffsets.renew)
 TOPIC_RETRY = 3.0
 # The fetch thread's own metadata requests (is the broker there; has the topic new partitions):
 # the tail waits for them.
@@ -188,9 +189,10 @@ class GroupOffsets:
         self._config = config
         self._to_trio = to_trio
         self._admin: AdminClient | None = None
-        # Requests unanswered per client; a client renewed away is dropped once it has none
-        # (destroying one with requests out trips librdkafka's own assertions).
-        self._unanswered: dict[AdminClient, int] = {}
+        # Clients renewed away, with when: each is kept for RETIRED_FOR, well past the timeout
+        # of its last request (destroying one soon after an answer aborts the process on a
+        # librdkafka assertion, rd_kafka_enq_once_del_source_return).
+        self._retired: deque[tuple[float, AdminClient]] = deque()
         self._reads: deque[Callable[[], None]] = deque()  # read_soon()s not issued yet
         self._reading = 0  # read_soon()s issued and not answered
         self._issuing = False
@@ -209,39 +211,32 @@ class GroupOffsets:
         The old one may have requests left from the outage (a session's last position write)
         that hold later requests for the same group until they time out (``REQUEST_TIMEOUT``
         after the cluster is back: seen on tansu), and the client's next session must not wait
-        behind its previous session's write to learn where to start. It is dropped once its
-        last request is answered."""
-        old, self._admin = self._admin, None
-        if old is not None and not self._unanswered.get(old):
-            self._unanswered.pop(old, None)
+        behind its previous session's write to learn where to start. It is kept for
+        ``RETIRED_FOR`` (on the Trio thread: ``now`` is Trio's clock)."""
+        now = trio.current_time()
+        while self._retired and now - self._retired[0][0] >= RETIRED_FOR:
+            self._retired.popleft()
+        if self._admin is not None:
+            self._retired.append((now, self._admin))
+            self._admin = None
 
     def _request(
         self, call: Callable[[AdminClient], Any], group: str, done: Callable[[Any], None]
     ) -> None:
         """Issue an admin request; ``done(answer or BrokerUnavailable)`` runs on the Trio thread."""
-        client = self.client()
-
-        def finished(answer: Any) -> None:  # on the Trio thread
-            left = self._unanswered[client] - 1
-            if left or client is self._admin:
-                self._unanswered[client] = left
-            else:
-                del self._unanswered[client]  # renewed away: its last reference goes
-            done(answer)
 
         def answered(future: Any) -> None:  # librdkafka's admin thread (or here, if done)
             try:
                 answer = future.result()
             except Exception as error:
                 answer = BrokerUnavailable(f"kafka refused the request for {group}: {error}")
-            self._to_trio.call_soon(finished, answer)
+            self._to_trio.call_soon(done, answer)
 
         try:
-            futures = call(client)
+            futures = call(self.client())
         except Exception as error:  # refused locally (a bad argument, a closed client)
             done(BrokerUnavailable(f"kafka refused the request for {group}: {error}"))
             return
-        self._unanswered[client] = self._unanswered.get(client, 0) + 1
         futures[group].add_done_callback(answered)
 
     async def _answer(self, call: Callable[[AdminClient], Any], group: str) -> Any:
