@@ -49,7 +49,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -484,6 +485,7 @@ class SharedFetch:
         # partitions' beginnings. Only these: the others begin at their group's positions.
         self.awaiting_topic: set[SharedSession] = set()
         self.failure: BrokerUnavailable | None = None
+        self._joining: set[trio.CancelScope] = set()
         self.started = trio.Event()  # assigned, or waiting for the topic to appear
         self.finished = trio.Event()
         self.waiting_for_topic = False
@@ -525,7 +527,7 @@ class SharedFetch:
                     try:
                         consumer.list_topics(self.topic, timeout=METADATA_TIMEOUT)
                     except KafkaException:
-                        self._to_trio.call_soon(self._fail, f"kafka broker unavailable: {reason}")
+                        self._to_trio.call_soon(self.fail, f"kafka broker unavailable: {reason}")
                         return
                 if time.monotonic() >= look_at:
                     self._look_for_partitions(consumer, known)
@@ -535,14 +537,14 @@ class SharedFetch:
                 records, error = _records(_consume(consumer, FETCH_BATCH), self._convert)
                 if error is not None:
                     self._room.release()
-                    self._to_trio.call_soon(self._fail, f"kafka consumer: {error}")
+                    self._to_trio.call_soon(self.fail, f"kafka consumer: {error}")
                     return
                 if not records:
                     self._room.release()
                     continue
                 self._to_trio.call_soon(self._fan_out, records)
         except Exception as error:  # a thread: everything ends up as the sessions' failure
-            self._to_trio.call_soon(self._fail, f"kafka consumer failed: {error}")
+            self._to_trio.call_soon(self.fail, f"kafka consumer failed: {error}")
         finally:
             if consumer is not None:
                 try:
@@ -597,7 +599,7 @@ class SharedFetch:
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
-            self._to_trio.call_soon(self._fail, f"kafka consumer failed: {error.str()}")
+            self._to_trio.call_soon(self.fail, f"kafka consumer failed: {error.str()}")
         elif error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._suspect = error.str()
 
@@ -648,12 +650,34 @@ class SharedFetch:
             if not session.offer(records):
                 self.tail.discard(session)
 
-    def _fail(self, reason: str) -> None:
+    def fail(self, reason: str) -> None:
+        """The fetch is over (its thread found the cluster gone, or the endpoint did): every
+        session fails, a session still joining stops waiting (:meth:`joining`), the thread
+        stops. The next session of the topic makes a new fetch."""
         if self.failure is None:
             self.failure = BrokerUnavailable(reason)
+        self._stop.set()
         self.started.set()
+        for scope in self._joining:
+            scope.cancel()
         for session in list(self.sessions):
             session.fail(self.failure)
+
+    @contextmanager
+    def joining(self) -> Iterator[None]:
+        """A session's waits before it begins (its group's positions, the assignment), cut
+        short when the fetch fails, whose failure is then raised: a broker request must not
+        hold a session past its endpoint's outage."""
+        with trio.CancelScope() as scope:
+            if self.failure is not None:
+                scope.cancel()
+            self._joining.add(scope)
+            try:
+                yield
+            finally:
+                self._joining.discard(scope)
+        if self.failure is not None:
+            raise self.failure
 
     def at_tail(
         self, positions: dict[int, PartitionPositions], pending: Container[int] = ()
@@ -950,7 +974,8 @@ class SharedSession:
             self._changed.unpark_all()  # a stalled reader gave its slot back: ask again later
 
     async def close(self) -> None:
-        """Stop reading (shielded by the caller): the reader, then the last position write."""
+        """Stop reading (shielded by the caller): the reader, then the last position write
+        (awaited unless the session failed)."""
         self._closed = True
         self.fetch.tail.discard(self)
         self.fetch.sessions.discard(self)
@@ -960,6 +985,12 @@ class SharedSession:
         if reader is not None:
             reader.stop()
             await reader.finished.wait()
+        if self._failure is not None:
+            # The cluster is gone: the last write is issued, not awaited (it would only wait
+            # out its timeout, and a position not stored redelivers, it loses nothing).
+            if not self._writing:
+                self._write()
+            return
         await self._written.wait()
         await self._commit_now()
 

@@ -1073,6 +1073,8 @@ class KafkaEndpoint:
             if self._fatal or not await self._answers(producer):
                 break
         self.state.value = EndpointState.DOWN
+        for fetch in list(self._fetches.values()):  # their sessions end now, joining or not
+            fetch.fail("kafka broker unavailable")
 
     async def _create_topics(self) -> None:
         """``create_topics``: topic_in and topic_out, where missing (a failure is only logged:
@@ -1329,42 +1331,8 @@ class KafkaEndpoint:
         )
         fetch.sessions.add(session)
         try:
-            await fetch.started.wait()
-            if fetch.failure is not None:
-                raise fetch.failure
-            resume = resume_position(subscription.resume_after, topic)
-            if fetch.waiting_for_topic:
-                fetch.awaiting_topic.add(session)  # begun when the topic appears
-                if resume is not None:
-                    subscription.position_gone(
-                        f"position in {topic} is gone: the topic does not exist"
-                    )
-            else:
-                partitions = sorted(fetch.next)
-                stored = await offsets.read(group, topic, partitions)
-                if resume is not None:
-                    resume = await self._resumable(subscription, topic, partitions, resume)
-                starts: dict[int, int] = {}
-                to_write: dict[int, int] = {}
-                for partition in partitions:
-                    start = stored.get(partition, -1)
-                    if start < 0:
-                        start = (
-                            fetch.low[partition]
-                            if self.config.auto_offset_reset == "earliest"
-                            else fetch.next[partition]
-                        )
-                    if resume is not None and resume[0] == partition:
-                        start = resume[1]
-                    if start != stored.get(partition, -1):
-                        to_write[partition] = start
-                    starts[partition] = start
-                if to_write:
-                    # The group's resume point from now on, even if this session never acks.
-                    await offsets.write(group, topic, to_write)
-                if fetch.failure is not None:
-                    raise fetch.failure
-                session.begin(starts)
+            with fetch.joining():
+                await self._join_shared(subscription, fetch, offsets, session, group)
             yield Deliveries(session.next_delivery)
         finally:
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as closing:
@@ -1375,15 +1343,62 @@ class KafkaEndpoint:
                         "kafka position not stored at the end of the session",
                         extra={"endpoint": self.name, "group": group, "error": str(error)},
                     )
-                if not fetch.sessions and self._fetches.get(topic) is fetch:
-                    del self._fetches[topic]
-                    fetch.stop()
+                if not fetch.sessions:
+                    if self._fetches.get(topic) is fetch:
+                        del self._fetches[topic]
+                    fetch.stop()  # a failed fetch, replaced in _fetches, stopped already
                     await fetch.finished.wait()
             if closing.cancelled_caught:
                 log.warning(
                     "kafka shared session did not close in time",
                     extra={"endpoint": self.name, "group": group},
                 )
+
+    async def _join_shared(
+        self,
+        subscription: Subscription,
+        fetch: SharedFetch,
+        offsets: GroupOffsets,
+        session: SharedSession,
+        group: str,
+    ) -> None:
+        """Begin ``session`` at its group's stored positions (or the resume, or where
+        ``auto_offset_reset`` says), writing them when they differ; or, while the topic does
+        not exist, leave it to the fetch's assignment."""
+        topic = fetch.topic
+        await fetch.started.wait()
+        if fetch.failure is not None:
+            return  # raised by joining()
+        resume = resume_position(subscription.resume_after, topic)
+        if fetch.waiting_for_topic:
+            fetch.awaiting_topic.add(session)  # begun when the topic appears
+            if resume is not None:
+                subscription.position_gone(f"position in {topic} is gone: the topic does not exist")
+            return
+        partitions = sorted(fetch.next)
+        stored = await offsets.read(group, topic, partitions)
+        if resume is not None:
+            resume = await self._resumable(subscription, topic, partitions, resume)
+        starts: dict[int, int] = {}
+        to_write: dict[int, int] = {}
+        for partition in partitions:
+            start = stored.get(partition, -1)
+            if start < 0:
+                start = (
+                    fetch.low[partition]
+                    if self.config.auto_offset_reset == "earliest"
+                    else fetch.next[partition]
+                )
+            if resume is not None and resume[0] == partition:
+                start = resume[1]
+            if start != stored.get(partition, -1):
+                to_write[partition] = start
+            starts[partition] = start
+        if to_write:
+            # The group's resume point from now on, even if this session never acks.
+            await offsets.write(group, topic, to_write)
+        if fetch.failure is None:
+            session.begin(starts)
 
     async def _resumable(
         self,
