@@ -15,10 +15,9 @@ from typing import Any, cast
 import pytest
 import trio
 import trio.testing
-from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from mediation.endpoints._handoff import ToTrio
+from mediation.endpoints._kafka_admin_process import AdminProcess
 from mediation.endpoints._kafka_shared import (
     READS_IN_FLIGHT,
     Committer,
@@ -76,7 +75,7 @@ def shared(credit: int = 1) -> tuple[SharedFetch, SharedSession, _Offsets]:
     """A fetch (thread not started) and one session of it, registered as the endpoint does."""
     to_trio = ToTrio("test")
     # The thread is not started: nothing reads metadata.
-    fetch = SharedFetch({}, TOPIC, to_trio, _unconvertible, cast(AdminClient, None))
+    fetch = SharedFetch({}, TOPIC, to_trio, _unconvertible, cast(Any, None))
     offsets = _Offsets()
     session = SharedSession(
         fetch,
@@ -254,62 +253,31 @@ async def test_a_closed_session_ignores_its_groups_answer(
 # -- position reads, bounded ---------------------------------------------------------------------
 
 
-class _Future:
-    """The part of ``concurrent.futures.Future`` that GroupOffsets uses, answered by the test."""
+class _AdminProcess:
+    """``AdminProcess``: requests kept until the test answers them."""
 
     def __init__(self) -> None:
-        self._callbacks: list[Callable[[Any], None]] = []
-        self._answer: Any = None
+        self.pending: list[tuple[dict[str, Any], Callable[[Any], None]]] = []
 
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        self._callbacks.append(callback)
-
-    def result(self) -> Any:
-        return self._answer
-
-    def resolve(self, answer: Any) -> None:
-        self._answer = answer
-        for callback in self._callbacks:
-            callback(self)
-
-
-class _Admin:
-    """``list_consumer_group_offsets`` answered when the test says."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Any, _Future]] = []
-
-    def list_consumer_group_offsets(self, requests: list[Any], **_: Any) -> dict[str, _Future]:
-        (request,) = requests
-        future = _Future()
-        self.pending.append((request, future))
-        return {request.group_id: future}
-
-
-class _Answer:
-    def __init__(self, request: Any, offset: int) -> None:
-        self.topic_partitions = [
-            TopicPartition(tp.topic, tp.partition, offset) for tp in request.topic_partitions
-        ]
+    def request(self, request: dict[str, Any], done: Callable[[Any], None]) -> None:
+        self.pending.append((request, done))
 
 
 async def test_reads_for_new_partitions_are_issued_reads_in_flight_at_a_time() -> None:
     """A topic that grows under 200 sessions: 200 reads, ``READS_IN_FLIGHT`` issued at once,
     the next ones as answers come back; each answered once, with its group's offsets."""
-    admin = _Admin()
-    offsets = GroupOffsets({}, ToTrio("test"))
-    offsets._admin = cast(AdminClient, admin)
+    process = _AdminProcess()
+    offsets = GroupOffsets(cast(AdminProcess, process))
     answers: dict[str, dict[int, int] | BrokerUnavailable] = {}
     for n in range(200):
         group = f"g{n}"
         offsets.read_soon(group, TOPIC, [1, 2], partial(answers.__setitem__, group))
     most = 0
-    while admin.pending or len(answers) < 200:
-        most = max(most, len(admin.pending))
-        issued, admin.pending = admin.pending, []
-        for n, (request, future) in enumerate(issued):
-            future.resolve(_Answer(request, n))
-        await trio.testing.wait_all_tasks_blocked()  # the answers come through ToTrio
+    while process.pending:
+        most = max(most, len(process.pending))
+        issued, process.pending = process.pending, []
+        for n, (request, done) in enumerate(issued):
+            done({"partitions": [[p, n, None, None] for p in request["partitions"]]})
     assert most == READS_IN_FLIGHT
     assert sorted(answers) == sorted(f"g{n}" for n in range(200))
     assert all(isinstance(a, dict) and set(a) == {1, 2} for a in answers.values())

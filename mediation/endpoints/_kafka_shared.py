@@ -27,19 +27,21 @@ a ``group_id`` holding ``{client_id}``:
   event). A reader whose session stays full for ``STALL_PAUSE`` gives its slot back.
 - :class:`GroupOffsets`: the positions stay in the broker, in the groups of the per-session
   design (``mediation-{endpoint}-{client_id}``), written with
-  ``AdminClient.alter_consumer_group_offsets`` and read with ``list_consumer_group_offsets``
-  (one ``AdminClient`` per endpoint, a new one after each outage: :meth:`GroupOffsets.renew`;
-  many requests in flight). Stored positions therefore carry
+  ``AdminClient.alter_consumer_group_offsets`` and read with ``list_consumer_group_offsets``,
+  by the endpoint's admin child process (``_kafka_admin_process``: librdkafka can abort the
+  process that makes these requests when a connection drops; a new child after each outage:
+  :meth:`GroupOffsets.renew`; many requests in flight). Stored positions therefore carry
   over between the two designs and between instances. Every partition's error is checked: a
   group with a live member (a per-session consumer of the same client, during an upgrade)
   answers ``UNKNOWN_MEMBER_ID``, which refuses the session. Commits are coalesced per session
   (one write in flight; the next carries everything settled meanwhile), synchronous for
   ``at_most_once`` (the ack waits for it), and one last write when the session ends.
 
-Threads: the shared fetch's consumer (librdkafka's threads plus one poller) per topic, the
-admin client's, and one consumer plus poller per catch-up reader: bounded by a constant plus
-the pool, whatever the number of sessions. Every hand-off to Trio goes through the endpoint's
-:class:`._handoff.ToTrio`; the threads never wait for a session.
+Threads: the shared fetch's consumer (librdkafka's threads plus one poller) per topic, an admin
+client's for metadata, and one consumer plus poller per catch-up reader: bounded by a constant
+plus the pool, whatever the number of sessions; and one child process per endpoint for the
+positions. Every hand-off to Trio goes through the endpoint's :class:`._handoff.ToTrio`; the
+threads never wait for a session.
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ import outcome
 import trio
 from confluent_kafka import (
     Consumer,
-    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     Message,
@@ -70,6 +71,7 @@ from confluent_kafka.admin import AdminClient
 from ..errors import BrokerUnavailable
 from ..events import Delivery, Event
 from ._handoff import ToTrio
+from ._kafka_admin_process import AdminProcess
 from ._kafka_positions import PartitionPositions
 from .base import CONVERSION_ERROR
 
@@ -114,7 +116,6 @@ STALL_PAUSE = 0.5
 # Broker requests: metadata, watermarks, admin reads and writes; a missing topic is looked for
 # this often.
 REQUEST_TIMEOUT = 10.0
-RETIRED_FOR = 60.0  # seconds an admin client renewed away is kept (GroupOffsets.renew)
 TOPIC_RETRY = 3.0
 # The fetch thread's own metadata requests (is the broker there; has the topic new partitions):
 # the tail waits for them.
@@ -184,27 +185,14 @@ def _records(messages: Iterable[Message], convert: Convert) -> tuple[list[Record
 
 
 class GroupOffsets:
-    """Per-client positions in the broker, through one ``AdminClient`` (see module doc)."""
+    """Per-client positions in the broker, through the endpoint's :class:`AdminProcess` (see
+    module doc): on the Trio thread, answered there."""
 
-    def __init__(self, config: dict[str, Any], to_trio: ToTrio) -> None:
-        self._config = config
-        self._to_trio = to_trio
-        self._admin: AdminClient | None = None
-        # Clients renewed away, with when: each is kept for RETIRED_FOR, well past the timeout
-        # of its last request (destroying one soon after an answer aborts the process on a
-        # librdkafka assertion, rd_kafka_enq_once_del_source_return).
-        self._retired: deque[tuple[float, AdminClient]] = deque()
+    def __init__(self, process: AdminProcess) -> None:
+        self._process = process
         self._reads: deque[Callable[[], None]] = deque()  # read_soon()s not issued yet
         self._reading = 0  # read_soon()s issued and not answered
         self._issuing = False
-
-    def client(self) -> AdminClient:
-        """The endpoint's admin client (made on first use, on the Trio thread). The shared
-        fetches' threads read metadata with it too: its connection is not held up behind a
-        fetch the broker holds, as the fetch consumer's own is."""
-        if self._admin is None:
-            self._admin = AdminClient(self._config)
-        return self._admin
 
     def renew(self) -> None:
         """The cluster is back after an outage: the next requests go through a new client.
@@ -212,35 +200,23 @@ class GroupOffsets:
         The old one may have requests left from the outage (a session's last position write)
         that hold later requests for the same group until they time out (``REQUEST_TIMEOUT``
         after the cluster is back: seen on tansu), and the client's next session must not wait
-        behind its previous session's write to learn where to start. It is kept for
-        ``RETIRED_FOR`` (on the Trio thread: ``now`` is Trio's clock)."""
-        now = trio.current_time()
-        while self._retired and now - self._retired[0][0] >= RETIRED_FOR:
-            self._retired.popleft()
-        if self._admin is not None:
-            self._retired.append((now, self._admin))
-            self._admin = None
+        behind its previous session's write to learn where to start. So the admin process is
+        started again (its requests fail, which only means they are made again)."""
+        self._process.restart()
 
-    def _request(
-        self, call: Callable[[AdminClient], Any], group: str, done: Callable[[Any], None]
-    ) -> None:
+    def _request(self, request: dict[str, Any], group: str, done: Callable[[Any], None]) -> None:
         """Issue an admin request; ``done(answer or BrokerUnavailable)`` runs on the Trio thread."""
 
-        def answered(future: Any) -> None:  # librdkafka's admin thread (or here, if done)
-            try:
-                answer = future.result()
-            except Exception as error:
-                answer = BrokerUnavailable(f"kafka refused the request for {group}: {error}")
-            self._to_trio.call_soon(done, answer)
+        def answered(answer: dict[str, Any] | str) -> None:
+            if isinstance(answer, str) or "error" in answer:
+                reason = answer if isinstance(answer, str) else answer["error"]
+                done(BrokerUnavailable(f"kafka refused the request for {group}: {reason}"))
+            else:
+                done(answer)
 
-        try:
-            futures = call(self.client())
-        except Exception as error:  # refused locally (a bad argument, a closed client)
-            done(BrokerUnavailable(f"kafka refused the request for {group}: {error}"))
-            return
-        futures[group].add_done_callback(answered)
+        self._process.request(request, answered)
 
-    async def _answer(self, call: Callable[[AdminClient], Any], group: str) -> Any:
+    async def _answer(self, request: dict[str, Any], group: str) -> Any:
         done = trio.Event()
         box: list[Any] = []
 
@@ -248,21 +224,15 @@ class GroupOffsets:
             box.append(answer)
             done.set()
 
-        self._request(call, group, answered)
+        self._request(request, group, answered)
         await done.wait()
         if isinstance(box[0], BrokerUnavailable):
             raise box[0]
         return box[0]
 
-    def _list(
-        self, group: str, topic: str, partitions: Iterable[int]
-    ) -> Callable[[AdminClient], Any]:
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(topic, p) for p in partitions]
-        )
-        return lambda client: client.list_consumer_group_offsets(
-            [request], request_timeout=REQUEST_TIMEOUT
-        )
+    @staticmethod
+    def _list(group: str, topic: str, partitions: Iterable[int]) -> dict[str, Any]:
+        return {"op": "list", "group": group, "topic": topic, "partitions": list(partitions)}
 
     async def read(self, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
         """The group's committed offset of each partition (negative: none)."""
@@ -318,20 +288,17 @@ class GroupOffsets:
         done: Callable[[BrokerUnavailable | None], None],
     ) -> None:
         """Store ``offsets`` as the group's positions; ``done(error or None)`` runs on Trio."""
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(topic, p, o) for p, o in sorted(offsets.items())]
-        )
+        request = {
+            "op": "alter",
+            "group": group,
+            "topic": topic,
+            "offsets": sorted(offsets.items()),
+        }
 
         def answered(answer: Any) -> None:
             done(answer if isinstance(answer, BrokerUnavailable) else _refusal(group, answer))
 
-        self._request(
-            lambda client: client.alter_consumer_group_offsets(
-                [request], request_timeout=REQUEST_TIMEOUT
-            ),
-            group,
-            answered,
-        )
+        self._request(request, group, answered)
 
     async def write(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         """Store ``offsets`` as the group's positions; a refused partition raises."""
@@ -348,26 +315,42 @@ class GroupOffsets:
             raise box[0]
 
 
-def _positions(group: str, answer: Any) -> dict[int, int] | BrokerUnavailable:
+def _partitions(answer: dict[str, Any]) -> list[tuple[int, int, int | None, str]]:
+    """The rows of an admin answer: partition, offset, error code (None: no error), reason.
+    A row of another shape (the child's output is read as any outside input) is an error."""
+    rows = answer.get("partitions")
+    parsed: list[tuple[int, int, int | None, str]] = []
+    for row in rows if isinstance(rows, list) else [None]:
+        match row:
+            case [int(partition), int(offset), None, _]:
+                parsed.append((partition, offset, None, ""))
+            case [int(partition), int(offset), int(code), str(reason)]:
+                parsed.append((partition, offset, code, reason))
+            case _:
+                parsed.append((-1, -1, KafkaError._BAD_MSG, f"an answer not understood: {row!r}"))
+    return parsed
+
+
+def _positions(group: str, answer: dict[str, Any]) -> dict[int, int] | BrokerUnavailable:
     """The offsets of a list answer (negative: none), or its first partition error."""
     offsets: dict[int, int] = {}
-    for tp in answer.topic_partitions or ():
-        if tp.error is not None:
-            return BrokerUnavailable(f"kafka could not read the position of {group}: {tp.error}")
-        offsets[tp.partition] = tp.offset
+    for partition, offset, code, reason in _partitions(answer):
+        if code is not None:
+            return BrokerUnavailable(f"kafka could not read the position of {group}: {reason}")
+        offsets[partition] = offset
     return offsets
 
 
-def _refusal(group: str, answer: Any) -> BrokerUnavailable | None:
+def _refusal(group: str, answer: dict[str, Any]) -> BrokerUnavailable | None:
     """The first partition error of an alter answer, as the session's error; None if none."""
-    for tp in answer.topic_partitions or ():
-        if tp.error is not None:
-            if tp.error.code() == KafkaError.UNKNOWN_MEMBER_ID:
-                return BrokerUnavailable(
-                    f"kafka group {group} has a live member (a per-session consumer of the same "
-                    "client): its position cannot be written"
-                )
-            return BrokerUnavailable(f"kafka could not store the position of {group}: {tp.error}")
+    for _, _, code, reason in _partitions(answer):
+        if code == KafkaError.UNKNOWN_MEMBER_ID:
+            return BrokerUnavailable(
+                f"kafka group {group} has a live member (a per-session consumer of the same "
+                "client): its position cannot be written"
+            )
+        if code is not None:
+            return BrokerUnavailable(f"kafka could not store the position of {group}: {reason}")
     return None
 
 

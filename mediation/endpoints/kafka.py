@@ -139,6 +139,7 @@ from ..errors import BrokerUnavailable, TargetNotFound
 from ..events import Delivery, Event
 from ._backoff import Backoff
 from ._handoff import ToTrio
+from ._kafka_admin_process import AdminProcess
 from ._kafka_positions import PartitionPositions, resume_gone
 from ._kafka_shared import (
     TAIL_FETCH_WAIT_MS,
@@ -959,7 +960,11 @@ class KafkaEndpoint:
         self._to_trio: ToTrio | None = None  # made in Trio, by run() or the first consume()
         # fetch = "shared" (see _kafka_shared): a fetch per topic, the positions, the pool.
         self._fetches: dict[str, SharedFetch] = {}
-        self._offsets: GroupOffsets | None = None
+        admin = {**config.librdkafka, "bootstrap.servers": config.brokers}
+        self._shared = config.fetch == "shared" and "{client_id}" in config.group_id
+        self._admin_process = AdminProcess(admin, librdkafka_log)
+        self._offsets = GroupOffsets(self._admin_process)
+        self._metadata: AdminClient | None = None  # the shared fetches' (no group requests)
         self._readers = trio.CapacityLimiter(config.catch_up_readers)
         self._committer = Committer(config.position_refresh_interval)
 
@@ -971,6 +976,8 @@ class KafkaEndpoint:
         to_trio = self._to_trio = ToTrio(self.name)
         try:
             async with trio.open_nursery() as nursery:
+                if self._shared:
+                    nursery.start_soon(self._admin_process.run)
                 nursery.start_soon(self._committer.run)
                 self._start_sweep(nursery)
                 while True:
@@ -1060,7 +1067,7 @@ class KafkaEndpoint:
             await self._create_topics()
         self._up_since = time.monotonic()
         self._producer = producer
-        if self._offsets is not None:  # back after an outage: see GroupOffsets.renew
+        if self._shared:  # back after an outage: see GroupOffsets.renew
             self._offsets.renew()
         self.state.value = EndpointState.UP
         log.info("kafka connected", extra={"endpoint": self.name})
@@ -1212,7 +1219,7 @@ class KafkaEndpoint:
             raise BrokerUnavailable(f"endpoint {self.name} is down")
         topic = subscription.fill(self.config.topic_in)
         group = subscription.fill(self.config.group_id.replace("{endpoint}", self.name))
-        if self.config.fetch == "shared" and "{client_id}" in self.config.group_id:
+        if self._shared:
             async with self._consume_shared(subscription, topic, group) as deliveries:
                 yield deliveries
             return
@@ -1281,14 +1288,14 @@ class KafkaEndpoint:
         """``fetch = "shared"``: the session reads from the topic's shared fetch (module doc of
         ``_kafka_shared``); its positions are its group's, written through the admin API."""
         to_trio = self._handoff()
-        if self._offsets is None:
-            admin = {
+        offsets = self._offsets
+        if self._metadata is None:
+            metadata: dict[str, Any] = {
                 **self.config.librdkafka,
                 "bootstrap.servers": self.config.brokers,
                 "logger": librdkafka_log,
             }
-            self._offsets = GroupOffsets(admin, to_trio)
-        offsets = self._offsets
+            self._metadata = AdminClient(metadata)
         fetch = self._fetches.get(topic)
         if fetch is None or fetch.failure is not None:
             fetch = SharedFetch(
@@ -1304,7 +1311,7 @@ class KafkaEndpoint:
                 topic,
                 to_trio,
                 event_from_message,
-                offsets.client(),
+                self._metadata,
                 self.partitions,
             )
             self._fetches[topic] = fetch

@@ -1,0 +1,277 @@
+"""The Kafka admin API's group requests, made by a child process: librdkafka may abort on them.
+
+librdkafka (2.16, the newest the confluent-kafka wheels bundle) aborts its whole process on an
+assertion, ``rd_kafka_enq_once_del_source_return: eonce->refcnt > 0``, when a request the admin
+API sends to a group coordinator (ListConsumerGroupOffsets, AlterConsumerGroupOffsets,
+DescribeConsumerGroups, DeleteGroups) cannot be sent because its connection just dropped: a
+use-after-free in its error path (confluentinc/librdkafka#5397, not in a release yet). The
+engine's TCP-reset fault test aborted that way in 1 run of 3 with ``fetch = "shared"``, whose
+positions are written and read with those requests. Nothing a broker or a network does may end
+the engine, so those requests are made by a child process (``python -m`` this module) that owns
+the ``AdminClient``: when it dies, only its requests fail (:class:`~mediation.errors.
+BrokerUnavailable`, as any broker failure), and the next child takes the next ones.
+
+The two sides speak JSON lines over the child's stdin and stdout:
+
+- parent to child: the client configuration first, then ``{"id", "op", ...}`` requests: ``list``
+  (``group``, ``topic``, ``partitions``) and ``alter`` (``group``, ``topic``, ``offsets``:
+  ``[[partition, offset], ...]``);
+- child to parent: ``{"id", "partitions": [[partition, offset, code, reason], ...]}`` (``code``
+  and ``reason`` null unless that partition failed), ``{"id", "error": reason}``, and
+  ``{"log": [level, message]}`` for librdkafka's log lines (logged by the parent).
+
+Threads and tasks: :meth:`AdminProcess.run` is the endpoint's task owning the child (started
+again after it ends, at once when :meth:`AdminProcess.restart` asked, else after a backoff); a
+request is queued by :meth:`AdminProcess.request` on the Trio thread and answered there, by the
+task reading the child's output (no thread of the engine's). In the child, the main thread reads
+requests and librdkafka's threads write answers (one lock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from ._backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+# An answer line longer than this is not the child's (it writes a few bytes per partition).
+MAX_LINE = 1 << 20
+REQUEST_TIMEOUT = 10.0  # seconds for each admin request (librdkafka's request_timeout)
+RESTART_MIN, RESTART_MAX = 0.1, 5.0  # backoff between children that ended on their own
+
+# A request's answer on the Trio thread: the child's JSON object, or why there is none.
+Answer = dict[str, Any]
+Done = Callable[[Answer | str], None]
+
+
+class AdminProcess:
+    """The child process making one endpoint's group requests (see module doc)."""
+
+    def __init__(self, config: dict[str, Any], librdkafka_log: logging.Logger) -> None:
+        # Only what JSON carries: librdkafka's settings are strings, numbers and booleans;
+        # the logger object stays here (the child forwards its lines).
+        self._config = {k: v for k, v in config.items() if k != "logger"}
+        self._librdkafka_log = librdkafka_log
+        self.command = [sys.executable, "-m", __name__]  # a test may run another child
+        self._ids = itertools.count()
+        self._queued: dict[int, tuple[bytes, Done]] = {}  # not written to a child yet
+        self._sent: dict[int, Done] = {}  # written to the current child, not answered
+        self._wake = trio.lowlevel.ParkingLot()
+        self._child: trio.CancelScope | None = None
+        self._restarting = False
+        self.pid: int | None = None  # the running child's
+        self.children = 0  # started so far
+
+    @property
+    def sent(self) -> int:
+        """Requests written to the running child and not answered."""
+        return len(self._sent)
+
+    def request(self, request: dict[str, Any], done: Done) -> None:
+        """Send ``request`` (``op`` and its fields) to the child; ``done`` gets its answer on
+        the Trio thread, or a reason (the child ended first)."""
+        n = next(self._ids)
+        self._queued[n] = (json.dumps({**request, "id": n}).encode() + b"\n", done)
+        self._wake.unpark_all()
+
+    def restart(self) -> None:
+        """End the current child (its requests fail); the next one takes what is queued."""
+        if self._child is not None:
+            self._restarting = True
+            self._child.cancel()
+
+    async def run(self) -> None:
+        """Keep a child running (the endpoint's task); requests wait for it while none is."""
+        backoff = Backoff(RESTART_MIN, RESTART_MAX)
+        try:
+            while True:
+                started = trio.current_time()
+                reason = "kafka admin process restarted after an outage"
+                with trio.CancelScope() as self._child:
+                    reason = await self._run_child()
+                self._child = None
+                self.pid = None
+                restarted, self._restarting = self._restarting, False
+                self._fail_sent(reason)
+                if restarted or trio.current_time() - started > RESTART_MAX:
+                    backoff.reset()
+                if not restarted:
+                    log.warning("kafka admin process ended", extra={"reason": reason})
+                    await trio.sleep(backoff.next())
+        finally:
+            self._fail_sent("kafka endpoint stopped")
+            queued, self._queued = self._queued, {}
+            for _, done in queued.values():
+                done("kafka endpoint stopped")
+
+    def _fail_sent(self, reason: str) -> None:
+        sent, self._sent = self._sent, {}
+        for done in sent.values():
+            done(reason)
+
+    async def _run_child(self) -> str:
+        """One child, until it ends (the reason) or the scope around this is cancelled."""
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    self.command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    check=False,
+                    deliver_cancel=_kill,
+                )
+            )
+            assert process.stdin is not None and process.stdout is not None
+            self.pid = process.pid
+            self.children += 1
+            await process.stdin.send_all(json.dumps(self._config).encode() + b"\n")
+            nursery.start_soon(self._send_requests, process.stdin)
+            reason = await self._read_answers(process.stdout)
+            nursery.cancel_scope.cancel()
+        return reason
+
+    async def _send_requests(self, stdin: trio.abc.SendStream) -> None:
+        while True:
+            while not self._queued:
+                await self._wake.park()
+            queued, self._queued = self._queued, {}
+            for n, (_, done) in queued.items():
+                self._sent[n] = done
+            await stdin.send_all(b"".join(line for line, _ in queued.values()))
+
+    async def _read_answers(self, stdout: trio.abc.ReceiveStream) -> str:
+        buffer = bytearray()
+        while True:
+            data = await stdout.receive_some()
+            if not data:
+                return "kafka admin process exited"
+            buffer += data
+            *lines, rest = buffer.split(b"\n")
+            buffer = bytearray(rest)
+            if len(buffer) > MAX_LINE:
+                return "kafka admin process wrote a line too long"
+            for line in lines:
+                if not self._answered(line):
+                    return f"kafka admin process wrote an unreadable line: {line[:100]!r}"
+
+    def _answered(self, line: bytes | bytearray) -> bool:
+        """Hand one line of the child's to its request's ``done``; False if it is not one."""
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(message, dict):
+            return False
+        entry = message.get("log")
+        if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int):
+            self._librdkafka_log.log(entry[0], "%s", entry[1])
+            return True
+        n = message.get("id")
+        done = self._sent.pop(n, None) if isinstance(n, int) else None
+        if done is None:
+            return False
+        done(message)
+        return True
+
+
+async def _kill(process: trio.Process) -> None:
+    process.kill()  # the child holds nothing to flush: its requests are failed by the parent
+
+
+# -- the child -----------------------------------------------------------------------------------
+
+
+class _Forward(logging.Handler):
+    """librdkafka's log lines, to the parent."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._send({"log": [record.levelno, record.getMessage()]})
+
+
+def _issue(admin: Any, request: dict[str, Any]) -> Any:
+    """The future of one request's group."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    group, topic = str(request["group"]), str(request["topic"])
+    if request["op"] == "list":
+        partitions = [TopicPartition(topic, int(p)) for p in request["partitions"]]
+        call = admin.list_consumer_group_offsets
+    elif request["op"] == "alter":
+        partitions = [TopicPartition(topic, int(p), int(o)) for p, o in request["offsets"]]
+        call = admin.alter_consumer_group_offsets
+    else:
+        raise ValueError(f"unknown op {request['op']!r}")
+    futures = call(
+        [ConsumerGroupTopicPartitions(group, partitions)], request_timeout=REQUEST_TIMEOUT
+    )
+    return futures[group]
+
+
+def _answer(n: int, future: Any) -> dict[str, Any]:
+    try:
+        result = future.result()
+    except Exception as error:
+        return {"id": n, "error": str(error) or type(error).__name__}
+    partitions = [
+        [
+            tp.partition,
+            tp.offset,
+            None if tp.error is None else tp.error.code(),
+            None if tp.error is None else tp.error.str(),
+        ]
+        for tp in result.topic_partitions or ()
+    ]
+    return {"id": n, "partitions": partitions}
+
+
+def main() -> None:
+    from confluent_kafka.admin import AdminClient
+
+    lock = threading.Lock()
+    out = sys.stdout.buffer
+
+    def send(message: dict[str, Any]) -> None:
+        line = json.dumps(message).encode() + b"\n"
+        with lock:
+            out.write(line)
+            out.flush()
+
+    librdkafka = logging.getLogger("librdkafka")
+    librdkafka.addHandler(_Forward(send))
+    librdkafka.setLevel(logging.DEBUG)
+    librdkafka.propagate = False
+    config: dict[str, Any] = {**json.loads(sys.stdin.buffer.readline()), "logger": librdkafka}
+    admin = AdminClient(config)
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        n = request["id"]
+        try:
+            future = _issue(admin, request)
+        except Exception as error:  # refused locally (a bad argument)
+            send({"id": n, "error": str(error) or type(error).__name__})
+            continue
+        future.add_done_callback(lambda f, n=n: send(_answer(n, f)))
+    # The parent closed the pipe: leave without destroying the client (requests may be in
+    # flight, and destroying it then is what this process exists to keep from the engine).
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
