@@ -3,7 +3,9 @@
 Against tansu: the real child writes and reads a group's positions, is killed (SIGKILL, as the
 librdkafka assertion would end it), its requests fail, and the next child answers. Without a
 broker: children that misbehave (lines that are not answers, answers of the wrong shape, one
-that exits at once) are ended or replaced, their requests failed, never the engine's task.
+that exits at once) are ended or replaced, their requests failed, never the engine's task; the
+sweep's answers of the wrong shape fail that sweep or are left out. (The sweep through the real
+child: ``tests/test_client_state_brokers.py``.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import signal
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,8 +24,10 @@ import pytest
 import trio
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from mediation.client_state import ClientLedger, Sweep, name_pattern
 from mediation.endpoints._kafka_admin_process import AdminProcess
 from mediation.endpoints._kafka_shared import GroupOffsets
+from mediation.endpoints._kafka_sweep import KafkaGroups
 from mediation.errors import BrokerUnavailable
 from tests.brokers import Tansu
 
@@ -200,3 +204,42 @@ async def test_librdkafka_log_lines_of_the_child_are_logged_by_the_parent(
             assert await answer_of(process, {"op": "list"}) == {"id": 0, "error": "refused"}
     logged = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if r.name == LOG.name]
     assert logged == [(LOG.name, logging.WARNING, "FAIL broker down")]
+
+
+# -- the sweep's requests ------------------------------------------------------------------------
+
+
+def sweep_of(endpoint: str = "k") -> Sweep:
+    pattern = name_pattern("mediation-{endpoint}-{client_id}", endpoint)
+    assert pattern is not None
+    return Sweep(pattern, ClientLedger(ttl=60.0))
+
+
+def asking(answers: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any] | str]:
+    return lambda request: answers[request["op"]]
+
+
+def test_the_sweeps_answers_are_filtered_to_what_was_asked() -> None:
+    """Groups that do not match, are not strings, or were not asked about are left out."""
+    groups = KafkaGroups(
+        asking(
+            {
+                "groups": {"groups": ["mediation-k-a", "mediation-k-b", "other", 7, None]},
+                "describe": {"empty": {"mediation-k-a": True, "mediation-k-b": "yes", "x": True}},
+                "delete": {"deleted": ["mediation-k-a", "not-asked"]},
+            }
+        )
+    )
+    assert groups.list_matching(sweep_of()) == {"mediation-k-a": True}
+    assert groups.delete(["mediation-k-a"]) == ["mediation-k-a"]
+
+
+@pytest.mark.parametrize(
+    "answer", ["kafka admin process exited", {"error": "timed out"}, {"other": 1}]
+)
+def test_a_sweep_request_without_an_answer_is_a_failed_sweep(answer: Any) -> None:
+    groups = KafkaGroups(lambda _request: answer)
+    with pytest.raises(BrokerUnavailable):
+        groups.list_matching(sweep_of())
+    with pytest.raises(BrokerUnavailable):
+        groups.delete(["mediation-k-a"])

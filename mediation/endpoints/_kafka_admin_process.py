@@ -6,8 +6,9 @@ API sends to a group coordinator (ListConsumerGroupOffsets, AlterConsumerGroupOf
 DescribeConsumerGroups, DeleteGroups) cannot be sent because its connection just dropped: a
 use-after-free in its error path (confluentinc/librdkafka#5397, not in a release yet). The
 engine's TCP-reset fault test aborted that way in 1 run of 3 with ``fetch = "shared"``, whose
-positions are written and read with those requests. Nothing a broker or a network does may end
-the engine, so those requests are made by a child process (``python -m`` this module) that owns
+positions are written and read with those requests (the sweep of departed clients' groups
+makes the other two, in both designs). Nothing a broker or a network does may end the engine,
+so those requests are made by a child process (``python -m`` this module) that owns
 the ``AdminClient``: when it dies, only its requests fail (:class:`~mediation.errors.
 BrokerUnavailable`, as any broker failure), and the next child takes the next ones.
 
@@ -15,9 +16,11 @@ The two sides speak JSON lines over the child's stdin and stdout:
 
 - parent to child: the client configuration first, then ``{"id", "op", ...}`` requests: ``list``
   (``group``, ``topic``, ``partitions``) and ``alter`` (``group``, ``topic``, ``offsets``:
-  ``[[partition, offset], ...]``);
+  ``[[partition, offset], ...]``) for ``fetch = "shared"``'s positions; ``groups``,
+  ``describe`` and ``delete`` (``groups``) for the sweep of departed clients' groups;
 - child to parent: ``{"id", "partitions": [[partition, offset, code, reason], ...]}`` (``code``
-  and ``reason`` null unless that partition failed), ``{"id", "error": reason}``, and
+  and ``reason`` null unless that partition failed), ``{"id", "groups": [...]}``, ``{"id",
+  "empty": {group: bool}}``, ``{"id", "deleted": [...]}``, ``{"id", "error": reason}``, and
   ``{"log": [level, message]}`` for librdkafka's log lines (logged by the parent).
 
 Threads and tasks: :meth:`AdminProcess.run` is the endpoint's task owning the child (started
@@ -241,6 +244,48 @@ def _answer(n: int, future: Any) -> dict[str, Any]:
     return {"id": n, "partitions": partitions}
 
 
+def _sweep_answer(admin: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """A sweep's request (``_kafka_sweep``), blocking: the group ids of the cluster
+    (``groups``), whether each of ``groups`` is empty (``describe``: those not answerable now
+    left out), or the ones of ``groups`` deleted (``delete``: the refused left out)."""
+    from confluent_kafka import ConsumerGroupState
+
+    n, op = request["id"], request["op"]
+    try:
+        if op == "groups":
+            listed = admin.list_consumer_groups(request_timeout=REQUEST_TIMEOUT).result()
+            return {"id": n, "groups": [g.group_id for g in listed.valid]}
+        names = [str(g) for g in request["groups"]]
+        if op == "describe":
+            empty: dict[str, bool] = {}
+            for group, future in admin.describe_consumer_groups(
+                names, request_timeout=REQUEST_TIMEOUT
+            ).items():
+                try:
+                    description = future.result()
+                except Exception:
+                    continue  # gone meanwhile, or not answerable now: the next sweep
+                empty[group] = (
+                    description.state == ConsumerGroupState.EMPTY and not description.members
+                )
+            return {"id": n, "empty": empty}
+        deleted = []
+        for group, future in admin.delete_consumer_groups(
+            names, request_timeout=REQUEST_TIMEOUT
+        ).items():
+            try:
+                future.result()
+            except Exception:
+                continue  # not empty any more, or gone: the next sweep decides again
+            deleted.append(group)
+        return {"id": n, "deleted": deleted}
+    except Exception as error:
+        return {"id": n, "error": str(error) or type(error).__name__}
+
+
+SWEEP_OPS = ("groups", "describe", "delete")
+
+
 def main() -> None:
     from confluent_kafka.admin import AdminClient
 
@@ -262,6 +307,11 @@ def main() -> None:
     for line in sys.stdin.buffer:
         request = json.loads(line)
         n = request["id"]
+        if request["op"] in SWEEP_OPS:  # several futures, waited for: a thread of its own
+            threading.Thread(
+                target=lambda r=request: send(_sweep_answer(admin, r)), daemon=True
+            ).start()
+            continue
         try:
             future = _issue(admin, request)
         except Exception as error:  # refused locally (a bad argument)

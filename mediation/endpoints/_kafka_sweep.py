@@ -1,5 +1,6 @@
 """The Kafka endpoint's sweep (``_sweep``): consumer groups of the engine's naming, gone for
-``client_state_ttl``, are deleted through the AdminClient.
+``client_state_ttl``, are deleted through the AdminClient of the endpoint's admin child process
+(``_kafka_admin_process``).
 
 Kafka keeps an empty group's committed offsets for ``offsets.retention.minutes`` (7 days by
 default) and its name for as long as it likes, so one group per client id ever seen piles up.
@@ -16,57 +17,67 @@ Keep ``client_state_ttl`` well above ``position_refresh_interval`` on such fleet
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import ConsumerGroupState, KafkaException
+import trio
 
 from ..client_state import Sweep
+from ..errors import BrokerUnavailable
 
-REQUEST_TIMEOUT = 10.0  # seconds for each admin request of a sweep
+# How long a sweep's request may take in all: the child's own timeout, plus a margin.
+ANSWER_TIMEOUT = 15.0
+
+# One request to the endpoint's admin child process (``_kafka_admin_process``), from the sweep's
+# worker thread: its answer, or why there is none.
+Ask = Callable[[dict[str, Any]], dict[str, Any] | str]
 
 
 class KafkaGroups:
-    """The consumer groups of a cluster, for :func:`~._sweep.run_sweep` (blocking calls)."""
+    """The consumer groups of a cluster, for :func:`~._sweep.run_sweep` (blocking calls, made
+    by the endpoint's admin child: librdkafka can abort the process that makes them)."""
 
     what = "kafka consumer groups"
-    failures: tuple[type[Exception], ...] = (KafkaException,)
+    failures: tuple[type[Exception], ...] = (BrokerUnavailable,)
 
-    def __init__(self, make_admin: Callable[[], Any]) -> None:
-        self._make_admin = make_admin
-        self._admin: Any = None  # made at the first sweep: none while no sweep is due
+    def __init__(self, ask: Ask) -> None:
+        self._ask = ask
 
-    @property
-    def admin(self) -> Any:
-        if self._admin is None:
-            self._admin = self._make_admin()
-        return self._admin
+    def _answer(self, request: dict[str, Any], key: str) -> Any:
+        answer = self._ask(request)
+        if isinstance(answer, str) or "error" in answer or key not in answer:
+            reason = answer if isinstance(answer, str) else answer.get("error", answer)
+            raise BrokerUnavailable(f"kafka sweep request {request['op']} failed: {reason}")
+        return answer[key]
 
     def list_matching(self, sweep: Sweep) -> dict[str, bool]:
-        listed = self.admin.list_consumer_groups(request_timeout=REQUEST_TIMEOUT).result(
-            REQUEST_TIMEOUT
-        )
-        groups = [g.group_id for g in listed.valid if sweep.matches(g.group_id)]
+        listed = self._answer({"op": "groups"}, "groups")
+        groups = [g for g in listed if isinstance(g, str) and sweep.matches(g)]
         if not groups:
             return {}
-        found: dict[str, bool] = {}
-        described = self.admin.describe_consumer_groups(groups, request_timeout=REQUEST_TIMEOUT)
-        for group, future in described.items():
-            try:
-                description = future.result(REQUEST_TIMEOUT)
-            except KafkaException:
-                continue  # gone meanwhile, or not answerable now: the next sweep
-            found[group] = description.state == ConsumerGroupState.EMPTY and not description.members
-        return found
+        empty = self._answer({"op": "describe", "groups": groups}, "empty")
+        return {g: e for g, e in empty.items() if g in groups and isinstance(e, bool)}
 
     def delete(self, names: list[str]) -> list[str]:
-        deleted = []
-        for group, future in self.admin.delete_consumer_groups(
-            names, request_timeout=REQUEST_TIMEOUT
-        ).items():
-            try:
-                future.result(REQUEST_TIMEOUT)
-            except KafkaException:
-                continue  # not empty any more, or gone: the next sweep decides again
-            deleted.append(group)
-        return deleted
+        deleted = self._answer({"op": "delete", "groups": names}, "deleted")
+        return [g for g in deleted if g in names]
+
+
+def ask_from_thread(request_soon: Callable[..., None]) -> Ask:
+    """:data:`Ask` through ``request_soon`` (``AdminProcess.request``, a Trio-thread call)."""
+
+    def ask(request: dict[str, Any]) -> dict[str, Any] | str:
+        done = threading.Event()
+        box: list[dict[str, Any] | str] = []
+
+        def answered(answer: dict[str, Any] | str) -> None:  # on the Trio thread
+            box.append(answer)
+            done.set()
+
+        trio.from_thread.run_sync(request_soon, request, answered)
+        if not done.wait(ANSWER_TIMEOUT):
+            return "no answer in time"
+        return box[0]
+
+    return ask

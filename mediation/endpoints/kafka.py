@@ -150,7 +150,7 @@ from ._kafka_shared import (
     SharedSession,
     read_partitions,
 )
-from ._kafka_sweep import KafkaGroups
+from ._kafka_sweep import KafkaGroups, ask_from_thread
 from ._sweep import run_sweep
 from .base import CONVERSION_ERROR, Deliveries, EndpointState, Outbound, Subscription
 
@@ -976,30 +976,25 @@ class KafkaEndpoint:
         to_trio = self._to_trio = ToTrio(self.name)
         try:
             async with trio.open_nursery() as nursery:
-                if self._shared:
+                if self._start_sweep(nursery) or self._shared:
                     nursery.start_soon(self._admin_process.run)
                 nursery.start_soon(self._committer.run)
-                self._start_sweep(nursery)
                 while True:
                     await self._run_producer(nursery, to_trio)
         finally:
             self.state.value = EndpointState.DOWN
 
-    def _start_sweep(self, nursery: trio.Nursery) -> None:
+    def _start_sweep(self, nursery: trio.Nursery) -> bool:
         """With a ttl and a per-client ``group_id``: delete the groups of departed clients
-        (``_kafka_sweep``)."""
+        (``_kafka_sweep``, through the admin child process); whether it runs."""
         pattern = name_pattern(self.config.group_id, self.name)
         if pattern is None or self.clients.ttl <= 0:
-            return
-        config: dict[str, Any] = {
-            **self.config.librdkafka,
-            "bootstrap.servers": self.config.brokers,
-            "logger": librdkafka_log,
-        }
-        groups = KafkaGroups(partial(AdminClient, config))
+            return False
+        groups = KafkaGroups(ask_from_thread(self._admin_process.request))
         nursery.start_soon(
             run_sweep, self.name, Sweep(pattern, self.clients), groups, self._blocking
         )
+        return True
 
     def _producer_config(self, to_trio: ToTrio, generation: int) -> dict[str, Any]:
         return {
