@@ -8,9 +8,11 @@ use-after-free in its error path (confluentinc/librdkafka#5397, not in a release
 engine's TCP-reset fault test aborted that way in 1 run of 3 with ``fetch = "shared"``, whose
 positions are written and read with those requests (the sweep of departed clients' groups
 makes the other two, in both designs). Nothing a broker or a network does may end the engine,
-so those requests are made by a child process (``python -m`` this module) that owns
-the ``AdminClient``: when it dies, only its requests fail (:class:`~mediation.errors.
-BrokerUnavailable`, as any broker failure), and the next child takes the next ones.
+so those requests are made by a child process that owns the ``AdminClient``
+(``_kafka_admin_child.py``, run as a script: it imports only the standard library and
+confluent-kafka): when it dies, only its requests fail (as
+:class:`~mediation.errors.BrokerUnavailable`, a broker failure), and the next child takes the
+next ones.
 
 The two sides speak JSON lines over the child's stdin and stdout:
 
@@ -35,12 +37,11 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -49,9 +50,9 @@ from ._backoff import Backoff
 
 log = logging.getLogger(__name__)
 
+CHILD = Path(__file__).with_name("_kafka_admin_child.py")
 # An answer line longer than this is not the child's (it writes a few bytes per partition).
 MAX_LINE = 1 << 20
-REQUEST_TIMEOUT = 10.0  # seconds for each admin request (librdkafka's request_timeout)
 RESTART_MIN, RESTART_MAX = 0.1, 5.0  # backoff between children that ended on their own
 
 # A request's answer on the Trio thread: the child's JSON object, or why there is none.
@@ -67,7 +68,7 @@ class AdminProcess:
         # the logger object stays here (the child forwards its lines).
         self._config = {k: v for k, v in config.items() if k != "logger"}
         self._librdkafka_log = librdkafka_log
-        self.command = [sys.executable, "-m", __name__]  # a test may run another child
+        self.command = [sys.executable, str(CHILD)]  # a test may run another child
         self._ids = itertools.count()
         self._queued: dict[int, tuple[bytes, Done]] = {}  # not written to a child yet
         self._sent: dict[int, Done] = {}  # written to the current child, not answered
@@ -192,136 +193,3 @@ class AdminProcess:
 
 async def _kill(process: trio.Process) -> None:
     process.kill()  # the child holds nothing to flush: its requests are failed by the parent
-
-
-# -- the child -----------------------------------------------------------------------------------
-
-
-class _Forward(logging.Handler):
-    """librdkafka's log lines, to the parent."""
-
-    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
-        super().__init__()
-        self._send = send
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._send({"log": [record.levelno, record.getMessage()]})
-
-
-def _issue(admin: Any, request: dict[str, Any]) -> Any:
-    """The future of one request's group."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-
-    group, topic = str(request["group"]), str(request["topic"])
-    if request["op"] == "list":
-        partitions = [TopicPartition(topic, int(p)) for p in request["partitions"]]
-        call = admin.list_consumer_group_offsets
-    elif request["op"] == "alter":
-        partitions = [TopicPartition(topic, int(p), int(o)) for p, o in request["offsets"]]
-        call = admin.alter_consumer_group_offsets
-    else:
-        raise ValueError(f"unknown op {request['op']!r}")
-    futures = call(
-        [ConsumerGroupTopicPartitions(group, partitions)], request_timeout=REQUEST_TIMEOUT
-    )
-    return futures[group]
-
-
-def _answer(n: int, future: Any) -> dict[str, Any]:
-    try:
-        result = future.result()
-    except Exception as error:
-        return {"id": n, "error": str(error) or type(error).__name__}
-    partitions = [
-        [
-            tp.partition,
-            tp.offset,
-            None if tp.error is None else tp.error.code(),
-            None if tp.error is None else tp.error.str(),
-        ]
-        for tp in result.topic_partitions or ()
-    ]
-    return {"id": n, "partitions": partitions}
-
-
-def _sweep_answer(admin: Any, request: dict[str, Any]) -> dict[str, Any]:
-    """A sweep's request (``_kafka_sweep``), blocking: the group ids of the cluster
-    (``groups``), whether each of ``groups`` is empty (``describe``: those not answerable now
-    left out), or the ones of ``groups`` deleted (``delete``: the refused left out)."""
-    from confluent_kafka import ConsumerGroupState
-
-    n, op = request["id"], request["op"]
-    try:
-        if op == "groups":
-            listed = admin.list_consumer_groups(request_timeout=REQUEST_TIMEOUT).result()
-            return {"id": n, "groups": [g.group_id for g in listed.valid]}
-        names = [str(g) for g in request["groups"]]
-        if op == "describe":
-            empty: dict[str, bool] = {}
-            for group, future in admin.describe_consumer_groups(
-                names, request_timeout=REQUEST_TIMEOUT
-            ).items():
-                try:
-                    description = future.result()
-                except Exception:
-                    continue  # gone meanwhile, or not answerable now: the next sweep
-                empty[group] = (
-                    description.state == ConsumerGroupState.EMPTY and not description.members
-                )
-            return {"id": n, "empty": empty}
-        deleted = []
-        for group, future in admin.delete_consumer_groups(
-            names, request_timeout=REQUEST_TIMEOUT
-        ).items():
-            try:
-                future.result()
-            except Exception:
-                continue  # not empty any more, or gone: the next sweep decides again
-            deleted.append(group)
-        return {"id": n, "deleted": deleted}
-    except Exception as error:
-        return {"id": n, "error": str(error) or type(error).__name__}
-
-
-SWEEP_OPS = ("groups", "describe", "delete")
-
-
-def main() -> None:
-    from confluent_kafka.admin import AdminClient
-
-    lock = threading.Lock()
-    out = sys.stdout.buffer
-
-    def send(message: dict[str, Any]) -> None:
-        line = json.dumps(message).encode() + b"\n"
-        with lock:
-            out.write(line)
-            out.flush()
-
-    librdkafka = logging.getLogger("librdkafka")
-    librdkafka.addHandler(_Forward(send))
-    librdkafka.setLevel(logging.DEBUG)
-    librdkafka.propagate = False
-    config: dict[str, Any] = {**json.loads(sys.stdin.buffer.readline()), "logger": librdkafka}
-    admin = AdminClient(config)
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        n = request["id"]
-        if request["op"] in SWEEP_OPS:  # several futures, waited for: a thread of its own
-            threading.Thread(
-                target=lambda r=request: send(_sweep_answer(admin, r)), daemon=True
-            ).start()
-            continue
-        try:
-            future = _issue(admin, request)
-        except Exception as error:  # refused locally (a bad argument)
-            send({"id": n, "error": str(error) or type(error).__name__})
-            continue
-        future.add_done_callback(lambda f, n=n: send(_answer(n, f)))
-    # The parent closed the pipe: leave without destroying the client (requests may be in
-    # flight, and destroying it then is what this process exists to keep from the engine).
-    os._exit(0)
-
-
-if __name__ == "__main__":
-    main()
