@@ -281,3 +281,50 @@ async def test_reads_for_new_partitions_are_issued_reads_in_flight_at_a_time() -
     assert most == READS_IN_FLIGHT
     assert sorted(answers) == sorted(f"g{n}" for n in range(200))
     assert all(isinstance(a, dict) and set(a) == {1, 2} for a in answers.values())
+
+
+# -- a catch-up reader's room ---------------------------------------------------------------------
+
+
+class _Reader:
+    """What a session asks of its ``CatchUpReader`` (no thread): the room it was given."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.rooms: list[int] = []
+
+    def reposition(self, starts: dict[int, int]) -> None:
+        self.generation += 1
+
+    def room(self, room: int) -> None:
+        self.rooms.append(room)
+
+    def start(self, to_trio: Any, done: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+async def test_a_reader_told_it_has_no_room_is_offered_room_once_and_never_beyond_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A session behind the tail (credit 4, window 8) with its reader: room for 8, a batch of 8,
+    then no room; settles offer room once a quarter of the window is free, and only once: more
+    room while the reader fetches would let it hand over a second batch before the first was
+    applied, beyond the window."""
+    fetch, session, _ = shared(credit=4)
+    fetch._assigned({0: (0, 100)})  # the tail is at 100
+    session.begin({0: 0})  # the client's position: behind
+    reader = _Reader()
+    session._readers.acquire_on_behalf_of_nowait(reader)
+    session._run_reader(cast(Any, reader))
+    session.caught(cast(Any, reader), reader.generation, records(0, *range(8)))
+    assert reader.rooms == [8, 0]
+    deliveries = [await take(session) for _ in range(4)]
+    for delivery in deliveries:
+        await delivery.ack()
+    assert reader.rooms == [8, 0, 2]  # at the second ack; not again at the third and fourth
+    session.caught(cast(Any, reader), reader.generation, records(0, 8, 9))
+    assert len(session._ready) + session._out <= 8
+    assert reader.rooms[-1] == 2  # answered: the window has room for 2 more

@@ -724,6 +724,7 @@ class SharedSession:
         self._changed = trio.lowlevel.ParkingLot()
         self._failure: BrokerUnavailable | None = None
         self._reader: CatchUpReader | None = None
+        self._reader_waits = False  # it was told it has no room: offer it some (_offer_room)
         self._closed = False
         self._dirty: set[int] = set()
         self._unwritten = 0  # settles since the last write was issued
@@ -841,7 +842,7 @@ class SharedSession:
             reader.stop()
             self._reader = None
         else:
-            reader.room(self._room(answer=True))
+            self._answer_reader(reader)
         if took:
             self._changed.unpark_all()
 
@@ -905,11 +906,21 @@ class SharedSession:
             return free
         return 0 if answer else -1
 
+    def _answer_reader(self, reader: CatchUpReader) -> None:
+        """The room for the reader's next batch, which it waits for; if none yet, it is offered
+        by :meth:`_offer_room` once there is."""
+        room = self._room(answer=True)
+        self._reader_waits = room == 0
+        reader.room(room)
+
     def _offer_room(self) -> None:
-        """After a hand-out or a settle: room for the reader, once there is enough of it."""
-        if self._reader is not None:
+        """After a hand-out or a settle: room for a reader that was told it had none, once there
+        is enough of it. Only then: a reader that has room is fetching a batch, and more room
+        before that batch is applied would let it fetch the next one beyond the window."""
+        if self._reader is not None and self._reader_waits:
             room = self._room()
             if room > 0:
+                self._reader_waits = False
                 self._reader.room(room)
 
     def _drop_ready(self, partition: int) -> None:
@@ -944,7 +955,7 @@ class SharedSession:
             return
         self._reader = reader
         reader.reposition(self._starts())
-        reader.room(self._room(answer=True))
+        self._answer_reader(reader)
         reader.start(self._to_trio, self._reader_done)
 
     def _reader_done(self, reader: CatchUpReader, error: str | None) -> None:
