@@ -832,7 +832,10 @@ def s7(ctx: Context) -> list[Row]:
         topic = {"kafka": "bench.s7", "rabbitmq": "bench.s7", "mqtt": "bench/s7"}[broker]
         if broker == "rabbitmq":
             declare_queue(ctx.brokers, topic)
-        ep = endpoint(ctx.brokers, broker, topic)
+        # Kafka: a consumer each, as the scenario says (the default fetch is "shared", whose
+        # sessions S7K counts), unless --kafka-fetch names a design.
+        fetch = {"fetch": ctx.brokers.kafka_fetch or "per_session"} if broker == "kafka" else {}
+        ep = endpoint(ctx.brokers, broker, topic, **fetch)
         if broker == "kafka":
             # The topic exists before anyone joins (a warm-up: nobody counts it).
             prefill(ctx.brokers, "kafka", topic, 1, 10, b"w")

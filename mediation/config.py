@@ -198,12 +198,13 @@ class KafkaConfig(_Table):
     # the fields above and those the semantics need (group.id, enable.auto.commit,
     # enable.idempotence, callbacks) win over it.
     librdkafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    # How sessions read (README, "Kafka"): "per_session", a consumer in its group per session;
-    # "shared", one fetch of topic_in for every session at its tail, positions kept per client
-    # in the same groups through the admin API, sessions behind the tail read by catch-up
-    # readers. "shared" applies only where group_id holds {client_id} (one group per client);
-    # a group shared by sessions (competing consumers) always has real group membership.
-    fetch: Literal["per_session", "shared"] = "per_session"
+    # How sessions read (README, "Kafka"): "shared", one fetch of topic_in for every session at
+    # its tail, positions kept per client in the same groups through the admin API, sessions
+    # behind the tail read by catch-up readers; "per_session", a consumer in its group per
+    # session (about 600 KiB and 5 threads each, a rebalance per join). "shared" applies only
+    # where group_id holds {client_id} (one group per client); a group shared by sessions
+    # (competing consumers) always has real group membership.
+    fetch: Literal["per_session", "shared"] = "shared"
     # "shared": how many sessions may read behind the tail at once, each with a consumer (and
     # its threads) of its own; the others wait their turn.
     catch_up_readers: Annotated[int, Field(ge=1)] = 32

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -89,7 +89,7 @@ class TestKafkaConformance(DeliveryConformance, EndpointConformance, ClientResum
         admin = AdminClient(tansu.client_config())
         topic = await trio.to_thread.run_sync(new_topic, admin, "conformance")
         async with trio.open_nursery() as nursery:
-            endpoint = await running_endpoint(nursery, tansu, topic)
+            endpoint = await running_endpoint(nursery, tansu, topic, fetch="per_session")
 
             async def subscriptions() -> int:
                 return await trio.to_thread.run_sync(
@@ -104,12 +104,15 @@ class TestKafkaConformance(DeliveryConformance, EndpointConformance, ClientResum
 
 class KafkaParams(ParamsAdapter):
     """Topics ``<base>-{order_id}``, made before the clients come (topics with a placeholder
-    are never created by the endpoint)."""
+    are never created by the endpoint). Per session, the subscriptions are counted as the
+    members of the orders' groups; shared, as the sessions of the orders' fetches (the groups
+    have no members)."""
 
     name = "kafka"
 
-    def __init__(self, tansu: Tansu) -> None:
+    def __init__(self, tansu: Tansu, fetch: str) -> None:
         self.tansu = tansu
+        self.fetch = fetch
         self.base = f"orders-{uuid.uuid4().hex[:12]}"
 
     def table(self) -> dict[str, Any]:
@@ -121,12 +124,17 @@ class KafkaParams(ParamsAdapter):
             # A group per order: a session's subscriptions must not share one (README,
             # "Choosing streams").
             "group_id": f"{self.base}-{{client_id}}-{{order_id}}",
+            "fetch": self.fetch,
         }
         return {"type": "kafka", "config": {**config, **FAST_GROUPS}}
 
     async def consumers(self, engine: MediationEngine, orders: tuple[str, ...]) -> int:
         """Members of the orders' consumer groups (one per non-empty group: tansu does not
-        list members; each order here has one client)."""
+        list members; each order here has one client), or the shared fetches' sessions."""
+        if self.fetch == "shared":
+            fetches = cast(KafkaEndpoint, engine.endpoints[self.name])._fetches
+            topics = {f"{self.base}-{o}" for o in orders}
+            return sum(len(f.sessions) for t, f in fetches.items() if t in topics)
         admin = AdminClient(self.tansu.client_config())
 
         def count() -> int:
@@ -162,9 +170,9 @@ class KafkaParams(ParamsAdapter):
 
 
 class TestKafkaParams(ParamsConformance, SeveralSubscriptionsConformance):
-    @pytest.fixture
-    def params_adapter(self, tansu: Tansu) -> ParamsAdapter:
-        return KafkaParams(tansu)
+    @pytest.fixture(params=["per_session", "shared"])
+    def params_adapter(self, tansu: Tansu, request: pytest.FixtureRequest) -> ParamsAdapter:
+        return KafkaParams(tansu, request.param)
 
 
 class TestKafkaSharedFetchConformance(

@@ -1,8 +1,12 @@
-"""The Kafka endpoint (confluent-kafka): one consumer per session, one shared idempotent producer.
+"""The Kafka endpoint (confluent-kafka): sessions' consumers, one shared idempotent producer.
 
 Consuming
 ---------
-Every session gets its own ``Consumer`` in the group ``group_id`` (default
+With ``fetch = "shared"`` (the default) and a ``group_id`` holding ``{client_id}``, sessions
+read from one fetch per topic and keep their positions in their groups through the admin API
+(``_kafka_shared``; the admin requests in a child process, ``_kafka_admin_process``). Otherwise
+(``fetch = "per_session"``, or one group shared by sessions as competing consumers), what
+follows: every session gets its own ``Consumer`` in the group ``group_id`` (default
 ``mediation-{endpoint}-{client_id}``: a client that reconnects resumes where its last session's
 commits left it). Entering :meth:`KafkaEndpoint.consume` returns once the group assigned this
 consumer its partitions and the start offset of each is fixed (right after ``Last-Event-ID``
@@ -203,9 +207,8 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
 _SHARED_DEFAULTS: dict[str, Any] = {"fetch.wait.max.ms": 100}
 # A catch-up reader's prefetch: bounded by bytes (1 MiB; the pool of 32 holds 32 MiB at most),
 # not by the session's window in records. With the window (96 records at channel_size 64) a
-# reader of 4 KiB records waited for the broker between fetches: one client's drain of 12,000
-# 4 KiB records ran at 27-32 k/s, 34-36 k/s with this (/tmp experiments alternated with the
-# hand-rolled bridge, 33-35 k/s; docs/performance.md).
+# reader of 4 KiB records waited for the broker between fetches: S1 at 4 KiB went from 22.0 k
+# to 34.2 k msgs/s with this and the reader's room change (docs/performance.md, 2026-12-05).
 _CATCH_UP_PREFETCH: dict[str, Any] = {
     "queued.min.messages": 1_000_000,
     "queued.max.messages.kbytes": 1024,
