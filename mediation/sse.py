@@ -30,7 +30,10 @@ def frame_event(data: str, *, event_id: str | None = None, event: str | None = N
         lines.append(f"event: {_LINE_BREAK.sub(_REPLACEMENT, event)}")
     if event_id is not None and _UNWRITABLE_ID.search(event_id) is None:
         lines.append(f"id: {event_id}")
-    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    if "\n" in data or "\r" in data:
+        lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    else:  # the usual payload, one line: the regex would scan it character by character
+        lines.append(f"data: {data}")
     # "replace": a lone surrogate (in data or a name; never in the id, left out above) is no
     # UTF-8 and would raise.
     return ("\n".join(lines) + "\n\n").encode("utf-8", "replace")
