@@ -75,9 +75,22 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _PLAIN_CONFIRMATION = re.compile(r'\{"(n?ack)": ?"([^"\\\x00-\x1f\ud800-\udfff]*)"\}')
 
 
+# What a JSON string must escape (RFC 8259): the control characters, the quote, the backslash.
+_JSON_ESCAPED = bytes(range(0x20)) + b'"\\'
+
+
 def encode_event(
     event_id: str, payload: bytes, metadata: Mapping[str, str], subscription: str | None = None
 ) -> str:
+    if payload.isascii() and len(payload.translate(None, _JSON_ESCAPED)) == len(payload):
+        # The usual payload, ASCII with nothing to escape, is its own JSON string: the encoder
+        # would scan it character by character (4 KiB: 10.9 us; this way 3 us). The same text.
+        subscribed = "" if subscription is None else f',"subscription":{_encode(subscription)}'
+        meta = metadata if type(metadata) is dict else dict(metadata)
+        return (
+            f'{{"id":{_encode(event_id)}{subscribed},"payload":"{payload.decode("ascii")}",'
+            f'"metadata":{_encode(meta)}}}'
+        )
     document: dict[str, object] = {"id": event_id}
     if subscription is not None:
         document["subscription"] = subscription

@@ -60,19 +60,24 @@ def test_other_spellings_take_the_general_path(text: str) -> None:
 
 @given(
     st.text(),
-    st.binary(max_size=64),
+    # ASCII payloads (controls, quotes and backslashes among them) take a path of their own.
+    st.binary(max_size=64) | st.text(st.characters(max_codepoint=127)).map(str.encode),
     st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4),
+    st.none() | st.text(max_size=8),
 )
 def test_encode_event_is_compact_json(
-    event_id: str, payload: bytes, metadata: dict[str, str]
+    event_id: str, payload: bytes, metadata: dict[str, str], subscription: str | None
 ) -> None:
+    head: dict[str, object] = {"id": event_id}
+    if subscription is not None:
+        head["subscription"] = subscription
     try:
         text = payload.decode("utf-8")
-        document = {"id": event_id, "payload": text, "metadata": metadata}
+        document = {**head, "payload": text, "metadata": metadata}
     except UnicodeDecodeError:
-        document = json.loads(encode_event(event_id, payload, metadata))
+        document = json.loads(encode_event(event_id, payload, metadata, subscription))
         assert document["encoding"] == "base64"
-    assert encode_event(event_id, payload, metadata) == json.dumps(
+    assert encode_event(event_id, payload, metadata, subscription) == json.dumps(
         document, separators=(",", ":"), ensure_ascii=False
     )
 
