@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import sys
 import textwrap
@@ -25,6 +26,7 @@ import trio
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from mediation.client_state import ClientLedger, Sweep, name_pattern
+from mediation.endpoints._backoff import Backoff
 from mediation.endpoints._kafka_admin_process import AdminProcess
 from mediation.endpoints._kafka_shared import GroupOffsets
 from mediation.endpoints._kafka_sweep import KafkaGroups
@@ -243,3 +245,32 @@ def test_a_sweep_request_without_an_answer_is_a_failed_sweep(answer: Any) -> Non
         groups.list_matching(sweep_of())
     with pytest.raises(BrokerUnavailable):
         groups.delete(["mediation-k-a"])
+
+
+async def test_random_output_of_a_child_never_ends_the_task() -> None:
+    """Fuzz: 30 children writing random bytes (newlines among them) after the first request;
+    whatever they write, their requests are answered or failed, and a well-behaved child
+    started after them answers (the endpoint's other sessions go on meanwhile)."""
+    rng = random.Random(17)
+    process = AdminProcess({}, LOG)
+    process.backoff = Backoff(0.01, 0.01)  # most of these children are ended for what they write
+    async with running(process):
+        for _ in range(30):
+            blob = bytes(rng.choice(b'\n{}[]":,0123 idlogpartins\x00\xff') for _ in range(200))
+            process.command = fake_child(
+                f"sys.stdin.readline()\nsys.stdout.buffer.write(bytes.fromhex('{blob.hex()}'))"
+                "\nsys.stdout.flush()\nsys.stdin.read()"
+            )
+            process.restart()
+            answer = await answer_of(process, {"op": "list"})
+            assert isinstance(answer, str | dict)
+        process.command = fake_child(
+            "for line in sys.stdin:\n"
+            '    n = json.loads(line)["id"]\n'
+            '    print(json.dumps({"id": n, "partitions": []}), flush=True)\n'
+        )
+        process.restart()
+        with trio.fail_after(WAIT):
+            while not isinstance(answer := await answer_of(process, {"op": "list"}), dict):
+                pass
+        assert answer["partitions"] == []

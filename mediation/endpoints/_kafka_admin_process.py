@@ -69,6 +69,8 @@ class AdminProcess:
         self._config = {k: v for k, v in config.items() if k != "logger"}
         self._librdkafka_log = librdkafka_log
         self.command = [sys.executable, str(CHILD)]  # a test may run another child
+        # Between children that ended on their own (a test may wait less).
+        self.backoff = Backoff(RESTART_MIN, RESTART_MAX)
         self._ids = itertools.count()
         self._queued: dict[int, tuple[bytes, Done]] = {}  # not written to a child yet
         self._sent: dict[int, Done] = {}  # written to the current child, not answered
@@ -98,7 +100,7 @@ class AdminProcess:
 
     async def run(self) -> None:
         """Keep a child running (the endpoint's task); requests wait for it while none is."""
-        backoff = Backoff(RESTART_MIN, RESTART_MAX)
+        backoff = self.backoff
         try:
             while True:
                 started = trio.current_time()
