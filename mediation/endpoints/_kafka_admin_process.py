@@ -5,7 +5,7 @@ assertion, ``rd_kafka_enq_once_del_source_return: eonce->refcnt > 0``, when a re
 API sends to a group coordinator (ListConsumerGroupOffsets, AlterConsumerGroupOffsets,
 DescribeConsumerGroups, DeleteGroups) cannot be sent because its connection just dropped: a
 use-after-free in its error path (confluentinc/librdkafka#5397, not in a release yet). The
-engine's TCP-reset fault test aborted that way in 1 run of 3 with ``fetch = "shared"``, whose
+engine's TCP-reset fault test aborted that way with ``fetch = "shared"``, whose
 positions are written and read with those requests (the sweep of departed clients' groups
 makes the other two, in both designs). Nothing a broker or a network does may end the engine,
 so those requests are made by a child process that owns the ``AdminClient``
@@ -191,6 +191,14 @@ class AdminProcess:
             return False
         done(message)
         return True
+
+
+def refusal(answer: Answer | str) -> str | None:
+    """Why a request got no answer (the child ended) or an error answer; None for an answer."""
+    if isinstance(answer, str):
+        return answer
+    error = answer.get("error")
+    return None if error is None else str(error)
 
 
 async def _kill(process: trio.Process) -> None:

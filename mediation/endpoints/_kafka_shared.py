@@ -71,7 +71,7 @@ from confluent_kafka.admin import AdminClient
 from ..errors import BrokerUnavailable
 from ..events import Delivery, Event
 from ._handoff import ToTrio
-from ._kafka_admin_process import AdminProcess
+from ._kafka_admin_process import AdminProcess, refusal
 from ._kafka_positions import PartitionPositions
 from .base import CONVERSION_ERROR
 
@@ -208,8 +208,8 @@ class GroupOffsets:
         """Issue an admin request; ``done(answer or BrokerUnavailable)`` runs on the Trio thread."""
 
         def answered(answer: dict[str, Any] | str) -> None:
-            if isinstance(answer, str) or "error" in answer:
-                reason = answer if isinstance(answer, str) else answer["error"]
+            reason = refusal(answer)
+            if reason is not None:
                 done(BrokerUnavailable(f"kafka refused the request for {group}: {reason}"))
             else:
                 done(answer)

@@ -25,6 +25,7 @@ import trio
 
 from ..client_state import Sweep
 from ..errors import BrokerUnavailable
+from ._kafka_admin_process import refusal
 
 # How long a sweep's request may take in all: the child's own timeout, plus a margin.
 ANSWER_TIMEOUT = 15.0
@@ -46,10 +47,12 @@ class KafkaGroups:
 
     def _answer(self, request: dict[str, Any], key: str) -> Any:
         answer = self._ask(request)
-        if isinstance(answer, str) or "error" in answer or key not in answer:
-            reason = answer if isinstance(answer, str) else answer.get("error", answer)
-            raise BrokerUnavailable(f"kafka sweep request {request['op']} failed: {reason}")
-        return answer[key]
+        reason = refusal(answer)
+        if reason is None and isinstance(answer, dict):
+            if key in answer:
+                return answer[key]
+            reason = f"an answer without {key}: {answer!r}"
+        raise BrokerUnavailable(f"kafka sweep request {request['op']} failed: {reason}")
 
     def list_matching(self, sweep: Sweep) -> dict[str, bool]:
         listed = self._answer({"op": "groups"}, "groups")

@@ -206,9 +206,8 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
 # (``_kafka_shared.TAIL_FETCH_WAIT_MS``): it is on every tail session's path.
 _SHARED_DEFAULTS: dict[str, Any] = {"fetch.wait.max.ms": 100}
 # A catch-up reader's prefetch: bounded by bytes (1 MiB; the pool of 32 holds 32 MiB at most),
-# not by the session's window in records. With the window (96 records at channel_size 64) a
-# reader of 4 KiB records waited for the broker between fetches: S1 at 4 KiB went from 22.0 k
-# to 34.2 k msgs/s with this and the reader's room change (docs/performance.md, 2026-12-05).
+# not by the session's window in records: with the window a reader of 4 KiB records waited for
+# the broker between fetches (docs/performance.md, "S1 and S3, shared and per session").
 _CATCH_UP_PREFETCH: dict[str, Any] = {
     "queued.min.messages": 1_000_000,
     "queued.max.messages.kbytes": 1024,
@@ -972,9 +971,14 @@ class KafkaEndpoint:
         self._to_trio: ToTrio | None = None  # made in Trio, by run() or the first consume()
         # fetch = "shared" (see _kafka_shared): a fetch per topic, the positions, the pool.
         self._fetches: dict[str, SharedFetch] = {}
-        admin = {**config.librdkafka, "bootstrap.servers": config.brokers}
+        # The admin clients' configuration: the child's (its logger stays here) and metadata's.
+        self._admin_config: dict[str, Any] = {
+            **config.librdkafka,
+            "bootstrap.servers": config.brokers,
+            "logger": librdkafka_log,
+        }
         self._shared = config.fetch == "shared" and "{client_id}" in config.group_id
-        self._admin_process = AdminProcess(admin, librdkafka_log)
+        self._admin_process = AdminProcess(self._admin_config, librdkafka_log)
         self._offsets = GroupOffsets(self._admin_process)
         self._metadata: AdminClient | None = None  # the shared fetches' (no group requests)
         self._readers = trio.CapacityLimiter(config.catch_up_readers)
@@ -1297,12 +1301,7 @@ class KafkaEndpoint:
         to_trio = self._handoff()
         offsets = self._offsets
         if self._metadata is None:
-            metadata: dict[str, Any] = {
-                **self.config.librdkafka,
-                "bootstrap.servers": self.config.brokers,
-                "logger": librdkafka_log,
-            }
-            self._metadata = AdminClient(metadata)
+            self._metadata = AdminClient(self._admin_config)
         fetch = self._fetches.get(topic)
         if fetch is None or fetch.failure is not None:
             fetch = SharedFetch(
