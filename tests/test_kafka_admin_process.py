@@ -19,19 +19,28 @@ import textwrap
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import pytest
 import trio
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from trio_websocket import ConnectionRejected
 
 from mediation.client_state import ClientLedger, Sweep, name_pattern
+from mediation.endpoints import EndpointState
 from mediation.endpoints._backoff import Backoff
 from mediation.endpoints._kafka_admin_process import AdminProcess
 from mediation.endpoints._kafka_shared import GroupOffsets
 from mediation.endpoints._kafka_sweep import KafkaGroups
+from mediation.endpoints.kafka import KafkaEndpoint
 from mediation.errors import BrokerUnavailable
 from tests.brokers import Tansu
+
+from .conftest import EngineFactory, open_ws, url
+from .rawhttp import RawClient, ws_upgrade
+from .test_conformance_kafka import FAST_GROUPS
 
 WAIT = 15.0
 LOG = logging.getLogger("tests.librdkafka")
@@ -274,3 +283,73 @@ async def test_random_output_of_a_child_never_ends_the_task() -> None:
             while not isinstance(answer := await answer_of(process, {"op": "list"}), dict):
                 pass
         assert answer["partitions"] == []
+
+
+# -- in an engine ---------------------------------------------------------------------------------
+
+
+async def test_a_child_writing_garbage_leaves_the_engine_up_and_a_reading_session_receiving(
+    engine_with: EngineFactory, tansu: Tansu
+) -> None:
+    """A Kafka endpoint (``fetch = "shared"``) whose admin child starts writing garbage: the
+    session already reading keeps receiving (its position writes fail, which only redelivers),
+    a new session is refused as on a broker failure, ``/healthz`` answers, and once a good child
+    is back a new session receives."""
+    topic = f"admin-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient(tansu.client_config())
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+    producer = Producer(tansu.client_config(**{"linger.ms": 0}))
+
+    def put(payload: bytes) -> None:
+        producer.produce(topic, payload)
+        assert producer.flush(10) == 0
+
+    config = {"brokers": tansu.bootstrap_servers, "topic_in": topic, "fetch": "shared"}
+    async with engine_with(
+        entrypoints={"ws": "websocket"},
+        endpoints={"k": {"type": "kafka", "config": {**config, **FAST_GROUPS}}},
+        routes=[{"source": "k", "target": "ws", "channel_size": 8}],
+    ) as engine:
+        endpoint = engine.endpoints["k"]
+        with trio.fail_after(WAIT):
+            await endpoint.state.wait_value(EndpointState.UP)
+        process = cast(KafkaEndpoint, endpoint)._admin_process
+        real = process.command
+        async with open_ws(url(engine, "ws", "/?client_id=bystander", "ws")) as bystander:
+            await trio.to_thread.run_sync(put, b"before")
+            with trio.fail_after(WAIT):
+                assert await bystander.get_message() == "before"
+            process.command = fake_child(
+                "for line in sys.stdin:\n"
+                "    sys.stdout.buffer.write(bytes(range(256)) * 4 + b'\\n')\n"
+                "    sys.stdout.flush()\n"
+            )
+            process.restart()
+            for n in range(20):
+                await trio.to_thread.run_sync(put, b"during %d" % n)
+                with trio.fail_after(WAIT):
+                    assert await bystander.get_message() == f"during {n}"
+            newcomer = await RawClient.connect(engine.ports["ws"])
+            try:
+                await newcomer.send(ws_upgrade("newcomer"))
+                with trio.fail_after(WAIT):
+                    head = await newcomer.read_until(b"\r\n\r\n")
+            finally:
+                newcomer.reset()
+            # Its position could not be read: refused as on a broker failure.
+            assert head.startswith(b"HTTP/1.1 503"), head
+            async with httpx.AsyncClient() as client:
+                health = await client.get(url(engine, "health", "/healthz"))
+            assert health.status_code == 200
+            process.command = real
+            process.restart()
+            with trio.fail_after(WAIT):
+                while True:  # the good child may take a moment to be the one answering
+                    try:
+                        async with open_ws(url(engine, "ws", "/?client_id=later", "ws")) as later:
+                            await trio.to_thread.run_sync(put, b"after")
+                            assert await later.get_message() == "after"
+                            assert await bystander.get_message() == "after"
+                            break
+                    except ConnectionRejected:
+                        await trio.sleep(0.1)
