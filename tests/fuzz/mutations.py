@@ -345,18 +345,8 @@ def _envelope(rng: random.Random) -> bytes:
 def websocket_seed(rng: random.Random) -> Seed:
     target = rng.choice(["ws", "ws-text"])
     key = _websocket_key(rng)
-    headers = [
-        _host(rng),
-        b"Upgrade: websocket",
-        b"Connection: Upgrade",
-        b"Sec-WebSocket-Key: " + key.encode(),
-        b"Sec-WebSocket-Version: 13",
-    ]
-    enveloped = rng.random() < 0.5
-    if enveloped:
-        headers.append(b"Sec-WebSocket-Protocol: mediation.v1")
-    if rng.random() < 0.5:
-        headers.append(b"X-Client-ID: " + _client_id(rng))
+    headers = _handshake(rng, key, subprotocol=0.5)
+    enveloped = b"Sec-WebSocket-Protocol: mediation.v1" in headers
     if rng.random() < 0.2:
         headers.append(b"Origin: http://example.com")
     frames = []
