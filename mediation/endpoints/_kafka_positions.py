@@ -41,8 +41,6 @@ The rules:
 
 from __future__ import annotations
 
-from collections import Counter
-
 __all__ = ["PartitionPositions", "resume_gone"]
 
 
@@ -80,15 +78,17 @@ class PartitionPositions:
         self.rewound_to = start  # where the current epoch started
         self._committed = start if committed is None else committed
         # (offset, epoch) -> how many of that record are out (a record may come twice in one
-        # epoch only through a broker that re-delivers; counting keeps that honest).
-        self._unsettled: Counter[tuple[int, int]] = Counter()
+        # epoch only through a broker that re-delivers; counting keeps that honest). A plain
+        # dict: collections.Counter's item methods are Python code, on every record's path.
+        self._unsettled: dict[tuple[int, int], int] = {}
 
     # -- reading -----------------------------------------------------------------------------
 
     def fetched(self, offset: int) -> int:
         """A record at ``offset`` was fetched for the session: it is unsettled; its epoch."""
         key = (offset, self.epoch)
-        self._unsettled[key] += 1
+        unsettled = self._unsettled
+        unsettled[key] = unsettled.get(key, 0) + 1
         self.position = offset + 1
         return self.epoch
 
