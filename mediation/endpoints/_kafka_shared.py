@@ -9,8 +9,8 @@ a ``group_id`` holding ``{client_id}``:
   partition (no group membership, no rebalance), with a bounded prefetch
   (``fetch_prefetch_kbytes``) and at most ``TAIL_BATCHES`` batches handed to Trio and not yet
   fanned out. Each record is converted once; the sessions at the tail get references to the
-  same :class:`Event`. The fetch never waits for a session: one whose window (credit plus
-  ``READ_AHEAD``) is full, or that refused a record, leaves the tail. Every
+  same :class:`Event`. The fetch never waits for a session: one whose window (credit plus the
+  endpoint's ``SHARED_READ_AHEAD``) is full, or that refused a record, leaves the tail. Every
   ``topic.metadata.refresh.interval.ms`` it looks for partitions added to the topic and reads
   them from their beginnings; each session starts those at its client's stored position, else
   at their beginnings (:meth:`SharedSession.add_partitions`; docs/design.md, "Endpoint
@@ -20,8 +20,9 @@ a ``group_id`` holding ``{client_id}``:
   taken only at the session's position (an older one is a duplicate and ignored; a newer one
   means a gap: the session leaves the tail). A nack rewinds that session alone.
 - :class:`CatchUpReader`: a session behind the tail (a resume, ``earliest``, a nack, a client
-  that fell behind) reads with a consumer of its own, assigned at its positions with a small
-  prefetch, one batch at a time, until its positions reach the shared fetch's; then it joins
+  that fell behind) reads with a consumer of its own, assigned at its positions with a bounded
+  prefetch, one batch at a time (a quarter of the window or more, held to about
+  ``CATCH_UP_READY_BYTES`` of payload), until its positions reach the shared fetch's; then it joins
   the tail and the reader closes. At most ``catch_up_readers`` at once per endpoint (a
   ``trio.CapacityLimiter``); the others wait for a slot (their clients see a later first
   event). A reader whose session stays full for ``STALL_PAUSE`` gives its slot back.
