@@ -19,6 +19,7 @@ import trio.testing
 from mediation.endpoints._handoff import ToTrio
 from mediation.endpoints._kafka_admin_process import AdminProcess
 from mediation.endpoints._kafka_shared import (
+    CATCH_UP_READY_BYTES,
     READS_IN_FLIGHT,
     Committer,
     GroupOffsets,
@@ -328,3 +329,28 @@ async def test_a_reader_told_it_has_no_room_is_offered_room_once_and_never_beyon
     session.caught(cast(Any, reader), reader.generation, records(0, 8, 9))
     assert len(session._ready) + session._out <= 8
     assert reader.rooms[-1] == 2  # answered: the window has room for 2 more
+
+
+async def test_a_readers_room_holds_large_records_to_about_catch_up_ready_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A window of 100 records, but records of a quarter of ``CATCH_UP_READY_BYTES``: after a
+    batch of them the reader is given room for 4 records at most (the window in bytes), not for
+    the 100 the window counts; once they are taken and settled, room for 4 again."""
+    fetch, session, _ = shared(credit=96)  # window 100
+    fetch._assigned({0: (0, 1000)})
+    session.begin({0: 0})
+    reader = _Reader()
+    session._readers.acquire_on_behalf_of_nowait(reader)
+    session._run_reader(cast(Any, reader))
+    assert reader.rooms == [100]  # nothing known of the records' size yet
+    large = CATCH_UP_READY_BYTES // 4
+    batch: list[Record] = [
+        (0, o, Event(payload=b"x" * large, id=f"{TOPIC}:0:{o}")) for o in range(2)
+    ]
+    session.caught(cast(Any, reader), reader.generation, batch)
+    assert reader.rooms == [100, 2]  # 4 such records fit, 2 are ready
+    for _ in range(2):
+        await (await take(session)).ack()
+    session.caught(cast(Any, reader), reader.generation, [])
+    assert reader.rooms[-1] == 4
