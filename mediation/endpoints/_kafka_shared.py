@@ -22,8 +22,8 @@ a ``group_id`` holding ``{client_id}``:
 - :class:`CatchUpReader`: a session behind the tail (a resume, ``earliest``, a nack, a client
   that fell behind) reads with a consumer of its own, assigned at its positions with a bounded
   prefetch, one batch at a time (a quarter of the window or more, held to about
-  ``CATCH_UP_READY_BYTES`` of payload), until its positions reach the shared fetch's; then it joins
-  the tail and the reader closes. At most ``catch_up_readers`` at once per endpoint (a
+  ``CATCH_UP_READY_BYTES`` of payload), until its positions reach the shared fetch's; then it
+  joins the tail and the reader closes. At most ``catch_up_readers`` at once per endpoint (a
   ``trio.CapacityLimiter``); the others wait for a slot (their clients see a later first
   event). A reader whose session stays full for ``STALL_PAUSE`` gives its slot back.
 - :class:`GroupOffsets`: the positions stay in the broker, in the groups of the per-session
@@ -95,8 +95,8 @@ TAIL_FETCH_WAIT_MS = 25
 COMMIT_INTERVAL = 0.2
 # ... or at once, when a session has this many settles not yet written (a busy client's
 # position lags at most about two of these: the write in flight and the next). Each write is a
-# request to the admin child and a broker request: at 64, a client reading 4 KiB records at
-# 50 k/s cost the engine 780 of them a second, and it read 7 % slower (docs/performance.md).
+# request to the admin child and a broker request, which a fast client's drain pays for
+# (docs/performance.md, "S1 and S3 at 4 KiB").
 COMMIT_BATCH = 256
 # Position writes an endpoint's committer keeps in flight. A round of marked sessions is issued
 # this many at a time, the next ones as answers come back: one event fanned out to 1,000

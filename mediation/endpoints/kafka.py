@@ -173,8 +173,8 @@ READ_AHEAD = 32
 # The same for ``fetch = "shared"``, where the events read ahead are references to the shared
 # fetch's at the tail, and a catch-up reader's batches behind it (also held to
 # ``_kafka_shared.CATCH_UP_READY_BYTES``): a reader hands over a batch and waits for the session
-# to take it, a round trip of 0.5-1 ms between two threads, so its batches must be large for
-# a session to read 4 KiB records at 50 k/s (docs/performance.md).
+# to take it, a round trip between two threads, so its batches must be large for a session to
+# read as fast as its client (docs/performance.md, "S1 and S3 at 4 KiB").
 SHARED_READ_AHEAD = 256
 # Bounds on what the broker may take: closing a consumer (leave group), the committed offsets and
 # watermarks read on assignment, the producer's metadata probe, the final flush.
@@ -212,9 +212,8 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
 # (``_kafka_shared.TAIL_FETCH_WAIT_MS``): it is on every tail session's path.
 _SHARED_DEFAULTS: dict[str, Any] = {"fetch.wait.max.ms": 100}
 # A catch-up reader's prefetch: bounded by bytes (4 MiB; the pool of 32 holds 128 MiB at most),
-# not by the session's window in records: with the window a reader of 4 KiB records waited for
-# the broker between fetches, and with 1 MiB it still did, 0.4 ms a batch on average and up to
-# 7 ms (docs/performance.md, "S1 and S3, shared and per session").
+# not by the session's window in records: with the window, and still with 1 MiB, a reader of
+# 4 KiB records waited for the broker between fetches (docs/performance.md, "S1 and S3 at 4 KiB").
 _CATCH_UP_PREFETCH: dict[str, Any] = {
     "queued.min.messages": 1_000_000,
     "queued.max.messages.kbytes": 4096,
