@@ -410,25 +410,37 @@ class Session:
         elif item.plan.confirms and self.client_confirms:
             self._awaiting_confirmation[item.event.id] = item
 
-    async def written(self, item: SessionDelivery) -> None:
-        """The event reached the client: log it and, per guarantee, ack or await confirmation."""
-        plan = item.plan
+    async def written(self, items: Sequence[SessionDelivery]) -> None:
+        """The events (one write's, in order) reached the client: count and log them (per
+        route, one count for a run of events of one route) and, per guarantee, ack each or await
+        its confirmation."""
         telemetry = self._context.telemetry
+        start = 0
+        for end in range(1, len(items) + 1):
+            if end == len(items) or items[end].plan is not items[start].plan:
+                plan = items[start].plan
+                telemetry.packets_from(
+                    self._packets(plan), [item.event for item in items[start:end]]
+                )
+                start = end
+        for item in items:
+            if not item.plan.confirms:
+                self._recently_written.append(item.event.id)
+            elif not self.client_confirms:
+                await self._confirmed(item, accepted=True)
+            # else: awaiting the client's confirmation since before_write
+
+    def _packets(self, plan: _RoutePlan) -> PacketSource:
         source = plan.packets
         if source is None:
-            source = plan.packets = telemetry.packet_source(
+            source = plan.packets = self._context.telemetry.packet_source(
                 source_id=plan.route.source,
                 client_id=self.client_id,
                 session_id=self.id,
                 route=plan.name,
                 direction="downstream",
             )
-        telemetry.packet_from(source, item.event)
-        if not plan.confirms:
-            self._recently_written.append(item.event.id)
-        elif not self.client_confirms:
-            await self._confirmed(item, accepted=True)
-        # else: awaiting the client's confirmation since before_write
+        return source
 
     async def next_delivery(self) -> SessionDelivery:
         """:meth:`receive` and :meth:`before_write`: the next event, ready to be written."""
@@ -501,8 +513,7 @@ class Session:
                 batch.append(item)
                 size += len(item.delivery.event.payload)
             await write(batch)
-            for item in batch:
-                await self.written(item)
+            await self.written(batch)
 
     async def confirm(self, event_id: str, *, accepted: bool = True) -> None:
         """The client confirmed (or, ``accepted=False``, refused) an event it was sent."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json.encoder
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 
 import trio
@@ -147,11 +147,19 @@ class Telemetry:
 
     def packet_from(self, source: PacketSource, event: Event) -> None:
         """Count one packet and, with the packet log on, log it (a session keeps ``source``)."""
+        self.packets_from(source, (event,))
+
+    def packets_from(self, source: PacketSource, events: Sequence[Event]) -> None:
+        """Count packets of one source (one addition per counter for all of them: a session's
+        writer counts a write's events at once) and, with the packet log on, log each."""
+        source.messages.inc(len(events))
+        source.payload_bytes.inc(sum([len(event.payload) for event in events]))
+        if self.packet_logging:
+            for event in events:
+                self._log_packet(source, event)
+
+    def _log_packet(self, source: PacketSource, event: Event) -> None:
         size = len(event.payload)
-        source.messages.inc()
-        source.payload_bytes.inc(size)
-        if not self.packet_logging:
-            return
         lines = packet_lines()
         if lines is not None:
             time = _quote(self._clock.now())

@@ -104,7 +104,7 @@ async def test_at_least_once_acks_after_the_client_confirmed(engine_with: Engine
     ):
         event = await publish(engine, b"1")
         item = await session.next_delivery()
-        await session.written(item)
+        await session.written([item])
         assert await settled(engine) == (0, 0)
         await session.confirm(event.id)
         assert await settled(engine) == (1, 0)
@@ -122,7 +122,7 @@ async def test_at_least_once_without_client_confirmation_acks_on_completed_write
         await publish(engine, b"1")
         item = await session.next_delivery()
         assert await settled(engine) == (0, 0)
-        await session.written(item)
+        await session.written([item])
         assert await settled(engine) == (1, 0)
 
 
@@ -133,11 +133,11 @@ async def test_nack_redelivers_to_the_same_session(engine_with: EngineFactory) -
         async with client_session(engine) as session:
             event = await publish(engine, b"again")
             first = await session.next_delivery()
-            await session.written(first)
+            await session.written([first])
             await session.confirm(event.id, accepted=False)
             second = await session.next_delivery()
             assert (second.event.id, second.event.payload) == (event.id, b"again")
-            await session.written(second)
+            await session.written([second])
             await session.confirm(event.id)
         assert await settled(engine) == (1, 1)
 
@@ -158,7 +158,7 @@ async def test_what_the_client_did_not_get_is_nacked_when_it_leaves(
             # and the third waits to enter it (so not acked); under at_most_once the second waits
             # in the channel; under at_least_once the written one holds the credit.
             item = await session.next_delivery()
-            await session.written(item)
+            await session.written([item])
             await trio.testing.wait_all_tasks_blocked()
         acked, nacked_now = await settled(engine)
         assert nacked_now == nacked
@@ -287,7 +287,7 @@ async def test_a_client_that_never_confirms_is_too_slow_even_if_its_channel_has_
         with pytest.raises(ClientTooSlow):
             async with client_session(engine) as session:
                 await publish(engine, b"never confirmed")
-                await session.written(await session.next_delivery())
+                await session.written([await session.next_delivery()])
                 await session.next_delivery()  # the window is full: 5 s later, too slow
         assert await settled(engine) == (0, 1)
 

@@ -129,5 +129,39 @@ async def test_a_poll_confirmed_before_written_settles_the_event(
             assert item.event.payload == b"%d" % n
             await session.before_write(item)
             await session.confirm(item.event.id)
-            await session.written(item)
+            await session.written([item])
         assert await settled(engine) == (2, 0)
+
+
+async def test_a_write_of_several_events_counts_each_of_them(engine_with: EngineFactory) -> None:
+    """The writer counts a write's events together (one addition per counter): the downstream
+    ``mediation_messages_total`` and ``mediation_bytes_total`` still count every event and
+    every payload byte."""
+    writes: list[int] = []
+    async with (
+        engine_with(
+            entrypoints={"ws": "websocket"}, routes=routes("auto", channel_size=8)
+        ) as engine,
+        client_session(engine) as session,
+    ):
+        for n in range(1, 6):
+            await publish(engine, b"x" * n)
+        await trio.testing.wait_all_tasks_blocked()  # all five in the channel, none written
+
+        async def write(batch: list[SessionDelivery]) -> None:
+            writes.append(len(batch))
+            await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run_writer, write)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        labels = {"route": session_module._RoutePlan(engine.config.routes[1]).name}
+        registry = engine._context.telemetry.registry
+
+        def downstream(metric: str) -> float | None:
+            return registry.get_sample_value(metric, {**labels, "direction": "downstream"})
+
+        assert writes == [5]
+        assert downstream("mediation_messages_total") == 5
+        assert downstream("mediation_bytes_total") == 1 + 2 + 3 + 4 + 5

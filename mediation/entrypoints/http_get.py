@@ -323,7 +323,7 @@ class _PollingEntrypoint:
             if session.named:
                 headers["x-subscription"] = item.subscription.name
             await respond(send, 200, item.event.payload, headers)
-            await session.written(item)
+            await session.written([item])
 
 
 def _ended_error(reason: MediationError | None) -> MediationError:

@@ -69,7 +69,7 @@ async def write(session: Session) -> SessionDelivery:
     """The writer's part for one event: take it, (ack per guarantee), write it."""
     with trio.fail_after(WAIT):
         item = await session.next_delivery()
-        await session.written(item)
+        await session.written([item])
     return item
 
 
