@@ -196,7 +196,7 @@ class _Window:
 
     def release(self) -> None:
         self.used -= 1
-        if self.used < self.size:
+        if self.used < self.size and self._lot:  # (unpark() costs a list even for nobody)
             self._lot.unpark()
 
     def resize(self, size: int) -> None:

@@ -754,7 +754,7 @@ class SharedSession:
         self.add_partitions([p for p in self.fetch.next if p not in starts])
         if self.fetch.at_tail(self.positions, self._pending):
             self.fetch.tail.add(self)
-        self._changed.unpark_all()
+        self._notify()
 
     def add_partitions(self, partitions: list[int]) -> None:
         """Partitions added to the topic while the session reads: each starts at the client's
@@ -791,7 +791,13 @@ class SharedSession:
         if self._reader is not None:
             self._reader.reposition(self._starts())
         self._commit_soon()
-        self._changed.unpark_all()
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake :meth:`next_delivery` if it waits: ``unpark_all`` costs a generator and a list
+        even with nobody parked, and this is on every settle's path."""
+        if self._changed:
+            self._changed.unpark_all()
 
     @property
     def behind(self) -> bool:
@@ -825,7 +831,7 @@ class SharedSession:
 
     def _woken(self, took: bool, *, stay: bool) -> bool:
         if took or not stay:
-            self._changed.unpark_all()
+            self._notify()
         return stay
 
     def caught(self, reader: CatchUpReader, generation: int, records: list[Record]) -> None:
@@ -855,12 +861,12 @@ class SharedSession:
         else:
             self._answer_reader(reader)
         if took:
-            self._changed.unpark_all()
+            self._notify()
 
     def fail(self, failure: BrokerUnavailable) -> None:
         if self._failure is None:
             self._failure = failure
-        self._changed.unpark_all()
+        self._notify()
 
     # -- the session's side --------------------------------------------------------------------
 
@@ -901,7 +907,7 @@ class SharedSession:
                 self._reader.reposition(self._starts())
         self._dirty.add(item.partition)
         self._unwritten += 1
-        self._changed.unpark_all()
+        self._notify()
         self._offer_room()
         if accepted and self._sync_commits:
             await self._commit_now()
@@ -979,7 +985,7 @@ class SharedSession:
         if error is not None:
             self.fail(BrokerUnavailable(error))
         else:
-            self._changed.unpark_all()  # a stalled reader gave its slot back: ask again later
+            self._notify()  # a stalled reader gave its slot back: ask again later
 
     async def close(self) -> None:
         """Stop reading (shielded by the caller): the reader, then the last position write

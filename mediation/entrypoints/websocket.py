@@ -247,6 +247,8 @@ async def _converse(
             config.frame_type == "auto" and event.metadata.get("content-type") == OCTET_STREAM
         ):
             return BINARY, event.payload
+        if event.payload.isascii():  # UTF-8, found without decoding
+            return TEXT, event.payload
         try:
             event.payload.decode("utf-8")
         except UnicodeDecodeError:
