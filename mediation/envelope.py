@@ -82,12 +82,12 @@ _JSON_ESCAPED = bytes(range(0x20)) + b'"\\'
 def encode_event(
     event_id: str, payload: bytes, metadata: Mapping[str, str], subscription: str | None = None
 ) -> str:
+    meta = metadata if type(metadata) is dict else dict(metadata)
     if payload.isascii() and len(payload.translate(None, _JSON_ESCAPED)) == len(payload):
         # The usual payload, ASCII with nothing to escape, is its own JSON string: the encoder
         # would scan it character by character (docs/performance.md, "SSE and envelope
         # framing"). The same text.
         subscribed = "" if subscription is None else f',"subscription":{_encode(subscription)}'
-        meta = metadata if type(metadata) is dict else dict(metadata)
         return (
             f'{{"id":{_encode(event_id)}{subscribed},"payload":"{payload.decode("ascii")}",'
             f'"metadata":{_encode(meta)}}}'
@@ -100,7 +100,7 @@ def encode_event(
     except UnicodeDecodeError:
         document["payload"] = base64.b64encode(payload).decode("ascii")
         document["encoding"] = "base64"
-    document["metadata"] = metadata if type(metadata) is dict else dict(metadata)
+    document["metadata"] = meta
     return _encode(document)
 
 

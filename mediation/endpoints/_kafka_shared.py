@@ -240,6 +240,10 @@ class GroupOffsets:
     def _list(group: str, topic: str, partitions: Iterable[int]) -> dict[str, Any]:
         return {"op": "list", "group": group, "topic": topic, "partitions": list(partitions)}
 
+    @staticmethod
+    def _alter(group: str, topic: str, offsets: dict[int, int]) -> dict[str, Any]:
+        return {"op": "alter", "group": group, "topic": topic, "offsets": sorted(offsets.items())}
+
     async def read(self, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
         """The group's committed offset of each partition (negative: none)."""
         offsets = _positions(group, await self._answer(self._list(group, topic, partitions), group))
@@ -294,31 +298,18 @@ class GroupOffsets:
         done: Callable[[BrokerUnavailable | None], None],
     ) -> None:
         """Store ``offsets`` as the group's positions; ``done(error or None)`` runs on Trio."""
-        request = {
-            "op": "alter",
-            "group": group,
-            "topic": topic,
-            "offsets": sorted(offsets.items()),
-        }
 
         def answered(answer: Any) -> None:
             done(answer if isinstance(answer, BrokerUnavailable) else _refusal(group, answer))
 
-        self._request(request, group, answered)
+        self._request(self._alter(group, topic, offsets), group, answered)
 
     async def write(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         """Store ``offsets`` as the group's positions; a refused partition raises."""
-        done = trio.Event()
-        box: list[BrokerUnavailable | None] = []
-
-        def answered(error: BrokerUnavailable | None) -> None:
-            box.append(error)
-            done.set()
-
-        self.write_nowait(group, topic, offsets, answered)
-        await done.wait()
-        if box[0] is not None:
-            raise box[0]
+        answer = await self._answer(self._alter(group, topic, offsets), group)
+        refused = _refusal(group, answer)
+        if refused is not None:
+            raise refused
 
 
 def _partitions(answer: dict[str, Any]) -> list[tuple[int, int, int | None, str]]:

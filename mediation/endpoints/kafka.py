@@ -1305,7 +1305,6 @@ class KafkaEndpoint:
         """``fetch = "shared"``: the session reads from the topic's shared fetch (module doc of
         ``_kafka_shared``); its positions are its group's, written through the admin API."""
         to_trio = self._handoff()
-        offsets = self._offsets
         if self._metadata is None:
             self._metadata = AdminClient(self._admin_config)
         fetch = self._fetches.get(topic)
@@ -1333,7 +1332,7 @@ class KafkaEndpoint:
         window = credit + (SHARED_READ_AHEAD if plan.reads_ahead else 0)
         session = SharedSession(
             fetch,
-            offsets,
+            self._offsets,
             self._readers,
             self._reader_config(
                 f"mediation-{self.name}-reader",
@@ -1351,7 +1350,7 @@ class KafkaEndpoint:
         fetch.sessions.add(session)
         try:
             with fetch.joining():
-                await self._join_shared(subscription, fetch, offsets, session, group)
+                await self._join_shared(subscription, fetch, session, group)
             yield Deliveries(session.next_delivery)
         finally:
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as closing:
@@ -1377,7 +1376,6 @@ class KafkaEndpoint:
         self,
         subscription: Subscription,
         fetch: SharedFetch,
-        offsets: GroupOffsets,
         session: SharedSession,
         group: str,
     ) -> None:
@@ -1395,7 +1393,7 @@ class KafkaEndpoint:
                 subscription.position_gone(f"position in {topic} is gone: the topic does not exist")
             return
         partitions = sorted(fetch.next)
-        stored = await offsets.read(group, topic, partitions)
+        stored = await self._offsets.read(group, topic, partitions)
         if resume is not None:
             resume = await self._resumable(subscription, topic, partitions, resume)
         starts: dict[int, int] = {}
@@ -1415,7 +1413,7 @@ class KafkaEndpoint:
             starts[partition] = start
         if to_write:
             # The group's resume point from now on, even if this session never acks.
-            await offsets.write(group, topic, to_write)
+            await self._offsets.write(group, topic, to_write)
         if fetch.failure is None:
             session.begin(starts)
 
