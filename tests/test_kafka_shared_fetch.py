@@ -284,21 +284,21 @@ async def test_reads_for_new_partitions_are_issued_reads_in_flight_at_a_time() -
     assert all(isinstance(a, dict) and set(a) == {1, 2} for a in answers.values())
 
 
-# -- a catch-up reader's room ---------------------------------------------------------------------
+# -- a catch-up reader's credit -------------------------------------------------------------------
 
 
 class _Reader:
-    """What a session asks of its ``CatchUpReader`` (no thread): the room it was given."""
+    """What a session asks of its ``CatchUpReader`` (no thread): the credit it was granted."""
 
     def __init__(self) -> None:
         self.generation = 0
-        self.rooms: list[int] = []
+        self.grants: list[int] = []
 
     def reposition(self, starts: dict[int, int]) -> None:
         self.generation += 1
 
-    def room(self, room: int) -> None:
-        self.rooms.append(room)
+    def grant(self, credit: int) -> None:
+        self.grants.append(credit)
 
     def start(self, to_trio: Any, done: Any) -> None:
         pass
@@ -307,28 +307,61 @@ class _Reader:
         pass
 
 
-async def test_a_reader_told_it_has_no_room_is_offered_room_once_and_never_beyond_the_window(
+def caught(
+    session: SharedSession, reader: _Reader, batch: list[Record], generation: int = -1
+) -> None:
+    """``reader`` hands ``batch`` over, fetched at ``generation`` (default: its current one)."""
+    at = reader.generation if generation < 0 else generation
+    session.caught(cast(Any, reader), at, batch, len(batch))
+
+
+async def test_a_reader_is_granted_credit_a_quarter_of_the_window_at_a_time_never_beyond_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A session behind the tail (credit 4, window 8) with its reader: room for 8, a batch of 8,
-    then no room; settles offer room once a quarter of the window is free, and only once: more
-    room while the reader fetches would let it hand over a second batch before the first was
-    applied, beyond the window."""
+    """A session behind the tail (credit 4, window 8) with its reader: credit for 8, a batch
+    of 8, then none until a quarter of the window is free of ready, delivered and lent
+    records: 2 at the second ack, 2 more at the fourth (the first 2 are still lent). What the
+    reader hands over never takes the session beyond its window."""
     fetch, session, _ = shared(credit=4)
     fetch._assigned({0: (0, 100)})  # the tail is at 100
     session.begin({0: 0})  # the client's position: behind
     reader = _Reader()
     session._readers.acquire_on_behalf_of_nowait(reader)
     session._run_reader(cast(Any, reader))
-    session.caught(cast(Any, reader), reader.generation, records(0, *range(8)))
-    assert reader.rooms == [8, 0]
+    caught(session, reader, records(0, *range(8)))
+    assert reader.grants == [8]
     deliveries = [await take(session) for _ in range(4)]
     for delivery in deliveries:
         await delivery.ack()
-    assert reader.rooms == [8, 0, 2]  # at the second ack; not again at the third and fourth
-    session.caught(cast(Any, reader), reader.generation, records(0, 8, 9))
-    assert len(session._ready) + session._out <= 8
-    assert reader.rooms[-1] == 2  # answered: the window has room for 2 more
+    assert reader.grants == [8, 2, 2]
+    caught(session, reader, records(0, *range(8, 12)))
+    assert len(session._ready) + session._out == 8
+    assert session._lent == 0
+
+
+async def test_what_a_reader_fetched_before_a_rewind_is_dropped_and_its_credit_granted_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A nack while the reader's batch is on its way: the batch (fetched at the old positions)
+    is not applied, and the credit it used is granted again for the reads from the rewound
+    position."""
+    fetch, session, _ = shared(credit=4)
+    fetch._assigned({0: (0, 100)})
+    session.begin({0: 0})
+    reader = _Reader()
+    session._readers.acquire_on_behalf_of_nowait(reader)
+    session._run_reader(cast(Any, reader))
+    caught(session, reader, records(0, 0, 1))
+    first = await take(session)
+    await first.nack()  # rewinds to 0: the reader is repositioned
+    stale = reader.generation - 1
+    caught(session, reader, records(0, *range(2, 8)), generation=stale)
+    assert [item.offset for item in session._ready] == []
+    assert session._lent == 8
+    assert reader.grants == [8, 2, 6]  # at the nack, then what the stale batch used
+    caught(session, reader, records(0, 0, 1))
+    assert [item.offset for item in session._ready] == [0, 1]
+    assert session._lent == 6
 
 
 async def test_a_readers_room_holds_large_records_to_about_catch_up_ready_bytes(
@@ -336,21 +369,23 @@ async def test_a_readers_room_holds_large_records_to_about_catch_up_ready_bytes(
 ) -> None:
     """A window of 100 records, but records of a quarter of ``CATCH_UP_READY_BYTES``: after a
     batch of them the reader is given room for 4 records at most (the window in bytes), not for
-    the 100 the window counts; once they are taken and settled, room for 4 again."""
+    the 100 the window counts (the rest is taken back); once they are taken and settled, credit
+    for 4 again."""
     fetch, session, _ = shared(credit=96)  # window 100
     fetch._assigned({0: (0, 1000)})
     session.begin({0: 0})
     reader = _Reader()
     session._readers.acquire_on_behalf_of_nowait(reader)
     session._run_reader(cast(Any, reader))
-    assert reader.rooms == [100]  # nothing known of the records' size yet
+    assert reader.grants == [100]  # nothing known of the records' size yet
     large = CATCH_UP_READY_BYTES // 4
     batch: list[Record] = [
         (0, o, Event(payload=b"x" * large, id=f"{TOPIC}:0:{o}")) for o in range(2)
     ]
-    session.caught(cast(Any, reader), reader.generation, batch)
-    assert reader.rooms == [100, 2]  # 4 such records fit, 2 are ready
+    caught(session, reader, batch)
+    assert reader.grants == [100, -96]  # 4 such records fit: 2 are ready, 2 stay lent
     for _ in range(2):
         await (await take(session)).ack()
-    session.caught(cast(Any, reader), reader.generation, [])
-    assert reader.rooms[-1] == 4
+    caught(session, reader, [])
+    assert reader.grants == [100, -96, 1, 1]  # a quarter of the window (1) at each ack
+    assert session._lent == 4

@@ -21,8 +21,9 @@ a ``group_id`` holding ``{client_id}``:
   means a gap: the session leaves the tail). A nack rewinds that session alone.
 - :class:`CatchUpReader`: a session behind the tail (a resume, ``earliest``, a nack, a client
   that fell behind) reads with a consumer of its own, assigned at its positions with a bounded
-  prefetch, one batch at a time (a quarter of the window or more, held to about
-  ``CATCH_UP_READY_BYTES`` of payload), until its positions reach the shared fetch's; then it
+  prefetch, as far as the credit its session grants it (a quarter of the window or more at a
+  time, held to about ``CATCH_UP_READY_BYTES`` of payload), until its positions reach the
+  shared fetch's; then it
   joins the tail and the reader closes. At most ``catch_up_readers`` at once per endpoint (a
   ``trio.CapacityLimiter``); the others wait for a slot (their clients see a later first
   event). A reader whose session stays full for ``STALL_PAUSE`` gives its slot back.
@@ -717,12 +718,18 @@ class SharedSession:
         self._ready: deque[_Item] = deque()
         self._out = 0
         self._record_bytes = 1  # the mean payload of the catch-up reader's last batch
+        # Records the reader may still hand over: granted, and not yet applied (:meth:`caught`);
+        # the reader's credit plus what it fetched and has not handed over (negative while a
+        # batch fetched before credit was taken back is on its way).
+        self._lent = 0
         # Partitions found after the session began, whose start is being read from its group.
         self._pending: set[int] = set()
         self._changed = trio.lowlevel.ParkingLot()
         self._failure: BrokerUnavailable | None = None
         self._reader: CatchUpReader | None = None
-        self._reader_waits = False  # it was told it has no room: offer it some (_offer_room)
+        # Readers whose thread has not ended: the current one, and one stopped as the session
+        # joined the tail (it may be in a consume() for ``POLL_INTERVAL``), awaited by close().
+        self._threads: set[CatchUpReader] = set()
         self._closed = False
         self._dirty: set[int] = set()
         self._unwritten = 0  # settles since the last write was issued
@@ -825,9 +832,16 @@ class SharedSession:
             self._notify()
         return stay
 
-    def caught(self, reader: CatchUpReader, generation: int, records: list[Record]) -> None:
-        """A batch from this session's catch-up reader (possibly empty: it found nothing)."""
-        if reader is not self._reader or generation != reader.generation or self._closed:
+    def caught(
+        self, reader: CatchUpReader, generation: int, records: list[Record], fetched: int
+    ) -> None:
+        """A batch from this session's catch-up reader (possibly empty: it found nothing);
+        ``fetched``: the credit it used (its records and the ends of partitions it met)."""
+        if reader is not self._reader or self._closed:
+            return
+        self._lent -= fetched
+        if generation != reader.generation:
+            self._grant()  # fetched before a rewind: what the reader read again is granted
             return
         took = 0
         payload = 0
@@ -850,7 +864,7 @@ class SharedSession:
             reader.stop()
             self._reader = None
         else:
-            self._answer_reader(reader)
+            self._grant()
         if took:
             self._notify()
 
@@ -871,7 +885,7 @@ class SharedSession:
                 if self.behind and self._reader is None:
                     self._try_start_reader()
                 else:
-                    self._offer_room()
+                    self._grant()
                 return Delivery(item.event, partial(self._settle, item))
             if self.behind and self._reader is None and self._out < self._window:
                 reader = self._new_reader()
@@ -899,40 +913,30 @@ class SharedSession:
         self._dirty.add(item.partition)
         self._unwritten += 1
         self._notify()
-        self._offer_room()
+        self._grant()
         if accepted and self._sync_commits:
             await self._commit_now()
         else:
             self._commit_soon()
 
-    def _room(self, *, answer: bool = False) -> int:
-        """Room for the reader's next batch: 0 until a quarter of the window is free (or
-        nothing is ready), so that the reader fetches batches, not one record per settle. The
-        window, in records, is also held to ``CATCH_UP_READY_BYTES`` of records the size of the
-        last batch's. ``answer``: the reader waits for an answer (0 lets it give its slot back
-        in time)."""
+    def _grant(self) -> None:
+        """Credit for the reader, once a quarter of the window is free of ready, delivered and
+        lent records (or nothing is ready or lent), so that it fetches batches, not one record
+        per settle. The window, in records, is also held to ``CATCH_UP_READY_BYTES`` of records
+        the size of the last batch's: credit beyond it (the records grew) is taken back, so
+        the reader overshoots by one batch at most. The reader fetches while it has credit:
+        the next batch is read while the session applies this one."""
+        if self._reader is None:
+            return
         window = min(self._window, max(1, CATCH_UP_READY_BYTES // self._record_bytes))
-        free = window - len(self._ready) - self._out
-        if free >= max(1, window // 4) or (free > 0 and not self._ready):
-            return free
-        return 0 if answer else -1
-
-    def _answer_reader(self, reader: CatchUpReader) -> None:
-        """The room for the reader's next batch, which it waits for; if none yet, it is offered
-        by :meth:`_offer_room` once there is."""
-        room = self._room(answer=True)
-        self._reader_waits = room == 0
-        reader.room(room)
-
-    def _offer_room(self) -> None:
-        """After a hand-out or a settle: room for a reader that was told it had none, once there
-        is enough of it. Only then: a reader that has room is fetching a batch, and more room
-        before that batch is applied would let it fetch the next one beyond the window."""
-        if self._reader is not None and self._reader_waits:
-            room = self._room()
-            if room > 0:
-                self._reader_waits = False
-                self._reader.room(room)
+        free = window - len(self._ready) - self._out - self._lent
+        idle = not self._ready and self._lent <= 0
+        if free < 0 < self._lent:
+            free = -min(-free, self._lent)
+        elif not (free >= max(1, window // 4) or (free > 0 and idle)):
+            return
+        self._lent += free
+        self._reader.grant(free)
 
     def _drop_ready(self, partition: int) -> None:
         kept: deque[_Item] = deque()
@@ -965,12 +969,15 @@ class SharedSession:
             self._readers.release_on_behalf_of(reader)
             return
         self._reader = reader
+        self._threads.add(reader)
+        self._lent = 0
         reader.reposition(self._starts())
-        self._answer_reader(reader)
+        self._grant()
         reader.start(self._to_trio, self._reader_done)
 
     def _reader_done(self, reader: CatchUpReader, error: str | None) -> None:
         self._readers.release_on_behalf_of(reader)
+        self._threads.discard(reader)
         if self._reader is reader:
             self._reader = None
         if error is not None:
@@ -986,8 +993,7 @@ class SharedSession:
         self.fetch.sessions.discard(self)
         self.fetch.awaiting_topic.discard(self)
         self._committer.sessions.discard(self)
-        reader = self._reader
-        if reader is not None:
+        for reader in list(self._threads):
             reader.stop()
             await reader.finished.wait()
         if self._failure is not None:
@@ -1088,8 +1094,10 @@ class SharedSession:
 class CatchUpReader:
     """A temporary consumer reading one session's records behind the tail (see module doc).
 
-    One batch at a time: after handing a batch over, the thread waits until the session
-    applied it and said how much room it has (:meth:`room`).
+    It reads while it has credit, which its session grants as its window empties
+    (:meth:`grant`): the next batch is fetched while the session applies the last, not after a
+    round trip between the two threads. With no credit for ``STALL_PAUSE`` (the session took
+    nothing), it gives its pool slot back.
     """
 
     def __init__(
@@ -1103,8 +1111,7 @@ class CatchUpReader:
         self._wake = threading.Event()
         self._stopping = False
         self._starts: dict[int, int] = {}
-        self._room = 0
-        self._answered = True  # the session applied the last batch
+        self._credit = 0
         self.generation = 0  # Trio side: bumped by each reposition
         self.finished = trio.Event()
 
@@ -1114,14 +1121,18 @@ class CatchUpReader:
         with self._lock:
             self.generation += 1
             self._starts = dict(starts)
-            self._answered = True
         self._wake.set()
 
-    def room(self, room: int) -> None:
+    def grant(self, credit: int) -> None:
+        """More credit, or (negative) some taken back. The thread is woken only if it had none
+        (it waits only then): ``threading.Event.set`` with a waiter costs the Trio thread a
+        condition's notify, and a session grants at every quarter of its window."""
         with self._lock:
-            self._room = room
-            self._answered = True
-        self._wake.set()
+            waits = self._credit <= 0
+            self._credit += credit
+            wake = waits and self._credit > 0
+        if wake:
+            self._wake.set()
 
     def stop(self) -> None:
         with self._lock:
@@ -1156,16 +1167,12 @@ class CatchUpReader:
             while True:
                 with self._lock:
                     stopping, generation, starts = self._stopping, self.generation, self._starts
-                    room, answered = self._room, self._answered
-                    if answered and room > 0:
-                        self._answered = False
+                    credit = self._credit
                 if stopping:
                     return None
-                if not answered or room <= 0:
-                    if not answered:
-                        idle_since = time.monotonic()
-                    elif time.monotonic() - idle_since >= STALL_PAUSE:
-                        return None  # the session is full: give the slot back
+                if credit <= 0:
+                    if time.monotonic() - idle_since >= STALL_PAUSE:
+                        return None  # the session took nothing: give the slot back
                     self._wake.wait(STALL_PAUSE)
                     self._wake.clear()
                     continue
@@ -1175,9 +1182,12 @@ class CatchUpReader:
                         [TopicPartition(self._topic, p, o) for p, o in sorted(starts.items())]
                     )
                     assigned = generation
-                records, error = _records(_consume(consumer, min(room, FETCH_BATCH)), self._convert)
+                messages = _consume(consumer, min(credit, FETCH_BATCH))
+                with self._lock:
+                    self._credit -= len(messages)
+                records, error = _records(messages, self._convert)
                 if error is not None:
                     return f"kafka catch-up reader: {error}"
-                to_trio.call_soon(self._session.caught, self, generation, records)
+                to_trio.call_soon(self._session.caught, self, generation, records, len(messages))
         finally:
             consumer.close()

@@ -171,10 +171,11 @@ STALL_PAUSE = 0.5
 # event after a settle is taken on the Trio side without waking the thread (see module doc).
 READ_AHEAD = 32
 # The same for ``fetch = "shared"``, where the events read ahead are references to the shared
-# fetch's at the tail, and a catch-up reader's batches behind it (also held to
-# ``_kafka_shared.CATCH_UP_READY_BYTES``): a reader hands over a batch and waits for the session
-# to take it, a round trip between two threads, so its batches must be large for a session to
-# read as fast as its client (docs/performance.md, "S1 and S3 at 4 KiB").
+# fetch's at the tail, and a catch-up reader's credit behind it (also held to
+# ``_kafka_shared.CATCH_UP_READY_BYTES``): the reader fetches while the session applies what it
+# handed over, and the hand-over between two threads takes about a millisecond, so the window
+# must hold more than that for a session to read as fast as its client (docs/performance.md,
+# "S1 and S3 at 4 KiB").
 SHARED_READ_AHEAD = 256
 # Bounds on what the broker may take: closing a consumer (leave group), the committed offsets and
 # watermarks read on assignment, the producer's metadata probe, the final flush.
