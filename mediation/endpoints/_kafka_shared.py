@@ -717,7 +717,10 @@ class SharedSession:
         self._to_trio = to_trio
         self._ready: deque[_Item] = deque()
         self._out = 0
-        self._record_bytes = 1  # the mean payload of the catch-up reader's last batch
+        # The reader's window: ``window``, held to ``CATCH_UP_READY_BYTES`` of records the mean
+        # size of its last batch's (:meth:`_hold_to_bytes`); credit comes a quarter at a time.
+        self._reader_window = self._window
+        self._reader_batch = max(1, self._window // 4)
         # Records the reader may still hand over: granted, and not yet applied (:meth:`caught`);
         # the reader's credit plus what it fetched and has not handed over (negative while a
         # batch fetched before credit was taken back is on its way).
@@ -858,7 +861,7 @@ class SharedSession:
                 took += 1
                 payload += len(event.payload)
         if took:
-            self._record_bytes = max(1, payload // took)
+            self._hold_to_bytes(payload // took)
         if self.fetch.failure is None and self.fetch.at_tail(self.positions, self._pending):
             self.fetch.tail.add(self)
             reader.stop()
@@ -882,12 +885,12 @@ class SharedSession:
             if self._ready and self._out < self._credit:
                 item = self._ready.popleft()
                 self._out += 1
-                if self.behind and self._reader is None:
+                if self._reader is None and self.behind:
                     self._try_start_reader()
                 else:
                     self._grant()
                 return Delivery(item.event, partial(self._settle, item))
-            if self.behind and self._reader is None and self._out < self._window:
+            if self._reader is None and self.behind and self._out < self._window:
                 reader = self._new_reader()
                 await self._readers.acquire_on_behalf_of(reader)
                 self._run_reader(reader)
@@ -926,17 +929,23 @@ class SharedSession:
         the size of the last batch's: credit beyond it (the records grew) is taken back, so
         the reader overshoots by one batch at most. The reader fetches while it has credit:
         the next batch is read while the session applies this one."""
-        if self._reader is None:
+        reader = self._reader
+        if reader is None:
             return
-        window = min(self._window, max(1, CATCH_UP_READY_BYTES // self._record_bytes))
-        free = window - len(self._ready) - self._out - self._lent
-        idle = not self._ready and self._lent <= 0
-        if free < 0 < self._lent:
-            free = -min(-free, self._lent)
-        elif not (free >= max(1, window // 4) or (free > 0 and idle)):
-            return
-        self._lent += free
-        self._reader.grant(free)
+        free = self._reader_window - len(self._ready) - self._out - self._lent
+        if free >= self._reader_batch or (free > 0 and not self._ready and self._lent <= 0):
+            self._lent += free
+            reader.grant(free)
+        elif free < 0 < self._lent:
+            taken = min(-free, self._lent)
+            self._lent -= taken
+            reader.grant(-taken)
+
+    def _hold_to_bytes(self, record_bytes: int) -> None:
+        """The reader's window for records of ``record_bytes`` (its last batch's mean)."""
+        window = min(self._window, max(1, CATCH_UP_READY_BYTES // max(1, record_bytes)))
+        self._reader_window = window
+        self._reader_batch = max(1, window // 4)
 
     def _drop_ready(self, partition: int) -> None:
         kept: deque[_Item] = deque()
