@@ -23,10 +23,10 @@ a ``group_id`` holding ``{client_id}``:
   that fell behind) reads with a consumer of its own, assigned at its positions with a bounded
   prefetch, as far as the credit its session grants it (a quarter of the window or more at a
   time, held to about ``CATCH_UP_READY_BYTES`` of payload), until its positions reach the
-  shared fetch's; then it
-  joins the tail and the reader closes. At most ``catch_up_readers`` at once per endpoint (a
-  ``trio.CapacityLimiter``); the others wait for a slot (their clients see a later first
-  event). A reader whose session stays full for ``STALL_PAUSE`` gives its slot back.
+  shared fetch's; then it joins the tail and the reader closes. At most ``catch_up_readers``
+  at once per endpoint (a ``trio.CapacityLimiter``); the others wait for a slot (their clients
+  see a later first event). A reader whose session stays full for ``STALL_PAUSE`` gives its
+  slot back.
 - :class:`GroupOffsets`: the positions stay in the broker, in the groups of the per-session
   design (``mediation-{endpoint}-{client_id}``), written with
   ``AdminClient.alter_consumer_group_offsets`` and read with ``list_consumer_group_offsets``,
@@ -844,7 +844,7 @@ class SharedSession:
             return
         self._lent -= fetched
         if generation != reader.generation:
-            self._grant()  # fetched before a rewind: what the reader read again is granted
+            self._grant()  # read at positions a rewind left: dropped, its credit granted again
             return
         took = 0
         payload = 0
