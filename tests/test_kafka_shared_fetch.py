@@ -15,6 +15,8 @@ from typing import Any, cast
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mediation.endpoints._handoff import ToTrio
 from mediation.endpoints._kafka_admin_process import AdminProcess
@@ -389,3 +391,155 @@ async def test_a_readers_room_holds_large_records_to_about_catch_up_ready_bytes(
     caught(session, reader, [])
     assert reader.grants == [100, -96, 1, 1]  # a quarter of the window (1) at each ack
     assert session._lent == 4
+
+
+# -- the reader's credit under any order of events (Hypothesis) ------------------------------------
+
+
+class _ModelReader(_Reader):
+    """A reader that fetches as the real one does, from offsets 0.. of one partition: up to its
+    credit, from its position, the batch handed over later (:meth:`hand_over`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.credit = 0
+        self.position = 0
+        self.size = 1
+        self.in_flight: list[tuple[int, list[Record]]] = []
+
+    def reposition(self, starts: dict[int, int]) -> None:
+        super().reposition(starts)
+        self.position = starts[0]
+
+    def grant(self, credit: int) -> None:
+        super().grant(credit)
+        self.credit += credit
+
+    def fetch(self, most: int) -> None:
+        n = min(most, self.credit)
+        if n <= 0:
+            return
+        batch: list[Record] = [
+            (0, o, Event(payload=b"x" * self.size, id=f"{TOPIC}:0:{o}"))
+            for o in range(self.position, self.position + n)
+        ]
+        self.position += n
+        self.credit -= n
+        self.in_flight.append((self.generation, batch))
+
+    def hand_over(self, session: SharedSession) -> None:
+        generation, batch = self.in_flight.pop(0)
+        session.caught(cast(Any, self), generation, batch, len(batch))
+
+
+def _now(step: Any) -> Any:
+    """Run a session coroutine that must not wait (``next_delivery`` with a record ready, a
+    settle without a synchronous commit) to its end, outside the scheduler."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the session waited")
+
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("fetch"), st.integers(1, 80)),
+        st.tuples(st.just("hand_over"), st.just(0)),
+        st.tuples(st.just("take"), st.integers(1, 20)),
+        st.tuples(st.just("ack"), st.integers(0, 30)),
+        st.tuples(st.just("nack"), st.integers(0, 30)),
+        st.tuples(st.just("size"), st.sampled_from([1, 1000, CATCH_UP_READY_BYTES // 8])),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_STEPS, credit=st.integers(1, 16))
+def test_a_readers_credit_never_takes_its_session_beyond_its_window_nor_loses_a_record(
+    steps: list[tuple[str, int]], credit: int
+) -> None:
+    """A session behind the tail and its reader, in any order of fetches, hand-overs, takes,
+    acks, nacks and changes of record size: what the session lent is the reader's credit and
+    its batches on their way, and never more than its window's room (in records, and in bytes
+    at the size of the last batch's records); its ready and delivered records never exceed its
+    window; it hands
+    out records in order (from a nacked one again after a nack, as ``PartitionPositions.rewind``
+    says); it never leaves its reader without credit while it has room; and, drained at the end,
+    every record was acked."""
+
+    async def run() -> None:
+        fetch, session, _ = shared(credit=credit)
+        fetch._assigned({0: (0, 10**9)})  # the tail is far ahead
+        session.begin({0: 0})
+        reader = _ModelReader()
+        session._readers.acquire_on_behalf_of_nowait(reader)
+        session._run_reader(cast(Any, reader))
+        # Handed out and not settled: (offset, the rewinds before it was taken, delivery).
+        out: list[tuple[int, int, Delivery]] = []
+        expected = 0  # the offset the session must hand out next
+        rewinds = 0
+        rewound_to = 0
+        acked: set[int] = set()
+
+        def take() -> None:
+            nonlocal expected
+            delivery = _now(session.next_delivery())
+            offset = int(delivery.event.id.rsplit(":", 1)[1])
+            assert offset == expected
+            expected += 1
+            out.append((offset, rewinds, delivery))
+
+        def settle(index: int, accepted: bool) -> None:
+            nonlocal expected, rewinds, rewound_to
+            offset, taken_after, delivery = out.pop(index % len(out))
+            _now(delivery.ack() if accepted else delivery.nack())
+            if accepted:
+                acked.add(offset)
+            elif taken_after == rewinds or offset < rewound_to:
+                # Read again from the nacked record (a record handed out before an earlier
+                # rewind, at or after its point, is being read again already).
+                expected = rewound_to = offset
+                rewinds += 1
+
+        def check() -> None:
+            in_flight = sum(len(batch) for _, batch in reader.in_flight)
+            assert session._lent == reader.credit + in_flight
+            assert len(session._ready) + session._out <= session._window
+            # Never lent beyond the room its window has, held to CATCH_UP_READY_BYTES of records
+            # the size of the last batch's (a batch on its way overshoots it, once).
+            room = session._reader_window - len(session._ready) - session._out
+            assert session._lent <= max(0, room)
+
+        for step, n in steps:
+            if step == "fetch":
+                reader.fetch(n)
+            elif step == "hand_over" and reader.in_flight:
+                reader.hand_over(session)
+            elif step == "take":
+                for _ in range(n):
+                    if not (session._ready and session._out < session._credit):
+                        break
+                    take()
+            elif step in ("ack", "nack") and out:
+                settle(n, step == "ack")
+            elif step == "size":
+                reader.size = n
+            check()
+        for _ in range(100_000):  # drain: everything fetched and acked, up to a last offset
+            if expected >= 300 and not out and not reader.in_flight:
+                break
+            if out:
+                settle(0, True)
+            elif session._ready and session._out < session._credit:
+                take()
+            elif reader.in_flight:
+                reader.hand_over(session)
+            else:
+                assert reader.credit > 0, "the session granted the reader nothing"
+                reader.fetch(80)
+            check()
+        assert acked >= set(range(expected))
+
+    trio.run(run)
