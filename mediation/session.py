@@ -40,6 +40,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from itertools import groupby
 from urllib.parse import urlencode
 
 import trio
@@ -415,14 +416,8 @@ class Session:
         route, one count for a run of events of one route) and, per guarantee, ack each or await
         its confirmation."""
         telemetry = self._context.telemetry
-        start = 0
-        for end in range(1, len(items) + 1):
-            if end == len(items) or items[end].plan is not items[start].plan:
-                plan = items[start].plan
-                telemetry.packets_from(
-                    self._packets(plan), [item.event for item in items[start:end]]
-                )
-                start = end
+        for plan, run in groupby(items, key=lambda item: item.plan):  # plans compare as objects
+            telemetry.packets_from(self._packets(plan), [item.event for item in run])
         for item in items:
             if not item.plan.confirms:
                 self._recently_written.append(item.event.id)

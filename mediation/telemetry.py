@@ -109,7 +109,7 @@ class Telemetry:
         direction: str,
     ) -> None:
         """Count one packet and, with the packet log on, log it."""
-        self.packet_from(
+        self.packets_from(
             self.packet_source(
                 source_id=source_id,
                 client_id=client_id,
@@ -117,13 +117,13 @@ class Telemetry:
                 route=route,
                 direction=direction,
             ),
-            event,
+            (event,),
         )
 
     def packet_source(
         self, *, source_id: str, client_id: str, session_id: str | None, route: str, direction: str
     ) -> PacketSource:
-        """What packets of one session on one route have in common, for :meth:`packet_from`."""
+        """What packets of one session on one route have in common, for :meth:`packets_from`."""
         try:
             messages, payload_bytes = self._moved[route, direction]
         except KeyError:
@@ -145,13 +145,10 @@ class Telemetry:
             },
         )
 
-    def packet_from(self, source: PacketSource, event: Event) -> None:
-        """Count one packet and, with the packet log on, log it (a session keeps ``source``)."""
-        self.packets_from(source, (event,))
-
     def packets_from(self, source: PacketSource, events: Sequence[Event]) -> None:
         """Count packets of one source (one addition per counter for all of them: a session's
-        writer counts a write's events at once) and, with the packet log on, log each."""
+        writer counts a write's events at once, keeping ``source``) and, with the packet log
+        on, log each."""
         source.messages.inc(len(events))
         source.payload_bytes.inc(sum([len(event.payload) for event in events]))
         if self.packet_logging:

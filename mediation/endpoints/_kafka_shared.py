@@ -887,7 +887,8 @@ class SharedSession:
                 self._out += 1
                 if self._reader is None and self.behind:
                     self._try_start_reader()
-                else:
+                elif not self._ready:
+                    # A hand-out frees nothing; with nothing ready, an idle reader gets credit.
                     self._grant()
                 return Delivery(item.event, partial(self._settle, item))
             if self._reader is None and self.behind and self._out < self._window:
