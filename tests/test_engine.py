@@ -96,6 +96,20 @@ async def test_readyz_follows_the_endpoints_and_metrics_are_prometheus_text(
         assert "mediation_sessions" in metrics
 
 
+async def test_settlements_are_counted_per_route_and_outcome(engine_with: EngineFactory) -> None:
+    async with (
+        engine_with(entrypoints=ENTRYPOINTS, routes=ROUTES) as engine,
+        httpx.AsyncClient() as http,
+    ):
+        async with open_ws(url(engine, "ws", scheme="ws")) as ws:
+            for text in ("one", "two"):
+                await ws.send_message(text)
+                assert await ws.get_message() == text  # acked (auto) before it was written
+        metrics = (await http.get(url(engine, "health", "/metrics"))).text
+        assert 'mediation_settlements_total{outcome="ack",route="mem->ws"} 2.0' in metrics
+        assert "# TYPE mediation_settlements_total counter" in metrics
+
+
 async def test_reload_changes_routes_and_closes_only_the_sessions_it_touched(
     engine_with: EngineFactory,
 ) -> None:

@@ -19,7 +19,7 @@ from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 from mediation.endpoints._mqtt_wire import READ_AHEAD, QuickProperties, _ReadAhead, ack_packets
 from mediation.endpoints.rabbitmq import AckRanges
 from mediation.events import new_event_id
-from mediation.http.wsframes import BINARY, TEXT, server_frame
+from mediation.http.wsframes import BINARY, TEXT, server_frames
 
 
 def broker_after(frames: list[tuple[str, int, bool]], unacked: set[int]) -> tuple[set, set]:
@@ -137,9 +137,21 @@ def _open_server_connection() -> WSConnection:
 def test_server_frames_are_byte_for_byte_what_wsproto_makes(size: int) -> None:
     server = _open_server_connection()
     text = "é" * (size // 2) + "x" * (size % 2)
-    assert server_frame(TEXT, text.encode()) == server.send(TextMessage(data=text))
+    assert server_frames([(TEXT, text.encode())]) == server.send(TextMessage(data=text))
     data = bytes(range(256)) * (size // 256) + b"\xff" * (size % 256)
-    assert server_frame(BINARY, data) == server.send(BytesMessage(data=data))
+    assert server_frames([(BINARY, data)]) == server.send(BytesMessage(data=data))
+
+
+def test_a_batch_of_server_frames_is_wsprotos_frames_one_after_the_other() -> None:
+    server = _open_server_connection()
+    sizes = [0, 125, 126, 4096, 65535, 65536, 3]
+    messages = [(TEXT if n % 2 else BINARY, bytes([65 + i]) * n) for i, n in enumerate(sizes)]
+    expected = b"".join(
+        server.send(TextMessage(data=data.decode()) if opcode == TEXT else BytesMessage(data=data))
+        for opcode, data in messages
+    )
+    assert server_frames(messages) == expected
+    assert server_frames([]) == b""
 
 
 def test_read_ahead_serves_small_reads_from_one_recv_and_passes_eof_and_blocking_on() -> None:

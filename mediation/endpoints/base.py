@@ -145,8 +145,10 @@ class Deliveries:
     def __aiter__(self) -> Deliveries:
         return self
 
-    async def __anext__(self) -> Delivery:
-        return await self._next_delivery()
+    def __anext__(self) -> Awaitable[Delivery]:
+        # The endpoint's awaitable itself: a coroutine of our own around it would be one more
+        # frame on every event's path.
+        return self._next_delivery()
 
 
 class Endpoint(Protocol):

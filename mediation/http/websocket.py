@@ -10,7 +10,7 @@ answered, a close is answered and ends the reader. Client messages wait in a bou
 whoever calls :meth:`get_message`.
 
 Writes (messages, pongs, pings, the close) go out one at a time under one lock, each as one
-``send_all``; data frames are made by :func:`.wsframes.server_frame` while the connection is open.
+``send_all``; data frames are made by :func:`.wsframes.server_frames` while the connection is open.
 A write that fails marks the connection closed (1006) and raises :class:`ConnectionClosed`.
 
 Cancellation: cancelling :meth:`run_reader` stops reading (the connection stays as it is);
@@ -41,7 +41,7 @@ from wsproto.events import (
 from wsproto.utilities import ProtocolError
 
 from .server import RECEIVE_SIZE, Upgrade
-from .wsframes import BINARY, TEXT, ClientFrames, ForWsproto, MessageTooBig, server_frame
+from .wsframes import BINARY, TEXT, ClientFrames, ForWsproto, MessageTooBig, server_frames
 
 # How long a closing handshake with the client may take before the connection is dropped.
 CLOSE_TIMEOUT = 5.0
@@ -199,7 +199,7 @@ class WebSocket:
         consumer that refills the channel (and the relay taking acks) wait: the round after
         each write keeps them in step, as trio's own socket stream did (docs/performance.md).
         """
-        await self._write(lambda: b"".join([server_frame(op, data) for op, data in messages]))
+        await self._write(lambda: server_frames(messages))
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def send_message(self, message: Message) -> None:

@@ -5,7 +5,7 @@ wsproto parses and validates every frame the engine does not take here. Two thin
 frame cost more than the frames that matter most need:
 
 - Sending: the engine only sends whole, unfragmented messages without extensions, so
-  :func:`server_frame` makes such a frame directly (what wsproto makes, byte for byte:
+  :func:`server_frames` makes such frames directly (what wsproto makes, byte for byte:
   ``tests/test_hot_path.py``).
 - Receiving: a client confirming every event sends a stream of small text frames (envelope
   acks). :class:`ClientFrames` splits what the client sends at frame boundaries, takes small
@@ -20,7 +20,7 @@ wsproto has no limit of its own.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 # Opcodes (RFC 6455, 5.2).
@@ -37,15 +37,23 @@ _HEAD_64 = struct.Struct("!BBQ")
 _MAX_SMALL_FRAME = 6 + 125
 
 
-def server_frame(opcode: int, data: bytes) -> bytes:
-    """One unfragmented, unmasked (server to client) frame: what wsproto makes for a whole
-    message on a connection without extensions, in an eighth of the time."""
-    size = len(data)
-    if size < 126:
-        return _HEAD.pack(0x80 | opcode, size) + data
-    if size < 65536:
-        return _HEAD_16.pack(0x80 | opcode, 126, size) + data
-    return _HEAD_64.pack(0x80 | opcode, 127, size) + data
+def server_frames(messages: Iterable[tuple[int, bytes]]) -> bytes:
+    """Unfragmented, unmasked (server to client) frames, one per ``(opcode, data)`` message, in
+    one buffer: what wsproto makes for each whole message on a connection without extensions,
+    in an eighth of the time. Each payload is copied once, into the buffer: a frame of its own
+    first cost a second copy and an allocation of its size per message (docs/performance.md)."""
+    parts: list[bytes] = []
+    append = parts.append
+    for opcode, data in messages:
+        size = len(data)
+        if size < 126:
+            append(_HEAD.pack(0x80 | opcode, size))
+        elif size < 65536:
+            append(_HEAD_16.pack(0x80 | opcode, 126, size))
+        else:
+            append(_HEAD_64.pack(0x80 | opcode, 127, size))
+        append(data)
+    return b"".join(parts)
 
 
 def client_frame(data: bytes | bytearray) -> tuple[int, bytes, int] | None:
