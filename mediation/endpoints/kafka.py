@@ -140,7 +140,7 @@ from trio_util import AsyncValue
 from ..client_state import ClientLedger, Sweep, name_pattern
 from ..config import KafkaConfig
 from ..errors import BrokerUnavailable, TargetNotFound
-from ..events import Delivery, Event
+from ..events import Delivery, Event, broker_event
 from ._backoff import Backoff
 from ._handoff import ToTrio
 from ._kafka_admin_process import AdminProcess
@@ -245,10 +245,11 @@ def event_from_message(message: Message) -> Event:
     topic, partition = str(message.topic()), str(message.partition())
     offset = str(message.offset())
     headers = message.headers()
-    metadata: dict[str, str] = {} if not headers else _header_metadata(headers)
-    metadata["topic"] = topic
-    metadata["partition"] = partition
-    metadata["offset"] = offset
+    if headers:
+        metadata = _header_metadata(headers)
+        metadata.update(topic=topic, partition=partition, offset=offset)
+    else:
+        metadata = {"topic": topic, "partition": partition, "offset": offset}
     key = message.key()
     if key is not None:
         metadata["key"] = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
@@ -259,11 +260,11 @@ def event_from_message(message: Message) -> Event:
     else:
         timestamp = time.time()
     value = message.value()
-    return Event(
-        payload=value if isinstance(value, bytes) else (value or "").encode(),
-        id=f"{topic}:{partition}:{offset}",
-        metadata=metadata,
-        timestamp=timestamp,
+    return broker_event(
+        value if isinstance(value, bytes) else (value or "").encode(),
+        f"{topic}:{partition}:{offset}",
+        metadata,
+        timestamp,
     )
 
 
