@@ -97,8 +97,10 @@ COMMIT_INTERVAL = 0.2
 # ... or at once, when a session has this many settles not yet written (a busy client's
 # position lags at most about two of these: the write in flight and the next). Each write is a
 # request to the admin child and a broker request, which a fast client's drain pays for
-# (docs/performance.md, "S1 and S3 at 4 KiB").
-COMMIT_BATCH = 256
+# (docs/performance.md, "S1 and S3 at 4 KiB" and "The Trio thread's Python per event"). Only a
+# client faster than this many a COMMIT_INTERVAL writes by count; at 50 k/s two of these are
+# about 40 ms of its stream, less than the interval leaves unwritten for a slower one.
+COMMIT_BATCH = 1024
 # Position writes an endpoint's committer keeps in flight. A round of marked sessions is issued
 # this many at a time, the next ones as answers come back: one event fanned out to 1,000
 # sessions marks 1,000 groups (one admin request each: librdkafka takes one group per request),
