@@ -244,9 +244,10 @@ class _MillisecondClock:
 
 class _Counts(Collector):
     """A labelled counter kept as plain integers, for a count on every event's path: a
-    ``prometheus_client.Counter`` takes a lock and checks its arguments at each increment (a
-    twentieth of the Trio thread's Python in a Kafka drain, docs/performance.md). Written and
-    collected on the Trio thread."""
+    ``prometheus_client.Counter`` takes a lock and checks its argument at each increment, which
+    showed in a Kafka drain's profile (docs/performance.md). Written on the Trio thread; read
+    from a copy, so a registry collected from another thread (an embedding application's)
+    never iterates a dict that is growing."""
 
     def __init__(self, name: str, documentation: str, labels: list[str]) -> None:
         self._name, self._documentation, self._labels = name, documentation, labels
@@ -257,7 +258,7 @@ class _Counts(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
-        for labels, value in self.counts.items():
+        for labels, value in list(self.counts.items()):
             family.add_metric(list(labels), value)
         yield family
 

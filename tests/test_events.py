@@ -23,7 +23,7 @@ def test_broker_event_sets_every_field_event_has() -> None:
     ]
     made = broker_event(b"x", "t:0:1", {"topic": "t"}, 12.5)
     assert made == Event(b"x", "t:0:1", {"topic": "t"}, None, 12.5)
-    assert type(made) is Event and hash(made.id) == hash("t:0:1")
+    assert type(made) is Event
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.id = "t:0:2"  # type: ignore[misc]
     assert dataclasses.replace(made, id="t:0:2").id == "t:0:2"
