@@ -253,9 +253,6 @@ class _Counts(Collector):
         self._name, self._documentation, self._labels = name, documentation, labels
         self.counts: dict[tuple[str, ...], int] = {}
 
-    def describe(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(self._name, self._documentation, labels=self._labels)
-
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
         for labels, value in list(self.counts.items()):

@@ -721,8 +721,8 @@ class SharedSession:
         self._out = 0
         # The reader's window: ``window``, held to ``CATCH_UP_READY_BYTES`` of records the mean
         # size of its last batch's (:meth:`_hold_to_bytes`); credit comes a quarter at a time.
-        self._reader_window = self._window
-        self._reader_batch = max(1, self._window // 4)
+        self._reader_window = self._reader_batch = 0
+        self._hold_to_bytes(None)
         # Records the reader may still hand over: granted, and not yet applied (:meth:`caught`);
         # the reader's credit plus what it fetched and has not handed over (negative while a
         # batch fetched before credit was taken back is on its way).
@@ -944,9 +944,12 @@ class SharedSession:
             self._lent -= taken
             reader.grant(-taken)
 
-    def _hold_to_bytes(self, record_bytes: int) -> None:
-        """The reader's window for records of ``record_bytes`` (its last batch's mean)."""
-        window = min(self._window, max(1, CATCH_UP_READY_BYTES // max(1, record_bytes)))
+    def _hold_to_bytes(self, record_bytes: int | None) -> None:
+        """The reader's window for records of ``record_bytes`` (its last batch's mean; None
+        before its first batch: the session's window)."""
+        window = self._window
+        if record_bytes is not None:
+            window = min(window, max(1, CATCH_UP_READY_BYTES // max(1, record_bytes)))
         self._reader_window = window
         self._reader_batch = max(1, window // 4)
 
