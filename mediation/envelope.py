@@ -1,4 +1,4 @@
-"""The ``mediation.v1`` WebSocket envelope. Pure: JSON text in and out.
+"""The ``mediation.v1`` WebSocket envelope. Pure: JSON in and out (events out as UTF-8 bytes).
 
 Downstream: ``{"id", "payload", "metadata"}`` (``"encoding": "base64"`` when the payload is not
 UTF-8). From the client: ``{"ack": id}``, ``{"nack": id}``, or an upstream event
@@ -15,7 +15,7 @@ confirmation's id is taken as it is (one that breaks the rule matches no event).
 Hot path: a client confirms every event, so ``{"ack": id}`` as clients write it (json.dumps'
 spacing, or compact, an id without escapes) is matched by one regular expression instead of
 json.loads, with the same result (tests/test_envelope.py checks it against json.loads); events
-are encoded with one shared encoder (json.dumps with options builds one per call).
+are encoded by orjson, to the bytes the stdlib's compact encoder would make.
 
 Resume (docs/design.md): the client's first message may be ``{"resume": id}`` (an event id it
 was given), answered ``{"ack": "resume"}`` or ``{"nack": "resume", "error"}``;
@@ -30,6 +30,8 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import orjson
 
 from .errors import BadRequest, InvalidEventId
 from .events import MAX_EVENT_ID, valid_event_id
@@ -66,32 +68,22 @@ class Publication:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
-# One encoder for every event: json.dumps with these options builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
 # {"ack": id} / {"nack": id} as clients write them (json.dumps' spacing, or compact) with an id
 # that needs no unescaping (nor a lone surrogate check): taken without json.loads, as json.loads
 # would take it. Anything else goes through json.loads.
 _PLAIN_CONFIRMATION = re.compile(r'\{"(n?ack)": ?"([^"\\\x00-\x1f\ud800-\udfff]*)"\}')
 
 
-# What a JSON string must escape (RFC 8259): the control characters, the quote, the backslash.
-_JSON_ESCAPED = bytes(range(0x20)) + b'"\\'
-
-
 def encode_event(
     event_id: str, payload: bytes, metadata: Mapping[str, str], subscription: str | None = None
-) -> str:
-    meta = metadata if type(metadata) is dict else dict(metadata)
-    if payload.isascii() and len(payload.translate(None, _JSON_ESCAPED)) == len(payload):
-        # The usual payload, ASCII with nothing to escape, is its own JSON string: the encoder
-        # would scan it character by character (docs/performance.md, "SSE and envelope
-        # framing"). The same text.
-        subscribed = "" if subscription is None else f',"subscription":{_encode(subscription)}'
-        return (
-            f'{{"id":{_encode(event_id)}{subscribed},"payload":"{payload.decode("ascii")}",'
-            f'"metadata":{_encode(meta)}}}'
-        )
+) -> bytes:
+    """The downstream envelope as UTF-8 JSON, ready for a text frame.
+
+    Encoded by orjson, which looks for what a payload must escape many bytes at a time, where the
+    stdlib's encoder goes character by character (once per event on the Trio thread:
+    docs/performance.md, "The envelope by orjson"). The same bytes as ``json.dumps(...,
+    separators=(",", ":"), ensure_ascii=False)`` in UTF-8.
+    """
     document: dict[str, object] = {"id": event_id}
     if subscription is not None:
         document["subscription"] = subscription
@@ -100,8 +92,13 @@ def encode_event(
     except UnicodeDecodeError:
         document["payload"] = base64.b64encode(payload).decode("ascii")
         document["encoding"] = "base64"
-    document["metadata"] = meta
-    return _encode(document)
+    document["metadata"] = metadata if type(metadata) is dict else dict(metadata)
+    try:
+        return orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        # A string UTF-8 cannot carry (a lone surrogate from a broker's property), which orjson
+        # refuses: JSON's escape for it, in ASCII.
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
 
 
 def encode_reply(event_id: str, *, error: str | None = None) -> str:
@@ -190,4 +187,4 @@ def _unicode(value: str, what: str) -> str:
 def encode_reset(reason: str) -> str:
     """``{"reset": {"reason": ...}}``: the client's resume position was gone at the broker, the
     events that follow start from the oldest position it has (sent before any event)."""
-    return _encode({"reset": {"reason": reason}})
+    return json.dumps({"reset": {"reason": reason}}, separators=(",", ":"), ensure_ascii=False)

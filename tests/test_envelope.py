@@ -60,11 +60,14 @@ def test_other_spellings_take_the_general_path(text: str) -> None:
 
 @given(
     st.text(),
-    # ASCII payloads (controls, quotes and backslashes among them) take a path of their own.
-    st.binary(max_size=64) | st.text(st.characters(max_codepoint=127)).map(str.encode),
+    # ASCII payloads with controls, quotes and backslashes to escape, text, and bytes.
+    st.binary(max_size=64)
+    | st.text(st.characters(max_codepoint=127)).map(str.encode)
+    | st.text().map(str.encode),
     st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4),
     st.none() | st.text(max_size=8),
 )
+@example("1", b'"\\\x00\x1f\x7f\xe2\x80\xa8\xf0\x9f\x98\x80', {"k\n": "\u2029"}, None)
 def test_encode_event_is_compact_json(
     event_id: str, payload: bytes, metadata: dict[str, str], subscription: str | None
 ) -> None:
@@ -79,7 +82,21 @@ def test_encode_event_is_compact_json(
         assert document["encoding"] == "base64"
     assert encode_event(event_id, payload, metadata, subscription) == json.dumps(
         document, separators=(",", ":"), ensure_ascii=False
-    )
+    ).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "event_id, metadata",
+    [("\ud800", {}), ("1", {"note": "a\udfffb"}), ("1", {"\udbff": "v"})],
+)
+def test_an_event_with_a_lone_surrogate_is_still_utf8_json(
+    event_id: str, metadata: dict[str, str]
+) -> None:
+    """UTF-8 cannot carry a lone surrogate (orjson refuses it): JSON's escape for it instead,
+    which decodes back to the same string."""
+    encoded = encode_event(event_id, b"payload", metadata)
+    assert encoded.isascii()
+    assert json.loads(encoded) == {"id": event_id, "payload": "payload", "metadata": metadata}
 
 
 # -- event ids: a publication's must obey the rule, a confirmation's is taken as it is ----------

@@ -242,7 +242,7 @@ async def _converse(
         event = item.event
         if enveloped:
             name = item.subscription.name if session.named else None
-            return TEXT, encode_event(event.id, event.payload, event.metadata, name).encode("utf-8")
+            return TEXT, encode_event(event.id, event.payload, event.metadata, name)
         if config.frame_type == "binary" or (
             config.frame_type == "auto" and event.metadata.get("content-type") == OCTET_STREAM
         ):
