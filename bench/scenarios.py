@@ -1121,7 +1121,7 @@ def _s8_side(ctx: Context, broker: str, side: str, toml: str, topic: str, n: int
 
 def s9(ctx: Context) -> list[Row]:
     fast = 9
-    count = 1000 if ctx.quick else 10000
+    count = 1000 if ctx.quick else 30000
     ratios: dict[str, list[float]] = {"engine": [], "bridge": []}
     ctx.brokers.fresh_tansu()
     for r in range(ctx.rounds):
