@@ -12,7 +12,7 @@ Who reads which field:
 - the session (:mod:`mediation.session`): ``ack_step``, ``keeps_until_confirmed``,
   ``writes_in_batches``, ``upstream_awaits_confirm``;
 - the bridges (:mod:`mediation.bridge`): ``bridge_acks``, ``upstream_awaits_confirm``;
-- Kafka: ``ack_awaits_broker`` (synchronous commits), ``reads_ahead``;
+- Kafka: ``ack_awaits_broker`` (synchronous commits);
 - RabbitMQ: ``drops_acked_redeliveries``;
 - MQTT 5: ``drops_acked_redeliveries``, ``ack_awaits_broker`` (PUBACK written at once),
   ``redelivers_unconfirmed`` (subscription QoS at most 1);
@@ -79,9 +79,6 @@ class AckPlan:
     # the broker flagged (RabbitMQ redelivered, MQTT DUP): an ack lost with a connection must not
     # make the client see the event twice (endpoints/_written.py).
     drops_acked_redeliveries: bool
-    # The endpoint may fetch beyond the session's credit (Kafka's READ_AHEAD; never handed out
-    # beyond the credit). Off for at_most_once: README, "Known issues".
-    reads_ahead: bool
     # The broker must be able to deliver again what the client did not confirm: Solace consumes
     # through a persistent receiver on queue_in instead of a direct subscription, MQTT subscribes
     # at QoS 1 at most (paho answers a QoS 2 PUBLISH with PUBREC on receipt, after which the
@@ -110,7 +107,6 @@ _PLANS = {
         writes_in_batches=True,
         ack_awaits_broker=False,
         drops_acked_redeliveries=False,
-        reads_ahead=True,
         redelivers_unconfirmed=False,
         drops_when_behind=True,
         upstream_awaits_confirm=False,
@@ -123,7 +119,6 @@ _PLANS = {
         writes_in_batches=True,
         ack_awaits_broker=False,
         drops_acked_redeliveries=False,
-        reads_ahead=True,
         redelivers_unconfirmed=False,
         drops_when_behind=False,  # auto promises no loss the client is not told about
         upstream_awaits_confirm=False,
@@ -136,7 +131,6 @@ _PLANS = {
         writes_in_batches=False,
         ack_awaits_broker=True,
         drops_acked_redeliveries=True,
-        reads_ahead=False,
         redelivers_unconfirmed=False,
         drops_when_behind=True,
         upstream_awaits_confirm=False,
@@ -149,7 +143,6 @@ _PLANS = {
         writes_in_batches=True,
         ack_awaits_broker=False,
         drops_acked_redeliveries=False,
-        reads_ahead=True,
         redelivers_unconfirmed=True,
         drops_when_behind=False,  # never direct: its messages wait in a queue on the broker
         upstream_awaits_confirm=True,

@@ -17,23 +17,23 @@ from mediation.ack_policy import AckPlan, BridgeAck, Guarantee, Step, plan_for
 from mediation.config import RouteConfig
 
 # guarantee: (ack_step, keeps_until_confirmed, writes_in_batches, ack_awaits_broker,
-#             drops_acked_redeliveries, reads_ahead, redelivers_unconfirmed, drops_when_behind,
+#             drops_acked_redeliveries, redelivers_unconfirmed, drops_when_behind,
 #             upstream_awaits_confirm, bridge_acks)
 EXPECTED = {
     Guarantee.NONE: (
-        Step.RECEIVED, False, True, False, False, True, False, True, False,
+        Step.RECEIVED, False, True, False, False, False, True, False,
         BridgeAck.BEFORE_PUBLISH,
     ),
     Guarantee.AUTO: (
-        Step.CHANNEL_ENTERED, False, True, False, False, True, False, False, False,
+        Step.CHANNEL_ENTERED, False, True, False, False, False, False, False,
         BridgeAck.PUBLISHED,
     ),
     Guarantee.AT_MOST_ONCE: (
-        Step.BEFORE_WRITE, False, False, True, True, False, False, True, False,
+        Step.BEFORE_WRITE, False, False, True, True, False, True, False,
         BridgeAck.BEFORE_PUBLISH,
     ),
     Guarantee.AT_LEAST_ONCE: (
-        Step.CONFIRMED, True, True, False, False, True, True, False, True,
+        Step.CONFIRMED, True, True, False, False, True, False, True,
         BridgeAck.CONFIRMED,
     ),
 }  # fmt: skip
@@ -92,11 +92,6 @@ def test_the_ack_before_the_write_is_the_one_that_must_not_be_lost(plan: AckPlan
 
 
 @by_guarantee
-def test_the_read_ahead_is_off_only_where_acks_wait_for_the_broker(plan: AckPlan) -> None:
-    assert plan.reads_ahead == (not plan.ack_awaits_broker)
-
-
-@by_guarantee
 def test_what_waits_for_the_client_must_be_deliverable_again(plan: AckPlan) -> None:
     assert plan.redelivers_unconfirmed == plan.keeps_until_confirmed
     # Nothing that must come back can be dropped for being behind.
@@ -129,7 +124,7 @@ def test_a_bridge_acks_before_publishing_where_a_session_acks_before_writing(
 def test_plans_are_frozen_values() -> None:
     plan = plan_for(Guarantee.AUTO)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        plan.reads_ahead = False  # type: ignore[misc]
+        plan.writes_in_batches = False  # type: ignore[misc]
     assert plan_for(Guarantee.AUTO) is plan
 
 

@@ -7,8 +7,9 @@ what it holds in any order, with commits that may fail. Hypothesis drives them; 
 - the commit point never passes a record that is read ahead, handed out, or refused and not yet
   fetched again;
 - at most once: every offset below a committed point was acked (written) at least once: nothing
-  the client never got is ever committed past (the at_most_once loss the README listed under
-  "Known issues" would break this);
+  the client never got is ever committed past, with any read-ahead (the at_most_once loss that
+  once switched Kafka's read-ahead off would have broken this; it was a position write cut by
+  the fault, which at_most_once allows: README, the fault tests' figures);
 - the bookkeeping's position is always where the reader reads;
 - once the client stops refusing and settles everything, the whole log comes through.
 """

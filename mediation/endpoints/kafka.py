@@ -33,8 +33,7 @@ published afterwards is received.
   fetched (taken from librdkafka's queue, which holds them anyway) on the Trio side: after a
   settle the session's next event is handed out at once, without a round trip through the
   thread; they count as unsettled for the commit point, and nothing is handed out while a nack
-  waits for its seek. Not on ``at_most_once`` routes (README, "Known issues"). librdkafka
-  prefetches on its own; its queue is capped small
+  waits for its seek. librdkafka prefetches on its own; its queue is capped small
   (``queued.min.messages`` = credit, ``queued.max.messages.kbytes`` = 64, 64 KiB fetches) so a
   session that keeps up costs at most that, and once a session has been full for
   ``STALL_PAUSE`` seconds its partitions are paused, which drops librdkafka's prefetch too: a
@@ -351,7 +350,6 @@ class _SessionConsumer:
         credit: int,
         latest: bool,
         sync_commits: bool,
-        read_ahead: bool,
         resume: tuple[int, int] | None,
         to_trio: ToTrio,
         undeliverable: Callable[[str], None],
@@ -366,9 +364,8 @@ class _SessionConsumer:
         self._resume = resume
         self._watermarks = watermarks
         self._to_trio = to_trio
-        # Fetched and unsettled events at most: the credit plus the read-ahead, where the route's
-        # plan allows one (not at_most_once: README, "Known issues").
-        self._window = self._credit + (READ_AHEAD if read_ahead else 0)
+        # Fetched and unsettled events at most: the credit plus the read-ahead.
+        self._window = self._credit + READ_AHEAD
         # Shared, under _lock.
         self._lock = threading.Lock()
         self._ready: deque[_Item] = deque()  # fetched, not yet handed to the session
@@ -1262,7 +1259,6 @@ class KafkaEndpoint:
             credit=credit,
             latest=self.config.auto_offset_reset == "latest",
             sync_commits=subscription.route.ack_plan.ack_awaits_broker,
-            read_ahead=subscription.route.ack_plan.reads_ahead,
             resume=resume_position(subscription.resume_after, topic),
             to_trio=self._handoff(),
             undeliverable=subscription.undeliverable,
@@ -1330,8 +1326,7 @@ class KafkaEndpoint:
             self._fetches[topic] = fetch
             fetch.start(f"kafka fetch {self.name} {topic}")
         credit = max(1, subscription.credit)
-        plan = subscription.route.ack_plan
-        window = credit + (SHARED_READ_AHEAD if plan.reads_ahead else 0)
+        window = credit + SHARED_READ_AHEAD
         session = SharedSession(
             fetch,
             self._offsets,
@@ -1344,7 +1339,7 @@ class KafkaEndpoint:
             group=group,
             credit=credit,
             window=window,
-            sync_commits=plan.ack_awaits_broker,
+            sync_commits=subscription.route.ack_plan.ack_awaits_broker,
             undeliverable=subscription.undeliverable,
             convert=event_from_message,
             to_trio=to_trio,
